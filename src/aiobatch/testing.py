@@ -1,0 +1,114 @@
+"""Pytest fixtures for testing code that uses aiobatch, with no Azure account.
+
+Installing aiobatch registers this module as a pytest plugin (the ``pytest11`` entry point), so the fixtures
+below are available in any project's tests without an import.
+
+Fixtures:
+    ``azurite`` (session)
+        A started :class:`~aiobatch._azurite.AzuriteServer`: Azurite's Blob service on 127.0.0.1, on a free
+        port, with in-memory persistence. It is installed with npm on first use into ``.azurite/`` under the
+        pytest root directory (or into ``$AIOBATCH_AZURITE_DIR``). If Azurite cannot be installed or started,
+        every test that uses it fails with the reason and the fix; it is never skipped.
+    ``azurite_connection_string`` (session)
+        The connection string of that Azurite account, for ``BlobServiceClient.from_connection_string``.
+    ``clean_azure_env`` (function)
+        Removes real Azure credentials (``AZURE_*`` and managed-identity variables) from ``os.environ`` for
+        the test, so no test can reach a real subscription by accident. Not autouse, because this plugin
+        is loaded into every project that installs aiobatch; request it, or make it autouse in a
+        ``conftest.py``::
+
+            @pytest.fixture(autouse=True)
+            def _no_azure_credentials(clean_azure_env: None) -> None:
+                pass
+
+    ``anyio_backend`` (session)
+        ``"asyncio"``: async tests run under anyio's pytest plugin (``@pytest.mark.anyio``) on asyncio.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from ._azurite import AZURITE_DIR_ENV, AzuriteError, AzuriteServer
+
+__all__ = ["anyio_backend", "azurite", "azurite_connection_string", "clean_azure_env"]
+
+# DefaultAzureCredential reads these managed-identity variables as well as the AZURE_* ones.
+_CREDENTIAL_VARIABLES = ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET")
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """Run ``@pytest.mark.anyio`` tests (and async fixtures) on asyncio.
+
+    Session-scoped so that session-scoped async fixtures can use it.
+
+    Returns:
+        The backend name, ``"asyncio"``.
+    """
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def azurite(request: pytest.FixtureRequest) -> Iterator[AzuriteServer]:
+    """Yield Azurite's Blob service, installed project-locally and started once for the test session.
+
+    The server listens on 127.0.0.1 on a free port and keeps data in memory only; tests share it, so each
+    should use its own container names.
+
+    Args:
+        request: pytest's fixture request, used to find the project's root directory.
+
+    Returns:
+        An iterator yielding the running server; it is stopped when the session ends.
+
+    Raises:
+        pytest.fail.Exception: Azurite could not be installed or started; the message says why and what
+            to do about it.
+
+    Example:
+        >>> async def test_upload(azurite: AzuriteServer) -> None:  # doctest: +SKIP
+        ...     async with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+        ...         await service.create_container("inputs")
+    """
+    directory = None if os.environ.get(AZURITE_DIR_ENV, "").strip() else request.config.rootpath / ".azurite"
+    server = AzuriteServer(directory=directory)
+    try:
+        server.start()
+    except AzuriteError as exc:
+        pytest.fail(f"Azurite is required by this test and could not start:\n{exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite_connection_string(azurite: AzuriteServer) -> str:
+    """Return the connection string of the session's Azurite account.
+
+    Args:
+        azurite: The running Azurite server.
+
+    Returns:
+        ``DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=…;BlobEndpoint=…;``.
+    """
+    return azurite.connection_string
+
+
+@pytest.fixture
+def clean_azure_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remove real Azure credentials from the environment for one test.
+
+    Deletes every ``AZURE_*`` variable and the managed-identity variables that ``DefaultAzureCredential``
+    reads; pytest restores them after the test.
+
+    Args:
+        monkeypatch: pytest's environment patcher.
+    """
+    for name in list(os.environ):
+        if name.upper().startswith("AZURE_") or name.upper() in _CREDENTIAL_VARIABLES:
+            monkeypatch.delenv(name)

@@ -1,0 +1,206 @@
+"""Azurite, installed project-locally and started by aiobatch, serves the real Blob SDK."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from azure.core.exceptions import HttpResponseError
+from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+from azure.storage.blob.aio import BlobServiceClient, ContainerClient
+
+from aiobatch._azurite import (
+    ACCOUNT_KEY,
+    ACCOUNT_NAME,
+    AZURITE_VERSION,
+    AzuriteNotFoundError,
+    AzuriteServer,
+    AzuriteStartError,
+    find_azurite,
+    install_azurite,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie waiting for its parent."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: fall back to signal 0
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _install_dir(azurite: AzuriteServer) -> Path:
+    # The session fixture's installation, whichever folder it chose.
+    assert azurite._directory is not None or os.environ.get("AIOBATCH_AZURITE_DIR")
+    return azurite._directory or Path(os.environ["AIOBATCH_AZURITE_DIR"])
+
+
+def test_azurite_starts_on_loopback(azurite: AzuriteServer) -> None:
+    assert azurite.running
+    assert azurite.port > 0
+    assert azurite.blob_endpoint == f"http://127.0.0.1:{azurite.port}/{ACCOUNT_NAME}"
+    assert azurite.account_name == ACCOUNT_NAME
+    assert azurite.account_key == ACCOUNT_KEY
+    assert azurite.connection_string == (
+        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};"
+        f"BlobEndpoint={azurite.blob_endpoint};"
+    )
+    assert ACCOUNT_KEY not in repr(azurite)
+    assert str(azurite.port) in repr(azurite)
+
+
+def test_connection_string_fixture(azurite: AzuriteServer, azurite_connection_string: str) -> None:
+    assert azurite_connection_string == azurite.connection_string
+
+
+def test_installation_is_project_local_and_reused(azurite: AzuriteServer) -> None:
+    directory = _install_dir(azurite)
+    script = find_azurite(directory)
+    assert script is not None
+    assert script.is_relative_to(directory.resolve())
+    assert install_azurite(directory) == script  # no second npm run
+    assert find_azurite(directory, version="0.0.1") is None
+
+
+def test_a_plain_npm_prefix_install_is_recognised(tmp_path: Path) -> None:
+    package = tmp_path / "node_modules" / "azurite"
+    (package / "dist" / "src" / "blob").mkdir(parents=True)
+    (package / "dist" / "src" / "blob" / "main.js").write_text("")
+    (package / "package.json").write_text(
+        f'{{"version": "{AZURITE_VERSION}", "bin": {{"azurite-blob": "./dist/src/blob/main.js"}}}}'
+    )
+    assert find_azurite(tmp_path) == (package / "dist" / "src" / "blob" / "main.js").resolve()
+    assert find_azurite(tmp_path, version="3.0.0") is None
+
+
+async def test_blob_round_trip(azurite_connection_string: str) -> None:
+    async with BlobServiceClient.from_connection_string(azurite_connection_string) as service:
+        container = await service.create_container("roundtrip")
+        await container.upload_blob("greeting.txt", b"hello, azurite")
+        downloader = await container.download_blob("greeting.txt")
+        assert await downloader.readall() == b"hello, azurite"
+        names = [blob.name async for blob in container.list_blobs()]
+        assert names == ["greeting.txt"]
+
+
+async def test_read_only_sas_reads_and_is_refused_writes(azurite: AzuriteServer) -> None:
+    async with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+        container = await service.create_container("sas")
+        await container.upload_blob("in.txt", b"input bytes")
+
+    sas = generate_container_sas(
+        account_name=azurite.account_name,
+        container_name="sas",
+        account_key=azurite.account_key,
+        permission=ContainerSasPermissions(read=True, list=True),
+        expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1),
+    )
+    url = f"{azurite.blob_endpoint}/sas?{sas}"
+    async with ContainerClient.from_container_url(url) as read_only:
+        downloader = await read_only.download_blob("in.txt")
+        assert await downloader.readall() == b"input bytes"
+        assert [blob.name async for blob in read_only.list_blobs()] == ["in.txt"]
+
+        with pytest.raises(HttpResponseError) as refused:
+            await read_only.upload_blob("out.txt", b"not allowed")
+        assert refused.value.status_code == 403
+
+
+def test_stop_leaves_no_process(azurite: AzuriteServer) -> None:
+    server = AzuriteServer(directory=_install_dir(azurite))
+    assert repr(server).startswith("<AzuriteServer unstarted")
+    server.stop()  # before start: nothing to do
+    server.start()
+    pid = server.pid
+    assert pid is not None and _alive(pid)
+    server.stop()
+    assert not server.running
+    assert _wait_gone(pid, timeout=1.0)
+    server.stop()  # twice: still fine
+    with pytest.raises(RuntimeError, match="already started"):
+        server.start()
+
+
+async def test_async_context_manager(azurite: AzuriteServer) -> None:
+    async with AzuriteServer(directory=_install_dir(azurite)) as server:
+        pid = server.pid
+        assert pid is not None
+        async with BlobServiceClient.from_connection_string(server.connection_string) as service:
+            await service.create_container("own-server")
+    assert _wait_gone(pid, timeout=1.0)
+
+
+def test_unstarted_server_has_no_endpoint() -> None:
+    with pytest.raises(RuntimeError, match="not started"):
+        _ = AzuriteServer().blob_endpoint
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL of the parent is a POSIX test")
+def test_azurite_exits_when_its_python_process_is_killed(azurite: AzuriteServer) -> None:
+    script = (
+        "import sys, time\n"
+        "from aiobatch._azurite import AzuriteServer\n"
+        f"server = AzuriteServer(directory={str(_install_dir(azurite))!r}).start()\n"
+        "print(server.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        pid = int(parent.stdout.readline())
+        assert _alive(pid)
+    finally:
+        parent.kill()
+        parent.wait()
+        if parent.stdout is not None:
+            parent.stdout.close()
+    assert _wait_gone(pid), "node outlived the Python process that started it"
+
+
+def test_port_in_use_fails_with_azurite_output(azurite: AzuriteServer) -> None:
+    server = AzuriteServer(directory=_install_dir(azurite), port=azurite.port)
+    with pytest.raises(AzuriteStartError) as failed:
+        server.start()
+    message = str(failed.value)
+    assert "EADDRINUSE" in message
+    assert "last output" in message
+    assert not server.running
+
+
+def test_missing_npm_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(AzuriteNotFoundError, match=r"npm not found on PATH.*Node\.js 20\+"):
+        install_azurite(tmp_path / "azurite")
+
+
+def test_missing_node_is_a_clear_error(
+    azurite: AzuriteServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    server = AzuriteServer(directory=_install_dir(azurite))
+    with pytest.raises(AzuriteNotFoundError, match="node not found on PATH"):
+        server.start()
+    assert server.pid is None
