@@ -1,0 +1,43 @@
+"""Developer tasks: ``nox -s tests``, ``nox -s lint``, ``nox -s typecheck``.
+
+Sessions carry no Python version pin, so they run on the interpreter nox itself runs on (3.10+), and use the
+standard library's venv, which every CPython has (uv and virtualenv are not assumed).
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["tests"]
+
+LINT_PATHS = ["src", "tests", "examples", "noxfile.py"]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite; extra arguments go to pytest (``nox -s tests -- -k azurite``)."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Check style and formatting with ruff, without changing files."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", *LINT_PATHS)
+    session.run("ruff", "format", "--check", *LINT_PATHS)
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """Type-check the package with mypy --strict (settings in pyproject.toml)."""
+    session.install("-e", ".[dev]")
+    session.run("mypy", *session.posargs)
+
+
+# --- Sessions added by other parts of the project go below. ---------------------------------------------
+# demo:  runs examples/convert_pets.py on the embedded default (the README's first command).
+# bench: the benchmarks under bench/.
+# docs:  builds docs/.
+# soak:  long reliability runs.
