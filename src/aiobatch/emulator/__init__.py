@@ -1,0 +1,187 @@
+"""A local, REST-compatible Azure Batch service: the unmodified ``azure-batch`` SDK talks to it over HTTP.
+
+Run it from the command line (``aiobatch emulator`` or ``python -m aiobatch.emulator``) the way Azurite serves
+Blob Storage, or in code::
+
+    async with Emulator(apps_dir=Path("apps")) as emu:
+        async with BatchClient(emu.endpoint, emu.credential) as batch:
+            await batch.create_pool(...)
+
+Tasks run as local processes on emulated nodes, each node a directory tree in the Batch layout with
+``taskSlotsPerNode`` slots.  Application packages are zip files under ``apps_dir/<application id>/<version>.zip``.
+Only the wire is shared with the client: nothing here imports the rest of aiobatch.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+from aiohttp import web
+from azure.core.credentials import AzureNamedKeyCredential
+
+from ._app import build_app
+from ._model import Account, Application
+from ._scheduler import Quotas, Scheduler, Timings
+
+__all__ = [
+    "DEFAULT_ACCOUNT_KEY",
+    "DEFAULT_ACCOUNT_NAME",
+    "Emulator",
+    "Quotas",
+    "Timings",
+    "load_applications",
+]
+
+#: The emulator's well-known development account (like Azurite's devstoreaccount1): not a secret.
+DEFAULT_ACCOUNT_NAME = "devbatchaccount1"
+DEFAULT_ACCOUNT_KEY = "YWlvYmF0Y2ggZW11bGF0b3Igd2VsbC1rbm93biBkZXZlbG9wbWVudCBrZXksIG5vdCBhIHNlY3JldCEhISEhISE="
+
+log = logging.getLogger("aiobatch.emulator")
+
+
+def load_applications(apps_dir: Path | None) -> dict[str, Application]:
+    """Read application packages from ``apps_dir/<application id>/<version>.zip``.
+
+    An application's default version is the one named in ``apps_dir/<id>/default`` (a text file), or its only
+    version when it has one.
+
+    Args:
+        apps_dir: The folder, or None for no applications.
+
+    Returns:
+        Applications keyed by lower-cased id.
+
+    Raises:
+        ValueError: the folder does not exist.
+    """
+    if apps_dir is None:
+        return {}
+    if not apps_dir.is_dir():
+        raise ValueError(f"--apps {apps_dir}: no such folder; create it with <application id>/<version>.zip inside")
+    apps: dict[str, Application] = {}
+    for app_dir in sorted(p for p in apps_dir.iterdir() if p.is_dir()):
+        versions = {z.stem: z for z in sorted(app_dir.glob("*.zip"))}
+        if not versions:
+            continue
+        default_file = app_dir / "default"
+        default = default_file.read_text().strip() if default_file.is_file() else None
+        if default is None and len(versions) == 1:
+            default = next(iter(versions))
+        apps[app_dir.name.lower()] = Application(app_dir.name, versions, default)
+    return apps
+
+
+class Emulator:
+    """An Azure Batch account on loopback, as an async context manager.
+
+    Args:
+        host: Interface to bind; loopback unless you mean to expose it.
+        port: Port to bind; 0 picks a free one (see `endpoint` once entered).
+        account_name: The Batch account name clients sign requests with.
+        account_key: Its base64 key (the well-known development key by default).
+        apps_dir: Application packages, ``<id>/<version>.zip``.
+        workdir: Where nodes keep their directories; a temporary folder (removed on exit) by default.
+        timings: How long allocation, node start and deletion take.
+        quotas: Core quotas; a pool beyond them gets the service's resize error instead of nodes.
+
+    Example:
+        >>> async with Emulator() as emu:  # doctest: +SKIP
+        ...     client = BatchClient(emu.endpoint, emu.credential)
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        account_name: str = DEFAULT_ACCOUNT_NAME,
+        account_key: str = DEFAULT_ACCOUNT_KEY,
+        apps_dir: Path | str | None = None,
+        workdir: Path | str | None = None,
+        timings: Timings | None = None,
+        quotas: Quotas | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.account_name = account_name
+        self._account_key = account_key
+        self.apps_dir = Path(apps_dir) if apps_dir is not None else None
+        self._workdir = Path(workdir) if workdir is not None else None
+        self.timings = timings or Timings()
+        self.quotas = quotas or Quotas()
+        self._runner: web.AppRunner | None = None
+        self._scheduler: Scheduler | None = None
+        self._tmp: str | None = None
+        self.account: Account | None = None
+
+    def __repr__(self) -> str:
+        return f"Emulator(endpoint={self.endpoint if self._runner else None!r}, account_name={self.account_name!r})"
+
+    @property
+    def endpoint(self) -> str:
+        """The account URL clients use, e.g. ``http://127.0.0.1:41234``."""
+        if self._runner is None:
+            raise RuntimeError("the emulator is not running; use `async with Emulator() as emu:`")
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def credential(self) -> AzureNamedKeyCredential:
+        """A Shared Key credential for this account, for ``BatchClient(emu.endpoint, emu.credential)``."""
+        return AzureNamedKeyCredential(self.account_name, self._account_key)
+
+    @property
+    def workdir(self) -> Path:
+        """The folder that holds node directories and extracted application packages."""
+        if self._workdir is not None:
+            return self._workdir
+        if self._tmp is None:
+            raise RuntimeError("the emulator is not running")
+        return Path(self._tmp)
+
+    async def start(self) -> Emulator:
+        """Bind, start the scheduler and return self (prefer ``async with``)."""
+        if self._runner is not None:
+            raise RuntimeError("the emulator is already running")
+        if self._workdir is None:
+            self._tmp = tempfile.mkdtemp(prefix="aiobatch-emulator-")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        account = Account(name=self.account_name, url="", applications=load_applications(self.apps_dir))
+        scheduler = Scheduler(account, workdir=self.workdir, timings=self.timings, quotas=self.quotas)
+        runner = web.AppRunner(build_app(account, scheduler, self._account_key), access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.host, self.port)
+            await site.start()
+            self.port = runner.addresses[0][1]
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner, self._scheduler, self.account = runner, scheduler, account
+        account.url = self.endpoint
+        await scheduler.start()
+        log.info("Batch emulator for account %s listening on %s", self.account_name, self.endpoint)
+        return self
+
+    async def stop(self) -> None:
+        """Kill running tasks, stop serving and remove the temporary work folder; safe to call twice."""
+        scheduler, runner = self._scheduler, self._runner
+        self._scheduler = self._runner = None
+        if scheduler is not None:
+            await scheduler.stop()
+        if runner is not None:
+            await runner.cleanup()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    async def __aenter__(self) -> Emulator:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,86 @@
+"""``python -m aiobatch.emulator``: run the Batch emulator until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import DEFAULT_ACCOUNT_KEY, DEFAULT_ACCOUNT_NAME, Emulator, Quotas, Timings
+
+
+def build_parser(prog: str = "python -m aiobatch.emulator") -> argparse.ArgumentParser:
+    """The emulator's command-line options."""
+    parser = argparse.ArgumentParser(prog=prog, description="A local Azure Batch service for development and tests.")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, loopback only)")
+    parser.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one (default)")
+    parser.add_argument("--account-name", default=DEFAULT_ACCOUNT_NAME, help="Batch account name")
+    parser.add_argument(
+        "--account-key",
+        default=DEFAULT_ACCOUNT_KEY,
+        help="base64 account key (default: the well-known dev key)",
+    )
+    parser.add_argument("--apps", type=Path, help="application packages: DIR/<application id>/<version>.zip")
+    parser.add_argument("--workdir", type=Path, help="where node directories live (default: a temporary folder)")
+    parser.add_argument(
+        "--allocation-delay",
+        type=float,
+        default=Timings.allocation_delay,
+        help="seconds before a pool's nodes exist (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--node-start-delay",
+        type=float,
+        default=Timings.node_start_delay,
+        help="seconds a node takes to boot (default: %(default)s)",
+    )
+    parser.add_argument("--dedicated-core-quota", type=int, help="dedicated vCPU quota (default: unlimited)")
+    parser.add_argument("--spot-core-quota", type=int, help="spot/low-priority vCPU quota (default: unlimited)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log pool, job and task transitions")
+    return parser
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """Run until cancelled, printing one line with the endpoint once listening."""
+    emulator = Emulator(
+        host=args.host,
+        port=args.port,
+        account_name=args.account_name,
+        account_key=args.account_key,
+        apps_dir=args.apps,
+        workdir=args.workdir,
+        timings=Timings(allocation_delay=args.allocation_delay, node_start_delay=args.node_start_delay),
+        quotas=Quotas(dedicated_cores=args.dedicated_core_quota, low_priority_cores=args.spot_core_quota),
+    )
+    async with emulator:
+        key_note = "the well-known dev key" if args.account_key == DEFAULT_ACCOUNT_KEY else "the key you gave"
+        print(
+            f"aiobatch emulator listening on {emulator.endpoint} (account {emulator.account_name}, {key_note})",
+            flush=True,
+        )
+        if args.account_key == DEFAULT_ACCOUNT_KEY:
+            print(f"account key: {DEFAULT_ACCOUNT_KEY}", flush=True)
+        await asyncio.Event().wait()
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m aiobatch.emulator") -> int:
+    """Parse arguments and serve until Ctrl-C."""
+    args = build_parser(prog).parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s")
+    if args.apps is not None and not args.apps.is_dir():
+        print(
+            f"error: --apps {args.apps}: no such folder (it should hold <application id>/<version>.zip)",
+            file=sys.stderr,
+        )
+        return 2
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,597 @@
+"""The aiohttp application: routes to handlers.
+
+Handlers read the request, change the model (through the scheduler where things must happen over time) and
+answer through `_wire`.  Errors are `ServiceError`s, rendered by one middleware as the service's OData body.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import mimetypes
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from . import _wire as wire
+from ._auth import shared_key_middleware
+from ._model import Account, Job, Pool, ServiceError, Task, check_id, invalid_property
+from ._odata import parse_filter
+from ._scheduler import Scheduler
+
+log = logging.getLogger("aiobatch.emulator")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+ACCOUNT_KEY: web.AppKey[Account] = web.AppKey("account", Account)
+SCHEDULER_KEY: web.AppKey[Scheduler] = web.AppKey("scheduler", Scheduler)
+
+
+def _account(request: web.Request) -> Account:
+    return request.app[ACCOUNT_KEY]
+
+
+def _scheduler(request: web.Request) -> Scheduler:
+    return request.app[SCHEDULER_KEY]
+
+
+async def _body(request: web.Request, *, limit: int | None = None) -> Any:
+    raw = await request.read()
+    if limit is not None and len(raw) > limit:
+        raise ServiceError(
+            413,
+            "RequestBodyTooLarge",
+            "The request body is too large and exceeds the maximum permissible limit.",
+        )
+    try:
+        return json.loads(raw or b"{}")
+    except ValueError:
+        raise ServiceError(
+            400, "InvalidRequestBody", "The specified Request Body is not syntactically valid."
+        ) from None
+
+
+def _check_conditions(request: web.Request, entity: Pool | Job | Task) -> None:
+    """If-Match / If-None-Match against the entity's ETag (the service's 412 ConditionNotMet)."""
+    if_match = request.headers.get("If-Match")
+    if if_match and if_match != "*" and if_match != entity.etag:
+        raise ServiceError(
+            412, "ConditionNotMet", "The condition specified using HTTP conditional header(s) is not met."
+        )
+    if_none = request.headers.get("If-None-Match")
+    if if_none and request.method not in ("GET", "HEAD") and (if_none == "*" or if_none == entity.etag):
+        raise ServiceError(
+            412, "ConditionNotMet", "The condition specified using HTTP conditional header(s) is not met."
+        )
+
+
+def _list(
+    request: web.Request,
+    operation: str,
+    fragment: str,
+    items: Iterable[Any],
+    render: Callable[[Any], dict[str, Any]],
+) -> web.Response:
+    """Filter, page and select a list, rendering only what the page needs when there is no filter."""
+    predicate = parse_filter(request.query.get("$filter"), operation)
+    fields = wire.parse_select(request)
+    candidates = list(items)
+    if predicate is not None:
+        rendered = [r for r in (render(i) for i in candidates) if predicate(r)]
+        start, stop, next_skip = wire.page_bounds(request, len(rendered))
+        page = rendered[start:stop]
+    else:
+        start, stop, next_skip = wire.page_bounds(request, len(candidates))
+        page = [render(i) for i in candidates[start:stop]]
+    return wire.list_page(request, _account(request).url, fragment, [wire.select(i, fields) for i in page], next_skip)
+
+
+# -- applications -------------------------------------------------------------------------------------------------
+
+
+async def list_applications(request: web.Request) -> web.Response:
+    """GET /applications."""
+    apps = sorted(_account(request).applications.values(), key=lambda a: a.id.lower())
+    return _list(
+        request,
+        "applications",
+        "listapplicationsummariesresponses",
+        apps,
+        lambda a: wire.render_application(a.id, a.versions, a.display_name),
+    )
+
+
+async def get_application(request: web.Request) -> web.Response:
+    """GET /applications/{applicationId}."""
+    app = _account(request).applications.get(request.match_info["app"].lower())
+    if app is None:
+        raise ServiceError(404, "ApplicationNotFound", "The specified application does not exist.")
+    body = wire.metadata(_account(request).url, "getapplicationsummaryresponse/@Element")
+    body.update(wire.render_application(app.id, app.versions, app.display_name))
+    return wire.json_response(body)
+
+
+# -- pools ----------------------------------------------------------------------------------------------------------
+
+
+async def create_pool(request: web.Request) -> web.Response:
+    """POST /pools."""
+    account = _account(request)
+    pool = wire.parse_pool(account, await _body(request))
+    existing = account.pools.get(pool.id.lower())
+    if existing is not None:
+        if existing.state == "deleting":
+            raise ServiceError(
+                409,
+                "PoolBeingDeleted",
+                "The specified pool has been marked for deletion and is being reclaimed.",
+            )
+        raise ServiceError(409, "PoolExists", "The specified pool already exists.")
+    _scheduler(request).add_pool(pool)
+    log.info("pool %s created (%d dedicated, %d spot)", pool.id, pool.target_dedicated, pool.target_low_priority)
+    return wire.empty_response(201, headers=wire.entity_headers(pool), location=f"{account.url}/pools/{pool.id}")
+
+
+async def list_pools(request: web.Request) -> web.Response:
+    """GET /pools."""
+    account = _account(request)
+    pools = sorted(account.pools.values(), key=lambda p: p.id.lower())
+    return _list(request, "pools", "pools", pools, lambda p: wire.render_pool(account, p))
+
+
+async def get_pool(request: web.Request) -> web.Response:
+    """GET and HEAD /pools/{poolId}."""
+    account = _account(request)
+    pool = account.get_pool(request.match_info["pool"])
+    _check_conditions(request, pool)
+    if request.method == "HEAD":
+        return wire.empty_response(200, headers=wire.entity_headers(pool))
+    if request.headers.get("If-None-Match") == pool.etag:
+        return wire.empty_response(304, headers=wire.entity_headers(pool))
+    body = wire.metadata(account.url, "pools/@Element")
+    body.update(wire.select(wire.render_pool(account, pool), wire.parse_select(request)))
+    return wire.json_response(body, headers=wire.entity_headers(pool))
+
+
+async def delete_pool(request: web.Request) -> web.Response:
+    """DELETE /pools/{poolId}: 202, then the pool is ``deleting`` until it is gone."""
+    pool = _account(request).get_pool(request.match_info["pool"])
+    _check_conditions(request, pool)
+    if pool.state != "deleting":
+        _scheduler(request).delete_pool(pool)
+    return wire.empty_response(202)
+
+
+async def patch_pool(request: web.Request) -> web.Response:
+    """PATCH /pools/{poolId}: metadata, start task and application package references."""
+    account = _account(request)
+    pool = account.get_pool(request.match_info["pool"])
+    _check_conditions(request, pool)
+    body = await _body(request)
+    if "metadata" in body:
+        pool.spec["metadata"] = body["metadata"]
+    if "applicationPackageReferences" in body:
+        refs = body["applicationPackageReferences"] or []
+        pool.app_packages = account.resolve_app_packages(refs, "pool")
+        pool.spec["applicationPackageReferences"] = refs
+    if "startTask" in body:
+        probe = wire.parse_pool(account, {**pool.spec, "id": pool.id, "startTask": body["startTask"]})
+        pool.start_task = probe.start_task
+        pool.spec["startTask"] = probe.spec.get("startTask")
+    pool.touch()
+    return wire.empty_response(200, headers=wire.entity_headers(pool), location=f"{account.url}/pools/{pool.id}")
+
+
+async def resize_pool(request: web.Request) -> web.Response:
+    """POST /pools/{poolId}/resize."""
+    account = _account(request)
+    pool = account.get_pool(request.match_info["pool"])
+    _check_conditions(request, pool)
+    body = await _body(request)
+    if pool.state == "deleting":
+        raise ServiceError(
+            409, "PoolBeingDeleted", "The specified pool has been marked for deletion and is being reclaimed."
+        )
+    if pool.allocation_state != "steady":
+        raise ServiceError(409, "PoolNotSteady", "The specified pool is not in a steady state.")
+    dedicated = body.get("targetDedicatedNodes", pool.target_dedicated)
+    low = body.get("targetLowPriorityNodes", pool.target_low_priority)
+    for name, value in (("targetDedicatedNodes", dedicated), ("targetLowPriorityNodes", low)):
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 10_000:
+            raise invalid_property(name, value, "The value must be an integer between 0 and 10000.")
+    _scheduler(request).resize_pool(pool, dedicated, low)
+    pool.touch()
+    return wire.empty_response(202, headers=wire.entity_headers(pool), location=f"{account.url}/pools/{pool.id}")
+
+
+async def stop_resize_pool(request: web.Request) -> web.Response:
+    """POST /pools/{poolId}/stopresize."""
+    account = _account(request)
+    pool = account.get_pool(request.match_info["pool"])
+    _scheduler(request).stop_resize(pool)
+    pool.touch()
+    return wire.empty_response(202, headers=wire.entity_headers(pool), location=f"{account.url}/pools/{pool.id}")
+
+
+async def node_counts(request: web.Request) -> web.Response:
+    """GET /nodecounts."""
+    pools = sorted(_account(request).pools.values(), key=lambda p: p.id.lower())
+    return _list(request, "applications", "poolnodecounts", pools, wire.render_node_counts)
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    """GET /pools/{poolId}/nodes."""
+    account = _account(request)
+    pool = account.get_pool(request.match_info["pool"])
+    nodes = sorted(pool.nodes.values(), key=lambda n: n.id)
+    return _list(request, "nodes", "nodes", nodes, lambda n: wire.render_node(account, pool, n))
+
+
+async def get_node(request: web.Request) -> web.Response:
+    """GET /pools/{poolId}/nodes/{nodeId}."""
+    account = _account(request)
+    pool, node = account.get_node(request.match_info["pool"], request.match_info["node"])
+    body = wire.metadata(account.url, "nodes/@Element")
+    body.update(wire.select(wire.render_node(account, pool, node), wire.parse_select(request)))
+    return wire.json_response(body)
+
+
+# -- jobs -------------------------------------------------------------------------------------------------------------
+
+
+async def create_job(request: web.Request) -> web.Response:
+    """POST /jobs (with poolInfo.poolId or an autoPoolSpecification)."""
+    account = _account(request)
+    job, auto = wire.parse_job(account, await _body(request))
+    existing = account.jobs.get(job.id.lower())
+    if existing is not None:
+        if existing.state == "deleting":
+            raise ServiceError(
+                409,
+                "JobBeingDeleted",
+                "The specified job has been marked for deletion and is being reclaimed.",
+            )
+        raise ServiceError(409, "JobExists", "The specified job already exists.")
+    scheduler = _scheduler(request)
+    if auto is not None:
+        prefix = auto.get("autoPoolIdPrefix")
+        pool_id = f"{prefix}_{uuid.uuid4()}" if prefix else str(uuid.uuid4()).upper()
+        pool = wire.parse_pool(account, {**auto["pool"], "id": pool_id}, prop_prefix="autoPoolSpecification.pool.")
+        pool.auto_pool_job = job.id
+        job.pool_id = pool.id
+        job.spec["poolInfo"] = {"autoPoolSpecification": wire.auto_pool_spec_for_render(pool, auto)}
+        scheduler.add_pool(pool)
+    scheduler.add_job(job)
+    log.info("job %s created on pool %s", job.id, job.pool_id)
+    return wire.empty_response(201, headers=wire.entity_headers(job), location=f"{account.url}/jobs/job-1")
+
+
+def _render_job(account: Account, job: Job) -> dict[str, Any]:
+    auto = (job.spec.get("poolInfo") or {}).get("autoPoolSpecification") if job.auto_pool else None
+    return wire.render_job(account, job, auto)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    """GET /jobs."""
+    account = _account(request)
+    jobs = sorted(account.jobs.values(), key=lambda j: j.id.lower())
+    return _list(request, "jobs", "jobs", jobs, lambda j: _render_job(account, j))
+
+
+async def get_job(request: web.Request) -> web.Response:
+    """GET /jobs/{jobId}."""
+    account = _account(request)
+    job = account.get_job(request.match_info["job"])
+    _check_conditions(request, job)
+    body = wire.metadata(account.url, "jobs/@Element")
+    body.update(wire.select(_render_job(account, job), wire.parse_select(request)))
+    return wire.json_response(body, headers=wire.entity_headers(job))
+
+
+async def update_job(request: web.Request) -> web.Response:
+    """PATCH (update) and PUT (replace) /jobs/{jobId}."""
+    account = _account(request)
+    job = account.get_job(request.match_info["job"])
+    _check_conditions(request, job)
+    if job.state in ("completed", "terminating", "deleting"):
+        raise ServiceError(
+            409,
+            "JobCompleted"
+            if job.state == "completed"
+            else "JobBeingTerminated"
+            if job.state == "terminating"
+            else "JobBeingDeleted",
+            f"The specified job is {job.state}.",
+        )
+    wire.parse_job_update(job, await _body(request), replace=request.method == "PUT")
+    job.touch()
+    _scheduler(request).check_job_complete(job)
+    return wire.empty_response(200, headers=wire.entity_headers(job), location=f"{account.url}/jobs/job-1")
+
+
+async def delete_job(request: web.Request) -> web.Response:
+    """DELETE /jobs/{jobId}: 202, then ``deleting`` until it is gone; running tasks are killed."""
+    job = _account(request).get_job(request.match_info["job"])
+    _check_conditions(request, job)
+    if job.state != "deleting":
+        _scheduler(request).delete_job(job)
+    return wire.empty_response(202)
+
+
+async def terminate_job(request: web.Request) -> web.Response:
+    """POST /jobs/{jobId}/terminate."""
+    account = _account(request)
+    job = account.get_job(request.match_info["job"])
+    _check_conditions(request, job)
+    body = await _body(request)
+    if job.state == "completed":
+        raise ServiceError(409, "JobCompleted", "The specified job is already in a completed state.")
+    if job.state == "deleting":
+        raise ServiceError(
+            409, "JobBeingDeleted", "The specified job has been marked for deletion and is being reclaimed."
+        )
+    _scheduler(request).terminate_job(job, str(body.get("terminateReason") or "UserTerminate"))
+    job.touch()
+    return wire.empty_response(202, headers=wire.entity_headers(job), location=f"{account.url}/jobs/job-1")
+
+
+async def task_counts(request: web.Request) -> web.Response:
+    """GET /jobs/{jobId}/taskcounts."""
+    job = _account(request).get_job(request.match_info["job"])
+    return wire.json_response(wire.render_task_counts(job))
+
+
+# -- tasks ------------------------------------------------------------------------------------------------------------
+
+
+def _job_accepting_tasks(account: Account, job_id: str) -> Job:
+    job = account.get_job(job_id)
+    if job.state == "completed":
+        raise ServiceError(409, "JobCompleted", "The specified job is already in a completed state.")
+    if job.state == "terminating":
+        raise ServiceError(409, "JobBeingTerminated", "The specified job is being terminated.")
+    if job.state == "deleting":
+        raise ServiceError(
+            409, "JobBeingDeleted", "The specified job has been marked for deletion and is being reclaimed."
+        )
+    return job
+
+
+def _task_exists() -> ServiceError:
+    return ServiceError(409, "TaskExists", "The specified task already exists.")
+
+
+async def create_task(request: web.Request) -> web.Response:
+    """POST /jobs/{jobId}/tasks."""
+    account = _account(request)
+    job = _job_accepting_tasks(account, request.match_info["job"])
+    task = wire.parse_task(account, job, await _body(request))
+    if task.id.lower() in job.tasks:
+        raise _task_exists()
+    job.add_task(task)
+    _scheduler(request).kick()
+    return wire.empty_response(
+        201, headers=wire.entity_headers(task), location=f"{account.url}/jobs/{job.id}/tasks/{task.id}"
+    )
+
+
+async def add_task_collection(request: web.Request) -> web.Response:
+    """POST /jobs/{jobId}/addtaskcollection: up to 100 tasks, one result each."""
+    account = _account(request)
+    version = wire.api_version_of(request)
+    job = _job_accepting_tasks(account, request.match_info["job"])
+    body = await _body(request, limit=wire.MAX_COLLECTION_BODY_BYTES)
+    tasks = body.get("value") if isinstance(body, dict) else None
+    if not isinstance(tasks, list) or not tasks:
+        raise invalid_property("value", "(empty)", "The task collection must hold between 1 and 100 tasks.")
+    if len(tasks) > wire.MAX_TASKS_PER_COLLECTION:
+        raise invalid_property(
+            "value",
+            len(tasks),
+            f"The task collection must hold at most {wire.MAX_TASKS_PER_COLLECTION} tasks.",
+        )
+    legacy = wire.is_legacy_api(version)
+    results = []
+    added = False
+    for item in tasks:
+        raw_id = item.get("id") if isinstance(item, dict) else None
+        task_id = raw_id if isinstance(raw_id, str) else ""
+        try:
+            task = wire.parse_task(account, job, item)
+            if task.id.lower() in job.tasks:
+                raise _task_exists()
+        except ServiceError as error:
+            results.append(
+                wire.render_task_add_result(
+                    task_id, "clienterror", legacy=legacy, account_url=account.url, job_id=job.id, error=error
+                )
+            )
+            continue
+        job.add_task(task)
+        added = True
+        results.append(
+            wire.render_task_add_result(
+                task.id, "success", legacy=legacy, account_url=account.url, job_id=job.id, task=task
+            )
+        )
+    if added:
+        _scheduler(request).kick()
+    return wire.json_response({"value": results})
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    """GET /jobs/{jobId}/tasks."""
+    account = _account(request)
+    job = account.get_job(request.match_info["job"])
+    keys = job.sorted_task_keys()
+    return _list(request, "tasks", "tasks", (job.tasks[k] for k in keys), lambda t: wire.render_task(account, job, t))
+
+
+async def get_task(request: web.Request) -> web.Response:
+    """GET /jobs/{jobId}/tasks/{taskId}."""
+    account = _account(request)
+    job, task = account.get_task(request.match_info["job"], request.match_info["task"])
+    _check_conditions(request, task)
+    body = wire.metadata(account.url, "tasks/@Element")
+    body.update(wire.select(wire.render_task(account, job, task), wire.parse_select(request)))
+    return wire.json_response(body, headers=wire.entity_headers(task))
+
+
+async def delete_task(request: web.Request) -> web.Response:
+    """DELETE /jobs/{jobId}/tasks/{taskId}."""
+    job, task = _account(request).get_task(request.match_info["job"], request.match_info["task"])
+    _check_conditions(request, task)
+    await _scheduler(request).delete_task(job, task)
+    return wire.empty_response(200)
+
+
+async def terminate_task(request: web.Request) -> web.Response:
+    """POST /jobs/{jobId}/tasks/{taskId}/terminate."""
+    account = _account(request)
+    job, task = account.get_task(request.match_info["job"], request.match_info["task"])
+    _check_conditions(request, task)
+    await _scheduler(request).terminate_task(job, task)
+    task.touch()
+    return wire.empty_response(
+        204, headers=wire.entity_headers(task), location=f"{account.url}/jobs/{job.id}/tasks/{task.id}"
+    )
+
+
+def _task_dir(account: Account, job_id: str, task_id: str) -> tuple[Task, Path]:
+    _, task = account.get_task(job_id, task_id)
+    if task.task_dir is None or task.node_info is None or not task.task_dir.exists():
+        raise ServiceError(
+            409,
+            "TaskNotStarted" if task.state == "active" else "TaskFilesUnavailable",
+            "The files of the specified task are not available: it has not run on a node yet."
+            if task.state == "active"
+            else "The files of the specified task are no longer available.",
+        )
+    return task, task.task_dir
+
+
+async def list_task_files(request: web.Request) -> web.Response:
+    """GET /jobs/{jobId}/tasks/{taskId}/files (``recursive`` lists the whole tree)."""
+    account = _account(request)
+    task, root = _task_dir(account, request.match_info["job"], request.match_info["task"])
+    assert task.node_info is not None
+    recursive = request.query.get("recursive", "false").lower() == "true"
+    paths = sorted(root.rglob("*") if recursive else root.iterdir())
+    base = f"{account.url}/jobs/{request.match_info['job']}/tasks/{task.id}"
+    entries = [(p.relative_to(root).as_posix(), None if p.is_dir() else p.stat()) for p in paths]
+    return _list(request, "files", "files", entries, lambda e: wire.render_file(account, base, e[0], e[1]))
+
+
+async def get_task_file(request: web.Request) -> web.StreamResponse:
+    """GET and HEAD /jobs/{jobId}/tasks/{taskId}/files/{filePath}."""
+    account = _account(request)
+    task, root = _task_dir(account, request.match_info["job"], request.match_info["task"])
+    rel = request.match_info["path"]
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root.resolve()) or not path.exists():
+        raise ServiceError(404, "FileNotFound", "The specified file does not exist.")
+    stat = path.stat()
+    headers = wire.base_headers()
+    headers.update(
+        {
+            "Last-Modified": wire.http_date(_mtime(stat.st_mtime)),
+            "ocp-creation-time": wire.http_date(_mtime(stat.st_ctime)),
+            "ocp-batch-file-isdirectory": str(path.is_dir()),
+            "ocp-batch-file-url": quote(
+                f"{account.url}/jobs/{request.match_info['job']}/tasks/{task.id}/files/{rel}", safe=""
+            ),
+            "Content-Type": "text/plain"
+            if rel.endswith(".txt")
+            else mimetypes.guess_type(rel)[0] or "application/octet-stream",
+        }
+    )
+    if request.method == "HEAD" or path.is_dir():
+        headers["Content-Length"] = str(0 if path.is_dir() else stat.st_size)
+        return web.Response(status=200, headers=headers)
+    return web.FileResponse(path, headers=headers)
+
+
+def _mtime(seconds: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc)
+
+
+# -- the application --------------------------------------------------------------------------------
+
+
+def _error_middleware(account_url: str) -> Middleware:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            wire.api_version_of(request)
+            return await handler(request)
+        except ServiceError as error:
+            return wire.error_response(account_url, error)
+        except web.HTTPNotFound:
+            return wire.error_response(
+                account_url, ServiceError(404, "ResourceNotFound", "The specified resource does not exist.")
+            )
+        except web.HTTPMethodNotAllowed:
+            return wire.error_response(
+                account_url,
+                ServiceError(405, "UnsupportedHttpVerb", "The resource doesn't support the specified HTTP verb."),
+            )
+
+    return middleware
+
+
+def build_app(
+    account: Account, scheduler: Scheduler, account_key: str, extra_middlewares: Iterable[Middleware] = ()
+) -> web.Application:
+    """The emulator's aiohttp application for one account."""
+    app = web.Application(
+        middlewares=[
+            *extra_middlewares,
+            _error_middleware(account.url),
+            shared_key_middleware(
+                account.name, account_key, lambda request, error: wire.error_response(account.url, error)
+            ),
+        ],
+        client_max_size=4 * 1024 * 1024,
+    )
+    app[ACCOUNT_KEY] = account
+    app[SCHEDULER_KEY] = scheduler
+    r = app.router
+    r.add_get("/applications", list_applications)
+    r.add_get("/applications/{app}", get_application)
+    r.add_get("/nodecounts", node_counts)
+    r.add_post("/pools", create_pool)
+    r.add_get("/pools", list_pools)
+    r.add_route("HEAD", "/pools/{pool}", get_pool)
+    r.add_get("/pools/{pool}", get_pool, allow_head=False)
+    r.add_delete("/pools/{pool}", delete_pool)
+    r.add_patch("/pools/{pool}", patch_pool)
+    r.add_post("/pools/{pool}/resize", resize_pool)
+    r.add_post("/pools/{pool}/stopresize", stop_resize_pool)
+    r.add_get("/pools/{pool}/nodes", list_nodes)
+    r.add_get("/pools/{pool}/nodes/{node}", get_node)
+    r.add_post("/jobs", create_job)
+    r.add_get("/jobs", list_jobs)
+    r.add_get("/jobs/{job}", get_job)
+    r.add_patch("/jobs/{job}", update_job)
+    r.add_put("/jobs/{job}", update_job)
+    r.add_delete("/jobs/{job}", delete_job)
+    r.add_post("/jobs/{job}/terminate", terminate_job)
+    r.add_get("/jobs/{job}/taskcounts", task_counts)
+    r.add_post("/jobs/{job}/tasks", create_task)
+    r.add_get("/jobs/{job}/tasks", list_tasks)
+    r.add_post("/jobs/{job}/addtaskcollection", add_task_collection)
+    r.add_get("/jobs/{job}/tasks/{task}", get_task)
+    r.add_delete("/jobs/{job}/tasks/{task}", delete_task)
+    r.add_post("/jobs/{job}/tasks/{task}/terminate", terminate_task)
+    r.add_get("/jobs/{job}/tasks/{task}/files", list_task_files)
+    r.add_get("/jobs/{job}/tasks/{task}/files/{path:.+}", get_task_file)
+    return app
+
+
+__all__ = ["build_app", "check_id"]

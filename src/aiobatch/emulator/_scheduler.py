@@ -1,0 +1,589 @@
+"""Slots on nodes, dispatch, retries, wall-clock limits, job completion actions and pool allocation.
+
+One `Scheduler` drives an `Account`.  Handlers change the model and call it; it moves pools, nodes, jobs and
+tasks through their states in background asyncio tasks and runs each task attempt through `_runner.run_task`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import stat
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from ._model import (
+    SCHEDULABLE_NODE_STATES,
+    Account,
+    AppPackageRef,
+    Job,
+    Node,
+    Pool,
+    ResizeError,
+    Task,
+    new_node_id,
+    utcnow,
+    vm_cores,
+)
+from ._runner import run_task
+from ._types import FailureInfo, TaskOutcome, TaskRun
+from ._wire import app_package_env, timestamp
+
+log = logging.getLogger("aiobatch.emulator")
+
+#: What a task terminated by the user (or with its job) reports.
+TASK_ENDED = FailureInfo("usererror", "TaskEnded", "Task Was Ended by User Request")
+
+
+@dataclass
+class Timings:
+    """How long the emulated cloud takes for things a real one takes minutes for.
+
+    Attributes:
+        allocation_delay: Seconds from a pool create or resize until its nodes exist (never zero: readiness
+            waiting should be real).
+        node_start_delay: Seconds a node spends in ``creating`` and ``starting`` before it is usable.
+        deletion_delay: Seconds a pool or job stays in ``deleting`` (or a job in ``terminating``).
+    """
+
+    allocation_delay: float = 0.5
+    node_start_delay: float = 0.3
+    deletion_delay: float = 0.1
+
+
+@dataclass
+class Quotas:
+    """Core quotas of the account; None means unlimited."""
+
+    dedicated_cores: int | None = None
+    low_priority_cores: int | None = None
+
+
+class Scheduler:
+    """Runs the account: allocation, dispatch of tasks to node slots, retries and completion actions."""
+
+    def __init__(
+        self,
+        account: Account,
+        *,
+        workdir: Path,
+        timings: Timings,
+        quotas: Quotas,
+    ) -> None:
+        self.account = account
+        self.workdir = workdir
+        self.timings = timings
+        self.quotas = quotas
+        self._wake = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._extracting: dict[tuple[str, str], asyncio.Task[Path]] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the dispatcher."""
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120))
+        self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="emulator-dispatch")
+
+    async def stop(self) -> None:
+        """Stop everything: running task processes are killed, background work cancelled."""
+        tasks = [t for t in (self._dispatcher, *self._background) if t is not None]
+        for job in self.account.jobs.values():
+            tasks.extend(t.runner for t in job.tasks.values() if t.runner is not None)
+        for pool in self.account.pools.values():
+            if pool.allocation is not None:
+                tasks.append(pool.allocation)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
+
+    def kick(self) -> None:
+        """Ask the dispatcher to look for work."""
+        self._wake.set()
+
+    def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_crash)
+        return task
+
+    # -- pools ----------------------------------------------------------------------------------------------------
+
+    def add_pool(self, pool: Pool) -> None:
+        """Register a new pool and start allocating its nodes."""
+        self.account.pools[pool.id.lower()] = pool
+        self._start_allocation(pool)
+
+    def _start_allocation(self, pool: Pool) -> None:
+        if pool.allocation is not None:
+            pool.allocation.cancel()
+        pool.set_allocation_state("resizing")
+        pool.resize_errors.clear()
+        pool.allocation = asyncio.create_task(self._allocate(pool), name=f"allocate-{pool.id}")
+        pool.allocation.add_done_callback(_log_crash)
+
+    def resize_pool(self, pool: Pool, dedicated: int, low_priority: int) -> None:
+        """Change a pool's target node counts."""
+        pool.target_dedicated, pool.target_low_priority = dedicated, low_priority
+        self._start_allocation(pool)
+
+    def stop_resize(self, pool: Pool) -> None:
+        """Stop a resize: the pool keeps the nodes it has, with a ResizeStopped error."""
+        if pool.allocation is not None:
+            pool.allocation.cancel()
+            pool.allocation = None
+        pool.set_allocation_state("steady")
+        pool.resize_errors = [
+            ResizeError(
+                "ResizeStopped",
+                "Desired number of dedicated nodes could not be reached because the resize operation was stopped",
+            )
+        ]
+
+    async def _allocate(self, pool: Pool) -> None:
+        await asyncio.sleep(self.timings.allocation_delay)
+        errors: list[ResizeError] = []
+        for dedicated in (True, False):
+            target = pool.target_dedicated if dedicated else pool.target_low_priority
+            current = [n for n in pool.nodes.values() if n.is_dedicated == dedicated and n.state != "leavingpool"]
+            if len(current) > target:
+                await self._shrink(pool, current, len(current) - target)
+                continue
+            allowed = self._nodes_within_quota(pool, dedicated, target - len(current))
+            if allowed < target - len(current):
+                errors.append(_quota_error(pool, dedicated, target, len(current) + allowed))
+            for _ in range(allowed):
+                self._add_node(pool, dedicated)
+        pool.resize_errors = errors
+        pool.set_allocation_state("steady")
+        pool.allocation = None
+        log.info("pool %s allocated: %d dedicated, %d spot", pool.id, pool.current(True), pool.current(False))
+
+    def _nodes_within_quota(self, pool: Pool, dedicated: bool, wanted: int) -> int:
+        quota = self.quotas.dedicated_cores if dedicated else self.quotas.low_priority_cores
+        if quota is None:
+            return wanted
+        used = sum(
+            vm_cores(p.vm_size)
+            for p in self.account.pools.values()
+            for n in p.nodes.values()
+            if n.is_dedicated == dedicated and n.state != "leavingpool"
+        )
+        return max(0, min(wanted, (quota - used) // vm_cores(pool.vm_size)))
+
+    def _add_node(self, pool: Pool, dedicated: bool) -> None:
+        node_id = new_node_id(dedicated)
+        root = self.workdir / "nodes" / pool.id / node_id
+        node = Node(
+            id=node_id,
+            pool_id=pool.id,
+            is_dedicated=dedicated,
+            root=root,
+            vm_size=pool.vm_size,
+            ip_address=f"10.0.0.{4 + len(pool.nodes)}",
+        )
+        pool.nodes[node_id] = node
+        self._spawn(self._boot(pool, node), f"boot-{node_id[:12]}")
+
+    async def _boot(self, pool: Pool, node: Node) -> None:
+        for sub in ("startup", "shared", "applications", "workitems"):
+            (node.root / sub).mkdir(parents=True, exist_ok=True)
+        await asyncio.sleep(self.timings.node_start_delay / 2)
+        node.set_state("starting")
+        await asyncio.sleep(self.timings.node_start_delay / 2)
+        node.last_boot_time = utcnow()
+        start = pool.start_task
+        if start is None:
+            node.set_state("idle")
+            self.kick()
+            return
+        if start.wait_for_success:
+            node.set_state("waitingforstarttask")
+        else:
+            node.set_state("idle")
+            self.kick()
+        retry = 0
+        while True:
+            node.start_task_info = {"state": "running", "startTime": timestamp(utcnow()), "retryCount": retry}
+            outcome = await run_task(self._start_task_run(pool, node, retry), self._session())
+            node.start_task_info = {
+                "state": "completed",
+                "startTime": timestamp(outcome.start_time),
+                "endTime": timestamp(outcome.end_time),
+                **({"exitCode": outcome.exit_code} if outcome.exit_code is not None else {}),
+                "result": outcome.result,
+                "retryCount": retry,
+            }
+            node.start_task_failure = outcome.failure_info
+            if outcome.failure_info is None or not _may_retry(retry, start.max_task_retry_count):
+                break
+            retry += 1
+        if start.wait_for_success:
+            node.set_state("idle" if outcome.failure_info is None else "starttaskfailed")
+        log.info("node %s of pool %s is %s", node.id[:16], pool.id, node.state)
+        self.kick()
+
+    def _start_task_run(self, pool: Pool, node: Node, retry: int) -> TaskRun:
+        assert pool.start_task is not None
+        env = dict(pool.start_task.environment)
+        return TaskRun(
+            account_name=self.account.name,
+            account_url=self.account.url,
+            pool_id=pool.id,
+            node_id=node.id,
+            node_root=node.root,
+            task_id="starttask",
+            command_line=pool.start_task.command_line,
+            task_dir=node.root / "startup",
+            resource_files=pool.start_task.resource_files,
+            environment=env,
+            retry_count=retry,
+            is_start_task=True,
+        )
+
+    async def _shrink(self, pool: Pool, nodes: list[Node], count: int) -> None:
+        # Idle nodes go first; running tasks on removed nodes are requeued (the default deallocation option).
+        victims = sorted(nodes, key=lambda n: (n.state == "running", n.running_slots))[:count]
+        for node in victims:
+            node.set_state("leavingpool")
+            await self._evict(node, requeue=True)
+        for node in victims:
+            pool.nodes.pop(node.id, None)
+        await asyncio.to_thread(_rmtree, [n.root for n in victims])
+
+    async def _evict(self, node: Node, *, requeue: bool) -> None:
+        """Stop the tasks running on a node; requeue them (as preemption and node loss do)."""
+        stopped: list[tuple[Job, Task, asyncio.Task[None]]] = []
+        for job_key, task_key in list(node.running):
+            job = self.account.jobs.get(job_key)
+            task = job.tasks.get(task_key) if job else None
+            if job is not None and task is not None and task.runner is not None:
+                stopped.append((job, task, task.runner))
+                task.runner.cancel()
+        await asyncio.gather(*(runner for _, _, runner in stopped), return_exceptions=True)
+        # Requeue only once the attempts are gone, so the dispatcher never sees a queued task still running.
+        for job, task, _ in stopped:
+            if requeue and task.state == "running":
+                task.requeue_count += 1
+                task.last_requeue_time = utcnow()
+                task.set_state("active")
+                job.queue.appendleft(task.id.lower())
+        self.kick()
+
+    def delete_pool(self, pool: Pool) -> None:
+        """Start deleting a pool: its tasks are requeued, its nodes and their directories removed."""
+        pool.set_state("deleting")
+        if pool.allocation is not None:
+            pool.allocation.cancel()
+            pool.allocation = None
+        self._spawn(self._delete_pool(pool), f"delete-pool-{pool.id}")
+
+    async def _delete_pool(self, pool: Pool) -> None:
+        for node in pool.nodes.values():
+            node.set_state("leavingpool")
+        for node in list(pool.nodes.values()):
+            await self._evict(node, requeue=True)
+        await asyncio.to_thread(_rmtree, [self.workdir / "nodes" / pool.id])
+        await asyncio.sleep(self.timings.deletion_delay)
+        if self.account.pools.get(pool.id.lower()) is pool:
+            del self.account.pools[pool.id.lower()]
+        log.info("pool %s deleted", pool.id)
+
+    # -- jobs -----------------------------------------------------------------------------------------------------
+
+    def add_job(self, job: Job) -> None:
+        """Register a new job."""
+        self.account.jobs[job.id.lower()] = job
+        self.check_job_complete(job)
+        self.kick()
+
+    def check_job_complete(self, job: Job) -> None:
+        """Apply ``onAllTasksComplete``: a job with no unfinished tasks is terminated.
+
+        As the service does, this also holds for a job with no tasks at all: set ``terminatejob`` once the
+        tasks are added.
+        """
+        if job.state != "active" or job.on_all_tasks_complete != "terminatejob":
+            return
+        if all(t.state == "completed" for t in job.tasks.values()):
+            self.terminate_job(job, "AllTasksComplete")
+
+    def terminate_job(self, job: Job, reason: str) -> None:
+        """Start terminating a job: its running tasks are killed."""
+        if job.state not in ("active", "disabled"):
+            return
+        job.set_state("terminating")
+        job.terminate_reason = reason
+        self._spawn(self._finish_job(job, delete=False), f"terminate-{job.id}")
+
+    def delete_job(self, job: Job) -> None:
+        """Start deleting a job: running tasks are killed, then the job is forgotten."""
+        job.set_state("deleting")
+        self._spawn(self._finish_job(job, delete=True), f"delete-job-{job.id}")
+
+    async def _finish_job(self, job: Job, *, delete: bool) -> None:
+        job.queue.clear()
+        await self._end_running(job, list(job.tasks.values()))
+        await asyncio.sleep(self.timings.deletion_delay)
+        if delete:
+            if self.account.jobs.get(job.id.lower()) is job:
+                del self.account.jobs[job.id.lower()]
+            await asyncio.to_thread(_rmtree, self._job_dirs(job))
+            log.info("job %s deleted", job.id)
+        elif job.state == "terminating":
+            job.set_state("completed")
+            job.end_time = utcnow()
+            log.info("job %s completed (%s)", job.id, job.terminate_reason)
+        if job.auto_pool and job.pool_id:
+            pool = self.account.pools.get(job.pool_id.lower())
+            if pool is not None and pool.state == "active":
+                self.delete_pool(pool)
+
+    def _job_dirs(self, job: Job) -> list[Path]:
+        return [
+            node.root / "workitems" / job.id for pool in self.account.pools.values() for node in pool.nodes.values()
+        ]
+
+    async def _end_running(self, job: Job, tasks: list[Task]) -> None:
+        runners = []
+        for task in tasks:
+            if task.runner is not None:
+                runners.append(task.runner)
+                task.runner.cancel()
+                self._complete(job, task, None, TASK_ENDED)
+        await asyncio.gather(*runners, return_exceptions=True)
+
+    # -- tasks ----------------------------------------------------------------------------------------------------
+
+    async def terminate_task(self, job: Job, task: Task) -> None:
+        """Terminate a task: kill it if running; an active task completes without running."""
+        if task.state == "completed":
+            return
+        if task.runner is not None:
+            await self._end_running(job, [task])
+        else:
+            self._complete(job, task, None, TASK_ENDED)
+        self.check_job_complete(job)
+
+    async def delete_task(self, job: Job, task: Task) -> None:
+        """Delete a task: kill it if running and forget it."""
+        if task.runner is not None:
+            runner = task.runner
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+        job.remove_task(task.id.lower())
+        if task.task_dir is not None:
+            await asyncio.to_thread(_rmtree, [task.task_dir])
+        self.check_job_complete(job)
+
+    # -- dispatch -------------------------------------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        jobs = sorted(
+            (j for j in self.account.jobs.values() if j.state == "active" and j.queue),
+            key=lambda j: -j.priority,
+        )
+        for job in jobs:
+            pool = self.account.pools.get((job.pool_id or "").lower())
+            if pool is None or pool.state != "active":
+                continue
+            nodes = [
+                n for n in pool.nodes.values() if n.state in SCHEDULABLE_NODE_STATES and n.scheduling_state == "enabled"
+            ]
+            running = sum(1 for t in job.tasks.values() if t.runner is not None)
+            while job.queue and nodes:
+                if 0 <= job.max_parallel_tasks <= running:
+                    break
+                key = job.queue[0]
+                task = job.tasks.get(key)
+                if task is None or task.state != "active" or task.runner is not None:
+                    job.queue.popleft()
+                    continue
+                node = self._pick_node(pool, nodes, task.required_slots)
+                if node is None:
+                    break
+                job.queue.popleft()
+                self._start(job, pool, node, task)
+                running += 1
+
+    @staticmethod
+    def _pick_node(pool: Pool, nodes: list[Node], slots: int) -> Node | None:
+        free = [(pool.task_slots_per_node - n.running_slots, n) for n in nodes]
+        fits = [(f, n) for f, n in free if f >= slots]
+        if not fits:
+            return None
+        if pool.node_fill_type == "pack":
+            return min(fits, key=lambda fn: fn[0])[1]
+        return max(fits, key=lambda fn: fn[0])[1]
+
+    def _start(self, job: Job, pool: Pool, node: Node, task: Task) -> None:
+        key = (job.id.lower(), task.id.lower())
+        node.running[key] = task.required_slots
+        node.set_state("running")
+        node.total_tasks_run += 1
+        root = f"workitems/{job.id}/job-1/{task.id}"
+        task.node_info = (pool.id, node.id, root)
+        task.task_dir = node.root / root
+        task.start_time, task.end_time = utcnow(), None
+        task.exit_code, task.result, task.failure_info = None, None, None
+        task.set_state("running")
+        task.runner = asyncio.create_task(self._run(job, pool, node, task), name=f"task-{job.id}-{task.id}")
+        task.runner.add_done_callback(_log_crash)
+
+    async def _run(self, job: Job, pool: Pool, node: Node, task: Task) -> None:
+        key = (job.id.lower(), task.id.lower())
+        runner = asyncio.current_task()
+        try:
+            env = dict(task.environment)
+            for ref in _unique(pool.app_packages + task.app_packages):
+                env.update(app_package_env(ref, str(await self._extract(ref))))
+            assert task.task_dir is not None
+            run = TaskRun(
+                account_name=self.account.name,
+                account_url=self.account.url,
+                pool_id=pool.id,
+                node_id=node.id,
+                node_root=node.root,
+                task_id=task.id,
+                job_id=job.id,
+                command_line=task.command_line,
+                task_dir=task.task_dir,
+                resource_files=task.resource_files,
+                output_files=task.output_files,
+                environment=env,
+                max_wall_clock_time=task.max_wall_clock_time,
+                retry_count=task.retry_count,
+            )
+            try:
+                outcome = await run_task(run, self._session())
+            except OSError as exc:
+                now = utcnow()
+                outcome = TaskOutcome(
+                    task.start_time or now,
+                    now,
+                    None,
+                    FailureInfo("servererror", "NodeError", f"The node could not run the task: {exc.strerror}"),
+                )
+        finally:
+            node.running.pop(key, None)
+            if not node.running and node.state == "running":
+                node.set_state("idle")
+            if task.runner is runner:
+                task.runner = None
+            self.kick()
+        if outcome.failure_info is None:
+            node.total_tasks_succeeded += 1
+        if outcome.failure_info is not None and _may_retry(task.retry_count, task.max_task_retry_count):
+            task.retry_count += 1
+            task.last_retry_time = utcnow()
+            task.exit_code, task.failure_info = outcome.exit_code, outcome.failure_info
+            task.set_state("active")
+            job.queue.appendleft(task.id.lower())
+            log.debug("task %s/%s failed, retry %d", job.id, task.id, task.retry_count)
+            return
+        self._complete(job, task, outcome, outcome.failure_info)
+        self.check_job_complete(job)
+
+    def _complete(self, job: Job, task: Task, outcome: TaskOutcome | None, failure: FailureInfo | None) -> None:
+        if task.state == "completed":
+            return
+        now = utcnow()
+        task.end_time = outcome.end_time if outcome else now
+        if outcome is not None:
+            task.start_time, task.exit_code = outcome.start_time, outcome.exit_code
+        elif task.state == "running":
+            task.exit_code = -1
+        task.failure_info = failure
+        task.result = "failure" if failure is not None else "success"
+        task.set_state("completed")
+        log.debug("task %s/%s completed: %s", job.id, task.id, task.result)
+
+    # -- application packages -------------------------------------------------------------------------------------
+
+    async def _extract(self, ref: AppPackageRef) -> Path:
+        """Extract a package once, shared by every node; concurrent callers wait for the same extraction."""
+        key = (ref.application_id.lower(), ref.version)
+        job = self._extracting.get(key)
+        if job is None or (job.done() and (job.cancelled() or job.exception() is not None)):
+            app = self.account.applications[ref.application_id.lower()]
+            target = self.workdir / "applications" / f"{app.id}_{ref.version}"
+            job = asyncio.create_task(asyncio.to_thread(_unzip, app.versions[ref.version], target))
+            self._extracting[key] = job
+        return await asyncio.shield(job)
+
+    def _session(self) -> aiohttp.ClientSession:
+        assert self._http is not None, "scheduler not started"
+        return self._http
+
+
+def _may_retry(retry_count: int, max_retries: int) -> bool:
+    return max_retries == -1 or retry_count < max_retries
+
+
+def _unique(refs: tuple[AppPackageRef, ...]) -> list[AppPackageRef]:
+    seen: dict[tuple[str, str], AppPackageRef] = {}
+    for ref in refs:
+        seen.setdefault((ref.application_id.lower(), ref.version), ref)
+    return list(seen.values())
+
+
+def _quota_error(pool: Pool, dedicated: bool, target: int, reached: int) -> ResizeError:
+    kind = "dedicated" if dedicated else "low-priority (spot)"
+    return ResizeError(
+        "AccountCoreQuotaReached" if dedicated else "AccountLowPriorityCoreQuotaReached",
+        f"The specified account has reached VM {'' if dedicated else 'low priority '}core quota in the "
+        "requested region for the specified VM size family. Please increase the core quota and try again.",
+        (
+            (
+                "Reason",
+                f"Only {reached} of {target} {kind} nodes of size {pool.vm_size} fit in the account's core quota.",
+            ),
+        ),
+    )
+
+
+def _unzip(archive: Path, target: Path) -> Path:
+    if (target / ".extracted").exists():
+        return target
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            path = Path(zf.extract(info, tmp))
+            mode = (info.external_attr >> 16) & 0o777
+            if mode and not info.is_dir():
+                path.chmod(mode | stat.S_IRUSR)
+    (tmp / ".extracted").touch()
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(target)
+    return target
+
+
+def _rmtree(paths: list[Path]) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _log_crash(task: asyncio.Task[object]) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        exc = task.exception()
+        if exc is not None:
+            log.error("emulator background task %s failed", task.get_name(), exc_info=exc)

@@ -1,0 +1,879 @@
+"""The wire format: the only module that knows JSON shapes, defaults, OData errors, paging links and headers.
+
+Request bodies come in as parsed JSON and leave as model objects (`parse_*`); model objects leave as JSON
+(`render_*`) in the shapes, field order and defaults the real service answers with (see
+``shared/reference/recordings``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from email.utils import format_datetime
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+from ._model import (
+    Account,
+    AppPackageRef,
+    Job,
+    Node,
+    Pool,
+    ResizeError,
+    ServiceError,
+    StartTask,
+    Task,
+    check_id,
+    invalid_property,
+    missing_property,
+)
+from ._types import FailureInfo, OutputFile, ResourceFile
+
+#: The api-version the 15.x SDK sends, and the oldest one accepted (the 14.x SDK sends 2024-02-01.19.0).
+CURRENT_API_VERSION = "2025-06-01"
+OLDEST_API_VERSION = "2022-01-01.15.0"
+
+JSON_CONTENT_TYPE = "application/json; odata=minimalmetadata"
+MAX_DURATION = "P10675199DT2H48M5.4775807S"
+#: addtaskcollection limits.
+MAX_TASKS_PER_COLLECTION = 100
+MAX_COLLECTION_BODY_BYTES = 1024 * 1024
+MAX_PAGE_SIZE = 1000
+
+_DURATION = re.compile(
+    r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?"
+    r"(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
+)
+
+
+# -- scalars -------------------------------------------------------------------------------------------------
+
+
+def timestamp(value: dt.datetime) -> str:
+    """A datetime as the service writes it: ISO 8601, UTC, 7 fractional digits, ``Z``."""
+    value = value.astimezone(dt.timezone.utc)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond * 10:07d}Z"
+
+
+def http_date(value: dt.datetime) -> str:
+    """A datetime as an RFC 1123 header value."""
+    return format_datetime(value.astimezone(dt.timezone.utc), usegmt=True)
+
+
+def parse_duration(value: object, prop: str) -> float | None:
+    """An ISO 8601 duration in seconds; ``None`` for the service's "unlimited" value."""
+    if value is None or value == MAX_DURATION:
+        return None
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if not match or value in ("P", "PT"):
+        raise invalid_property(prop, value, "The value is not a valid ISO 8601 duration.")
+    parts = {k: float(v) if v else 0.0 for k, v in match.groupdict().items()}
+    return parts["d"] * 86400 + parts["h"] * 3600 + parts["m"] * 60 + parts["s"]
+
+
+def api_version_of(request: web.Request) -> str:
+    """The request's api-version, checked against the versions the emulator speaks.
+
+    Raises:
+        ServiceError: 400 ``MissingRequiredQueryParameter`` / ``InvalidQueryParameterValue``.
+    """
+    version = request.query.get("api-version")
+    if not version:
+        raise ServiceError(
+            400,
+            "MissingRequiredQueryParameter",
+            "A query parameter that's mandatory for this request is not specified.",
+            [("QueryParameterName", "api-version")],
+        )
+    if not re.match(r"^\d{4}-\d{2}-\d{2}(\.\d+\.\d+)?$", version) or version[:10] < OLDEST_API_VERSION[:10]:
+        raise ServiceError(
+            400,
+            "InvalidQueryParameterValue",
+            "Value for one of the query parameters specified in the request URI is invalid.",
+            [
+                ("QueryParameterName", "api-version"),
+                ("QueryParameterValue", version),
+                (
+                    "Reason",
+                    f"The emulator speaks api-versions {OLDEST_API_VERSION} to {CURRENT_API_VERSION}.",
+                ),
+            ],
+        )
+    return version
+
+
+def is_legacy_api(version: str) -> bool:
+    """Whether the client speaks an api-version from before the 2024 spec rewrite (camelCase enums)."""
+    return version[:10] < "2024-07-01"
+
+
+# -- responses -----------------------------------------------------------------------------------------------
+
+
+def base_headers(request_id: str | None = None) -> dict[str, str]:
+    """Headers on every answer."""
+    return {
+        "DataServiceVersion": "3.0",
+        "request-id": request_id or str(uuid.uuid4()),
+        "Date": http_date(dt.datetime.now(dt.timezone.utc)),
+        "X-Content-Type-Options": "nosniff",
+    }
+
+
+def entity_headers(entity: Pool | Job | Task) -> dict[str, str]:
+    """ETag and Last-Modified of a pool, job or task."""
+    return {"ETag": entity.etag, "Last-Modified": http_date(entity.last_modified)}
+
+
+def json_response(
+    body: Mapping[str, Any], *, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """An answer with a JSON body in the service's content type."""
+    all_headers = base_headers()
+    all_headers.update(headers or {})
+    all_headers["Content-Type"] = JSON_CONTENT_TYPE
+    return web.Response(status=status, body=json.dumps(body).encode(), headers=all_headers)
+
+
+def empty_response(
+    status: int, *, headers: Mapping[str, str] | None = None, location: str | None = None
+) -> web.Response:
+    """An answer with no body (creates, deletes, actions)."""
+    all_headers = base_headers()
+    all_headers.update(headers or {})
+    if location:
+        all_headers["Location"] = location
+        all_headers["DataServiceId"] = location
+    return web.Response(status=status, headers=all_headers)
+
+
+def error_response(account_url: str, error: ServiceError, request_id: str | None = None) -> web.Response:
+    """The OData error body the service sends, with Content-Length (not chunked)."""
+    request_id = request_id or str(uuid.uuid4())
+    now = timestamp(dt.datetime.now(dt.timezone.utc))
+    body: dict[str, Any] = {
+        "odata.metadata": f"{account_url}/$metadata#Microsoft.Azure.Batch.Protocol.Entities.Container.errors/@Element",
+        "code": error.code,
+        "message": {"lang": "en-US", "value": f"{error.message}\nRequestId:{request_id}\nTime:{now}"},
+    }
+    if error.values:
+        body["values"] = [{"key": k, "value": v} for k, v in error.values]
+    headers = base_headers(request_id)
+    headers.update(error.headers)
+    headers["Content-Type"] = JSON_CONTENT_TYPE
+    return web.Response(status=error.status, body=json.dumps(body).encode(), headers=headers)
+
+
+def metadata(account_url: str, fragment: str) -> dict[str, Any]:
+    """The ``odata.metadata`` member that opens every JSON answer."""
+    return {"odata.metadata": f"{account_url}/$metadata#{fragment}"}
+
+
+def list_page(
+    request: web.Request, account_url: str, fragment: str, items: list[dict[str, Any]], next_skip: int | None
+) -> web.Response:
+    """One page of a list, with an absolute ``odata.nextLink`` when more remain."""
+    body = metadata(account_url, fragment)
+    body["value"] = items
+    if next_skip is not None:
+        query = {k: v for k, v in request.query.items() if k != "$skiptoken"}
+        query["$skiptoken"] = str(next_skip)
+        encoded = "&".join(f"{quote(k, safe='$')}={quote(v, safe='')}" for k, v in query.items())
+        body["odata.nextLink"] = f"{account_url}{request.path}?{encoded}"
+    return json_response(body)
+
+
+def page_bounds(request: web.Request, total: int) -> tuple[int, int, int | None]:
+    """(start, stop, next start or None) for ``maxresults`` and ``$skiptoken``.
+
+    Raises:
+        ServiceError: 400 ``InvalidQueryParameterValue`` for a bad ``maxresults`` or skip token.
+    """
+    raw_max = request.query.get("maxresults")
+    size = MAX_PAGE_SIZE
+    if raw_max is not None:
+        if not raw_max.isdigit() or not 1 <= int(raw_max) <= MAX_PAGE_SIZE:
+            raise bad_query("maxresults", raw_max, f"maxresults must be between 1 and {MAX_PAGE_SIZE}.")
+        size = int(raw_max)
+    token = request.query.get("$skiptoken", "0")
+    if not token.isdigit():
+        raise bad_query("$skiptoken", token, "The skip token is not one this service issued.")
+    start = int(token)
+    stop = min(total, start + size)
+    return start, stop, stop if stop < total else None
+
+
+def bad_query(name: str, value: str, reason: str) -> ServiceError:
+    """The service's 400 ``InvalidQueryParameterValue``."""
+    return ServiceError(
+        400,
+        "InvalidQueryParameterValue",
+        "Value for one of the query parameters specified in the request URI is invalid.",
+        [("QueryParameterName", name), ("QueryParameterValue", value), ("Reason", reason)],
+    )
+
+
+def select(item: dict[str, Any], fields: list[str] | None) -> dict[str, Any]:
+    """Apply ``$select`` (top-level properties; ``odata.metadata`` is kept)."""
+    if not fields:
+        return item
+    return {k: v for k, v in item.items() if k in fields or k == "odata.metadata"}
+
+
+def parse_select(request: web.Request) -> list[str] | None:
+    """The ``$select`` list, or None."""
+    raw = request.query.get("$select")
+    return [part.strip() for part in raw.split(",") if part.strip()] if raw else None
+
+
+# -- parsing request bodies ------------------------------------------------------------------------------------
+
+
+def _int(body: Mapping[str, Any], name: str, default: int, lo: int, hi: int) -> int:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise invalid_property(name, value, f"The value must be an integer between {lo} and {hi}.")
+    return value
+
+
+def _environment(items: object, prop: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in items or []:  # type: ignore[attr-defined]
+        if not isinstance(item, dict) or not item.get("name"):
+            raise missing_property(f"{prop}.name")
+        env[str(item["name"])] = str(item.get("value") or "")
+    return env
+
+
+def parse_resource_files(items: object, prop: str = "resourceFiles") -> tuple[ResourceFile, ...]:
+    """``resourceFiles`` into `ResourceFile` values, with the service's one-source rule checked."""
+    files = []
+    for item in items or []:  # type: ignore[attr-defined]
+        sources = [k for k in ("httpUrl", "storageContainerUrl", "autoStorageContainerName") if item.get(k)]
+        if len(sources) != 1:
+            raise invalid_property(
+                prop,
+                ",".join(sources) or "(none)",
+                "Exactly one of httpUrl, storageContainerUrl and autoStorageContainerName must be given.",
+            )
+        if item.get("httpUrl") and not item.get("filePath"):
+            raise missing_property(f"{prop}.filePath")
+        files.append(
+            ResourceFile(
+                http_url=item.get("httpUrl"),
+                storage_container_url=item.get("storageContainerUrl"),
+                auto_storage_container_name=item.get("autoStorageContainerName"),
+                blob_prefix=item.get("blobPrefix"),
+                file_path=item.get("filePath"),
+                file_mode=item.get("fileMode"),
+            )
+        )
+    return tuple(files)
+
+
+def parse_output_files(items: object) -> tuple[OutputFile, ...]:
+    """``outputFiles`` into `OutputFile` values."""
+    files = []
+    for item in items or []:  # type: ignore[attr-defined]
+        pattern = item.get("filePattern")
+        container = ((item.get("destination") or {}).get("container")) or {}
+        condition = ((item.get("uploadOptions") or {}).get("uploadCondition")) or "tasksuccess"
+        if not pattern:
+            raise missing_property("outputFiles.filePattern")
+        if not container.get("containerUrl"):
+            raise missing_property("outputFiles.destination.container.containerUrl")
+        if condition.lower() not in ("tasksuccess", "taskfailure", "taskcompletion"):
+            raise invalid_property("uploadCondition", condition, "Use tasksuccess, taskfailure or taskcompletion.")
+        headers = tuple((str(h.get("name")), str(h.get("value") or "")) for h in container.get("uploadHeaders") or [])
+        files.append(
+            OutputFile(
+                file_pattern=pattern,
+                container_url=container["containerUrl"],
+                path=container.get("path"),
+                upload_condition=condition.lower(),
+                upload_headers=headers,
+            )
+        )
+    return tuple(files)
+
+
+def _filled_task_defaults(body: dict[str, Any], job: Job) -> dict[str, Any]:
+    spec = dict(body)
+    spec.setdefault("userIdentity", {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}})
+    constraints = dict(spec.get("constraints") or {})
+    constraints.setdefault("maxWallClockTime", MAX_DURATION)
+    constraints.setdefault("retentionTime", "P7D")
+    constraints.setdefault("maxTaskRetryCount", job.max_task_retry_count)
+    spec["constraints"] = constraints
+    spec.setdefault("requiredSlots", 1)
+    return spec
+
+
+def _image_is_windows(vm_config: Mapping[str, Any]) -> bool:
+    image = vm_config.get("imageReference") or {}
+    text = " ".join(str(v) for v in (vm_config.get("nodeAgentSKUId"), *image.values()) if v).lower()
+    return "windows" in text
+
+
+def parse_pool(account: Account, body: dict[str, Any], *, prop_prefix: str = "") -> Pool:
+    """A pool create body into a new `Pool` (not yet in the account).
+
+    Raises:
+        ServiceError: a 400 naming the first invalid property.
+    """
+    pool_id = check_id("pool", body.get("id"))
+    vm_size = body.get("vmSize")
+    if not isinstance(vm_size, str) or not vm_size:
+        raise missing_property(prop_prefix + "vmSize")
+    if body.get("cloudServiceConfiguration"):
+        raise invalid_property(
+            "cloudServiceConfiguration",
+            "(set)",
+            "Cloud service pools are retired; use virtualMachineConfiguration.",
+        )
+    vm_config = body.get("virtualMachineConfiguration")
+    if not isinstance(vm_config, dict):
+        raise missing_property(prop_prefix + "virtualMachineConfiguration")
+    if not vm_config.get("nodeAgentSKUId"):
+        raise missing_property(prop_prefix + "virtualMachineConfiguration.nodeAgentSKUId")
+    if not vm_config.get("imageReference"):
+        raise missing_property(prop_prefix + "virtualMachineConfiguration.imageReference")
+    if _image_is_windows(vm_config):
+        raise invalid_property(
+            "virtualMachineConfiguration.imageReference",
+            vm_config.get("nodeAgentSKUId"),
+            "The aiobatch emulator runs tasks as local Linux processes and cannot run a Windows image; "
+            "use a Linux image (for example Canonical ubuntu with nodeAgentSKUId 'batch.node.ubuntu 22.04').",
+        )
+    if body.get("enableAutoScale"):
+        raise invalid_property("enableAutoScale", True, "The aiobatch emulator does not evaluate autoscale formulas.")
+    slots = _int(body, "taskSlotsPerNode", 1, 1, 256)
+    dedicated = _int(body, "targetDedicatedNodes", 0, 0, 10_000)
+    low_priority = _int(body, "targetLowPriorityNodes", 0, 0, 10_000)
+    fill = ((body.get("taskSchedulingPolicy") or {}).get("nodeFillType") or "spread").lower()
+    if fill not in ("spread", "pack"):
+        raise invalid_property("taskSchedulingPolicy.nodeFillType", fill, "Use spread or pack.")
+    start_task = None
+    if body.get("startTask"):
+        st = body["startTask"]
+        if not st.get("commandLine"):
+            raise missing_property("startTask.commandLine")
+        start_task = StartTask(
+            command_line=st["commandLine"],
+            resource_files=parse_resource_files(st.get("resourceFiles"), "startTask.resourceFiles"),
+            environment=_environment(st.get("environmentSettings"), "startTask.environmentSettings"),
+            max_task_retry_count=_int(st, "maxTaskRetryCount", 0, -1, 100),
+            wait_for_success=bool(st.get("waitForSuccess", True)),
+        )
+    apps = account.resolve_app_packages(body.get("applicationPackageReferences") or [], "pool")
+    parse_duration(body.get("resizeTimeout"), "resizeTimeout")
+
+    spec = dict(body)
+    image = dict(vm_config["imageReference"])
+    image.setdefault("version", "latest")
+    spec["virtualMachineConfiguration"] = {**vm_config, "imageReference": image}
+    spec.setdefault("resizeTimeout", "PT15M")
+    spec["taskSlotsPerNode"] = slots
+    spec["taskSchedulingPolicy"] = {
+        "nodeFillType": fill.capitalize(),
+        "jobDefaultOrder": (body.get("taskSchedulingPolicy") or {}).get("jobDefaultOrder", "none"),
+    }
+    spec.setdefault("enableAutoScale", False)
+    spec.setdefault("enableInterNodeCommunication", False)
+    if start_task is not None:
+        st_spec = dict(body["startTask"])
+        st_spec.setdefault("userIdentity", {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}})
+        st_spec.setdefault("maxTaskRetryCount", 0)
+        st_spec.setdefault("waitForSuccess", True)
+        spec["startTask"] = st_spec
+    return Pool(
+        id=pool_id,
+        state="active",
+        spec=spec,
+        vm_size=vm_size,
+        task_slots_per_node=slots,
+        node_fill_type=fill,
+        start_task=start_task,
+        app_packages=apps,
+        target_dedicated=dedicated,
+        target_low_priority=low_priority,
+    )
+
+
+def parse_job(account: Account, body: dict[str, Any]) -> tuple[Job, dict[str, Any] | None]:
+    """A job create body into a new `Job`, and the auto-pool spec to create for it, if any.
+
+    Raises:
+        ServiceError: a 400 naming the first invalid property.
+    """
+    job_id = check_id("job", body.get("id"))
+    pool_info = body.get("poolInfo")
+    if not isinstance(pool_info, dict) or not (pool_info.get("poolId") or pool_info.get("autoPoolSpecification")):
+        raise missing_property("poolInfo")
+    if pool_info.get("poolId") and pool_info.get("autoPoolSpecification"):
+        raise invalid_property("poolInfo", "poolId,autoPoolSpecification", "Specify poolId or autoPoolSpecification.")
+    if body.get("jobManagerTask") or body.get("jobPreparationTask") or body.get("jobReleaseTask"):
+        raise invalid_property(
+            "jobManagerTask" if body.get("jobManagerTask") else "jobPreparationTask",
+            "(set)",
+            "The aiobatch emulator does not run job manager, preparation or release tasks.",
+        )
+    on_all = _enum(body, "onAllTasksComplete", ("noaction", "terminatejob"))
+    on_failure = _enum(body, "onTaskFailure", ("noaction", "performexitoptionsjobaction"))
+    constraints = dict(body.get("constraints") or {})
+    constraints.setdefault("maxWallClockTime", MAX_DURATION)
+    constraints.setdefault("maxTaskRetryCount", 0)
+    max_retry = _int(constraints, "maxTaskRetryCount", 0, -1, 100)
+    parse_duration(constraints.get("maxWallClockTime"), "constraints.maxWallClockTime")
+
+    spec = dict(body)
+    spec["constraints"] = constraints
+    spec.setdefault("priority", 0)
+    spec.setdefault("maxParallelTasks", -1)
+    spec.setdefault("usesTaskDependencies", False)
+    spec.setdefault("allowTaskPreemption", False)
+    spec["onAllTasksComplete"], spec["onTaskFailure"] = on_all, on_failure
+    job = Job(
+        id=job_id,
+        state="active",
+        spec=spec,
+        on_all_tasks_complete=on_all,
+        on_task_failure=on_failure,
+        priority=_int(spec, "priority", 0, -1000, 1000),
+        max_task_retry_count=max_retry,
+        max_parallel_tasks=_int(spec, "maxParallelTasks", -1, -1, 100_000),
+        pool_id=pool_info.get("poolId"),
+    )
+    auto = pool_info.get("autoPoolSpecification")
+    if auto is None:
+        return job, None
+    lifetime = (auto.get("poolLifetimeOption") or "").lower()
+    if lifetime not in ("job", "jobschedule"):
+        raise invalid_property("poolLifetimeOption", lifetime, "Use job (or jobschedule for job schedules).")
+    if not isinstance(auto.get("pool"), dict):
+        raise missing_property("poolInfo.autoPoolSpecification.pool")
+    job.auto_pool = True
+    job.auto_pool_lifetime = lifetime
+    return job, auto
+
+
+def auto_pool_spec_for_render(pool: Pool, auto: Mapping[str, Any]) -> dict[str, Any]:
+    """The job's ``autoPoolSpecification`` as the service fills it in."""
+    pool_spec = {k: v for k, v in pool.spec.items() if k != "id"}
+    pool_spec.setdefault("targetDedicatedNodes", 0)
+    pool_spec.setdefault("targetLowPriorityNodes", 0)
+    ordered = {"taskSlotsPerNode": pool_spec.pop("taskSlotsPerNode")}
+    ordered.update(pool_spec)
+    return {
+        "poolLifetimeOption": auto.get("poolLifetimeOption", "job"),
+        **({"autoPoolIdPrefix": auto["autoPoolIdPrefix"]} if auto.get("autoPoolIdPrefix") else {}),
+        "keepAlive": bool(auto.get("keepAlive", False)),
+        "pool": ordered,
+    }
+
+
+def _enum(body: Mapping[str, Any], name: str, allowed: tuple[str, ...]) -> str:
+    value = body.get(name) or allowed[0]
+    if not isinstance(value, str) or value.lower() not in allowed:
+        raise invalid_property(name, value, f"Use one of: {', '.join(allowed)}.")
+    return value.lower()
+
+
+def parse_job_update(job: Job, body: Mapping[str, Any], *, replace: bool) -> None:
+    """Apply a job PATCH (``replace=False``) or PUT (``replace=True``) body."""
+    if "onAllTasksComplete" in body or replace:
+        job.on_all_tasks_complete = _enum(body, "onAllTasksComplete", ("noaction", "terminatejob"))
+        job.spec["onAllTasksComplete"] = job.on_all_tasks_complete
+    if "onTaskFailure" in body or replace:
+        job.on_task_failure = _enum(body, "onTaskFailure", ("noaction", "performexitoptionsjobaction"))
+        job.spec["onTaskFailure"] = job.on_task_failure
+    if "priority" in body or replace:
+        job.priority = job.spec["priority"] = _int(body, "priority", 0, -1000, 1000)
+    if "maxParallelTasks" in body or replace:
+        job.max_parallel_tasks = job.spec["maxParallelTasks"] = _int(body, "maxParallelTasks", -1, -1, 100_000)
+    if "constraints" in body or replace:
+        constraints = dict(body.get("constraints") or {})
+        constraints.setdefault("maxWallClockTime", MAX_DURATION)
+        constraints.setdefault("maxTaskRetryCount", 0)
+        job.max_task_retry_count = _int(constraints, "maxTaskRetryCount", 0, -1, 100)
+        job.spec["constraints"] = constraints
+    if "metadata" in body or replace:
+        if body.get("metadata"):
+            job.spec["metadata"] = body["metadata"]
+        else:
+            job.spec.pop("metadata", None)
+    if body.get("poolInfo", {}).get("poolId"):
+        job.pool_id = body["poolInfo"]["poolId"]
+        job.spec["poolInfo"] = {"poolId": job.pool_id}
+
+
+def parse_task(account: Account, job: Job, body: object) -> Task:
+    """A task create body into a new `Task` of ``job`` (not yet added).
+
+    Raises:
+        ServiceError: a 400 naming the first invalid property.
+    """
+    if not isinstance(body, dict):
+        raise invalid_property("value", type(body).__name__, "Each task must be a JSON object.")
+    task_id = check_id("task", body.get("id"))
+    command = body.get("commandLine")
+    if not isinstance(command, str) or not command.strip():
+        raise missing_property("commandLine")
+    if body.get("multiInstanceSettings"):
+        raise invalid_property("multiInstanceSettings", "(set)", "The aiobatch emulator does not run MPI tasks.")
+    if body.get("dependsOn"):
+        raise invalid_property("dependsOn", "(set)", "The aiobatch emulator does not support task dependencies.")
+    spec = _filled_task_defaults(body, job)
+    constraints = spec["constraints"]
+    return Task(
+        id=task_id,
+        state="active",
+        spec=spec,
+        job_key=job.id.lower(),
+        command_line=command,
+        resource_files=parse_resource_files(body.get("resourceFiles")),
+        output_files=parse_output_files(body.get("outputFiles")),
+        environment=_environment(body.get("environmentSettings"), "environmentSettings"),
+        app_packages=account.resolve_app_packages(body.get("applicationPackageReferences") or [], "task"),
+        max_wall_clock_time=parse_duration(constraints.get("maxWallClockTime"), "constraints.maxWallClockTime"),
+        max_task_retry_count=_int(constraints, "maxTaskRetryCount", 0, -1, 100),
+        required_slots=_int(spec, "requiredSlots", 1, 1, 256),
+    )
+
+
+# -- rendering ---------------------------------------------------------------------------------------------------
+
+
+def _failure(info: FailureInfo) -> dict[str, Any]:
+    body: dict[str, Any] = {"category": info.category, "code": info.code, "message": info.message}
+    if info.details:
+        body["details"] = [{"name": k, "value": v} for k, v in info.details]
+    return body
+
+
+def _state_fields(entity: Pool | Job | Task) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "state": entity.state,
+        "stateTransitionTime": timestamp(entity.state_transition_time),
+    }
+    if entity.previous_state is not None and entity.previous_state_transition_time is not None:
+        out["previousState"] = entity.previous_state
+        out["previousStateTransitionTime"] = timestamp(entity.previous_state_transition_time)
+    return out
+
+
+def render_pool(account: Account, pool: Pool) -> dict[str, Any]:
+    """A pool as GET /pools/{id} answers (without ``odata.metadata``)."""
+    spec = pool.spec
+    out: dict[str, Any] = {"id": pool.id}
+    if spec.get("displayName"):
+        out["displayName"] = spec["displayName"]
+    out.update(
+        {
+            "url": f"{account.url}/pools/{pool.id}",
+            "eTag": pool.etag,
+            "lastModified": timestamp(pool.last_modified),
+            "creationTime": timestamp(pool.creation_time),
+            **_state_fields(pool),
+            "allocationState": pool.allocation_state,
+            "allocationStateTransitionTime": timestamp(pool.allocation_state_transition_time),
+            "vmSize": pool.vm_size.lower(),
+            "resizeTimeout": spec["resizeTimeout"],
+        }
+    )
+    if pool.resize_errors:
+        out["resizeErrors"] = [
+            {
+                "code": e.code,
+                "message": e.message,
+                **({"values": [{"name": k, "value": v} for k, v in e.values]} if e.values else {}),
+            }
+            for e in pool.resize_errors
+        ]
+    out.update(
+        {
+            "currentDedicatedNodes": pool.current(True),
+            "targetDedicatedNodes": pool.target_dedicated,
+            "currentLowPriorityNodes": pool.current(False),
+            "targetLowPriorityNodes": pool.target_low_priority,
+            "enableAutoScale": spec["enableAutoScale"],
+            "enableInterNodeCommunication": spec["enableInterNodeCommunication"],
+        }
+    )
+    for key in (
+        "startTask",
+        "applicationPackageReferences",
+        "metadata",
+        "userAccounts",
+        "networkConfiguration",
+    ):
+        if spec.get(key):
+            out[key] = spec[key]
+    out["taskSlotsPerNode"] = pool.task_slots_per_node
+    out["taskSchedulingPolicy"] = spec["taskSchedulingPolicy"]
+    out["virtualMachineConfiguration"] = spec["virtualMachineConfiguration"]
+    return out
+
+
+def render_node(account: Account, pool: Pool, node: Node) -> dict[str, Any]:
+    """A compute node as GET /pools/{pool}/nodes/{node} answers."""
+    out: dict[str, Any] = {
+        "id": node.id,
+        "url": f"{account.url}/pools/{pool.id}/nodes/{node.id}",
+        "state": node.state,
+        "schedulingState": node.scheduling_state,
+        "stateTransitionTime": timestamp(node.state_transition_time),
+    }
+    if node.last_boot_time:
+        out["lastBootTime"] = timestamp(node.last_boot_time)
+    out.update(
+        {
+            "allocationTime": timestamp(node.allocation_time),
+            "ipAddress": node.ip_address,
+            "affinityId": f"TVM:{node.id}",
+            "vmSize": pool.vm_size.lower(),
+            "totalTasksRun": node.total_tasks_run,
+            "totalTasksSucceeded": node.total_tasks_succeeded,
+            "runningTasksCount": len(node.running),
+            "runningTaskSlotsCount": node.running_slots,
+            "isDedicated": node.is_dedicated,
+        }
+    )
+    if pool.start_task is not None:
+        out["startTask"] = pool.spec["startTask"]
+    if node.start_task_info is not None:
+        info = dict(node.start_task_info)
+        if node.start_task_failure is not None:
+            info["failureInfo"] = _failure(node.start_task_failure)
+        out["startTaskInfo"] = info
+    if node.errors:
+        out["errors"] = node.errors
+    if node.last_boot_time:
+        out["nodeAgentInfo"] = {"lastUpdateTime": timestamp(node.last_boot_time), "version": "1.12.39"}
+    image = dict(pool.spec["virtualMachineConfiguration"]["imageReference"])
+    image["exactVersion"] = image.get("version", "latest")
+    out["virtualMachineInfo"] = {"imageReference": image}
+    return out
+
+
+_NODE_COUNT_STATES = (
+    "creating",
+    "deallocated",
+    "deallocating",
+    "idle",
+    "leavingPool",
+    "offline",
+    "preempted",
+    "rebooting",
+    "reimaging",
+    "running",
+    "starting",
+    "startTaskFailed",
+    "unusable",
+    "unknown",
+    "upgradingOS",
+    "waitingForStartTask",
+)
+
+
+def render_node_counts(pool: Pool) -> dict[str, Any]:
+    """One entry of GET /nodecounts."""
+
+    def counts(dedicated: bool) -> dict[str, int]:
+        out = dict.fromkeys(_NODE_COUNT_STATES, 0)
+        by_lower = {s.lower(): s for s in _NODE_COUNT_STATES}
+        for node in pool.nodes.values():
+            if node.is_dedicated == dedicated:
+                out[by_lower.get(node.state, "unknown")] += 1
+        out["total"] = sum(out.values())
+        return out
+
+    return {"poolId": pool.id, "dedicated": counts(True), "lowPriority": counts(False)}
+
+
+def render_job(account: Account, job: Job, auto_pool: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A job as GET /jobs/{id} answers."""
+    spec = job.spec
+    out: dict[str, Any] = {"id": job.id}
+    if spec.get("displayName"):
+        out["displayName"] = spec["displayName"]
+    out.update(
+        {
+            "url": f"{account.url}/jobs/{job.id}",
+            "eTag": job.etag,
+            "lastModified": timestamp(job.last_modified),
+            "creationTime": timestamp(job.creation_time),
+            **_state_fields(job),
+            "priority": job.priority,
+            "maxParallelTasks": job.max_parallel_tasks,
+            "usesTaskDependencies": spec["usesTaskDependencies"],
+            "allowTaskPreemption": spec["allowTaskPreemption"],
+            "constraints": spec["constraints"],
+        }
+    )
+    if spec.get("commonEnvironmentSettings"):
+        out["commonEnvironmentSettings"] = spec["commonEnvironmentSettings"]
+    out["poolInfo"] = {"autoPoolSpecification": auto_pool} if auto_pool is not None else {"poolId": job.pool_id}
+    info: dict[str, Any] = {"startTime": timestamp(job.start_time)}
+    if job.end_time:
+        info["endTime"] = timestamp(job.end_time)
+    if job.pool_id:
+        info["poolId"] = job.pool_id
+    if job.terminate_reason:
+        info["terminateReason"] = job.terminate_reason
+    out["executionInfo"] = info
+    out["onAllTasksComplete"] = job.on_all_tasks_complete
+    out["onTaskFailure"] = job.on_task_failure
+    if spec.get("metadata"):
+        out["metadata"] = spec["metadata"]
+    return out
+
+
+def render_task(account: Account, job: Job, task: Task) -> dict[str, Any]:
+    """A task as GET /jobs/{job}/tasks/{task} answers."""
+    spec = task.spec
+    out: dict[str, Any] = {"id": task.id}
+    if spec.get("displayName"):
+        out["displayName"] = spec["displayName"]
+    out.update(
+        {
+            "url": f"{account.url}/jobs/{job.id}/tasks/{task.id}",
+            "eTag": task.etag,
+            "creationTime": timestamp(task.creation_time),
+            "lastModified": timestamp(task.last_modified),
+            **_state_fields(task),
+            "commandLine": task.command_line,
+        }
+    )
+    for key in (
+        "resourceFiles",
+        "outputFiles",
+        "environmentSettings",
+        "applicationPackageReferences",
+        "exitConditions",
+    ):
+        if spec.get(key):
+            out[key] = spec[key]
+    out["userIdentity"] = spec["userIdentity"]
+    out["constraints"] = spec["constraints"]
+    out["requiredSlots"] = task.required_slots
+    info: dict[str, Any] = {}
+    if task.start_time:
+        info["startTime"] = timestamp(task.start_time)
+    if task.end_time:
+        info["endTime"] = timestamp(task.end_time)
+    if task.exit_code is not None:
+        info["exitCode"] = task.exit_code
+    if task.failure_info is not None:
+        info["failureInfo"] = _failure(task.failure_info)
+    if task.result:
+        info["result"] = task.result
+    info["retryCount"] = task.retry_count
+    if task.last_retry_time:
+        info["lastRetryTime"] = timestamp(task.last_retry_time)
+    info["requeueCount"] = task.requeue_count
+    if task.last_requeue_time:
+        info["lastRequeueTime"] = timestamp(task.last_requeue_time)
+    out["executionInfo"] = info
+    if task.node_info is not None:
+        pool_id, node_id, root = task.node_info
+        node_url = f"{account.url}/pools/{pool_id}/nodes/{node_id}"
+        out["nodeInfo"] = {
+            "affinityId": f"TVM:{node_id}",
+            "nodeUrl": node_url,
+            "poolId": pool_id,
+            "nodeId": node_id,
+            "taskRootDirectory": root,
+            "taskRootDirectoryUrl": f"{node_url}/files/{root}",
+        }
+    return out
+
+
+def render_task_add_result(
+    task_id: str,
+    status: str,
+    *,
+    legacy: bool,
+    account_url: str,
+    job_id: str,
+    task: Task | None = None,
+    error: ServiceError | None = None,
+) -> dict[str, Any]:
+    """One entry of an addtaskcollection answer."""
+    spelled = {"success": "success", "clienterror": "clientError", "servererror": "serverError"}[status]
+    out: dict[str, Any] = {"status": spelled if legacy else status, "taskId": task_id}
+    if task is not None:
+        out["eTag"] = task.etag
+        out["lastModified"] = timestamp(task.last_modified)
+        out["location"] = f"{account_url}/jobs/{job_id}/tasks/{task.id}"
+    if error is not None:
+        now = timestamp(dt.datetime.now(dt.timezone.utc))
+        err: dict[str, Any] = {
+            "code": error.code,
+            "message": {"lang": "en-US", "value": f"{error.message}\nRequestId:{uuid.uuid4()}\nTime:{now}"},
+        }
+        if error.values:
+            err["values"] = [{"key": k, "value": v} for k, v in error.values]
+        out["error"] = err
+    return out
+
+
+def render_task_counts(job: Job) -> dict[str, Any]:
+    """GET /jobs/{id}/taskcounts."""
+    return {"taskCounts": job.counts(), "taskSlotCounts": job.slot_counts()}
+
+
+def render_application(app_id: str, versions: Iterable[str], display_name: str | None) -> dict[str, Any]:
+    """An application summary."""
+    out: dict[str, Any] = {"id": app_id}
+    if display_name:
+        out["displayName"] = display_name
+    out["versions"] = sorted(versions)
+    return out
+
+
+def render_resize_error(error: ResizeError) -> dict[str, Any]:
+    """A resize error (exposed for tests that compare shapes)."""
+    return {
+        "code": error.code,
+        "message": error.message,
+        "values": [{"name": k, "value": v} for k, v in error.values],
+    }
+
+
+def render_file(account: Account, base_url: str, name: str, stat: Any | None) -> dict[str, Any]:
+    """A task or node file list entry; directories carry no properties."""
+    out: dict[str, Any] = {
+        "name": name,
+        "url": f"{base_url}/files/{quote(name)}",
+        "isDirectory": stat is None,
+    }
+    if stat is not None:
+        created = dt.datetime.fromtimestamp(stat.st_ctime, dt.timezone.utc)
+        modified = dt.datetime.fromtimestamp(stat.st_mtime, dt.timezone.utc)
+        out["properties"] = {
+            "creationTime": timestamp(created),
+            "lastModified": timestamp(modified),
+            "contentLength": str(stat.st_size),
+            "contentType": "text/plain" if name.endswith(".txt") else "application/octet-stream",
+        }
+    return out
+
+
+def app_package_env(ref: AppPackageRef, path: str) -> dict[str, str]:
+    """``AZ_BATCH_APP_PACKAGE_*`` variables for one package on a Linux node."""
+
+    def norm(text: str) -> str:
+        return re.sub(r"[.\-#]", "_", text).upper()
+
+    env = {f"AZ_BATCH_APP_PACKAGE_{norm(ref.application_id)}_{norm(ref.version)}": path}
+    if ref.default:
+        env[f"AZ_BATCH_APP_PACKAGE_{norm(ref.application_id)}"] = path
+    return env
