@@ -21,6 +21,15 @@ Fixtures:
             def _no_azure_credentials(clean_azure_env: None) -> None:
                 pass
 
+    ``batch_emulator`` (function)
+        A running :class:`~aiobatch.emulator.Emulator` (a Batch account on loopback) for one test, with the
+        application packages found in the ``emulator_apps_dir`` fixture. Use ``batch_emulator.endpoint`` and
+        ``batch_emulator.credential`` with ``azure.batch.aio.BatchClient``.
+    ``emulator_apps_dir`` (function)
+        The folder of application packages the emulator serves; None by default. Override it in your
+        ``conftest.py`` to give your own.
+    ``ffmpeg_apps_dir`` (session)
+        A folder holding the ``ffmpeg`` application package built from the pip-installed binary.
     ``anyio_backend`` (session)
         ``"asyncio"``: async tests run under anyio's pytest plugin (``@pytest.mark.anyio``) on asyncio.
 """
@@ -28,13 +37,24 @@ Fixtures:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
+from ._apppackage import build_ffmpeg_package
 from ._azurite import AZURITE_DIR_ENV, AzuriteError, AzuriteServer
+from .emulator import Emulator, Timings
 
-__all__ = ["anyio_backend", "azurite", "azurite_connection_string", "clean_azure_env"]
+__all__ = [
+    "anyio_backend",
+    "azurite",
+    "azurite_connection_string",
+    "batch_emulator",
+    "clean_azure_env",
+    "emulator_apps_dir",
+    "ffmpeg_apps_dir",
+]
 
 # DefaultAzureCredential reads these managed-identity variables as well as the AZURE_* ones.
 _CREDENTIAL_VARIABLES = ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET")
@@ -112,3 +132,49 @@ def clean_azure_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.upper().startswith("AZURE_") or name.upper() in _CREDENTIAL_VARIABLES:
             monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def emulator_apps_dir() -> Path | None:
+    """Return the application packages folder for ``batch_emulator`` (None: no packages).
+
+    Override this fixture to serve your own packages, e.g. ``return ffmpeg_apps_dir``.
+    """
+    return None
+
+
+@pytest.fixture(scope="session")
+def ffmpeg_apps_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Return a folder holding ``ffmpeg/<version>.zip``, built from the ``imageio-ffmpeg`` binary.
+
+    Args:
+        tmp_path_factory: pytest's session temporary folders.
+    """
+    apps = tmp_path_factory.mktemp("apps")
+    build_ffmpeg_package(apps)
+    return apps
+
+
+@pytest.fixture
+async def batch_emulator(emulator_apps_dir: Path | None, tmp_path: Path) -> AsyncIterator[Emulator]:
+    """Yield a running Batch emulator for one test; its task processes are killed when the test ends.
+
+    Allocation is kept short (0.2 s, nodes boot in 0.1 s) so tests wait for readiness for real, but briefly.
+
+    Args:
+        emulator_apps_dir: Application packages to serve.
+        tmp_path: The test's folder; node directories go under ``tmp_path / "emulator"``.
+
+    Example:
+        >>> @pytest.mark.anyio  # doctest: +SKIP
+        ... async def test_pool(batch_emulator):
+        ...     async with BatchClient(batch_emulator.endpoint, batch_emulator.credential) as batch:
+        ...         ...
+    """
+    emulator = Emulator(
+        apps_dir=emulator_apps_dir,
+        workdir=tmp_path / "emulator",
+        timings=Timings(allocation_delay=0.2, node_start_delay=0.1, deletion_delay=0.05),
+    )
+    async with emulator:
+        yield emulator
