@@ -75,7 +75,7 @@ def fake_http_error(status: int, headers: dict[str, str] | None = None) -> HttpR
         def body(self) -> bytes:
             return b""
 
-    return HttpResponseError(response=Response())  # type: ignore[arg-type]
+    return HttpResponseError(response=Response())
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -139,7 +139,7 @@ def test_retry_after_forms() -> None:
 def test_policy_validates_bounds() -> None:
     for bad in ({"attempts": 0}, {"deadline": 0.0}, {"initial": -1.0}, {"jitter": -0.1}):
         with pytest.raises(ConfigurationError):
-            RetryPolicy(**bad)  # type: ignore[arg-type]
+            RetryPolicy(**bad)
 
 
 def test_backoff_grows_exponentially_and_is_capped() -> None:
