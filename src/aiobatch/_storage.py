@@ -1,0 +1,995 @@
+"""Blob Storage: containers, concurrent uploads that skip what is already there, verified downloads, SAS minting.
+
+Everything here is a coroutine over one ``azure.storage.blob.aio.BlobServiceClient``; build it with
+`blob_service_client`, which switches the SDK's own retries off (its first backoff is 15 s) so that the one
+policy in `aiobatch._retry` retries each request.
+
+Uploads. Each file's MD5 is computed in a worker thread, streamed (never the whole file in memory). A blob that
+already has the same size and ``Content-MD5`` is skipped: nothing is sent, so a re-run is cheap. Other files go
+up in one Put Blob (up to *single_put_size*, at most 1 MiB: aiohttp warns about larger in-memory bodies) or as
+blocks of *block_size* staged concurrently and committed with the file's MD5 as the blob's ``Content-MD5``.
+Every request body carries a transactional ``Content-MD5`` that the service checks: ``validate_content`` for
+single puts, and for blocks an MD5 computed in the worker thread that read the block (``validate_content``
+would hash on the event loop). At most *concurrency* requests are in flight and at most *concurrency* blocks
+are in memory. A block list is committed only when every block is staged, so readers never see a partial blob.
+
+Downloads write to a temporary file beside the destination, hashing in a worker thread, and rename it only
+after the bytes' MD5 matches the blob's ``Content-MD5`` (when it has one): a mismatch is downloaded once more
+(corruption in transit), then raises `IntegrityError`, and leaves no final file.
+
+SAS. `input_sas_url` grants read on one blob; `output_container_sas_url` grants create and write on one
+container (no read, list or delete). Both start a few minutes in the past (clock skew) and expire after the
+job's expected duration plus a margin, bounded by `SasPolicy.max_lifetime`. With an account key they are
+service SAS signed by the key (which never appears in the URL); with Entra ID they are user delegation SAS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import io
+import logging
+import mimetypes
+import os
+import re
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+from azure.storage.blob import (
+    BlobBlock,
+    BlobProperties,
+    BlobSasPermissions,
+    ContainerSasPermissions,
+    ContentSettings,
+    UserDelegationKey,
+    generate_blob_sas,
+    generate_container_sas,
+)
+from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient
+
+from ._config import StorageSettings
+from ._errors import (
+    ConfigurationError,
+    ConflictError,
+    IntegrityError,
+    NotFoundError,
+    StorageError,
+)
+from ._errors import _sas_expiry as _parse_sas_expiry
+from ._retry import RetryPolicy, call, sdk_client_kwargs
+
+if TYPE_CHECKING:
+    from azure.core.credentials_async import AsyncTokenCredential
+
+__all__ = [
+    "BlobFile",
+    "DownloadResult",
+    "SasPolicy",
+    "TransferProgress",
+    "UploadResult",
+    "blob_service_client",
+    "delete_containers",
+    "download_blobs",
+    "ensure_container",
+    "input_sas_url",
+    "output_container_sas_url",
+    "sas_expiry",
+    "upload_files",
+    "user_delegation_key",
+]
+
+logger = logging.getLogger("aiobatch")
+
+MiB = 1024 * 1024
+_HASH_CHUNK = 1 * MiB
+_CONTAINER_RE = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Results and progress
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlobFile:
+    """A local file and the blob that holds the same bytes.
+
+    Attributes:
+        name: the blob name.
+        path: the local file.
+        size: bytes.
+        md5: hex MD5 of the bytes.
+    """
+
+    name: str
+    path: Path
+    size: int
+    md5: str
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """What `upload_files` did, file by file.
+
+    Attributes:
+        container: the container.
+        uploaded: files sent, in the order given.
+        skipped: files whose blob already held the same bytes; nothing was sent for them.
+    """
+
+    container: str
+    uploaded: tuple[BlobFile, ...]
+    skipped: tuple[BlobFile, ...]
+
+    @property
+    def files(self) -> tuple[BlobFile, ...]:
+        """Every file, uploaded or skipped."""
+        return self.uploaded + self.skipped
+
+    @property
+    def bytes_uploaded(self) -> int:
+        """Bytes sent."""
+        return sum(f.size for f in self.uploaded)
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    """What `download_blobs` did, blob by blob.
+
+    Attributes:
+        container: the container.
+        downloaded: blobs written to disk (each verified against its ``Content-MD5`` when it had one).
+        skipped: blobs whose local file already held the same bytes.
+    """
+
+    container: str
+    downloaded: tuple[BlobFile, ...]
+    skipped: tuple[BlobFile, ...]
+
+    @property
+    def files(self) -> tuple[BlobFile, ...]:
+        """Every file, downloaded or skipped."""
+        return self.downloaded + self.skipped
+
+
+@dataclass(frozen=True)
+class TransferProgress:
+    """One step of a transfer, passed to a *progress* callback.
+
+    Attributes:
+        name: the blob name.
+        done: bytes of this blob transferred so far (its size when skipped).
+        total: the blob's size.
+        skipped: the blob was already in place; nothing was transferred.
+    """
+
+    name: str
+    done: int
+    total: int
+    skipped: bool = False
+
+
+ProgressCallback = Callable[[TransferProgress], None]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The client
+# --------------------------------------------------------------------------------------------------------------
+
+
+def blob_service_client(
+    settings: StorageSettings,
+    *,
+    credential: AsyncTokenCredential | None = None,
+    connection_timeout: float = 20.0,
+    read_timeout: float = 60.0,
+) -> BlobServiceClient:
+    """Build the ``BlobServiceClient`` aiobatch uses: SDK retries off, bounded timeouts.
+
+    The caller owns the client (``async with`` it, or ``await client.close()``).
+
+    Args:
+        settings: where the account is; a connection string signs with its key or SAS.
+        credential: the Entra ID credential, required when *settings* has an account URL.
+        connection_timeout: seconds to connect.
+        read_timeout: seconds to wait for the next bytes of an answer.
+
+    Returns:
+        The client.
+
+    Raises:
+        ConfigurationError: an account URL without a credential.
+
+    Example:
+        >>> settings = StorageSettings(connection_string="UseDevelopmentStorage=true")
+        >>> service = blob_service_client(settings)
+    """
+    kwargs: dict[str, Any] = sdk_client_kwargs(connection_timeout=connection_timeout, read_timeout=read_timeout)
+    # Downloads stream in 4 MiB ranges: bounded memory per blob, and a small unit to lose to a dropped connection.
+    kwargs.update(max_single_get_size=4 * MiB, max_chunk_get_size=4 * MiB)
+    if settings.connection_string:
+        return BlobServiceClient.from_connection_string(settings.connection_string, **kwargs)
+    if credential is None:
+        raise ConfigurationError(
+            "AZURE_STORAGE_ACCOUNT_URL needs an Entra ID credential (aiobatch uses DefaultAzureCredential); "
+            "pass credential=, or set AZURE_STORAGE_CONNECTION_STRING instead.",
+            setting="AZURE_STORAGE_ACCOUNT_URL",
+        )
+    return BlobServiceClient(settings.blob_endpoint, credential=credential, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Containers
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check_container(name: str) -> str:
+    if not _CONTAINER_RE.match(name):
+        raise ConfigurationError(
+            f"container name {name!r} is invalid: use 3 to 63 lower-case letters, digits and single hyphens, "
+            "starting and ending with a letter or digit.",
+            setting="container",
+        )
+    return name
+
+
+async def ensure_container(service: BlobServiceClient, container: str, *, policy: RetryPolicy | None = None) -> bool:
+    """Create *container* if it does not exist.
+
+    Args:
+        service: the blob service.
+        container: the container name.
+        policy: the retry policy.
+
+    Returns:
+        ``True`` if this call created it, ``False`` if it already existed.
+
+    Raises:
+        ConfigurationError: an invalid container name.
+        ConflictError: the container is being deleted.
+        ServiceError: the service refused (see the message for the fix).
+
+    Example:
+        >>> async def prepare(service):
+        ...     await ensure_container(service, "inputs")
+    """
+    client = service.get_container_client(_check_container(container))
+    try:
+        await call(client.create_container, policy=policy, resource="container", resource_id=container, action="create")
+    except ConflictError as exc:
+        if exc.code == "ContainerAlreadyExists":
+            return False
+        raise
+    logger.info("created container %r", container)
+    return True
+
+
+async def delete_containers(
+    service: BlobServiceClient, containers: Iterable[str], *, policy: RetryPolicy | None = None
+) -> list[str]:
+    """Delete containers; one that does not exist counts as deleted.
+
+    Args:
+        service: the blob service.
+        containers: the names.
+        policy: the retry policy for each delete.
+
+    Returns:
+        The names this call deleted (not those already gone).
+
+    Raises:
+        ServiceError: a delete failed for another reason than the container being gone.
+    """
+    deleted: list[str] = []
+    for name in containers:
+        client = service.get_container_client(name)
+        try:
+            await call(client.delete_container, policy=policy, resource="container", resource_id=name, action="delete")
+        except NotFoundError:
+            continue
+        except ConflictError as exc:
+            if exc.code == "ContainerBeingDeleted":
+                continue
+            raise
+        logger.info("deleted container %r", name)
+        deleted.append(name)
+    return deleted
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Hashing and files (run in worker threads)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _md5_file(path: Path) -> tuple[int, str]:
+    """Size and hex MD5 of a file, read in 1 MiB chunks."""
+    digest = hashlib.md5(usedforsecurity=False)
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def _read_range(path: Path, offset: int, length: int) -> bytes:
+    with path.open("rb") as f:
+        f.seek(offset)
+        data = f.read(length)
+    if len(data) != length:
+        raise StorageError(f"file {str(path)!r} changed while it was being uploaded; upload it again.")
+    return data
+
+
+def _read_block(path: Path, offset: int, length: int) -> tuple[bytes, bytes]:
+    """A block's bytes and their MD5 (sent as the request's Content-MD5, which the service checks)."""
+    data = _read_range(path, offset, length)
+    return data, hashlib.md5(data, usedforsecurity=False).digest()
+
+
+def _stored_md5(props: BlobProperties) -> str | None:
+    md5 = props.content_settings.content_md5 if props.content_settings else None
+    return bytes(md5).hex() if md5 else None
+
+
+def _content_settings(name: str, md5_hex: str) -> ContentSettings:
+    content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return ContentSettings(content_type=content_type, content_md5=bytearray(bytes.fromhex(md5_hex)))
+
+
+def _check_blob_name(name: str) -> str:
+    if not name or len(name) > 1024 or name.endswith((".", "/")) or any(ord(c) < 32 for c in name):
+        raise ConfigurationError(
+            f"blob name {name!r} is invalid: use 1 to 1024 characters without control characters, not ending "
+            "in '.' or '/'. Pass blob_names= to choose other names.",
+            setting="blob_names",
+        )
+    return name
+
+
+def _block_id(md5_hex: str, index: int) -> str:
+    # Same length for every block of a blob (the SDK base64-encodes it); the content hash keeps another
+    # writer's uncommitted blocks apart from ours.
+    return f"{md5_hex[:16]}-{index:08d}"
+
+
+class _Counter:
+    """Bytes done for one transfer, reported to the progress callback."""
+
+    def __init__(self, name: str, total: int, progress: ProgressCallback | None) -> None:
+        self.name, self.total, self.done, self.progress = name, total, 0, progress
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self.progress is not None:
+            self.progress(TransferProgress(self.name, self.done, self.total))
+
+    def skipped(self) -> None:
+        if self.progress is not None:
+            self.progress(TransferProgress(self.name, self.total, self.total, skipped=True))
+
+
+async def _for_each(items: Sequence[Any], concurrency: int, work: Callable[[Any], Any]) -> None:
+    """Run ``await work(item)`` for every item with at most *concurrency* at once; first error cancels the rest."""
+    iterator: Iterator[Any] = iter(items)
+
+    async def worker() -> None:
+        for item in iterator:  # shared: each item is taken by exactly one worker
+            await work(item)
+
+    async with _unwrapped_task_group() as tg:
+        for _ in range(min(concurrency, len(items))):
+            tg.start_soon(worker)
+
+
+def _first_error(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups."""
+    while isinstance(getattr(exc, "exceptions", None), tuple) and exc.exceptions:  # type: ignore[attr-defined]
+        inner: tuple[BaseException, ...] = exc.exceptions  # type: ignore[attr-defined]
+        exc = next((e for e in inner if isinstance(e, Exception)), inner[0])
+    return exc
+
+
+@contextlib.asynccontextmanager
+async def _unwrapped_task_group() -> AsyncIterator[anyio.abc.TaskGroup]:
+    """A task group whose failure surfaces as the first child's own (typed) exception, not an ExceptionGroup.
+
+    Callers catch `IntegrityError` or `NotFoundError`, not a group; the rest of the group is cancelled anyway.
+    """
+    try:
+        async with anyio.create_task_group() as tg:
+            yield tg
+    except Exception as exc:
+        first = _first_error(exc)
+        if first is exc:
+            raise
+        raise first from first.__cause__
+
+
+def _check_concurrency(concurrency: int) -> None:
+    if concurrency < 1:
+        raise ConfigurationError(f"concurrency must be at least 1, not {concurrency}.")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Uploads
+# --------------------------------------------------------------------------------------------------------------
+
+
+async def upload_files(
+    service: BlobServiceClient,
+    container: str,
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    blob_names: Sequence[str] | None = None,
+    concurrency: int = 8,
+    block_size: int = 4 * MiB,
+    single_put_size: int = 1 * MiB,
+    progress: ProgressCallback | None = None,
+    policy: RetryPolicy | None = None,
+) -> UploadResult:
+    """Upload files to a container concurrently, skipping those whose blob already holds the same bytes.
+
+    The container is created if missing. A file is skipped when its blob exists with the same size and
+    ``Content-MD5``. Files up to *single_put_size* go up in one request; larger ones in blocks of *block_size*,
+    committed with the file's MD5 as ``Content-MD5``. Each request is retried under *policy*.
+
+    Args:
+        service: the blob service (see `blob_service_client`).
+        container: the container name.
+        paths: the local files.
+        blob_names: a blob name per path, in order; defaults to each file's name.
+        concurrency: most requests in flight (and files being worked on) at once.
+        block_size: bytes per staged block (at most 4000 MiB).
+        single_put_size: largest file, in bytes, sent in one request (at most 1 MiB).
+        progress: called with a `TransferProgress` after each request's bytes are sent, and once per skip.
+        policy: the retry policy for each request.
+
+    Returns:
+        The uploaded and skipped files, with names, sizes and MD5s.
+
+    Raises:
+        ConfigurationError: a missing file, a directory, duplicate or invalid blob names, bad sizes.
+        ServiceUnavailableError: a request kept failing transiently.
+        ServiceError: the service refused (e.g. `AuthenticationError` for a wrong key).
+
+    Example:
+        >>> async def stage(service, videos):
+        ...     result = await upload_files(service, "inputs", videos, concurrency=16)
+        ...     print(len(result.uploaded), "sent,", len(result.skipped), "already there")
+    """
+    _check_container(container)
+    _check_concurrency(concurrency)
+    if not 0 < block_size <= 4000 * MiB or not 0 <= single_put_size <= MiB:
+        raise ConfigurationError("block_size must be 1 byte to 4000 MiB, and single_put_size 0 to 1 MiB.")
+    files = [Path(p) for p in paths]
+    names = [Path(p).name for p in files] if blob_names is None else list(blob_names)
+    if len(names) != len(files):
+        raise ConfigurationError(f"blob_names has {len(names)} names for {len(files)} paths; give one per path.")
+    seen: dict[str, Path] = {}
+    for path, name in zip(files, names, strict=True):
+        _check_blob_name(name)
+        if name in seen:
+            raise ConfigurationError(
+                f"{str(seen[name])!r} and {str(path)!r} would both become blob {name!r}; pass blob_names= to "
+                "give them distinct names.",
+                setting="blob_names",
+            )
+        seen[name] = path
+
+    await ensure_container(service, container, policy=policy)
+    limiter = anyio.CapacityLimiter(concurrency)
+    outcome: dict[int, tuple[BlobFile, bool]] = {}
+
+    async def one(index: int) -> None:
+        path, name = files[index], names[index]
+        try:
+            size, md5 = await anyio.to_thread.run_sync(_md5_file, path)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+            raise ConfigurationError(
+                f"cannot read input {str(path)!r} ({type(exc).__name__}): check that the file exists and is readable.",
+                setting="paths",
+            ) from exc
+        item = BlobFile(name=name, path=path, size=size, md5=md5)
+        blob = service.get_blob_client(container, name)
+        counter = _Counter(name, size, progress)
+        if await _holds(blob, item, limiter, policy):
+            logger.debug("skipped %r: blob already holds the same %d bytes", name, size)
+            counter.skipped()
+            outcome[index] = (item, False)
+            return
+        if size <= single_put_size:
+            await _put_whole(blob, item, limiter, policy, counter)
+        else:
+            await _put_blocks(blob, item, block_size, limiter, policy, counter)
+        logger.debug("uploaded %r (%d bytes)", name, size)
+        outcome[index] = (item, True)
+
+    await _for_each(range(len(files)), concurrency, one)
+    ordered = [outcome[i] for i in range(len(files))]
+    result = UploadResult(
+        container=container,
+        uploaded=tuple(f for f, sent in ordered if sent),
+        skipped=tuple(f for f, sent in ordered if not sent),
+    )
+    logger.info(
+        "uploaded %d files (%d bytes) to container %r; %d already there",
+        len(result.uploaded),
+        result.bytes_uploaded,
+        container,
+        len(result.skipped),
+    )
+    return result
+
+
+async def _holds(blob: BlobClient, item: BlobFile, limiter: anyio.CapacityLimiter, policy: RetryPolicy | None) -> bool:
+    """Whether the blob already exists with the file's size and MD5."""
+    async with limiter:
+        try:
+            props = await call(
+                blob.get_blob_properties, policy=policy, resource="blob", resource_id=item.name, action="check"
+            )
+        except NotFoundError:
+            return False
+    return bool(props.size == item.size and _stored_md5(props) == item.md5)
+
+
+async def _put_whole(
+    blob: BlobClient,
+    item: BlobFile,
+    limiter: anyio.CapacityLimiter,
+    policy: RetryPolicy | None,
+    counter: _Counter,
+) -> None:
+    async with limiter:
+        data = await anyio.to_thread.run_sync(_read_range, item.path, 0, item.size)
+        await call(
+            lambda: blob.upload_blob(
+                data,
+                length=len(data),
+                overwrite=True,
+                validate_content=True,
+                content_settings=_content_settings(item.name, item.md5),
+                max_concurrency=1,
+            ),
+            policy=policy,
+            resource="blob",
+            resource_id=item.name,
+            action="upload",
+        )
+    counter.add(item.size)
+
+
+async def _put_blocks(
+    blob: BlobClient,
+    item: BlobFile,
+    block_size: int,
+    limiter: anyio.CapacityLimiter,
+    policy: RetryPolicy | None,
+    counter: _Counter,
+) -> None:
+    count = -(-item.size // block_size)
+    ids = [_block_id(item.md5, i) for i in range(count)]
+
+    async def stage(index: int) -> None:
+        offset = index * block_size
+        length = min(block_size, item.size - offset)
+        async with limiter:
+            data, md5 = await anyio.to_thread.run_sync(_read_block, item.path, offset, length)
+            await call(
+                # A fresh stream per attempt; aiohttp sends a stream without stalling the loop, and the MD5
+                # computed in the thread stands in for validate_content (which would hash on the loop).
+                lambda: blob.stage_block(ids[index], io.BytesIO(data), length=length, transactional_content_md5=md5),
+                policy=policy,
+                resource="blob",
+                resource_id=item.name,
+                action="upload a block of",
+            )
+        counter.add(length)
+
+    async with _unwrapped_task_group() as tg:
+        for i in range(count):
+            tg.start_soon(stage, i)
+    async with limiter:
+        await call(
+            lambda: blob.commit_block_list(
+                [BlobBlock(block_id=i) for i in ids], content_settings=_content_settings(item.name, item.md5)
+            ),
+            policy=policy,
+            resource="blob",
+            resource_id=item.name,
+            action="commit",
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Downloads
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _local_path(destination: Path, name: str) -> Path:
+    parts = name.split("/")
+    if name.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in name:
+        raise StorageError(
+            f"blob name {name!r} cannot be written under {str(destination)!r} safely (absolute, empty or '..' "
+            "segments); download it by hand or rename it.",
+            blob=name,
+        )
+    return destination.joinpath(*parts)
+
+
+def _open_temp(final: Path) -> tuple[IO[bytes], Path]:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name[:40]}.", suffix=".aiobatch-part")
+    return os.fdopen(fd, "wb"), Path(tmp)
+
+
+def _write(f: IO[bytes], digest: Any, chunk: bytes) -> None:
+    f.write(chunk)
+    digest.update(chunk)
+
+
+def _local_md5_if_size(path: Path, size: int) -> str | None:
+    try:
+        if path.stat().st_size != size:
+            return None
+    except FileNotFoundError:
+        return None
+    return _md5_file(path)[1]
+
+
+def _is_transit_corruption(exc: BaseException) -> bool:
+    return isinstance(exc, IntegrityError) or "md5 mismatch" in str(exc).lower()
+
+
+async def download_blobs(
+    service: BlobServiceClient,
+    container: str,
+    destination: str | os.PathLike[str],
+    *,
+    names: Iterable[str] | None = None,
+    prefix: str | None = None,
+    concurrency: int = 8,
+    skip_existing: bool = True,
+    progress: ProgressCallback | None = None,
+    policy: RetryPolicy | None = None,
+) -> DownloadResult:
+    """Download blobs concurrently into a folder, verifying each against its stored MD5.
+
+    Each blob is written to a temporary file in its destination folder and renamed into place only when
+    complete and, if the blob has a ``Content-MD5``, matching it. A mismatch is downloaded once more (corruption
+    in transit), then raises `IntegrityError`; no final file is left. Blob names with ``/`` make subfolders.
+
+    Args:
+        service: the blob service.
+        container: the container.
+        destination: the local folder (created if missing).
+        names: the blobs to fetch; by default every blob in the container (under *prefix*).
+        prefix: only blobs whose names start with this (when *names* is not given).
+        concurrency: most blobs downloading at once.
+        skip_existing: leave a local file alone when it already has the blob's size and MD5.
+        progress: called with a `TransferProgress` as bytes arrive, and once per skip.
+        policy: the retry policy for each blob.
+
+    Returns:
+        The downloaded and skipped files.
+
+    Raises:
+        IntegrityError: a blob's bytes did not match its stored MD5, twice.
+        NotFoundError: the container or a named blob does not exist.
+        StorageError: a blob name is unsafe as a local path.
+        ServiceUnavailableError: a download kept failing transiently.
+
+    Example:
+        >>> async def collect(service):
+        ...     result = await download_blobs(service, "outputs", "gifs/")
+        ...     return [f.path for f in result.files]
+    """
+    _check_container(container)
+    _check_concurrency(concurrency)
+    folder = Path(destination)
+    client = service.get_container_client(container)
+    if names is None:
+        listed: list[BlobProperties] = await call(
+            lambda: _list_blobs(client, prefix),
+            policy=policy,
+            resource="container",
+            resource_id=container,
+            action="list",
+        )
+        wanted: list[tuple[str, BlobProperties | None]] = [(b.name, b) for b in listed]
+    else:
+        wanted = [(n, None) for n in names]
+    for name, _ in wanted:
+        _local_path(folder, name)  # refuse unsafe names before writing anything
+    await anyio.to_thread.run_sync(lambda: folder.mkdir(parents=True, exist_ok=True))
+    outcome: dict[int, tuple[BlobFile, bool]] = {}
+
+    async def one(index: int) -> None:
+        name, props = wanted[index]
+        blob = client.get_blob_client(name)
+        if props is None:
+            props = await call(blob.get_blob_properties, policy=policy, resource="blob", resource_id=name, action="get")
+        final = _local_path(folder, name)
+        size, expected = int(props.size), _stored_md5(props)
+        if skip_existing and expected is not None:
+            local = await anyio.to_thread.run_sync(_local_md5_if_size, final, size)
+            if local == expected:
+                _Counter(name, size, progress).skipped()
+                outcome[index] = (BlobFile(name=name, path=final, size=size, md5=expected), False)
+                return
+        corrupt = 0
+
+        def retry_corruption(exc: BaseException) -> bool:
+            nonlocal corrupt
+            if not _is_transit_corruption(exc):
+                return False
+            corrupt += 1
+            return corrupt < 2
+
+        md5 = await call(
+            lambda: _download_one(blob, container, name, final, expected, progress),
+            policy=policy,
+            resource="blob",
+            resource_id=name,
+            action="download",
+            retry_on=retry_corruption,
+        )
+        outcome[index] = (BlobFile(name=name, path=final, size=size, md5=md5), True)
+
+    await _for_each(range(len(wanted)), concurrency, one)
+    ordered = [outcome[i] for i in range(len(wanted))]
+    result = DownloadResult(
+        container=container,
+        downloaded=tuple(f for f, got in ordered if got),
+        skipped=tuple(f for f, got in ordered if not got),
+    )
+    logger.info(
+        "downloaded %d blobs from container %r to %s; %d already there",
+        len(result.downloaded),
+        container,
+        folder,
+        len(result.skipped),
+    )
+    return result
+
+
+async def _list_blobs(client: ContainerClient, prefix: str | None) -> list[BlobProperties]:
+    return [b async for b in client.list_blobs(name_starts_with=prefix)]
+
+
+async def _download_one(
+    blob: BlobClient,
+    container: str,
+    name: str,
+    final: Path,
+    expected: str | None,
+    progress: ProgressCallback | None,
+) -> str:
+    """One attempt: stream into a temporary file, verify, rename. Returns the hex MD5."""
+    f, tmp = await anyio.to_thread.run_sync(_open_temp, final)
+    try:
+        digest = hashlib.md5(usedforsecurity=False)
+        downloader = await blob.download_blob(max_concurrency=1)
+        counter = _Counter(name, int(downloader.size or 0), progress)
+        async for chunk in downloader.chunks():
+            await anyio.to_thread.run_sync(_write, f, digest, chunk)
+            counter.add(len(chunk))
+        await anyio.to_thread.run_sync(f.close)
+        actual = digest.hexdigest()
+        if expected is not None and actual != expected:
+            raise IntegrityError(
+                container=container, blob=name, path=str(final), expected_md5=expected, actual_md5=actual
+            )
+        await anyio.to_thread.run_sync(os.replace, tmp, final)
+        return actual
+    finally:
+        # Quick syscalls, done inline so they also run while the task is being cancelled.
+        f.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# SAS
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SasPolicy:
+    """How long the SAS URLs aiobatch mints stay valid.
+
+    A SAS baked into a task cannot be renewed once the task is submitted, so its expiry must cover the wait in
+    the queue, the run and the output upload: *duration* (the job's expected length) plus *margin*. The start is
+    backdated by *backdate* to tolerate clock skew between this machine, the nodes and the storage service.
+
+    Args:
+        duration: seconds the job is expected to take, from now.
+        margin: seconds added after *duration*.
+        backdate: seconds the validity starts before now.
+        max_lifetime: the bound on *duration* + *margin* (7 days, the limit for user delegation keys).
+
+    Raises:
+        ConfigurationError: a negative value, or *duration* + *margin* beyond *max_lifetime*.
+
+    Example:
+        >>> SasPolicy(duration=2 * 3600).margin
+        3600.0
+    """
+
+    duration: float = 24 * 3600.0
+    margin: float = 3600.0
+    backdate: float = 300.0
+    max_lifetime: float = 7 * 24 * 3600.0
+
+    def __post_init__(self) -> None:
+        if min(self.duration, self.margin, self.backdate) < 0 or self.duration + self.margin <= 0:
+            raise ConfigurationError("SasPolicy durations must be non-negative, with duration + margin > 0.")
+        if self.duration + self.margin > self.max_lifetime:
+            raise ConfigurationError(
+                f"a SAS valid for {self.duration + self.margin:g} s exceeds the {self.max_lifetime:g} s bound; "
+                "split the run into shorter jobs or raise max_lifetime (at most 7 days with Entra ID).",
+                setting="SasPolicy",
+            )
+
+    def window(self, now: dt.datetime | None = None) -> tuple[dt.datetime, dt.datetime]:
+        """Return ``(start, expiry)`` in UTC for a SAS minted at *now*."""
+        now = now or dt.datetime.now(dt.timezone.utc)
+        start = now - dt.timedelta(seconds=self.backdate)
+        return start.replace(microsecond=0), (now + dt.timedelta(seconds=self.duration + self.margin)).replace(
+            microsecond=0
+        )
+
+
+def sas_expiry(url: str) -> dt.datetime | None:
+    """Read a SAS URL's expiry (its ``se`` parameter), e.g. to explain a task that failed on an expired SAS.
+
+    Args:
+        url: a URL with a SAS query.
+
+    Returns:
+        The expiry in UTC, or ``None`` if the URL has none.
+
+    Example:
+        >>> sas_expiry("https://a.blob.core.windows.net/c/b?se=2030-01-01T00%3A00%3A00Z&sig=x").year
+        2030
+    """
+    return _parse_sas_expiry(url)
+
+
+def _account_key(service: BlobServiceClient) -> str | None:
+    key = getattr(service.credential, "account_key", None)
+    return str(key) if key else None
+
+
+async def user_delegation_key(service: BlobServiceClient, *, policy: SasPolicy | None = None) -> UserDelegationKey:
+    """Fetch a user delegation key covering *policy*'s window (needs an Entra ID credential).
+
+    Fetch one and pass it to `input_sas_url` / `output_container_sas_url` when minting many SAS URLs.
+
+    Args:
+        service: a blob service authenticated with Entra ID.
+        policy: the validity window to cover.
+
+    Returns:
+        The key.
+
+    Raises:
+        AuthenticationError: the identity may not obtain delegation keys (it needs a Storage Blob Data role).
+    """
+    start, expiry = (policy or SasPolicy()).window()
+    key: UserDelegationKey = await call(
+        lambda: service.get_user_delegation_key(start, expiry),
+        resource="storage account",
+        action="get a user delegation key for",
+    )
+    return key
+
+
+async def _signing(
+    service: BlobServiceClient, policy: SasPolicy, delegation_key: UserDelegationKey | None
+) -> dict[str, Any]:
+    if delegation_key is not None:
+        return {"user_delegation_key": delegation_key}
+    key = _account_key(service)
+    if key is not None:
+        return {"account_key": key}
+    if hasattr(service.credential, "get_token"):
+        return {"user_delegation_key": await user_delegation_key(service, policy=policy)}
+    raise ConfigurationError(
+        "cannot mint SAS URLs: the storage client has neither an account key nor an Entra ID credential. Use a "
+        "connection string with AccountKey=, or AZURE_STORAGE_ACCOUNT_URL with Entra ID.",
+        setting="AZURE_STORAGE_CONNECTION_STRING",
+    )
+
+
+async def input_sas_url(
+    service: BlobServiceClient,
+    container: str,
+    blob: str,
+    *,
+    policy: SasPolicy | None = None,
+    delegation_key: UserDelegationKey | None = None,
+) -> str:
+    """Return a read-only SAS URL for one blob, for a task's resource file.
+
+    Args:
+        service: the blob service (with an account key or an Entra ID credential).
+        container: the container.
+        blob: the blob name.
+        policy: the validity window.
+        delegation_key: a user delegation key to sign with (Entra ID); fetched if needed and not given.
+
+    Returns:
+        The blob URL with a SAS granting read only; the account key is not in it.
+
+    Raises:
+        ConfigurationError: the client cannot sign (no key, no Entra ID credential).
+
+    Example:
+        >>> async def resource_url(service):
+        ...     return await input_sas_url(service, "inputs", "my cat.mp4", policy=SasPolicy(duration=7200))
+    """
+    policy = policy or SasPolicy()
+    start, expiry = policy.window()
+    token = generate_blob_sas(
+        service.account_name or "",
+        container,
+        blob,
+        permission=BlobSasPermissions(read=True),
+        start=start,
+        expiry=expiry,
+        **await _signing(service, policy, delegation_key),
+    )
+    url: str = service.get_blob_client(container, blob).url
+    logger.debug("minted read SAS for blob %r until %s", blob, expiry.isoformat())
+    return f"{url}?{token}"
+
+
+async def output_container_sas_url(
+    service: BlobServiceClient,
+    container: str,
+    *,
+    policy: SasPolicy | None = None,
+    delegation_key: UserDelegationKey | None = None,
+) -> str:
+    """Return a create/write-only SAS URL for a container, for tasks' output files.
+
+    The SAS cannot read, list or delete, so a task can add its outputs but not see or change others'.
+
+    Args:
+        service: the blob service (with an account key or an Entra ID credential).
+        container: the container.
+        policy: the validity window.
+        delegation_key: a user delegation key to sign with (Entra ID); fetched if needed and not given.
+
+    Returns:
+        The container URL with a SAS granting create and write only.
+
+    Raises:
+        ConfigurationError: the client cannot sign.
+
+    Example:
+        >>> async def outputs_url(service):
+        ...     return await output_container_sas_url(service, "outputs", policy=SasPolicy(duration=7200))
+    """
+    policy = policy or SasPolicy()
+    start, expiry = policy.window()
+    token = generate_container_sas(
+        service.account_name or "",
+        container,
+        permission=ContainerSasPermissions(write=True, create=True),
+        start=start,
+        expiry=expiry,
+        **await _signing(service, policy, delegation_key),
+    )
+    url: str = service.get_container_client(container).url
+    logger.debug("minted create/write SAS for container %r until %s", container, expiry.isoformat())
+    return f"{url}?{token}"

@@ -1,0 +1,386 @@
+"""Blob Storage against real Azurite: uploads that skip, verified downloads, least-privilege SAS, containers."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import time
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from azure.core.exceptions import HttpResponseError
+from azure.storage.blob import ContentSettings, UserDelegationKey
+from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient
+
+from aiobatch._azurite import AzuriteServer
+from aiobatch._config import StorageSettings
+from aiobatch._errors import (
+    AuthenticationError,
+    ConfigurationError,
+    IntegrityError,
+    NotFoundError,
+    SasExpiredError,
+    StorageError,
+)
+from aiobatch._retry import RetryPolicy, call, instant_waits, sdk_client_kwargs
+from aiobatch._storage import (
+    SasPolicy,
+    TransferProgress,
+    _local_path,
+    blob_service_client,
+    delete_containers,
+    download_blobs,
+    ensure_container,
+    input_sas_url,
+    output_container_sas_url,
+    sas_expiry,
+    upload_files,
+)
+
+BLOCK = 64 * 1024  # small blocks keep multi-block cases fast
+
+
+@pytest.fixture
+async def service(azurite: AzuriteServer) -> AsyncIterator[BlobServiceClient]:
+    async with blob_service_client(StorageSettings(connection_string=azurite.connection_string)) as svc:
+        yield svc
+
+
+@pytest.fixture
+def container() -> str:
+    return f"t-{uuid.uuid4().hex[:20]}"
+
+
+@pytest.fixture(autouse=True)
+def _instant() -> Iterator[None]:
+    with instant_waits():
+        yield
+
+
+def write_files(folder: Path, sizes: dict[str, int]) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, (name, size) in enumerate(sizes.items()):
+        path = folder / name
+        path.write_bytes(bytes((i + j) % 251 for j in range(size)))
+        paths.append(path)
+    return paths
+
+
+SIZES = {
+    "empty.bin": 0,
+    "one.bin": 1,
+    "block-minus-1.bin": BLOCK - 1,
+    "block.bin": BLOCK,
+    "block-plus-1.bin": BLOCK + 1,
+    "multi block.bin": 3 * BLOCK + 123,
+    "my cat \u2013 Ünïcödé 猫.mp4": 5000,
+    "quotes 'and' \"more\" & 100%.txt": 10,
+    **{f"many-{i:03d}.dat": 100 + i for i in range(40)},
+}
+
+
+async def upload(service: BlobServiceClient, container: str, paths: list[Path], **kwargs: Any) -> Any:
+    return await upload_files(service, container, paths, block_size=BLOCK, single_put_size=BLOCK, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Uploads
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_concurrent_upload_of_every_size_and_name(
+    service: BlobServiceClient, container: str, tmp_path: Path
+) -> None:
+    paths = write_files(tmp_path / "in", SIZES)
+    events: list[TransferProgress] = []
+    result = await upload(service, container, paths, concurrency=8, progress=events.append)
+    assert [f.name for f in result.uploaded] == list(SIZES) and result.skipped == ()
+    assert result.bytes_uploaded == sum(SIZES.values())
+    client = service.get_container_client(container)
+    for item in result.uploaded:
+        blob = client.get_blob_client(item.name)
+        data = await (await blob.download_blob()).readall()
+        assert data == item.path.read_bytes(), item.name
+        props = await blob.get_blob_properties()
+        assert props.size == SIZES[item.name]
+        stored = props.content_settings.content_md5
+        assert stored is not None and bytes(stored).hex() == hashlib.md5(data).hexdigest() == item.md5
+    multi = [e for e in events if e.name == "multi block.bin"]
+    assert [e.done for e in multi] and multi[-1].done == multi[-1].total == 3 * BLOCK + 123
+    assert len(multi) == 4  # one event per staged block
+    assert (await client.get_blob_client("my cat.mp4").exists()) is False
+    assert "%20" in client.get_blob_client("my cat \u2013 Ünïcödé 猫.mp4").url
+
+
+@pytest.mark.anyio
+async def test_reupload_sends_nothing_for_identical_files(
+    service: BlobServiceClient, container: str, tmp_path: Path
+) -> None:
+    paths = write_files(tmp_path / "in", SIZES)
+    await upload(service, container, paths)
+    client = service.get_container_client(container)
+    before = {b.name: (b.etag, b.last_modified) async for b in client.list_blobs()}
+
+    # Change one file's bytes but not its size: size alone must not fool the skip.
+    changed = tmp_path / "in" / "block.bin"
+    changed.write_bytes(b"\xff" * BLOCK)
+    skipped_events: list[TransferProgress] = []
+    again = await upload(service, container, paths, progress=skipped_events.append)
+
+    assert [f.name for f in again.uploaded] == ["block.bin"]
+    assert len(again.skipped) == len(SIZES) - 1
+    after = {b.name: (b.etag, b.last_modified) async for b in client.list_blobs()}
+    for name in SIZES:
+        if name == "block.bin":
+            assert after[name] != before[name]
+        else:
+            assert after[name] == before[name], f"{name} was rewritten"
+    assert sum(e.skipped for e in skipped_events) == len(SIZES) - 1
+
+
+@pytest.mark.anyio
+async def test_blob_names_and_bad_inputs(service: BlobServiceClient, container: str, tmp_path: Path) -> None:
+    a, b = write_files(tmp_path / "x", {"same.txt": 3}) + write_files(tmp_path / "y", {"same.txt": 4})
+    with pytest.raises(ConfigurationError, match="blob_names"):
+        await upload_files(service, container, [a, b])
+    result = await upload_files(service, container, [a, b], blob_names=["x/same.txt", "y/same.txt"])
+    assert sorted(f.name for f in result.uploaded) == ["x/same.txt", "y/same.txt"]
+    with pytest.raises(ConfigurationError, match="cannot read input"):
+        await upload_files(service, container, [tmp_path / "missing.mp4"])
+    with pytest.raises(ConfigurationError, match="cannot read input"):
+        await upload_files(service, container, [tmp_path])
+    with pytest.raises(ConfigurationError, match="container name"):
+        await upload_files(service, "Bad_Name", [a])
+    with pytest.raises(ConfigurationError, match="one per path"):
+        await upload_files(service, container, [a, b], blob_names=["only-one"])
+
+
+@pytest.mark.anyio
+async def test_interrupted_multi_block_upload_leaves_no_blob(
+    service: BlobServiceClient, container: str, tmp_path: Path
+) -> None:
+    (path,) = write_files(tmp_path, {"big.bin": 8 * BLOCK})
+    with anyio.CancelScope() as scope:
+
+        def stop_after_first_block(event: TransferProgress) -> None:
+            if event.done >= BLOCK:
+                scope.cancel()
+
+        await upload(service, container, [path], concurrency=1, progress=stop_after_first_block)
+    assert scope.cancel_called
+    assert (await service.get_blob_client(container, "big.bin").exists()) is False
+
+
+@pytest.mark.anyio
+async def test_hashing_and_reading_do_not_block_the_loop(
+    service: BlobServiceClient, container: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "large.bin"
+    path.write_bytes(b"\x01" * (24 * 1024 * 1024))
+    gaps: list[float] = []
+    done = anyio.Event()
+
+    async def ticker() -> None:
+        last = time.monotonic()
+        while not done.is_set():
+            await anyio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        await upload_files(service, container, [path], block_size=4 * 1024 * 1024, single_put_size=0)
+        done.set()
+    # The SDK's per-request MD5 (4 MiB at a time) runs on the loop; whole-file hashing and reads must not.
+    assert max(gaps) < 0.3
+
+
+# ----------------------------------------------------------------------------------------------------
+# Downloads
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_download_verifies_and_writes_every_blob(
+    service: BlobServiceClient, container: str, tmp_path: Path
+) -> None:
+    paths = write_files(tmp_path / "in", SIZES)
+    await upload(service, container, paths, blob_names=[f"sub dir/{p.name}" for p in paths])
+    out = tmp_path / "out"
+    result = await download_blobs(service, container, out, concurrency=8)
+    assert len(result.downloaded) == len(SIZES) and result.skipped == ()
+    for path in paths:
+        assert (out / "sub dir" / path.name).read_bytes() == path.read_bytes()
+    assert not [p for p in out.rglob("*") if p.name.endswith(".aiobatch-part")]
+    again = await download_blobs(service, container, out)
+    assert len(again.skipped) == len(SIZES) and again.downloaded == ()
+    only = await download_blobs(service, container, tmp_path / "one", names=["sub dir/one.bin"])
+    assert [f.name for f in only.downloaded] == ["sub dir/one.bin"]
+    by_prefix = await download_blobs(service, container, tmp_path / "many", prefix="sub dir/many-00")
+    assert len(by_prefix.downloaded) == 10
+
+
+@pytest.mark.anyio
+async def test_corrupted_blob_raises_integrity_error_and_leaves_no_file(
+    service: BlobServiceClient, container: str, tmp_path: Path
+) -> None:
+    await ensure_container(service, container)
+    blob = service.get_blob_client(container, "corrupt.gif")
+    wrong_md5 = bytearray(hashlib.md5(b"what was meant").digest())
+    await blob.upload_blob(b"what is there", overwrite=True)
+    # Azurite checks an MD5 sent with the bytes, so corrupt the stored property afterwards.
+    await blob.set_http_headers(ContentSettings(content_md5=wrong_md5))
+    out = tmp_path / "out"
+    with pytest.raises(IntegrityError) as info:
+        await download_blobs(service, container, out)
+    assert info.value.blob == "corrupt.gif" and info.value.expected_md5 == bytes(wrong_md5).hex()
+    assert info.value.actual_md5 == hashlib.md5(b"what is there").hexdigest()
+    assert list(out.iterdir()) == []  # neither the final file nor a temporary one
+
+
+@pytest.mark.anyio
+async def test_missing_blob_is_not_found(service: BlobServiceClient, container: str, tmp_path: Path) -> None:
+    await ensure_container(service, container)
+    with pytest.raises(NotFoundError) as info:
+        await download_blobs(service, container, tmp_path, names=["nope.gif"])
+    assert info.value.resource_id == "nope.gif"
+
+
+def test_unsafe_blob_names_are_refused_as_local_paths(tmp_path: Path) -> None:
+    for bad in ("../escape", "a/../../b", "/abs", "a//b", "./x"):
+        with pytest.raises(StorageError):
+            _local_path(tmp_path, bad)
+    assert _local_path(tmp_path, "ok dir/ü.gif") == tmp_path / "ok dir" / "ü.gif"
+
+
+# ----------------------------------------------------------------------------------------------------
+# SAS
+# ----------------------------------------------------------------------------------------------------
+
+
+def query(url: str) -> dict[str, str]:
+    return {k: v[0] for k, v in urllib.parse.parse_qs(urllib.parse.urlsplit(url).query).items()}
+
+
+async def status_of(coro: Any) -> int:
+    try:
+        await coro
+    except HttpResponseError as exc:
+        return int(exc.status_code or 0)
+    return 200
+
+
+@pytest.mark.anyio
+async def test_input_sas_reads_and_cannot_write_or_delete(
+    service: BlobServiceClient, container: str, tmp_path: Path, azurite: AzuriteServer
+) -> None:
+    (path,) = write_files(tmp_path, {"my cat 猫.mp4": 1000})
+    await upload_files(service, container, [path])
+    policy = SasPolicy(duration=2 * 3600, margin=1800)
+    url = await input_sas_url(service, container, "my cat 猫.mp4", policy=policy)
+    q = query(url)
+    assert q["sp"] == "r" and azurite.account_key not in url and "AccountKey" not in url
+    now = dt.datetime.now(dt.timezone.utc)
+    expiry = sas_expiry(url)
+    assert expiry is not None and abs((expiry - now).total_seconds() - (2 * 3600 + 1800)) < 60
+    start = dt.datetime.fromisoformat(q["st"].replace("Z", "+00:00"))
+    assert 240 < (now - start).total_seconds() < 400
+    async with BlobClient.from_blob_url(url, **sdk_client_kwargs()) as blob:
+        assert await (await blob.download_blob()).readall() == path.read_bytes()
+        assert await status_of(blob.upload_blob(b"overwrite", overwrite=True)) == 403
+        assert await status_of(blob.delete_blob()) == 403
+
+
+@pytest.mark.anyio
+async def test_output_sas_writes_and_cannot_read_list_or_delete(
+    service: BlobServiceClient, container: str, azurite: AzuriteServer
+) -> None:
+    await ensure_container(service, container)
+    url = await output_container_sas_url(service, container, policy=SasPolicy(duration=600))
+    assert query(url)["sp"] == "cw" and azurite.account_key not in url
+    async with ContainerClient.from_container_url(url, **sdk_client_kwargs()) as out:
+        await out.upload_blob("task-1/out put.gif", b"GIF89a", overwrite=True)
+        assert await status_of(out.download_blob("task-1/out put.gif")) == 403
+        assert await status_of(out.list_blobs().__anext__()) == 403
+        assert await status_of(out.delete_blob("task-1/out put.gif")) == 403
+        assert await status_of(out.get_container_properties()) == 403
+    assert await service.get_blob_client(container, "task-1/out put.gif").exists()
+
+
+@pytest.mark.anyio
+async def test_expired_sas_is_refused_and_reported_as_expired(service: BlobServiceClient, container: str) -> None:
+    await ensure_container(service, container)
+    await service.get_blob_client(container, "x.txt").upload_blob(b"x")
+    url = await input_sas_url(service, container, "x.txt", policy=SasPolicy(duration=1.0, margin=0.0))
+    await asyncio.sleep(2.2)
+    async with BlobClient.from_blob_url(url, **sdk_client_kwargs()) as blob:
+
+        async def read() -> bytes:
+            return await (await blob.download_blob()).readall()
+
+        with pytest.raises(SasExpiredError) as info:
+            await call(read, policy=RetryPolicy(attempts=3), resource="blob", resource_id="x.txt")
+    assert info.value.expiry is not None and "sig=" not in str(info.value).replace("sig=***", "")
+
+
+def test_sas_policy_bounds() -> None:
+    with pytest.raises(ConfigurationError, match="bound"):
+        SasPolicy(duration=8 * 24 * 3600)
+    with pytest.raises(ConfigurationError):
+        SasPolicy(duration=-1)
+    start, expiry = SasPolicy(duration=100, margin=20, backdate=60).window(
+        dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
+    )
+    assert (start.minute, start.second, expiry.minute, expiry.second) == (59, 0, 2, 0)
+
+
+@pytest.mark.anyio
+async def test_a_given_delegation_key_signs_a_user_delegation_sas(service: BlobServiceClient, container: str) -> None:
+    key = UserDelegationKey()  # type: ignore[no-untyped-call]
+    key.signed_oid, key.signed_tid = str(uuid.uuid4()), str(uuid.uuid4())
+    key.signed_start, key.signed_expiry = "2030-01-01T00:00:00Z", "2030-01-02T00:00:00Z"
+    key.signed_service, key.signed_version = "b", "2024-08-04"
+    key.value = "c2VjcmV0LWRlbGVnYXRpb24ta2V5LXZhbHVl"
+    url = await input_sas_url(service, container, "a.mp4", delegation_key=key)
+    q = query(url)
+    assert q["skoid"] == key.signed_oid and q["sp"] == "r" and key.value not in url
+
+
+@pytest.mark.anyio
+async def test_no_way_to_sign_is_a_configuration_error(azurite: AzuriteServer) -> None:
+    url = f"{azurite.blob_endpoint}?sv=2024-08-04&ss=b&srt=sco&sp=rl&se=2099-01-01&sig=c2ln"
+    async with BlobServiceClient(url, **sdk_client_kwargs()) as svc:
+        with pytest.raises(ConfigurationError, match="cannot mint SAS"):
+            await input_sas_url(svc, "c1c", "b")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Containers and auth
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_ensure_and_delete_containers(service: BlobServiceClient, container: str) -> None:
+    assert await ensure_container(service, container) is True
+    assert await ensure_container(service, container) is False
+    assert await delete_containers(service, [container, "never-existed-xyz"]) == [container]
+    assert await delete_containers(service, [container]) == []
+
+
+@pytest.mark.anyio
+async def test_wrong_key_is_an_authentication_error(azurite: AzuriteServer, container: str, tmp_path: Path) -> None:
+    wrong = azurite.connection_string.replace(azurite.account_key, "d3Jvbmcta2V5LXdyb25nLWtleQ==")
+    (path,) = write_files(tmp_path, {"a.txt": 3})
+    async with blob_service_client(StorageSettings(connection_string=wrong)) as svc:
+        with pytest.raises(AuthenticationError) as info:
+            await upload_files(svc, container, [path])
+    assert info.value.status == 403 and "d3Jvbmcta2V5" not in str(info.value)
