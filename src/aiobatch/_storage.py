@@ -563,6 +563,7 @@ async def _put_whole(
             resource="blob",
             resource_id=item.name,
             action="upload",
+            retry_on=_is_transit_corruption,
         )
     counter.add(item.size)
 
@@ -591,6 +592,7 @@ async def _put_blocks(
                 resource="blob",
                 resource_id=item.name,
                 action="upload a block of",
+                retry_on=_is_transit_corruption,
             )
         counter.add(length)
 
@@ -646,7 +648,13 @@ def _local_md5_if_size(path: Path, size: int) -> str | None:
 
 
 def _is_transit_corruption(exc: BaseException) -> bool:
-    return isinstance(exc, IntegrityError) or "md5 mismatch" in str(exc).lower()
+    """Bytes damaged on the wire: the service's Md5Mismatch (400) on an upload, or our check on a download."""
+    code = getattr(exc, "error_code", None)
+    return (
+        isinstance(exc, IntegrityError)
+        or str(getattr(code, "value", code) or "") == "Md5Mismatch"
+        or "md5 mismatch" in str(exc).lower()
+    )
 
 
 async def download_blobs(

@@ -32,6 +32,7 @@ from aiobatch._retry import RetryPolicy, call, instant_waits, sdk_client_kwargs
 from aiobatch._storage import (
     SasPolicy,
     TransferProgress,
+    _is_transit_corruption,
     _local_path,
     blob_service_client,
     delete_containers,
@@ -245,6 +246,16 @@ async def test_corrupted_blob_raises_integrity_error_and_leaves_no_file(
     assert info.value.blob == "corrupt.gif" and info.value.expected_md5 == bytes(wrong_md5).hex()
     assert info.value.actual_md5 == hashlib.md5(b"what is there").hexdigest()
     assert list(out.iterdir()) == []  # neither the final file nor a temporary one
+
+
+@pytest.mark.anyio
+async def test_a_block_damaged_in_transit_counts_as_transient(service: BlobServiceClient, container: str) -> None:
+    await ensure_container(service, container)
+    blob = service.get_blob_client(container, "b.bin")
+    with pytest.raises(HttpResponseError) as info:
+        await blob.stage_block("x", b"data", transactional_content_md5=hashlib.md5(b"other").digest())
+    assert _is_transit_corruption(info.value)  # Azurite's Md5Mismatch: the upload retries it
+    assert not _is_transit_corruption(NotFoundError("x"))
 
 
 @pytest.mark.anyio
