@@ -194,8 +194,7 @@ class StorageSettings:
             )
             object.__setattr__(self, "account_url", url)
             object.__setattr__(self, "blob_endpoint", url)
-            host = urllib.parse.urlsplit(url).hostname or ""
-            object.__setattr__(self, "account_name", host.split(".")[0] or None)
+            object.__setattr__(self, "account_name", _account_from_url(url))
             return
         parts = _parse_connection_string(self.connection_string or "")
         name = parts.get("accountname")
@@ -241,6 +240,20 @@ class StorageSettings:
                 f"account_name={self.account_name!r})"
             )
         return f"StorageSettings(account_url={redact(self.account_url or '')!r})"
+
+
+def _account_from_url(url: str) -> str | None:
+    """Find the account name in a blob endpoint.
+
+    It is the first host label, or the first path segment on an IP address or localhost (Azurite's
+    path-style URLs, ``http://127.0.0.1:10000/devstoreaccount1``).
+    """
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if host == "localhost" or host.replace(".", "").isdigit() or ":" in host:
+        segment = parts.path.strip("/").split("/")[0]
+        return segment or None
+    return host.split(".")[0] or None
 
 
 def _parse_connection_string(value: str) -> dict[str, str]:

@@ -64,6 +64,11 @@ async def test_default_credential_is_azure_identity_and_does_no_io_until_used() 
         await credential.close()
 
 
+def test_account_name_from_path_style_urls() -> None:
+    assert StorageSettings(account_url="http://127.0.0.1:10000/devstoreaccount1").account_name == "devstoreaccount1"
+    assert StorageSettings(account_url="http://localhost:10000/acct2/").account_name == "acct2"
+
+
 def test_arguments_override_the_environment() -> None:
     settings = Settings.from_env(
         ENV,
