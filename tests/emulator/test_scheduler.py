@@ -36,7 +36,7 @@ def pool(pool_id: str, nodes: int = 1, **kwargs: object) -> m.BatchPoolCreateOpt
 async def until(check: Callable[[], Awaitable[bool]], limit: float = 20.0) -> None:
     """Poll ``check`` until it holds, as a client would; fail after ``limit`` seconds."""
     with anyio.fail_after(limit):
-        while not await check():  # noqa: ASYNC110 - polling the service is the point
+        while not await check():
             await anyio.sleep(0.05)
 
 

@@ -24,13 +24,17 @@ from aiohttp import web
 from azure.core.credentials import AzureNamedKeyCredential
 
 from ._app import build_app
+from ._faults import FAULT_HEADER, FaultLedger, FaultPlan, Faults
 from ._model import Account, Application
 from ._scheduler import Quotas, Scheduler, Timings
 
 __all__ = [
     "DEFAULT_ACCOUNT_KEY",
     "DEFAULT_ACCOUNT_NAME",
+    "FAULT_HEADER",
     "Emulator",
+    "FaultLedger",
+    "FaultPlan",
     "Quotas",
     "Timings",
     "load_applications",
@@ -87,6 +91,8 @@ class Emulator:
         workdir: Where nodes keep their directories; a temporary folder (removed on exit) by default.
         timings: How long allocation, node start and deletion take.
         quotas: Core quotas; a pool beyond them gets the service's resize error instead of nodes.
+        faults: Faults to inject (seeded); none by default. A single request can also ask for one with the
+            ``x-aiobatch-fault`` header.
 
     Example:
         >>> async with Emulator() as emu:  # doctest: +SKIP
@@ -104,6 +110,7 @@ class Emulator:
         workdir: Path | str | None = None,
         timings: Timings | None = None,
         quotas: Quotas | None = None,
+        faults: FaultPlan | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -113,6 +120,7 @@ class Emulator:
         self._workdir = Path(workdir) if workdir is not None else None
         self.timings = timings or Timings()
         self.quotas = quotas or Quotas()
+        self.faults = Faults(faults)
         self._runner: web.AppRunner | None = None
         self._scheduler: Scheduler | None = None
         self._tmp: str | None = None
@@ -150,8 +158,10 @@ class Emulator:
             self._tmp = tempfile.mkdtemp(prefix="aiobatch-emulator-")
         self.workdir.mkdir(parents=True, exist_ok=True)
         account = Account(name=self.account_name, url="", applications=load_applications(self.apps_dir))
-        scheduler = Scheduler(account, workdir=self.workdir, timings=self.timings, quotas=self.quotas)
-        runner = web.AppRunner(build_app(account, scheduler, self._account_key), access_log=None)
+        scheduler = Scheduler(
+            account, workdir=self.workdir, timings=self.timings, quotas=self.quotas, faults=self.faults
+        )
+        runner = web.AppRunner(build_app(account, scheduler, self._account_key, self.faults), access_log=None)
         await runner.setup()
         try:
             site = web.TCPSite(runner, self.host, self.port)
@@ -165,6 +175,32 @@ class Emulator:
         await scheduler.start()
         log.info("Batch emulator for account %s listening on %s", self.account_name, self.endpoint)
         return self
+
+    @property
+    def ledger(self) -> FaultLedger:
+        """What the emulator injected so far, by kind."""
+        return self.faults.ledger
+
+    async def lose_node(self, pool_id: str, node_id: str | None = None, *, state: str = "preempted") -> str:
+        """Preempt a node (``state="preempted"``) or make it ``unusable`` mid-work; its tasks are requeued.
+
+        Args:
+            pool_id: The pool.
+            node_id: The node; by default a node running tasks (or the first one).
+            state: ``preempted`` or ``unusable``.
+
+        Returns:
+            The id of the node that was lost.
+        """
+        if self._scheduler is None or self.account is None:
+            raise RuntimeError("the emulator is not running")
+        if state not in ("preempted", "unusable"):
+            raise ValueError("state must be 'preempted' or 'unusable'")
+        pool = self.account.get_pool(pool_id)
+        nodes = sorted(pool.nodes.values(), key=lambda n: not n.running)
+        node = pool.nodes[node_id] if node_id else nodes[0]
+        await self._scheduler.lose_node(pool, node, state)
+        return node.id
 
     async def stop(self) -> None:
         """Kill running tasks, stop serving and remove the temporary work folder; safe to call twice."""

@@ -6,11 +6,13 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import random
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import DEFAULT_ACCOUNT_KEY, DEFAULT_ACCOUNT_NAME, Emulator, Quotas, Timings
+from . import DEFAULT_ACCOUNT_KEY, DEFAULT_ACCOUNT_NAME, Emulator, FaultPlan, Quotas, Timings
+from ._faults import ALL_KINDS
 
 
 def build_parser(prog: str = "python -m aiobatch.emulator") -> argparse.ArgumentParser:
@@ -40,13 +42,22 @@ def build_parser(prog: str = "python -m aiobatch.emulator") -> argparse.Argument
     )
     parser.add_argument("--dedicated-core-quota", type=int, help="dedicated vCPU quota (default: unlimited)")
     parser.add_argument("--spot-core-quota", type=int, help="spot/low-priority vCPU quota (default: unlimited)")
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="KIND=RATE",
+        help="inject a fault with this probability, repeatable (kinds: " + ", ".join(ALL_KINDS) + ")",
+    )
+    parser.add_argument("--fault-seed", type=int, help="seed for injected faults (default: random, printed)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log pool, job and task transitions")
     return parser
 
 
-async def serve(args: argparse.Namespace) -> None:
+async def serve(args: argparse.Namespace, faults: FaultPlan | None) -> None:
     """Run until cancelled, printing one line with the endpoint once listening."""
     emulator = Emulator(
+        faults=faults,
         host=args.host,
         port=args.port,
         account_name=args.account_name,
@@ -64,6 +75,9 @@ async def serve(args: argparse.Namespace) -> None:
         )
         if args.account_key == DEFAULT_ACCOUNT_KEY:
             print(f"account key: {DEFAULT_ACCOUNT_KEY}", flush=True)
+        if faults is not None:
+            rates = ", ".join(f"{k}={v}" for k, v in faults.rates.items())
+            print(f"injecting faults {rates} (seed {faults.seed})", flush=True)
         await asyncio.Event().wait()
 
 
@@ -77,8 +91,16 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m aiobatch.emul
             file=sys.stderr,
         )
         return 2
+    faults = None
+    if args.fault:
+        seed = args.fault_seed if args.fault_seed is not None else random.randrange(2**31)
+        try:
+            faults = FaultPlan.parse(args.fault, seed=seed)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args))
+        asyncio.run(serve(args, faults))
     return 0
 
 

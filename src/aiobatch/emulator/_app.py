@@ -6,6 +6,7 @@ answer through `_wire`.  Errors are `ServiceError`s, rendered by one middleware 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -21,6 +22,7 @@ from aiohttp.typedefs import Middleware
 
 from . import _wire as wire
 from ._auth import shared_key_middleware
+from ._faults import COLLECTION_FAULTS, CollectionFaults, Faults, fault_middleware
 from ._model import Account, Job, Pool, ServiceError, Task, check_id, invalid_property
 from ._odata import parse_filter
 from ._scheduler import Scheduler
@@ -31,6 +33,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 ACCOUNT_KEY: web.AppKey[Account] = web.AppKey("account", Account)
 SCHEDULER_KEY: web.AppKey[Scheduler] = web.AppKey("scheduler", Scheduler)
+FAULTS_KEY: web.AppKey[Faults] = web.AppKey("faults", Faults)
 
 
 def _account(request: web.Request) -> Account:
@@ -39,6 +42,11 @@ def _account(request: web.Request) -> Account:
 
 def _scheduler(request: web.Request) -> Scheduler:
     return request.app[SCHEDULER_KEY]
+
+
+def _request_url(account: Account, request: web.Request) -> str:
+    """The URL a request went to, without its query (the ``DataServiceId`` of updates and actions)."""
+    return f"{account.url}{request.path}"
 
 
 async def _body(request: web.Request, *, limit: int | None = None) -> Any:
@@ -134,6 +142,7 @@ async def create_pool(request: web.Request) -> web.Response:
             )
         raise ServiceError(409, "PoolExists", "The specified pool already exists.")
     _scheduler(request).add_pool(pool)
+    account.record_create("pool", pool.id)
     log.info("pool %s created (%d dedicated, %d spot)", pool.id, pool.target_dedicated, pool.target_low_priority)
     return wire.empty_response(201, headers=wire.entity_headers(pool), location=f"{account.url}/pools/{pool.id}")
 
@@ -165,6 +174,8 @@ async def delete_pool(request: web.Request) -> web.Response:
     _check_conditions(request, pool)
     if pool.state != "deleting":
         _scheduler(request).delete_pool(pool)
+        pool.touch()  # as recorded: a deleting pool answers with a new ETag and Last-Modified
+        _account(request).record_delete("pool", pool.id)
     return wire.empty_response(202)
 
 
@@ -185,7 +196,7 @@ async def patch_pool(request: web.Request) -> web.Response:
         pool.start_task = probe.start_task
         pool.spec["startTask"] = probe.spec.get("startTask")
     pool.touch()
-    return wire.empty_response(200, headers=wire.entity_headers(pool), location=f"{account.url}/pools/{pool.id}")
+    return wire.empty_response(200, headers=wire.entity_headers(pool), data_service_id=_request_url(account, request))
 
 
 async def resize_pool(request: web.Request) -> web.Response:
@@ -207,7 +218,7 @@ async def resize_pool(request: web.Request) -> web.Response:
             raise invalid_property(name, value, "The value must be an integer between 0 and 10000.")
     _scheduler(request).resize_pool(pool, dedicated, low)
     pool.touch()
-    return wire.empty_response(202, headers=wire.entity_headers(pool), location=f"{account.url}/pools/{pool.id}")
+    return wire.empty_response(202, headers=wire.entity_headers(pool), data_service_id=_request_url(account, request))
 
 
 async def stop_resize_pool(request: web.Request) -> web.Response:
@@ -216,13 +227,13 @@ async def stop_resize_pool(request: web.Request) -> web.Response:
     pool = account.get_pool(request.match_info["pool"])
     _scheduler(request).stop_resize(pool)
     pool.touch()
-    return wire.empty_response(202, headers=wire.entity_headers(pool), location=f"{account.url}/pools/{pool.id}")
+    return wire.empty_response(202, headers=wire.entity_headers(pool), data_service_id=_request_url(account, request))
 
 
 async def node_counts(request: web.Request) -> web.Response:
     """GET /nodecounts."""
     pools = sorted(_account(request).pools.values(), key=lambda p: p.id.lower())
-    return _list(request, "applications", "poolnodecounts", pools, wire.render_node_counts)
+    return _list(request, "poolnodecounts", "poolnodecounts", pools, wire.render_node_counts)
 
 
 async def list_nodes(request: web.Request) -> web.Response:
@@ -268,6 +279,7 @@ async def create_job(request: web.Request) -> web.Response:
         job.spec["poolInfo"] = {"autoPoolSpecification": wire.auto_pool_spec_for_render(pool, auto)}
         scheduler.add_pool(pool)
     scheduler.add_job(job)
+    account.record_create("job", job.id)
     log.info("job %s created on pool %s", job.id, job.pool_id)
     return wire.empty_response(201, headers=wire.entity_headers(job), location=f"{account.url}/jobs/job-1")
 
@@ -312,7 +324,7 @@ async def update_job(request: web.Request) -> web.Response:
     wire.parse_job_update(job, await _body(request), replace=request.method == "PUT")
     job.touch()
     _scheduler(request).check_job_complete(job)
-    return wire.empty_response(200, headers=wire.entity_headers(job), location=f"{account.url}/jobs/job-1")
+    return wire.empty_response(200, headers=wire.entity_headers(job), data_service_id=_request_url(account, request))
 
 
 async def delete_job(request: web.Request) -> web.Response:
@@ -321,6 +333,7 @@ async def delete_job(request: web.Request) -> web.Response:
     _check_conditions(request, job)
     if job.state != "deleting":
         _scheduler(request).delete_job(job)
+        _account(request).record_delete("job", job.id)
     return wire.empty_response(202)
 
 
@@ -338,7 +351,7 @@ async def terminate_job(request: web.Request) -> web.Response:
         )
     _scheduler(request).terminate_job(job, str(body.get("terminateReason") or "UserTerminate"))
     job.touch()
-    return wire.empty_response(202, headers=wire.entity_headers(job), location=f"{account.url}/jobs/job-1")
+    return wire.empty_response(202, headers=wire.entity_headers(job), data_service_id=_request_url(account, request))
 
 
 async def task_counts(request: web.Request) -> web.Response:
@@ -375,6 +388,7 @@ async def create_task(request: web.Request) -> web.Response:
     if task.id.lower() in job.tasks:
         raise _task_exists()
     job.add_task(task)
+    account.record_create("task", f"{job.id}/{task.id}")
     _scheduler(request).kick()
     return wire.empty_response(
         201, headers=wire.entity_headers(task), location=f"{account.url}/jobs/{job.id}/tasks/{task.id}"
@@ -399,7 +413,15 @@ async def add_task_collection(request: web.Request) -> web.Response:
     legacy = wire.is_legacy_api(version)
     results = []
     added = False
-    for item in tasks:
+    faults = request.app[FAULTS_KEY]
+    # Injected faults: commit only part of the chunk and time out, or fail some tasks with a server error.
+    injected = COLLECTION_FAULTS.get() or CollectionFaults()
+    partial = injected.commit_fraction
+    commit_limit = len(tasks) if partial is None else int(partial * len(tasks))
+    task_error_rate = injected.task_error_rate
+    for index, item in enumerate(tasks):
+        if index >= commit_limit:
+            break
         raw_id = item.get("id") if isinstance(item, dict) else None
         task_id = raw_id if isinstance(raw_id, str) else ""
         try:
@@ -413,7 +435,17 @@ async def add_task_collection(request: web.Request) -> web.Response:
                 )
             )
             continue
+        if task_error_rate and faults.rng.random() < task_error_rate:
+            faults.ledger.record("task-error")
+            busy = ServiceError(500, "ServerBusy", "The server is currently unable to add this task.")
+            results.append(
+                wire.render_task_add_result(
+                    task.id, "servererror", legacy=legacy, account_url=account.url, job_id=job.id, error=busy
+                )
+            )
+            continue
         job.add_task(task)
+        account.record_create("task", f"{job.id}/{task.id}")
         added = True
         results.append(
             wire.render_task_add_result(
@@ -422,6 +454,8 @@ async def add_task_collection(request: web.Request) -> web.Response:
         )
     if added:
         _scheduler(request).kick()
+    if partial is not None:
+        raise ServiceError(500, "OperationTimedOut", "The operation timed out before it completed.")
     return wire.json_response({"value": results})
 
 
@@ -448,6 +482,7 @@ async def delete_task(request: web.Request) -> web.Response:
     job, task = _account(request).get_task(request.match_info["job"], request.match_info["task"])
     _check_conditions(request, task)
     await _scheduler(request).delete_task(job, task)
+    _account(request).record_delete("task", f"{job.id}/{task.id}")
     return wire.empty_response(200)
 
 
@@ -458,9 +493,7 @@ async def terminate_task(request: web.Request) -> web.Response:
     _check_conditions(request, task)
     await _scheduler(request).terminate_task(job, task)
     task.touch()
-    return wire.empty_response(
-        204, headers=wire.entity_headers(task), location=f"{account.url}/jobs/{job.id}/tasks/{task.id}"
-    )
+    return wire.empty_response(204, headers=wire.entity_headers(task), data_service_id=_request_url(account, request))
 
 
 def _task_dir(account: Account, job_id: str, task_id: str) -> tuple[Task, Path]:
@@ -514,7 +547,18 @@ async def get_task_file(request: web.Request) -> web.StreamResponse:
     if request.method == "HEAD" or path.is_dir():
         headers["Content-Length"] = str(0 if path.is_dir() else stat.st_size)
         return web.Response(status=200, headers=headers)
-    return web.FileResponse(path, headers=headers)
+    # Streamed (chunked) as the service sends it; aiohttp's FileResponse would add an ETag and Accept-Ranges that
+    # the service's file answers do not carry.
+    response = web.StreamResponse(status=200, headers=headers)
+    await response.prepare(request)
+    with path.open("rb") as stream:
+        while chunk := await asyncio.to_thread(stream.read, _FILE_CHUNK):
+            await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+_FILE_CHUNK = 256 * 1024
 
 
 def _mtime(seconds: float) -> dt.datetime:
@@ -545,22 +589,25 @@ def _error_middleware(account_url: str) -> Middleware:
     return middleware
 
 
-def build_app(
-    account: Account, scheduler: Scheduler, account_key: str, extra_middlewares: Iterable[Middleware] = ()
-) -> web.Application:
-    """The emulator's aiohttp application for one account."""
+def build_app(account: Account, scheduler: Scheduler, account_key: str, faults: Faults) -> web.Application:
+    """The emulator's aiohttp application for one account.
+
+    Middlewares, outermost first: errors rendered as OData bodies, Shared Key verification (so a request without
+    a valid signature changes nothing), then injected faults (only authenticated requests are eligible).
+    """
     app = web.Application(
         middlewares=[
-            *extra_middlewares,
             _error_middleware(account.url),
             shared_key_middleware(
                 account.name, account_key, lambda request, error: wire.error_response(account.url, error)
             ),
+            fault_middleware(faults),
         ],
         client_max_size=4 * 1024 * 1024,
     )
     app[ACCOUNT_KEY] = account
     app[SCHEDULER_KEY] = scheduler
+    app[FAULTS_KEY] = faults
     r = app.router
     r.add_get("/applications", list_applications)
     r.add_get("/applications/{app}", get_application)

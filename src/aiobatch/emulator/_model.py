@@ -12,7 +12,7 @@ import datetime as dt
 import itertools
 import re
 import secrets
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -335,6 +335,17 @@ class Account:
     pools: dict[str, Pool] = field(default_factory=dict)
     jobs: dict[str, Job] = field(default_factory=dict)
     applications: dict[str, Application] = field(default_factory=dict)
+    #: What the account committed, by (kind, lower-cased id): the oracle for "created exactly once".
+    created: Counter[tuple[str, str]] = field(default_factory=Counter)
+    deleted: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def record_create(self, kind: str, entity_id: str) -> None:
+        """Count a committed create of a pool, job or task (tasks as ``job/task``)."""
+        self.created[(kind, entity_id.lower())] += 1
+
+    def record_delete(self, kind: str, entity_id: str) -> None:
+        """Count an accepted delete."""
+        self.deleted[(kind, entity_id.lower())] += 1
 
     def get_pool(self, pool_id: str) -> Pool:
         """The pool with this id (case-insensitive), or the service's PoolNotFound."""

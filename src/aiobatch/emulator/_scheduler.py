@@ -18,6 +18,7 @@ from pathlib import Path
 
 import aiohttp
 
+from ._faults import Faults
 from ._model import (
     SCHEDULABLE_NODE_STATES,
     Account,
@@ -50,11 +51,13 @@ class Timings:
             waiting should be real).
         node_start_delay: Seconds a node spends in ``creating`` and ``starting`` before it is usable.
         deletion_delay: Seconds a pool or job stays in ``deleting`` (or a job in ``terminating``).
+        node_recovery_delay: Seconds a preempted or unusable node takes to come back as a fresh node.
     """
 
     allocation_delay: float = 0.5
     node_start_delay: float = 0.3
     deletion_delay: float = 0.1
+    node_recovery_delay: float = 1.0
 
 
 @dataclass
@@ -75,8 +78,10 @@ class Scheduler:
         workdir: Path,
         timings: Timings,
         quotas: Quotas,
+        faults: Faults | None = None,
     ) -> None:
         self.account = account
+        self.faults = faults or Faults()
         self.workdir = workdir
         self.timings = timings
         self.quotas = quotas
@@ -446,6 +451,36 @@ class Scheduler:
         task.set_state("running")
         task.runner = asyncio.create_task(self._run(job, pool, node, task), name=f"task-{job.id}-{task.id}")
         task.runner.add_done_callback(_log_crash)
+        # Injected node faults strike mid-task: the node is lost a moment after the task starts.
+        for kind in ("preempt", "unusable"):
+            if (kind == "unusable" or not node.is_dedicated) and self.faults.draw(kind):
+                self.faults.ledger.record(kind)
+                delay = self.faults.rng.uniform(0.01, 0.2)
+                self._spawn(self._lose_node_later(pool, node, kind, delay), f"{kind}-{node.id[:12]}")
+                break
+
+    async def _lose_node_later(self, pool: Pool, node: Node, kind: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await self.lose_node(pool, node, "preempted" if kind == "preempt" else "unusable")
+
+    async def lose_node(self, pool: Pool, node: Node, state: str) -> None:
+        """Take a node away mid-work, as spot preemption (``preempted``) or a failure (``unusable``) does.
+
+        Its running tasks are requeued (requeueCount grows) and run again elsewhere; after
+        ``node_recovery_delay`` the node boots again and rejoins the pool.
+        """
+        if node.state in ("preempted", "unusable", "leavingpool") or pool.nodes.get(node.id) is not node:
+            return
+        node.set_state(state)
+        await self._evict(node, requeue=True)
+        log.info("node %s of pool %s is %s", node.id[:16], pool.id, state)
+        self._spawn(self._recover(pool, node, state), f"recover-{node.id[:12]}")
+
+    async def _recover(self, pool: Pool, node: Node, state: str) -> None:
+        await asyncio.sleep(self.timings.node_recovery_delay)
+        if pool.nodes.get(node.id) is node and pool.state == "active" and node.state == state:
+            node.set_state("creating")
+            self._spawn(self._boot(pool, node), f"reboot-{node.id[:12]}")
 
     async def _run(self, job: Job, pool: Pool, node: Node, task: Task) -> None:
         key = (job.id.lower(), task.id.lower())
@@ -490,7 +525,10 @@ class Scheduler:
             self.kick()
         if outcome.failure_info is None:
             node.total_tasks_succeeded += 1
-        if outcome.failure_info is not None and _may_retry(task.retry_count, task.max_task_retry_count):
+        # The service retries a task whose process exited non-zero; failures before or after the process
+        # (resource files, launch, output upload, wall clock) end the task at once.
+        retryable = outcome.failure_info is not None and outcome.failure_info.code == "FailureExitCode"
+        if retryable and _may_retry(task.retry_count, task.max_task_retry_count):
             task.retry_count += 1
             task.last_retry_time = utcnow()
             task.exit_code, task.failure_info = outcome.exit_code, outcome.failure_info
