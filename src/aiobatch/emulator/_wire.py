@@ -141,14 +141,24 @@ def json_response(
 
 
 def empty_response(
-    status: int, *, headers: Mapping[str, str] | None = None, location: str | None = None
+    status: int,
+    *,
+    headers: Mapping[str, str] | None = None,
+    location: str | None = None,
+    data_service_id: str | None = None,
 ) -> web.Response:
-    """An answer with no body (creates, deletes, actions)."""
+    """An answer with no body (creates, deletes, updates, actions).
+
+    As recorded from the service: a create answers with ``Location`` and ``DataServiceId`` (the new entity's
+    URL); an update or an action answers with ``DataServiceId`` only (the URL the request went to, e.g.
+    ``.../pools/{id}/resize``); a delete with neither.
+    """
     all_headers = base_headers()
     all_headers.update(headers or {})
     if location:
         all_headers["Location"] = location
-        all_headers["DataServiceId"] = location
+    if data_service_id or location:
+        all_headers["DataServiceId"] = data_service_id or location or ""
     return web.Response(status=status, headers=all_headers)
 
 
@@ -558,11 +568,13 @@ def _failure(info: FailureInfo) -> dict[str, Any]:
     return body
 
 
-def _state_fields(entity: Pool | Job | Task) -> dict[str, Any]:
+def _state_fields(entity: Pool | Job | Task, *, previous: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {
         "state": entity.state,
         "stateTransitionTime": timestamp(entity.state_transition_time),
     }
+    if not previous:
+        return out
     if entity.previous_state is not None and entity.previous_state_transition_time is not None:
         out["previousState"] = entity.previous_state
         out["previousStateTransitionTime"] = timestamp(entity.previous_state_transition_time)
@@ -581,11 +593,16 @@ def render_pool(account: Account, pool: Pool) -> dict[str, Any]:
             "eTag": pool.etag,
             "lastModified": timestamp(pool.last_modified),
             "creationTime": timestamp(pool.creation_time),
-            **_state_fields(pool),
+            # A pool has no previousState in the service's answers (a deleting pool was recorded without one).
+            **_state_fields(pool, previous=False),
             "allocationState": pool.allocation_state,
             "allocationStateTransitionTime": timestamp(pool.allocation_state_transition_time),
             "vmSize": pool.vm_size.lower(),
             "resizeTimeout": spec["resizeTimeout"],
+            "currentDedicatedNodes": pool.current(True),
+            "targetDedicatedNodes": pool.target_dedicated,
+            "currentLowPriorityNodes": pool.current(False),
+            "targetLowPriorityNodes": pool.target_low_priority,
         }
     )
     if pool.resize_errors:
@@ -599,10 +616,6 @@ def render_pool(account: Account, pool: Pool) -> dict[str, Any]:
         ]
     out.update(
         {
-            "currentDedicatedNodes": pool.current(True),
-            "targetDedicatedNodes": pool.target_dedicated,
-            "currentLowPriorityNodes": pool.current(False),
-            "targetLowPriorityNodes": pool.target_low_priority,
             "enableAutoScale": spec["enableAutoScale"],
             "enableInterNodeCommunication": spec["enableInterNodeCommunication"],
         }
