@@ -621,6 +621,8 @@ def assert_error_matches(real: dict[str, Any], emulated: Any, code: str) -> None
     assert body["code"] == real["ResponseBody"]["code"] == code
     assert_same_keys(real["ResponseBody"], body, f"{code} body")
     assert metadata_fragment(body) == metadata_fragment(real["ResponseBody"])
+    endpoint = urlsplit(emulated.request.url)
+    assert body["odata.metadata"].startswith(f"{endpoint.scheme}://{endpoint.netloc}/$metadata#"), "absolute"
     assert body["message"]["lang"] == "en-US"
     first_line, request_id, when = body["message"]["value"].split("\n")
     assert first_line == real["ResponseBody"]["message"]["value"].split("\n")[0]

@@ -568,21 +568,22 @@ def _mtime(seconds: float) -> dt.datetime:
 # -- the application --------------------------------------------------------------------------------
 
 
-def _error_middleware(account_url: str) -> Middleware:
+def _error_middleware(account: Account) -> Middleware:
+    # The account's URL is read per request: it is known only once the server is bound, after the app is built.
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             wire.api_version_of(request)
             return await handler(request)
         except ServiceError as error:
-            return wire.error_response(account_url, error)
+            return wire.error_response(account.url, error)
         except web.HTTPNotFound:
             return wire.error_response(
-                account_url, ServiceError(404, "ResourceNotFound", "The specified resource does not exist.")
+                account.url, ServiceError(404, "ResourceNotFound", "The specified resource does not exist.")
             )
         except web.HTTPMethodNotAllowed:
             return wire.error_response(
-                account_url,
+                account.url,
                 ServiceError(405, "UnsupportedHttpVerb", "The resource doesn't support the specified HTTP verb."),
             )
 
@@ -597,7 +598,7 @@ def build_app(account: Account, scheduler: Scheduler, account_key: str, faults: 
     """
     app = web.Application(
         middlewares=[
-            _error_middleware(account.url),
+            _error_middleware(account),
             shared_key_middleware(
                 account.name, account_key, lambda request, error: wire.error_response(account.url, error)
             ),
