@@ -233,7 +233,10 @@ async def stop_resize_pool(request: web.Request) -> web.Response:
 async def node_counts(request: web.Request) -> web.Response:
     """GET /nodecounts."""
     pools = sorted(_account(request).pools.values(), key=lambda p: p.id.lower())
-    return _list(request, "poolnodecounts", "poolnodecounts", pools, wire.render_node_counts)
+    legacy = wire.is_legacy_api(wire.api_version_of(request))
+    return _list(
+        request, "poolnodecounts", "poolnodecounts", pools, lambda p: wire.render_node_counts(p, legacy=legacy)
+    )
 
 
 async def list_nodes(request: web.Request) -> web.Response:
@@ -398,7 +401,6 @@ async def create_task(request: web.Request) -> web.Response:
 async def add_task_collection(request: web.Request) -> web.Response:
     """POST /jobs/{jobId}/addtaskcollection: up to 100 tasks, one result each."""
     account = _account(request)
-    version = wire.api_version_of(request)
     job = _job_accepting_tasks(account, request.match_info["job"])
     body = await _body(request, limit=wire.MAX_COLLECTION_BODY_BYTES)
     tasks = body.get("value") if isinstance(body, dict) else None
@@ -410,7 +412,6 @@ async def add_task_collection(request: web.Request) -> web.Response:
             len(tasks),
             f"The task collection must hold at most {wire.MAX_TASKS_PER_COLLECTION} tasks.",
         )
-    legacy = wire.is_legacy_api(version)
     results = []
     added = False
     faults = request.app[FAULTS_KEY]
@@ -430,27 +431,21 @@ async def add_task_collection(request: web.Request) -> web.Response:
                 raise _task_exists()
         except ServiceError as error:
             results.append(
-                wire.render_task_add_result(
-                    task_id, "clienterror", legacy=legacy, account_url=account.url, job_id=job.id, error=error
-                )
+                wire.render_task_add_result(task_id, "clienterror", account_url=account.url, job_id=job.id, error=error)
             )
             continue
         if task_error_rate and faults.rng.random() < task_error_rate:
             faults.ledger.record("task-error")
             busy = ServiceError(500, "ServerBusy", "The server is currently unable to add this task.")
             results.append(
-                wire.render_task_add_result(
-                    task.id, "servererror", legacy=legacy, account_url=account.url, job_id=job.id, error=busy
-                )
+                wire.render_task_add_result(task.id, "servererror", account_url=account.url, job_id=job.id, error=busy)
             )
             continue
         job.add_task(task)
         account.record_create("task", f"{job.id}/{task.id}")
         added = True
         results.append(
-            wire.render_task_add_result(
-                task.id, "success", legacy=legacy, account_url=account.url, job_id=job.id, task=task
-            )
+            wire.render_task_add_result(task.id, "success", account_url=account.url, job_id=job.id, task=task)
         )
     if added:
         _scheduler(request).kick()

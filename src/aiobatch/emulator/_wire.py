@@ -108,7 +108,12 @@ def api_version_of(request: web.Request) -> str:
 
 
 def is_legacy_api(version: str) -> bool:
-    """Whether the client speaks an api-version from before the 2024 spec rewrite (camelCase enums)."""
+    """Whether the client speaks an api-version from before 2024-07-01.20.0 (the 14.x SDK's 2024-02-01.19.0).
+
+    Those versions know no node deallocation, so their node counts have no ``deallocated``/``deallocating``.
+    Their enum values are spelled as today's: the specification of every accepted version gives addtaskcollection
+    statuses as ``success``/``clienterror``/``servererror`` (``clientError`` is only the x-ms-enum *name*).
+    """
     return version[:10] < "2024-07-01"
 
 
@@ -696,12 +701,17 @@ _NODE_COUNT_STATES = (
 )
 
 
-def render_node_counts(pool: Pool) -> dict[str, Any]:
-    """One entry of GET /nodecounts."""
+#: Node states that api-versions before 2024-07-01.20.0 do not count.
+_NEWER_NODE_COUNT_STATES = frozenset({"deallocated", "deallocating"})
+
+
+def render_node_counts(pool: Pool, *, legacy: bool = False) -> dict[str, Any]:
+    """One entry of GET /nodecounts (``legacy``: for an api-version before 2024-07-01.20.0)."""
+    states = [s for s in _NODE_COUNT_STATES if not (legacy and s in _NEWER_NODE_COUNT_STATES)]
 
     def counts(dedicated: bool) -> dict[str, int]:
-        out = dict.fromkeys(_NODE_COUNT_STATES, 0)
-        by_lower = {s.lower(): s for s in _NODE_COUNT_STATES}
+        out = dict.fromkeys(states, 0)
+        by_lower = {s.lower(): s for s in states}
         for node in pool.nodes.values():
             if node.is_dedicated == dedicated:
                 out[by_lower.get(node.state, "unknown")] += 1
@@ -813,15 +823,13 @@ def render_task_add_result(
     task_id: str,
     status: str,
     *,
-    legacy: bool,
     account_url: str,
     job_id: str,
     task: Task | None = None,
     error: ServiceError | None = None,
 ) -> dict[str, Any]:
-    """One entry of an addtaskcollection answer."""
-    spelled = {"success": "success", "clienterror": "clientError", "servererror": "serverError"}[status]
-    out: dict[str, Any] = {"status": spelled if legacy else status, "taskId": task_id}
+    """One entry of an addtaskcollection answer; ``status`` is ``success``, ``clienterror`` or ``servererror``."""
+    out: dict[str, Any] = {"status": status, "taskId": task_id}
     if task is not None:
         out["eTag"] = task.etag
         out["lastModified"] = timestamp(task.last_modified)
