@@ -275,6 +275,8 @@ class Job(Entity):
     tasks: dict[str, Task] = field(default_factory=dict)
     #: Active tasks waiting for a slot, in the order they will run.
     queue: deque[str] = field(default_factory=deque)
+    #: How many of ``tasks`` are completed (kept as tasks complete, so completion checks cost O(1)).
+    completed_count: int = 0
     _sorted_keys: list[str] | None = None
 
     def sorted_task_keys(self) -> list[str]:
@@ -292,7 +294,9 @@ class Job(Entity):
 
     def remove_task(self, key: str) -> None:
         """Forget a task."""
-        self.tasks.pop(key, None)
+        task = self.tasks.pop(key, None)
+        if task is not None and task.state == "completed":
+            self.completed_count -= 1
         self._sorted_keys = None
 
     def counts(self) -> dict[str, int]:

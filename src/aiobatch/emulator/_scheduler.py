@@ -321,7 +321,7 @@ class Scheduler:
         """
         if job.state != "active" or job.on_all_tasks_complete != "terminatejob":
             return
-        if all(t.state == "completed" for t in job.tasks.values()):
+        if job.completed_count == len(job.tasks):
             self.terminate_job(job, "AllTasksComplete")
 
     def terminate_job(self, job: Job, reason: str) -> None:
@@ -412,9 +412,11 @@ class Scheduler:
             nodes = [
                 n for n in pool.nodes.values() if n.state in SCHEDULABLE_NODE_STATES and n.scheduling_state == "enabled"
             ]
-            running = sum(1 for t in job.tasks.values() if t.runner is not None)
+            # Counting running tasks is O(tasks): only pay for it when the job limits parallelism.
+            limited = job.max_parallel_tasks >= 0
+            running = sum(1 for t in job.tasks.values() if t.runner is not None) if limited else 0
             while job.queue and nodes:
-                if 0 <= job.max_parallel_tasks <= running:
+                if limited and running >= job.max_parallel_tasks:
                     break
                 key = job.queue[0]
                 task = job.tasks.get(key)
@@ -551,6 +553,7 @@ class Scheduler:
         task.failure_info = failure
         task.result = "failure" if failure is not None else "success"
         task.set_state("completed")
+        job.completed_count += 1
         log.debug("task %s/%s completed: %s", job.id, task.id, task.result)
 
     # -- application packages -------------------------------------------------------------------------------------
