@@ -1,0 +1,396 @@
+"""Task submission: chunks of at most 100 tasks (and about 1 MB), several in flight, each task added once.
+
+Why not the SDK's ``create_tasks``: azure-batch 15.1's helper loops without bound on a 503, spins on per-task
+server errors, ignores a camelCase ``serverError`` and counts anyone's ``TaskExists`` as success. Here every
+chunk is one ``create_task_collection`` request at a time, retried by the one policy in `aiobatch._retry`.
+
+Retry layers. azure-core's own ``RetryPolicy`` is switched off for these requests (``retry_total=0`` is passed
+with each call, on top of the client being built with `sdk_client_kwargs`), so a 503 costs exactly one request
+per attempt of *policy*: attempts never multiply, and the policy's deadline means what it says. Waits are
+jittered exponential backoff and honour ``Retry-After``.
+
+What is retried, and how a task is never added twice:
+
+- A whole-request transient failure (429, 5xx, timeout, dropped connection) is retried with the same task ids:
+  the request may or may not have taken effect.
+- Per-task ``serverError`` results (compared case-insensitively: older API versions spell them camelCase) are
+  retried, only those tasks.
+- ``TaskExists`` means success only for a task this run may already have created: one sent by an earlier
+  attempt, in this call or an earlier `submit_tasks` of the same `SubmissionLedger`. A ``TaskExists`` for a task
+  never sent before is someone else's task: a conflict, reported in `SubmitResult.failed` and
+  `SubmitResult.conflicts`, never as success.
+- ``413 RequestBodyTooLarge`` halves the chunk (chunks are also pre-split by an estimate of their body size);
+  a single task too large on its own fails with that reason.
+- Other per-task ``clientError`` results are final and reported with the service's reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import anyio
+from azure.batch import models
+from azure.batch.aio import BatchClient
+
+from ._errors import AiobatchError, ConfigurationError, ServiceError, SubmissionError, redact
+from ._retry import RetryPolicy, call
+from ._specs import TaskSpec, check_id, to_task_model
+
+__all__ = [
+    "MAX_BODY_BYTES",
+    "MAX_TASKS_PER_REQUEST",
+    "SubmissionLedger",
+    "SubmitResult",
+    "submit_tasks",
+]
+
+logger = logging.getLogger("aiobatch")
+
+#: The service's limit on tasks per ``addtaskcollection`` request.
+MAX_TASKS_PER_REQUEST = 100
+#: The body size a chunk is kept under (the service's limit is about 1 MB; the estimate leaves a margin).
+MAX_BODY_BYTES = 900_000
+_ENVELOPE_BYTES = 16  # {"value":[...]} around the tasks
+
+
+class SubmissionLedger:
+    """The task ids this run has sent to each job: the tasks it may have created.
+
+    A ``TaskExists`` answer is success only for an id in the ledger (sent by an earlier, ambiguous attempt);
+    for any other id it is someone else's task. One ledger per run (the `Client` keeps one) makes re-submitting
+    the same tasks after an error safe. Memory: one lower-cased id string per task.
+    """
+
+    def __init__(self) -> None:
+        self._sent: dict[str, set[str]] = {}
+
+    def sent(self, job_id: str) -> set[str]:
+        """The lower-cased ids sent to *job_id* so far (a live set; treat it as read-only)."""
+        return self._sent.setdefault(job_id.lower(), set())
+
+    def count(self, job_id: str) -> int:
+        """How many distinct tasks this run has sent to *job_id*."""
+        return len(self._sent.get(job_id.lower(), ()))
+
+    def __repr__(self) -> str:
+        return f"SubmissionLedger(jobs={len(self._sent)}, tasks={sum(len(s) for s in self._sent.values())})"
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """What `submit_tasks` did, task by task (ids in the order given).
+
+    Attributes:
+        job_id: the job.
+        added: tasks this call added.
+        existing: tasks already in the job because an earlier attempt of this run added them (its answer was
+            lost); they count as submitted.
+        failed: task id -> the service's reason, for tasks not added (conflicts included).
+        conflicts: tasks whose id was taken by a task this run did not create (``TaskExists`` on a first
+            attempt); also in *failed*.
+        requests: ``addtaskcollection`` requests sent.
+        elapsed: seconds the submission took.
+    """
+
+    job_id: str
+    added: tuple[str, ...]
+    existing: tuple[str, ...]
+    failed: Mapping[str, str]
+    conflicts: tuple[str, ...] = ()
+    requests: int = 0
+    elapsed: float = 0.0
+
+    @property
+    def submitted(self) -> int:
+        """Tasks now in the job on this run's behalf: added plus existing."""
+        return len(self.added) + len(self.existing)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every task is in the job on this run's behalf."""
+        return not self.failed
+
+    def raise_for_failures(self) -> SubmitResult:
+        """Raise `SubmissionError` if any task was not added; return self otherwise (for chaining).
+
+        Raises:
+            SubmissionError: carrying *added*, *existing* and *failed*.
+
+        Example:
+            >>> SubmitResult(job_id="j", added=("t1",), existing=(), failed={}).raise_for_failures().submitted
+            1
+        """
+        if self.failed:
+            raise SubmissionError(job_id=self.job_id, added=self.added, existing=self.existing, failed=self.failed)
+        return self
+
+
+@dataclass
+class _Item:
+    key: str  # lower-cased id: Batch ids are unique case-insensitively
+    id: str
+    model: models.BatchTaskCreateOptions
+    size: int
+
+
+@dataclass
+class _Outcome:
+    added: set[str] = field(default_factory=set)
+    existing: set[str] = field(default_factory=set)
+    failed: dict[str, str] = field(default_factory=dict)
+    conflicts: set[str] = field(default_factory=set)
+    requests: int = 0
+
+
+class _ServerErrors(AiobatchError):
+    """Some tasks of a chunk got per-task server errors: retry those (an AiobatchError so `call` re-raises it)."""
+
+    def __init__(self, reasons: Mapping[str, str]) -> None:
+        super().__init__(f"{len(reasons)} tasks got server errors")
+        self.reasons = dict(reasons)
+
+
+def _text(value: object) -> str:
+    return str(getattr(value, "value", value) or "").lower()
+
+
+def _reason(error: models.BatchError | None, fallback: str) -> str:
+    if error is None:
+        return fallback
+    message = error.message
+    text = getattr(message, "value", None) if message is not None else None
+    text = " ".join(str(text or "").split("\n")[0].split())
+    details = "; ".join(f"{v.key}: {v.value}" for v in error.error_values or [] if v.key)
+    reason = f"{error.code or fallback}: {text}" if text else str(error.code or fallback)
+    # A rejected property's value can be a resource file URL with its SAS: never keep the signature.
+    return redact(f"{reason} ({details})" if details else reason)
+
+
+def _items(tasks: Iterable[TaskSpec]) -> list[_Item]:
+    items: list[_Item] = []
+    seen: dict[str, str] = {}
+    for spec in tasks:
+        if not isinstance(spec, TaskSpec):
+            raise ConfigurationError(f"submit_tasks takes TaskSpec objects, not {type(spec).__name__}.")
+        key = check_id("task", spec.id).lower()
+        if key in seen:
+            raise ConfigurationError(
+                f"task ids {seen[key]!r} and {spec.id!r} are the same to Batch (ids compare case-insensitively); "
+                "each task needs its own id (task_ids_for() derives distinct ones).",
+                setting="tasks",
+            )
+        seen[key] = spec.id
+        model = to_task_model(spec)
+        size = len(json.dumps(model.as_dict(), default=str, separators=(",", ":")).encode()) + 1
+        items.append(_Item(key=key, id=spec.id, model=model, size=size))
+    return items
+
+
+def _chunks(items: Sequence[_Item], max_tasks: int, max_bytes: int) -> Iterator[list[_Item]]:
+    chunk: list[_Item] = []
+    size = _ENVELOPE_BYTES
+    for item in items:
+        if chunk and (len(chunk) >= max_tasks or size + item.size > max_bytes):
+            yield chunk
+            chunk, size = [], _ENVELOPE_BYTES
+        chunk.append(item)
+        size += item.size
+    if chunk:
+        yield chunk
+
+
+async def submit_tasks(
+    batch: BatchClient,
+    job_id: str,
+    tasks: Iterable[TaskSpec],
+    *,
+    ledger: SubmissionLedger | None = None,
+    concurrency: int = 4,
+    policy: RetryPolicy | None = None,
+    max_tasks_per_request: int = MAX_TASKS_PER_REQUEST,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> SubmitResult:
+    """Add tasks to a job in chunks, several in flight, each task at most once; see the module docstring.
+
+    Args:
+        batch: the Batch client.
+        job_id: the job.
+        tasks: the tasks; ids must be distinct case-insensitively.
+        ledger: the run's record of ids sent (a new one if not given, so ``TaskExists`` is judged within this
+            call only).
+        concurrency: most requests in flight at once.
+        policy: the retry policy for each chunk (attempts and deadline per chunk).
+        max_tasks_per_request: tasks per request, at most 100.
+        max_body_bytes: estimated body size a chunk is kept under.
+
+    Returns:
+        What was added, what already existed (this run's) and what failed, with the service's reasons.
+
+    Raises:
+        ConfigurationError: duplicate or invalid ids, or bad limits.
+        SubmissionError: a request failed as a whole and for good (the cause is chained: `NotFoundError` for a
+            missing job, `ConflictError` for a completed one, `ServiceUnavailableError` when transient failures
+            outlasted the policy). It carries what was added before; tasks whose request may have taken effect
+            are in the ledger, so submitting them again with the same ledger is safe.
+    """
+    check_id("job", job_id)
+    if concurrency < 1 or not 1 <= max_tasks_per_request <= MAX_TASKS_PER_REQUEST or max_body_bytes < 1024:
+        raise ConfigurationError(
+            "concurrency must be at least 1, max_tasks_per_request 1 to 100 and max_body_bytes at least 1024."
+        )
+    started = time.monotonic()
+    items = _items(tasks)
+    ledger = ledger if ledger is not None else SubmissionLedger()
+    sent = ledger.sent(job_id)
+    outcome = _Outcome()
+    chunks = _chunks(items, max_tasks_per_request, max_body_bytes)
+    abort: list[BaseException] = []
+
+    async def worker(cancel: anyio.CancelScope) -> None:
+        for chunk in chunks:  # shared iterator: each chunk is taken by exactly one worker
+            try:
+                await _submit_chunk(batch, job_id, chunk, sent, outcome, policy)
+            except AiobatchError as exc:
+                abort.append(exc)
+                cancel.cancel()
+                return
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(min(concurrency, len(items) or 1)):
+            tg.start_soon(worker, tg.cancel_scope)
+
+    def ordered(keys: set[str]) -> tuple[str, ...]:
+        return tuple(i.id for i in items if i.key in keys)
+
+    elapsed = time.monotonic() - started
+    if abort:
+        cause = abort[0]
+        done = outcome.added | outcome.existing | set(outcome.failed)
+        failed = {i.id: outcome.failed[i.key] for i in items if i.key in outcome.failed}
+        unsent = f"not submitted: {cause}"
+        unknown = (
+            f"not known to be submitted (the request may have taken effect; resubmit with the same ledger): {cause}"
+        )
+        for item in items:
+            if item.key not in done:
+                failed[item.id] = unknown if item.key in sent else unsent
+        raise SubmissionError(
+            f"submitting {len(items)} tasks to job {job_id!r} stopped: {cause} "
+            f"{len(outcome.added) + len(outcome.existing)} were submitted before it stopped; fix the cause and "
+            "submit the rest again (tasks already added are recognised).",
+            job_id=job_id,
+            added=ordered(outcome.added),
+            existing=ordered(outcome.existing),
+            failed=failed,
+        ) from cause
+    result = SubmitResult(
+        job_id=job_id,
+        added=ordered(outcome.added),
+        existing=ordered(outcome.existing),
+        failed={i.id: outcome.failed[i.key] for i in items if i.key in outcome.failed},
+        conflicts=ordered(outcome.conflicts),
+        requests=outcome.requests,
+        elapsed=elapsed,
+    )
+    logger.info(
+        "job %r: %d tasks added, %d already there, %d failed (%d conflicts) in %d requests, %.1f s",
+        job_id,
+        len(result.added),
+        len(result.existing),
+        len(result.failed),
+        len(result.conflicts),
+        result.requests,
+        elapsed,
+    )
+    return result
+
+
+async def _submit_chunk(
+    batch: BatchClient,
+    job_id: str,
+    chunk: list[_Item],
+    sent: set[str],
+    outcome: _Outcome,
+    policy: RetryPolicy | None,
+) -> None:
+    """Submit one chunk until every task in it is added, existing or failed for good."""
+    pending: dict[str, _Item] = {item.key: item for item in chunk}
+    newly_sent: set[str] = set()
+
+    async def attempt() -> None:
+        prior = {key for key in pending if key in sent}  # ids an earlier attempt may have created
+        fresh = set(pending) - prior
+        sent.update(fresh)
+        newly_sent.update(fresh)
+        group = models.BatchTaskGroup(task_values=[item.model for item in pending.values()])
+        outcome.requests += 1
+        # retry_total=0: azure-core must not retry under us (see the module docstring).
+        answer = await batch.create_task_collection(job_id, group, retry_total=0)
+        server: dict[str, str] = {}
+        answered: set[str] = set()
+        for result in answer.result_values or []:
+            key = (result.task_id or "").lower()
+            if key not in pending or key in answered:
+                continue
+            answered.add(key)
+            status = _text(result.status)
+            if status == "success":
+                outcome.added.add(key)
+            elif status == "clienterror":
+                code = (result.error.code or "") if result.error else ""
+                if code.lower() == "taskexists" and key in prior:
+                    outcome.existing.add(key)
+                elif code.lower() == "taskexists":
+                    # It was there before this run ever sent it: someone else's. Forget having sent it, so a
+                    # later resubmission is judged a conflict again, never taken for ours.
+                    sent.discard(key)
+                    outcome.conflicts.add(key)
+                    outcome.failed[key] = (
+                        f"{_reason(result.error, 'TaskExists')} -- a task with this id was already in the job "
+                        "and this run did not create it; choose another id or delete that task."
+                    )
+                else:
+                    if key not in prior:
+                        sent.discard(key)  # refused outright: this request created nothing for it
+                    outcome.failed[key] = _reason(result.error, "clientError")
+            else:  # serverError (any spelling), or a status this code does not know: try again
+                server[key] = _reason(result.error, status or "serverError")
+                continue
+            del pending[key]
+        for key in set(pending) - answered:
+            server[key] = "the service returned no result for this task"
+        if server:
+            raise _ServerErrors(server)
+
+    try:
+        await call(
+            attempt,
+            policy=policy,
+            resource="job",
+            resource_id=job_id,
+            action="add tasks to",
+            retry_on=lambda exc: isinstance(exc, _ServerErrors),
+        )
+    except _ServerErrors as exc:
+        for key, why in exc.reasons.items():
+            outcome.failed[key] = f"{why} (still failing when the retry policy gave up)"
+    except ServiceError as exc:
+        if exc.status != 413 and (exc.code or "").lower() != "requestbodytoolarge":
+            raise
+        # Nothing was created: forget what this chunk sent for the first time, then halve it.
+        sent.difference_update(newly_sent & set(pending))
+        items = list(pending.values())
+        if len(items) == 1:
+            outcome.failed[items[0].key] = (
+                f"RequestBodyTooLarge: the task alone ({items[0].size} bytes as JSON) is larger than the "
+                "service accepts; shorten its command line, environment or file lists."
+            )
+            return
+        half = len(items) // 2
+        logger.debug("job %r: request body too large for %d tasks; halving", job_id, len(items))
+        for part in (items[:half], items[half:]):
+            await _submit_chunk(batch, job_id, part, sent, outcome, policy)
