@@ -1,10 +1,128 @@
 """aiobatch: drive Azure Batch and Azure Blob Storage end to end from asyncio.
 
-The public face of the client lives here; the local Batch service is `aiobatch.emulator`.
+Files go up to Blob Storage, task specs go to Batch, completion events come back, outputs come down::
+
+    import aiobatch
+
+    async with aiobatch.Client.from_env(cleanup=True) as client:
+        await client.upload_files("inputs", videos)
+        await client.ensure_pool(pool_spec)
+        await client.wait_for_pool_ready(pool_spec.id)
+        await client.create_job("convert", pool_id=pool_spec.id, on_all_tasks_complete="terminatejob")
+        await client.submit_tasks("convert", task_specs)
+        async for event in client.watch_tasks("convert"):
+            ...
+        await client.download_outputs("outputs", "gifs/")
+
+Everything public is importable from here; the modules beneath are private. The local Batch service the tests
+run against is `aiobatch.emulator`; pytest fixtures are in `aiobatch.testing`.
 """
 
 from __future__ import annotations
 
+from ._client import Client
+from ._config import BatchSettings, Settings, StorageSettings
+from ._errors import (
+    AiobatchError,
+    AuthenticationError,
+    ConfigurationError,
+    ConflictError,
+    DeadlineExceededError,
+    IntegrityError,
+    JobError,
+    NotFoundError,
+    PoolError,
+    PoolResizeError,
+    PoolStartTaskError,
+    PoolTimeoutError,
+    RedactingFilter,
+    SasExpiredError,
+    ServiceError,
+    ServiceUnavailableError,
+    StorageError,
+    SubmissionError,
+    TaskFailedError,
+    redact,
+)
+from ._jobs import JobRef
+from ._pools import RUN_ID_KEY, PoolRef, PoolStatus
+from ._retry import RetryPolicy
+from ._specs import (
+    AppPackageRef,
+    EnvRef,
+    OutputFileSpec,
+    PoolSpec,
+    ResourceFileSpec,
+    StartTaskSpec,
+    TaskSpec,
+    app_package_dir,
+    command_line,
+    output_files_to,
+    quote_arg,
+    resource_file,
+    task_id_for,
+    task_ids_for,
+)
+from ._storage import BlobFile, DownloadResult, SasPolicy, TransferProgress, UploadResult
+from ._submit import SubmissionLedger, SubmitResult
+from ._watch import TaskEvent, TaskFailure, TaskSummary, TaskWatch
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "RUN_ID_KEY",
+    "AiobatchError",
+    "AppPackageRef",
+    "AuthenticationError",
+    "BatchSettings",
+    "BlobFile",
+    "Client",
+    "ConfigurationError",
+    "ConflictError",
+    "DeadlineExceededError",
+    "DownloadResult",
+    "EnvRef",
+    "IntegrityError",
+    "JobError",
+    "JobRef",
+    "NotFoundError",
+    "OutputFileSpec",
+    "PoolError",
+    "PoolRef",
+    "PoolResizeError",
+    "PoolSpec",
+    "PoolStartTaskError",
+    "PoolStatus",
+    "PoolTimeoutError",
+    "RedactingFilter",
+    "ResourceFileSpec",
+    "RetryPolicy",
+    "SasExpiredError",
+    "SasPolicy",
+    "ServiceError",
+    "ServiceUnavailableError",
+    "Settings",
+    "StartTaskSpec",
+    "StorageError",
+    "StorageSettings",
+    "SubmissionError",
+    "SubmissionLedger",
+    "SubmitResult",
+    "TaskEvent",
+    "TaskFailedError",
+    "TaskFailure",
+    "TaskSpec",
+    "TaskSummary",
+    "TaskWatch",
+    "TransferProgress",
+    "UploadResult",
+    "__version__",
+    "app_package_dir",
+    "command_line",
+    "output_files_to",
+    "quote_arg",
+    "redact",
+    "resource_file",
+    "task_id_for",
+    "task_ids_for",
+]

@@ -1,0 +1,871 @@
+"""`Client`: one Batch and one Blob client, an explicit lifecycle, a run id, and cleanup that survives cancellation.
+
+Each public coroutine delegates to one module (`_storage`, `_pools`, `_jobs`, `_submit`, `_watch`); this module
+holds only the lifecycle and the bookkeeping of what this run created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import re
+import secrets
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Literal
+
+import anyio
+from azure.batch import models
+from azure.batch.aio import BatchClient
+from azure.storage.blob.aio import BlobServiceClient
+
+from . import _jobs, _pools, _storage, _submit, _watch
+from ._config import BatchSettings, Settings, StorageSettings, default_credential
+from ._errors import AiobatchError, ConfigurationError, ConflictError, NotFoundError, redact
+from ._jobs import JobRef, OnAllTasksComplete, OnTaskFailure
+from ._pools import PoolRef, PoolStatus, run_id_of
+from ._retry import RetryPolicy, call, sdk_client_kwargs
+from ._specs import PoolSpec, TaskSpec
+from ._storage import DownloadResult, ProgressCallback, SasPolicy, UploadResult
+from ._submit import SubmissionLedger, SubmitResult
+from ._watch import TaskEvent, TaskSummary, TaskWatch
+
+if TYPE_CHECKING:
+    from azure.core.credentials_async import AsyncTokenCredential
+
+__all__ = ["Client"]
+
+logger = logging.getLogger("aiobatch")
+
+_RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+State = Literal["unopened", "open", "closed"]
+
+
+def new_run_id() -> str:
+    """A fresh run id: UTC time to the second and 6 random hex digits, e.g. ``20261124T161837-3fa9c1``."""
+    return f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+
+
+class Client:
+    """Drive Azure Batch and Blob Storage from asyncio: upload, pool, job, tasks, events, outputs, cleanup.
+
+    A `Client` is an async context manager owning one ``azure.batch.aio.BatchClient`` and one
+    ``azure.storage.blob.aio.BlobServiceClient``, opened together (a failure half-way closes what was opened).
+    Its lifecycle is explicit: unopened, open, closed; it cannot be opened twice, and `aclose` is safe to call
+    twice. It never calls ``asyncio.run`` and never blocks the loop, so it works inside a running loop (a
+    notebook): ``async with Client.from_env() as client: ...`` in a cell.
+
+    Every pool and job it creates is tagged with its *run_id* (metadata ``aiobatch-run-id``), so a retry whose
+    answer was lost, a re-run with the same run id, cleanup and a crash sweep all recognise this run's resources
+    -- and leave everybody else's alone.
+
+    With ``cleanup=True``, leaving the ``async with`` block deletes the jobs, pools and containers this client
+    created -- on normal exit, on error, on cancellation and on Ctrl-C -- inside a shielded scope bounded by
+    *cleanup_timeout*.
+
+    Retries: the SDK clients are built with their own retries off (see `aiobatch._retry.sdk_client_kwargs`);
+    every request is retried by *retry_policy* alone (jittered exponential backoff honouring ``Retry-After``,
+    bounded by attempts and by time).
+
+    Args:
+        batch: where the Batch account is and how to sign in (Shared Key, or Entra ID without a key).
+        storage: where Blob Storage is and how to sign in.
+        run_id: this run's id (1-64 of ``[A-Za-z0-9_-]``); a new one is made if not given. Give the id of an
+            earlier run to resume it.
+        cleanup: delete what this client created when it closes.
+        cleanup_timeout: seconds cleanup may take in all.
+        retry_policy: the retry policy for every request.
+        sas_policy: the validity window of the SAS URLs the client mints.
+        credential: an Entra ID credential for both services (by default ``DefaultAzureCredential`` when a
+            setting has no key); the caller keeps ownership of one passed in.
+
+    Raises:
+        ConfigurationError: an invalid run id.
+
+    Example:
+        >>> async def convert(videos):  # doctest: +SKIP
+        ...     async with Client.from_env(cleanup=True) as client:
+        ...         uploaded = await client.upload_files("inputs", videos)
+        ...         await client.ensure_pool(pool_spec)
+        ...         await client.wait_for_pool_ready(pool_spec.id)
+        ...         await client.create_job("convert", pool_id=pool_spec.id, on_all_tasks_complete="terminatejob")
+        ...         await client.submit_tasks("convert", specs)
+        ...         async for event in client.watch_tasks("convert"):
+        ...             print(event.task_id, "ok" if event.succeeded else await event.stderr_tail())
+        ...         await client.download_outputs("outputs", "gifs/")
+    """
+
+    def __init__(
+        self,
+        batch: BatchSettings,
+        storage: StorageSettings,
+        *,
+        run_id: str | None = None,
+        cleanup: bool = False,
+        cleanup_timeout: float = 120.0,
+        retry_policy: RetryPolicy | None = None,
+        sas_policy: SasPolicy | None = None,
+        credential: AsyncTokenCredential | None = None,
+    ) -> None:
+        if run_id is not None and not _RUN_ID_RE.match(run_id):
+            raise ConfigurationError(
+                f"run id {run_id!r} is invalid: use 1 to 64 letters, digits, hyphens and underscores.",
+                setting="run_id",
+            )
+        if cleanup_timeout <= 0:
+            raise ConfigurationError("cleanup_timeout must be positive seconds.", setting="cleanup_timeout")
+        self._batch_settings = batch
+        self._storage_settings = storage
+        self.run_id = run_id or new_run_id()
+        self.cleanup = cleanup
+        self.cleanup_timeout = cleanup_timeout
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.sas_policy = sas_policy or SasPolicy()
+        self._credential = credential
+        self._state: State = "unopened"
+        self._stack = contextlib.AsyncExitStack()
+        self._batch: BatchClient | None = None
+        self._blobs: BlobServiceClient | None = None
+        self._ledger = SubmissionLedger()
+        self._submitted: dict[str, set[str]] = {}
+        self._deferred_completion: dict[str, OnAllTasksComplete] = {}
+        # What this run created (or recognised as its own by the run-id tag), in creation order.
+        self._pools: dict[str, None] = {}
+        self._jobs: dict[str, None] = {}
+        self._containers: dict[str, None] = {}
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        run_id: str | None = None,
+        cleanup: bool = False,
+        cleanup_timeout: float = 120.0,
+        retry_policy: RetryPolicy | None = None,
+        sas_policy: SasPolicy | None = None,
+        credential: AsyncTokenCredential | None = None,
+    ) -> Client:
+        """Build a client from ``AZURE_BATCH_*`` and ``AZURE_STORAGE_*`` variables (see `aiobatch._config`).
+
+        ``AZURE_BATCH_ENDPOINT``, ``AZURE_BATCH_ACCOUNT_NAME`` and ``AZURE_BATCH_ACCOUNT_KEY``;
+        ``AZURE_STORAGE_CONNECTION_STRING`` or ``AZURE_STORAGE_ACCOUNT_URL``. Without a key, a service is
+        reached with ``DefaultAzureCredential``. Pointing these at the emulator and Azurite is the only change
+        between a local run and Azure.
+
+        Args:
+            environ: where to read the variables (``os.environ`` by default).
+            run_id: see `Client`.
+            cleanup: see `Client`.
+            cleanup_timeout: see `Client`.
+            retry_policy: see `Client`.
+            sas_policy: see `Client`.
+            credential: see `Client`.
+
+        Returns:
+            An unopened client: use it with ``async with``.
+
+        Raises:
+            ConfigurationError: a variable is missing or malformed; the message names it and the fix.
+
+        Example:
+            >>> async def main():  # doctest: +SKIP
+            ...     async with Client.from_env(cleanup=True) as client:
+            ...         print(client.run_id)
+        """
+        settings = Settings.from_env(os.environ if environ is None else environ)
+        return cls(
+            settings.batch,
+            settings.storage,
+            run_id=run_id,
+            cleanup=cleanup,
+            cleanup_timeout=cleanup_timeout,
+            retry_policy=retry_policy,
+            sas_policy=sas_policy,
+            credential=credential,
+        )
+
+    def __repr__(self) -> str:
+        return redact(
+            f"Client(run_id={self.run_id!r}, batch_endpoint={self._batch_settings.endpoint!r}, "
+            f"storage={self._storage_settings.blob_endpoint!r}, state={self._state!r}, cleanup={self.cleanup})"
+        )
+
+    # ------------------------------------------------------------------------------------------------
+    # Lifecycle
+    # ------------------------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        """``"unopened"``, ``"open"`` or ``"closed"``."""
+        return self._state
+
+    @property
+    def batch(self) -> BatchClient:
+        """The underlying ``azure.batch.aio.BatchClient`` (SDK retries off), for what aiobatch does not wrap."""
+        self._check_open()
+        assert self._batch is not None
+        return self._batch
+
+    @property
+    def blob_service(self) -> BlobServiceClient:
+        """The underlying ``azure.storage.blob.aio.BlobServiceClient`` (SDK retries off)."""
+        self._check_open()
+        assert self._blobs is not None
+        return self._blobs
+
+    @property
+    def created(self) -> dict[str, tuple[str, ...]]:
+        """What this client created and would delete on cleanup: ``{"jobs": ..., "pools": ..., "containers": ...}``."""
+        return {"jobs": tuple(self._jobs), "pools": tuple(self._pools), "containers": tuple(self._containers)}
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            what = "not open yet: use `async with Client(...) as client:`" if self._state == "unopened" else "closed"
+            raise RuntimeError(f"this aiobatch Client is {what}.")
+
+    async def open(self) -> Client:
+        """Open the Batch and Blob clients (``async with`` does this); returns self.
+
+        Raises:
+            RuntimeError: the client was opened before (a client is opened at most once).
+            ConfigurationError: an account URL without a credential.
+        """
+        if self._state != "unopened":
+            raise RuntimeError(
+                f"this aiobatch Client is {self._state}: a client can be opened only once; create a new one."
+            )
+        stack = self._stack
+        try:
+            credential = self._credential
+            if credential is None and (self._batch_settings.uses_entra_id or self._storage_settings.uses_entra_id):
+                credential = default_credential()
+                stack.push_async_callback(credential.close)
+            batch_credential = self._batch_settings.shared_key_credential() or credential
+            kwargs = sdk_client_kwargs()
+            batch = BatchClient(self._batch_settings.endpoint, batch_credential, **kwargs)  # type: ignore[arg-type]
+            self._batch = await stack.enter_async_context(batch)
+            blobs = _storage.blob_service_client(self._storage_settings, credential=credential)
+            self._blobs = await stack.enter_async_context(blobs)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await stack.aclose()
+            self._state = "closed"
+            raise
+        self._state = "open"
+        logger.info("aiobatch client open (run %s)", self.run_id)
+        return self
+
+    async def __aenter__(self) -> Client:
+        return await self.open()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._close(raise_cleanup_errors=exc_type is None)
+
+    async def aclose(self) -> None:
+        """Clean up (with ``cleanup=True``) and close both SDK clients. Safe to call twice.
+
+        Raises:
+            AiobatchError: cleanup could not delete something (the client is closed anyway).
+        """
+        await self._close(raise_cleanup_errors=True)
+
+    async def _close(self, *, raise_cleanup_errors: bool) -> None:
+        if self._state == "closed":
+            return
+        if self._state == "unopened":
+            self._state = "closed"
+            return
+        errors: list[BaseException] = []
+        try:
+            if self.cleanup:
+                errors = await self._cleanup()
+        finally:
+            self._state = "closed"
+            with anyio.CancelScope(shield=True):
+                await self._stack.aclose()
+            logger.info("aiobatch client closed (run %s)", self.run_id)
+        if errors and raise_cleanup_errors:
+            raise AiobatchError(
+                f"cleanup of run {self.run_id!r} left something behind: {errors[0]} ({len(errors)} error(s)). "
+                "Delete the remaining resources by hand, or run the cleanup again with the same run_id."
+            ) from errors[0]
+
+    async def _cleanup(self) -> list[BaseException]:
+        """Delete this run's jobs, pools and containers: shielded from cancellation, bounded by the timeout."""
+        errors: list[BaseException] = []
+        jobs, pools, containers = list(self._jobs), list(self._pools), list(self._containers)
+        if not (jobs or pools or containers):
+            return errors
+        logger.info(
+            "cleaning up run %s: %d jobs, %d pools, %d containers", self.run_id, len(jobs), len(pools), len(containers)
+        )
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + self.cleanup_timeout
+            assert self._batch is not None and self._blobs is not None
+            batch, blobs, policy = self._batch, self._blobs, self.retry_policy
+            for job_id in jobs:  # jobs first: deleting a job stops its tasks (and removes its auto-pool)
+                try:
+                    await _jobs.delete_job(batch, job_id, policy=policy)
+                    self._jobs.pop(job_id, None)
+                except AiobatchError as exc:
+                    errors.append(exc)
+            for pool_id in pools:
+                try:
+                    await _pools.delete_pool(batch, pool_id, policy=policy)
+                    self._pools.pop(pool_id, None)
+                except AiobatchError as exc:
+                    errors.append(exc)
+            if containers:
+                try:
+                    await _storage.delete_containers(blobs, containers, policy=policy)
+                    for name in containers:
+                        self._containers.pop(name, None)
+                except AiobatchError as exc:
+                    errors.append(exc)
+        if scope.cancelled_caught:
+            errors.append(
+                AiobatchError(f"cleanup of run {self.run_id!r} did not finish within {self.cleanup_timeout:g} s.")
+            )
+        for error in errors:
+            logger.warning("cleanup of run %s: %s", self.run_id, error)
+        return errors
+
+    # ------------------------------------------------------------------------------------------------
+    # Storage
+    # ------------------------------------------------------------------------------------------------
+
+    async def ensure_container(self, container: str) -> bool:
+        """Create a container unless it exists; one this call creates is deleted on cleanup.
+
+        Args:
+            container: the name (3-63 lower-case letters, digits, hyphens).
+
+        Returns:
+            ``True`` if this call created it.
+        """
+        self._check_open()
+        created = await _storage.ensure_container(self.blob_service, container, policy=self.retry_policy)
+        if created:
+            self._containers[container] = None
+        return created
+
+    async def upload_files(
+        self,
+        container: str,
+        paths: Iterable[str | os.PathLike[str]],
+        *,
+        blob_names: Sequence[str] | None = None,
+        concurrency: int = 8,
+        progress: ProgressCallback | None = None,
+    ) -> UploadResult:
+        """Upload files to a container (created if missing), skipping blobs that already hold the same bytes.
+
+        A re-run uploads nothing that is already there (same size and MD5). Large files go up in blocks;
+        every request's content is validated.
+
+        Args:
+            container: the container.
+            paths: the local files.
+            blob_names: a blob name per path; by default each file's name.
+            concurrency: most requests in flight.
+            progress: called with a ``TransferProgress`` as bytes go up.
+
+        Returns:
+            The uploaded and skipped files (names, sizes, MD5s).
+
+        Raises:
+            ConfigurationError: a missing or unreadable file, or clashing names.
+            ServiceError: the service refused (the message has the fix).
+
+        Example:
+            >>> async def stage(client, videos):  # doctest: +SKIP
+            ...     result = await client.upload_files("inputs", videos)
+            ...     urls = [await client.input_sas_url("inputs", f.name) for f in result.files]
+        """
+        await self.ensure_container(container)
+        return await _storage.upload_files(
+            self.blob_service,
+            container,
+            paths,
+            blob_names=blob_names,
+            concurrency=concurrency,
+            progress=progress,
+            policy=self.retry_policy,
+        )
+
+    async def input_sas_url(self, container: str, blob: str, *, sas_policy: SasPolicy | None = None) -> str:
+        """Return a read-only SAS URL for one blob (for a task's resource file), valid per the SAS policy.
+
+        Args:
+            container: the container.
+            blob: the blob name.
+            sas_policy: overrides the client's SAS policy for this URL.
+
+        Returns:
+            The URL; it grants read on that blob only.
+        """
+        self._check_open()
+        return await _storage.input_sas_url(self.blob_service, container, blob, policy=sas_policy or self.sas_policy)
+
+    async def output_container_sas_url(self, container: str, *, sas_policy: SasPolicy | None = None) -> str:
+        """Return a create/write-only SAS URL for a container (for tasks' output files); creates the container.
+
+        Args:
+            container: the container.
+            sas_policy: overrides the client's SAS policy for this URL.
+
+        Returns:
+            The URL; it grants create and write only (no read, list or delete).
+        """
+        await self.ensure_container(container)
+        return await _storage.output_container_sas_url(
+            self.blob_service, container, policy=sas_policy or self.sas_policy
+        )
+
+    async def download_outputs(
+        self,
+        container: str,
+        destination: str | os.PathLike[str],
+        *,
+        names: Iterable[str] | None = None,
+        prefix: str | None = None,
+        concurrency: int = 8,
+        progress: ProgressCallback | None = None,
+    ) -> DownloadResult:
+        """Download blobs (by default all of a container's) into a folder, each verified against its MD5.
+
+        A blob whose bytes do not match its stored MD5 raises `IntegrityError` and leaves no file behind.
+
+        Args:
+            container: the container.
+            destination: the local folder (created if missing).
+            names: the blobs to fetch; by default all (under *prefix*).
+            prefix: only blobs whose names start with this.
+            concurrency: most downloads at once.
+            progress: called with a ``TransferProgress`` as bytes arrive.
+
+        Returns:
+            The downloaded and skipped files.
+
+        Example:
+            >>> async def collect(client):  # doctest: +SKIP
+            ...     result = await client.download_outputs("outputs", "gifs/")
+            ...     print([str(f.path) for f in result.files])
+        """
+        self._check_open()
+        return await _storage.download_blobs(
+            self.blob_service,
+            container,
+            destination,
+            names=names,
+            prefix=prefix,
+            concurrency=concurrency,
+            progress=progress,
+            policy=self.retry_policy,
+        )
+
+    async def delete_containers(self, containers: str | Iterable[str]) -> list[str]:
+        """Delete containers; one that does not exist counts as deleted.
+
+        Args:
+            containers: the names (one name alone is accepted too).
+
+        Returns:
+            The names this call deleted.
+        """
+        self._check_open()
+        names = [containers] if isinstance(containers, str) else list(containers)
+        deleted = await _storage.delete_containers(self.blob_service, names, policy=self.retry_policy)
+        for name in names:
+            self._containers.pop(name, None)
+        return deleted
+
+    # ------------------------------------------------------------------------------------------------
+    # Pools
+    # ------------------------------------------------------------------------------------------------
+
+    async def ensure_pool(self, spec: PoolSpec, *, reuse_existing: bool = False) -> PoolRef:
+        """Create the pool unless it exists; a pool this run did not create is adopted only when asked.
+
+        The pool is tagged with this run's id. If the id is taken by a pool carrying this run's id (a create
+        whose answer was lost, or a resumed run), it is left as it is and counts as this run's. A pool this
+        run did not create raises `ConflictError`, unless *reuse_existing* -- then it is used as it is and never
+        deleted by this client.
+
+        Args:
+            spec: the pool.
+            reuse_existing: run on an existing pool with this id that this run did not create.
+
+        Returns:
+            The pool's id and whether it was created now and is this run's.
+
+        Raises:
+            ConflictError: the id is another's pool (without *reuse_existing*), or it is being deleted.
+            ServiceError: the service refused the spec.
+
+        Example:
+            >>> async def pool(client):  # doctest: +SKIP
+            ...     spec = PoolSpec(id="pets", vm_size="standard_d2s_v3", image_publisher="canonical",
+            ...                     image_offer="ubuntu-24_04-lts", image_sku="server",
+            ...                     node_agent_sku_id="batch.node.ubuntu 24.04", dedicated_nodes=2)
+            ...     await client.ensure_pool(spec)
+            ...     await client.wait_for_pool_ready("pets", timeout=1200)
+        """
+        self._check_open()
+        ref = await _pools.ensure_pool(
+            self.batch, spec, run_id=self.run_id, reuse_existing=reuse_existing, policy=self.retry_policy
+        )
+        if ref.owned:
+            self._pools[ref.id] = None
+        return ref
+
+    async def wait_for_pool_ready(
+        self,
+        pool_id: str,
+        *,
+        min_nodes: int | None = None,
+        timeout: float = 1800.0,  # noqa: ASYNC109 (the error says what the pool looked like at the end)
+        poll_interval: float = 2.0,
+        max_poll_interval: float = 30.0,
+    ) -> PoolStatus:
+        """Wait until the pool's allocation is steady and enough nodes are usable; fail fast when they cannot be.
+
+        Raises at once -- not at the timeout -- when the pool reports resize errors (such as a core quota) and
+        too few nodes are usable or on their way, when the start task failed on the nodes needed, or when
+        nodes are unusable. A stale resize error on a pool with enough usable nodes is not fatal.
+
+        Args:
+            pool_id: the pool.
+            min_nodes: usable nodes needed; by default every node the pool asks for.
+            timeout: seconds to wait in all.
+            poll_interval: seconds before the second poll (waits double from there).
+            max_poll_interval: the longest wait between polls.
+
+        Returns:
+            The pool's status once ready.
+
+        Raises:
+            PoolResizeError: resize errors (e.g. quota) and too few usable nodes; ask for more quota or fewer
+                nodes.
+            PoolStartTaskError: the start task failed; fix it and recreate the pool.
+            PoolTimeoutError: not ready within *timeout*.
+            PoolError: the pool is being deleted or its nodes are unusable.
+
+        Example:
+            >>> async def ready(client):  # doctest: +SKIP
+            ...     status = await client.wait_for_pool_ready("pets", min_nodes=1, timeout=900)
+            ...     print(status.describe())
+        """
+        self._check_open()
+        return await _pools.wait_for_pool_ready(
+            self.batch,
+            pool_id,
+            min_nodes=min_nodes,
+            timeout=timeout,
+            poll_interval=poll_interval,
+            max_poll_interval=max_poll_interval,
+            policy=self.retry_policy,
+        )
+
+    async def delete_pool(self, pool_id: str, *, force: bool = False, wait: bool = False) -> bool:
+        """Delete a pool this run created; another's only with *force*. A pool already gone counts as deleted.
+
+        Args:
+            pool_id: the pool.
+            force: delete it even if this run did not create it.
+            wait: wait until the service has removed it.
+
+        Returns:
+            ``True`` if this call asked for the deletion, ``False`` if it was already gone or going.
+
+        Raises:
+            ConflictError: the pool is not this run's and *force* is false.
+        """
+        self._check_open()
+        if pool_id not in self._pools and not force:
+            await self._check_ours("pool", pool_id)
+        deleted = await _pools.delete_pool(self.batch, pool_id, wait=wait, policy=self.retry_policy)
+        self._pools.pop(pool_id, None)
+        return deleted
+
+    async def _check_ours(self, kind: Literal["pool", "job"], resource_id: str) -> None:
+        """Raise `ConflictError` unless the pool or job carries this run's id (or does not exist)."""
+
+        async def metadata() -> list[models.BatchMetadataItem] | None:
+            if kind == "pool":
+                return (await self.batch.get_pool(resource_id, select=["id", "metadata"])).metadata
+            return (await self.batch.get_job(resource_id, select=["id", "metadata"])).metadata
+
+        try:
+            owner = run_id_of(await call(metadata, policy=self.retry_policy, resource=kind, resource_id=resource_id))
+        except NotFoundError:
+            return
+        if owner != self.run_id:
+            whose = f"run {owner!r}" if owner else "something other than aiobatch"
+            raise ConflictError(
+                f"{kind} {resource_id!r} was created by {whose}, not by this run ({self.run_id!r}); it was not "
+                "deleted. Pass force=True to delete it anyway.",
+                service="batch",
+                resource_kind=kind,
+                resource_id=resource_id,
+            )
+
+    # ------------------------------------------------------------------------------------------------
+    # Jobs and tasks
+    # ------------------------------------------------------------------------------------------------
+
+    async def create_job(
+        self,
+        job_id: str,
+        *,
+        pool_id: str | None = None,
+        auto_pool: PoolSpec | None = None,
+        on_all_tasks_complete: OnAllTasksComplete = "noaction",
+        on_task_failure: OnTaskFailure = "noaction",
+        max_task_retry_count: int | None = None,
+        max_wall_clock_time: float | None = None,
+        priority: int | None = None,
+        display_name: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        reuse_existing: bool = False,
+    ) -> JobRef:
+        """Create a job (idempotently) on a pool, or with an auto-pool that lives and dies with the job.
+
+        Creating a job that this run already created is fine; a job with that id that this run did not create
+        is a `ConflictError` unless *reuse_existing*. With *auto_pool*, the service creates the pool with the
+        job (``poolLifetimeOption=job``) and deletes it when the job ends, so a crashed client leaves no pool
+        running once the job is terminated or deleted.
+
+        ``on_all_tasks_complete="terminatejob"`` is applied when `submit_tasks` finishes (``final=True``): a job
+        created with it would terminate at once, having no tasks yet.
+
+        Args:
+            job_id: the job id.
+            pool_id: the pool to run on.
+            auto_pool: the spec of a pool for this job alone.
+            on_all_tasks_complete: ``"terminatejob"`` to end the job once all its tasks are done.
+            on_task_failure: ``"performexitoptionsjobaction"`` to apply tasks' exit options.
+            max_task_retry_count: the job's default retries per task.
+            max_wall_clock_time: seconds the job may run in all.
+            priority: -1000 to 1000.
+            display_name: a human-readable name.
+            metadata: more name/value pairs.
+            reuse_existing: add to an existing job this run did not create.
+
+        Returns:
+            The job's id, pool and ownership.
+
+        Raises:
+            ConflictError: another's job with this id, or one being deleted.
+            ConfigurationError: neither or both of *pool_id* and *auto_pool*.
+
+        Example:
+            >>> async def job(client):  # doctest: +SKIP
+            ...     await client.create_job("convert", pool_id="pets", on_all_tasks_complete="terminatejob")
+        """
+        self._check_open()
+        ref = await _jobs.create_job(
+            self.batch,
+            job_id,
+            run_id=self.run_id,
+            pool_id=pool_id,
+            auto_pool=auto_pool,
+            on_all_tasks_complete=on_all_tasks_complete,
+            on_task_failure=on_task_failure,
+            max_task_retry_count=max_task_retry_count,
+            max_wall_clock_time=max_wall_clock_time,
+            priority=priority,
+            display_name=display_name,
+            metadata=metadata,
+            reuse_existing=reuse_existing,
+            policy=self.retry_policy,
+        )
+        if ref.owned:
+            self._jobs[ref.id] = None
+        if on_all_tasks_complete != "noaction":
+            self._deferred_completion[job_id.lower()] = on_all_tasks_complete
+        return ref
+
+    async def submit_tasks(
+        self,
+        job_id: str,
+        tasks: Iterable[TaskSpec],
+        *,
+        concurrency: int = 4,
+        final: bool = True,
+    ) -> SubmitResult:
+        """Add tasks to a job in chunks of up to 100, several in flight, each task added once.
+
+        A chunk is smaller when its body would pass about 1 MB.
+        Chunks go through ``create_task_collection`` directly (not the SDK's ``create_tasks``, which loops
+        without bound on a 503 and counts anyone's ``TaskExists`` as success). azure-core's retry is off for
+        these requests (``retry_total=0``), so this client's retry policy is the only layer: a transient failure
+        (429, 5xx, timeout, dropped connection) costs one request per attempt, with jittered backoff honouring
+        ``Retry-After``, bounded per chunk by the policy's attempts and deadline. Per-task ``serverError`` results
+        are retried; ``413 RequestBodyTooLarge`` halves the chunk. ``TaskExists`` counts as success only for a
+        task this client sent before (an earlier attempt may have created it); otherwise it is a conflict with
+        someone else's task and is reported in ``result.failed`` and ``result.conflicts``.
+
+        Args:
+            job_id: the job.
+            tasks: the task specs; ids distinct case-insensitively (see ``task_ids_for``).
+            concurrency: most requests in flight.
+            final: this is the job's last submission: apply the job's deferred ``on_all_tasks_complete`` (see
+                `create_job`). Pass ``False`` on all but the last of several submissions.
+
+        Returns:
+            What was added, what already existed (this run's) and what failed with the service's reason; call
+            ``result.raise_for_failures()`` to turn failures into a `SubmissionError`.
+
+        Raises:
+            SubmissionError: a request failed as a whole and for good (cause chained); it says what was added.
+
+        Example:
+            >>> async def submit(client, specs):  # doctest: +SKIP
+            ...     result = await client.submit_tasks("convert", specs)
+            ...     result.raise_for_failures()
+            ...     print(len(result.added), "added in", result.requests, "requests")
+        """
+        self._check_open()
+        result = await _submit.submit_tasks(
+            self.batch,
+            job_id,
+            tasks,
+            ledger=self._ledger,
+            concurrency=concurrency,
+            policy=self.retry_policy,
+        )
+        submitted = self._submitted.setdefault(job_id.lower(), set())
+        submitted.update(t.lower() for t in result.added)
+        submitted.update(t.lower() for t in result.existing)
+        action = self._deferred_completion.get(job_id.lower())
+        if final and action is not None and submitted:
+            await _jobs.set_on_all_tasks_complete(self.batch, job_id, action, policy=self.retry_policy)
+            del self._deferred_completion[job_id.lower()]
+        return result
+
+    def watch_tasks(
+        self,
+        job_id: str,
+        *,
+        expected: int | None = None,
+        include_running: bool = False,
+        poll_interval: float = 1.0,
+        max_poll_interval: float = 15.0,
+    ) -> TaskWatch:
+        """Iterate over completion events of a job's tasks: one per task, as each completes.
+
+        The watch ends when *expected* tasks have completed (by default, as many as this client submitted to the
+        job), or when the job completes. Each poll costs one small task-counts request; tasks are listed only
+        when the counts moved, filtered to those that completed since the last listing and with only the fields
+        an event needs. Polls come every *poll_interval* seconds while tasks complete, backing off to
+        *max_poll_interval* while nothing changes. Breaking out of the loop stops all work.
+
+        Args:
+            job_id: the job.
+            expected: how many tasks to wait for; by default those this client submitted (if any), else until
+                the job completes.
+            include_running: also yield a ``"running"`` event the first time a task is seen running.
+            poll_interval: seconds between polls while things change.
+            max_poll_interval: the longest wait between polls while nothing does.
+
+        Returns:
+            An async iterator of `TaskEvent`.
+
+        Example:
+            >>> async def follow(client):  # doctest: +SKIP
+            ...     async for event in client.watch_tasks("convert"):
+            ...         if event.failed:
+            ...             print(event.task_id, event.exit_code, await event.stderr_tail())
+        """
+        self._check_open()
+        if expected is None:
+            submitted = self._submitted.get(job_id.lower())
+            expected = len(submitted) if submitted else None
+        return TaskWatch(
+            self.batch,
+            job_id,
+            expected=expected,
+            include_running=include_running,
+            poll_interval=poll_interval,
+            max_poll_interval=max_poll_interval,
+            policy=self.retry_policy,
+        )
+
+    async def wait_for_tasks(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (the error says how many tasks were still pending)
+        expected: int | None = None,
+        on_event: Callable[[TaskEvent], object] | None = None,
+        poll_interval: float = 1.0,
+        max_poll_interval: float = 15.0,
+    ) -> TaskSummary:
+        """Wait until the job's tasks have completed (see `watch_tasks`) and summarise how they ended.
+
+        Args:
+            job_id: the job.
+            timeout: seconds to wait in all; ``None`` waits as long as it takes.
+            expected: how many tasks to wait for (see `watch_tasks`).
+            on_event: called with each event, e.g. for a progress bar.
+            poll_interval: see `watch_tasks`.
+            max_poll_interval: see `watch_tasks`.
+
+        Returns:
+            Counts of completed and succeeded tasks, and the failure events; ``summary.raise_for_failures()``
+            raises `TaskFailedError` if any failed.
+
+        Raises:
+            DeadlineExceededError: not all complete within *timeout*.
+
+        Example:
+            >>> async def run(client):  # doctest: +SKIP
+            ...     summary = await client.wait_for_tasks("convert", timeout=3600)
+            ...     print(summary.succeeded, "ok,", len(summary.failed), "failed")
+        """
+        watch = self.watch_tasks(
+            job_id, expected=expected, poll_interval=poll_interval, max_poll_interval=max_poll_interval
+        )
+        return await _watch.wait_for_tasks(watch, timeout=timeout, on_event=on_event)
+
+    async def terminate_job(self, job_id: str) -> bool:
+        """Terminate a job: running tasks are stopped, no more are scheduled (an auto-pool goes with it).
+
+        Args:
+            job_id: the job.
+
+        Returns:
+            ``True`` if this call terminated it, ``False`` if it had already completed or is gone.
+        """
+        self._check_open()
+        return await _jobs.terminate_job(self.batch, job_id, policy=self.retry_policy)
+
+    async def delete_job(self, job_id: str, *, force: bool = False, wait: bool = False) -> bool:
+        """Delete a job this run created (its tasks, and an auto-pool); another's only with *force*.
+
+        A job already gone (or being deleted) counts as deleted.
+
+        Args:
+            job_id: the job.
+            force: delete it even if this run did not create it.
+            wait: wait until the service has removed it.
+
+        Returns:
+            ``True`` if this call asked for the deletion, ``False`` if it was already gone or going.
+
+        Raises:
+            ConflictError: the job is not this run's and *force* is false.
+        """
+        self._check_open()
+        if job_id not in self._jobs and not force:
+            await self._check_ours("job", job_id)
+        deleted = await _jobs.delete_job(self.batch, job_id, wait=wait, policy=self.retry_policy)
+        self._jobs.pop(job_id, None)
+        return deleted

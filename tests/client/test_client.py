@@ -1,0 +1,325 @@
+"""Client lifecycle, configuration, cleanup (normal exit, error, cancellation, Ctrl-C) and an end-to-end run."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from azure.batch import models as m
+from azure.batch.aio import BatchClient
+from azure.storage.blob.aio import BlobServiceClient
+
+from aiobatch import (
+    AiobatchError,
+    BatchSettings,
+    Client,
+    ConfigurationError,
+    ConflictError,
+    PoolSpec,
+    RetryPolicy,
+    StorageSettings,
+    TaskSpec,
+    command_line,
+    output_files_to,
+    resource_file,
+)
+from aiobatch._azurite import AzuriteServer
+from aiobatch.emulator import Emulator
+
+pytestmark = pytest.mark.anyio
+
+#: Fast retries for tests: a fault costs milliseconds, not seconds.
+FAST = RetryPolicy(attempts=4, deadline=10.0, initial=0.02, maximum=0.2, jitter=0.02)
+OK = "/bin/sh -c 'exit 0'"
+
+
+def make_client(emulator: Emulator, azurite: AzuriteServer, **options: Any) -> Client:
+    """A client for the emulator and Azurite (used by the other client test modules too)."""
+    options.setdefault("retry_policy", FAST)
+    return Client(
+        BatchSettings(
+            endpoint=emulator.endpoint,
+            account_name=emulator.account_name,
+            account_key=emulator.credential.named_key.key,
+        ),
+        StorageSettings(connection_string=azurite.connection_string),
+        **options,
+    )
+
+
+def pool_spec(pool_id: str = "pool-1", nodes: int = 1, **options: Any) -> PoolSpec:
+    """A small Linux pool spec."""
+    return PoolSpec(
+        id=pool_id,
+        vm_size="standard_d2s_v3",
+        image_publisher="canonical",
+        image_offer="ubuntu-24_04-lts",
+        image_sku="server",
+        node_agent_sku_id="batch.node.ubuntu 24.04",
+        dedicated_nodes=nodes,
+        **options,
+    )
+
+
+def tasks(n: int, command: str = OK, prefix: str = "t", **options: Any) -> list[TaskSpec]:
+    return [TaskSpec(id=f"{prefix}{i:05d}", command_line=command, **options) for i in range(n)]
+
+
+async def container_exists(azurite: AzuriteServer, name: str) -> bool:
+    async with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+        return bool(await service.get_container_client(name).exists())
+
+
+def gone_or_deleting(entities: dict[str, Any], entity_id: str) -> bool:
+    entity = entities.get(entity_id.lower())
+    return entity is None or entity.state == "deleting"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Lifecycle and configuration
+# ----------------------------------------------------------------------------------------------------
+
+
+async def test_lifecycle_unopened_open_closed(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
+    client = make_client(batch_emulator, azurite)
+    assert client.state == "unopened"
+    with pytest.raises(RuntimeError, match="not open yet"):
+        await client.ensure_container("never")
+    async with client as same:
+        assert same is client and client.state == "open"
+        with pytest.raises(RuntimeError, match="opened only once"):
+            await client.open()
+    assert client.state == "closed"
+    await client.aclose()
+    await client.aclose()  # safe twice
+    with pytest.raises(RuntimeError, match="closed"):
+        client.watch_tasks("job")
+    with pytest.raises(RuntimeError, match="opened only once"):
+        async with client:
+            pass
+
+
+async def test_aclose_of_unopened_client_is_a_no_op(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
+    client = make_client(batch_emulator, azurite)
+    await client.aclose()
+    assert client.state == "closed"
+
+
+async def test_from_env_reaches_the_emulator_and_azurite(
+    batch_emulator: Emulator, azurite: AzuriteServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AZURE_BATCH_ENDPOINT", batch_emulator.endpoint)
+    monkeypatch.setenv("AZURE_BATCH_ACCOUNT_NAME", batch_emulator.account_name)
+    monkeypatch.setenv("AZURE_BATCH_ACCOUNT_KEY", batch_emulator.credential.named_key.key)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    async with Client.from_env(run_id="env-run", retry_policy=FAST) as client:
+        assert client.run_id == "env-run"
+        ref = await client.ensure_pool(pool_spec("env-pool"))
+        assert ref.created
+        assert await client.ensure_container("from-env") in (True, False)
+
+
+def test_from_env_names_the_missing_variable() -> None:
+    with pytest.raises(ConfigurationError, match="AZURE_BATCH_ENDPOINT"):
+        Client.from_env({})
+
+
+async def test_run_id_generated_given_or_refused(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
+    a, b = make_client(batch_emulator, azurite), make_client(batch_emulator, azurite)
+    assert a.run_id != b.run_id
+    assert make_client(batch_emulator, azurite, run_id="my-run_1").run_id == "my-run_1"
+    with pytest.raises(ConfigurationError, match="run id"):
+        make_client(batch_emulator, azurite, run_id="bad run!")
+
+
+async def test_repr_shows_no_secret(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
+    client = make_client(batch_emulator, azurite)
+    text = repr(client)
+    assert batch_emulator.credential.named_key.key not in text
+    assert azurite.account_key not in text
+    assert client.run_id in text
+
+
+async def test_a_wrong_account_key_is_an_authentication_error(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
+    from aiobatch import AuthenticationError
+
+    wrong = Client(
+        BatchSettings(
+            endpoint=batch_emulator.endpoint, account_name=batch_emulator.account_name, account_key="d3Jvbmcga2V5"
+        ),
+        StorageSettings(connection_string=azurite.connection_string),
+        retry_policy=FAST,
+    )
+    async with wrong as client:
+        with pytest.raises(AuthenticationError) as caught:
+            await client.ensure_pool(pool_spec("p"))
+    assert "d3Jvbmcga2V5" not in str(caught.value)
+
+
+async def test_works_inside_a_running_loop_without_asyncio_run(
+    batch_emulator: Emulator, azurite: AzuriteServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def forbidden(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("aiobatch must never call asyncio.run")
+
+    monkeypatch.setattr(asyncio, "run", forbidden)
+    async with make_client(batch_emulator, azurite) as client:
+        await client.ensure_pool(pool_spec())
+        await client.wait_for_pool_ready("pool-1", poll_interval=0.05, timeout=10)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Cleanup
+# ----------------------------------------------------------------------------------------------------
+
+
+async def _create_everything(client: Client, suffix: str) -> None:
+    await client.ensure_container(f"cleanup-{suffix}")
+    await client.ensure_pool(pool_spec(f"pool-{suffix}"))
+    await client.create_job(f"job-{suffix}", pool_id=f"pool-{suffix}")
+
+
+def _assert_cleaned(emulator: Emulator, suffix: str) -> None:
+    assert emulator.account is not None
+    assert gone_or_deleting(emulator.account.jobs, f"job-{suffix}")
+    assert gone_or_deleting(emulator.account.pools, f"pool-{suffix}")
+
+
+async def test_cleanup_on_normal_exit(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
+    async with make_client(batch_emulator, azurite, cleanup=True) as client:
+        await _create_everything(client, "normal")
+        assert client.created == {"jobs": ("job-normal",), "pools": ("pool-normal",), "containers": ("cleanup-normal",)}
+    _assert_cleaned(batch_emulator, "normal")
+    assert not await container_exists(azurite, "cleanup-normal")
+
+
+async def test_cleanup_on_error(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
+    with pytest.raises(ZeroDivisionError):
+        async with make_client(batch_emulator, azurite, cleanup=True) as client:
+            await _create_everything(client, "error")
+            1 / 0  # noqa: B018
+    _assert_cleaned(batch_emulator, "error")
+    assert not await container_exists(azurite, "cleanup-error")
+
+
+async def test_cleanup_on_cancellation(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
+    created = anyio.Event()
+    with anyio.CancelScope() as scope:
+
+        async def cancel_when_created() -> None:
+            await created.wait()
+            scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cancel_when_created)
+            async with make_client(batch_emulator, azurite, cleanup=True) as client:
+                await _create_everything(client, "cancel")
+                created.set()
+                await anyio.sleep(30)  # cancelled here
+    assert scope.cancelled_caught
+    _assert_cleaned(batch_emulator, "cancel")
+    assert not await container_exists(azurite, "cleanup-cancel")
+
+
+async def test_cleanup_on_ctrl_c(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        async with make_client(batch_emulator, azurite, cleanup=True) as client:
+            await _create_everything(client, "ctrlc")
+            raise KeyboardInterrupt
+    _assert_cleaned(batch_emulator, "ctrlc")
+    assert not await container_exists(azurite, "cleanup-ctrlc")
+
+
+async def test_cleanup_is_bounded_by_its_timeout(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
+    client = make_client(batch_emulator, azurite, cleanup=True, cleanup_timeout=0.001)
+    async with client:
+        await _create_everything(client, "slow")
+        # A millisecond is too short for three deletes: the deadline passes first, and says so.
+        with pytest.raises(AiobatchError, match="did not finish within"):
+            await client.aclose()
+    assert client.state == "closed"
+
+
+async def test_cleanup_leaves_what_this_run_did_not_create(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
+    async with BatchClient(batch_emulator.endpoint, batch_emulator.credential) as batch:
+        await batch.create_pool(
+            m.BatchPoolCreateOptions(
+                id="foreign",
+                vm_size="standard_d2s_v3",
+                virtual_machine_configuration=m.VirtualMachineConfiguration(
+                    image_reference=m.BatchVmImageReference(publisher="canonical", offer="o", sku="s"),
+                    node_agent_sku_id="batch.node.ubuntu 24.04",
+                ),
+                target_dedicated_nodes=1,
+            )
+        )
+    async with make_client(batch_emulator, azurite, cleanup=True) as client:
+        ref = await client.ensure_pool(pool_spec("foreign"), reuse_existing=True)
+        assert not ref.owned
+        await client.create_job("job-on-foreign", pool_id="foreign")
+        with pytest.raises(ConflictError, match="force=True"):
+            await client.delete_pool("foreign")
+    assert batch_emulator.account is not None
+    assert batch_emulator.account.pools["foreign"].state == "active"
+    assert gone_or_deleting(batch_emulator.account.jobs, "job-on-foreign")
+
+
+async def test_no_cleanup_by_default(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
+    async with make_client(batch_emulator, azurite) as client:
+        await _create_everything(client, "kept")
+    assert batch_emulator.account is not None
+    assert batch_emulator.account.pools["pool-kept"].state == "active"
+    assert await container_exists(azurite, "cleanup-kept")
+
+
+# ----------------------------------------------------------------------------------------------------
+# End to end: upload (re-run uploads nothing), pool, job, tasks with files, events, outputs
+# ----------------------------------------------------------------------------------------------------
+
+
+async def test_end_to_end_with_files(batch_emulator: Emulator, azurite: AzuriteServer, tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    names = ["a cat.txt", "dög's.txt", "50% & more.txt"]
+    for i, name in enumerate(names):
+        (inputs / name).write_text(f"file {i}\n" * (i + 1))
+    async with make_client(batch_emulator, azurite, cleanup=True) as client:
+        uploaded = await client.upload_files("e2e-in", sorted(inputs.iterdir()))
+        assert len(uploaded.uploaded) == 3
+        again = await client.upload_files("e2e-in", sorted(inputs.iterdir()))
+        assert (len(again.uploaded), len(again.skipped)) == (0, 3)
+
+        await client.ensure_pool(pool_spec("e2e-pool", nodes=2))
+        await client.wait_for_pool_ready("e2e-pool", poll_interval=0.05, timeout=20)
+        await client.create_job("e2e", pool_id="e2e-pool", on_all_tasks_complete="terminatejob")
+        out_url = await client.output_container_sas_url("e2e-out")
+        specs = []
+        for i, f in enumerate(uploaded.files):
+            url = await client.input_sas_url("e2e-in", f.name)
+            specs.append(
+                TaskSpec(
+                    id=f"copy{i}",
+                    command_line=command_line(["cp", f.name, f"out-{i}.txt"]),
+                    resource_files=[resource_file(url)],
+                    output_files=[output_files_to(out_url, f"out-{i}.txt", path=f"out-{i}.txt")],
+                )
+            )
+        result = await client.submit_tasks("e2e", specs)
+        assert result.ok and len(result.added) == 3
+        summary = await client.wait_for_tasks("e2e", timeout=30, poll_interval=0.05, max_poll_interval=0.2)
+        assert (summary.completed, summary.succeeded, summary.failed) == (3, 3, ())
+        downloaded = await client.download_outputs("e2e-out", tmp_path / "out")
+        got = sorted(p.name for p in (tmp_path / "out").iterdir())
+        assert got == ["out-0.txt", "out-1.txt", "out-2.txt"]
+        assert len(downloaded.files) == 3
+        by_index = {i: (inputs / f.name).read_text() for i, f in enumerate(uploaded.files)}
+        for i, text in by_index.items():
+            assert (tmp_path / "out" / f"out-{i}.txt").read_text() == text
+        assert batch_emulator.account is not None
+        # terminatejob was applied after the submission: the job ends by itself.
+        assert batch_emulator.account.jobs["e2e"].state in ("terminating", "completed")
+    assert not await container_exists(azurite, "e2e-in")
+    assert not await container_exists(azurite, "e2e-out")
