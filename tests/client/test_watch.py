@@ -1,0 +1,216 @@
+"""watch_tasks: exactly one event per task (retries included), cheap polls, a clean break; wait_for_tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import inspect
+from collections import Counter
+from typing import Any
+
+import anyio
+import pytest
+
+from aiobatch import Client, DeadlineExceededError, TaskFailedError, TaskSpec, TaskWatch
+from aiobatch._azurite import AzuriteServer
+from aiobatch.emulator import Emulator
+
+from .test_client import make_client, pool_spec, tasks
+
+pytestmark = pytest.mark.anyio
+
+FAIL = "/bin/sh -c 'echo broken >&2; exit 3'"
+QUICK = {"poll_interval": 0.05, "max_poll_interval": 0.2}
+
+
+async def _ready_job(client: Client, job_id: str = "job", *, terminate: bool = False) -> None:
+    await client.ensure_pool(pool_spec("pool", nodes=2, task_slots_per_node=8))
+    await client.wait_for_pool_ready("pool", poll_interval=0.05, timeout=10)
+    await client.create_job(job_id, pool_id="pool", on_all_tasks_complete="terminatejob" if terminate else "noaction")
+
+
+async def test_exactly_one_event_per_task_with_failures_and_retries(
+    batch_emulator: Emulator, azurite: AzuriteServer
+) -> None:
+    async with make_client(batch_emulator, azurite) as client:
+        await _ready_job(client)
+        ok = tasks(30, prefix="ok")
+        bad = tasks(10, command=FAIL, prefix="bad", max_task_retry_count=2)
+        await client.submit_tasks("job", ok + bad)
+        events = [e async for e in client.watch_tasks("job", **QUICK)]
+    per_task = Counter(e.task_id for e in events)
+    assert len(per_task) == 40 and set(per_task.values()) == {1}
+    succeeded = [e for e in events if e.succeeded]
+    failed = [e for e in events if e.failed]
+    assert len(succeeded) == 30 and all(e.exit_code == 0 and e.retry_count == 0 for e in succeeded)
+    assert len(failed) == 10
+    for event in failed:
+        assert (event.exit_code, event.retry_count) == (3, 2)  # 3 attempts in all, one event
+        assert event.failure is not None and event.failure.category == "usererror"
+        assert event.node_id and event.start_time and event.end_time and event.end_time >= event.start_time
+    assert batch_emulator.account is not None
+    oracle = batch_emulator.account.jobs["job"].tasks
+    assert sorted(t.retry_count for k, t in oracle.items() if k.startswith("bad")) == [2] * 10
+
+
+async def test_the_watch_ends_when_the_job_completes(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
+    async with make_client(batch_emulator, azurite) as submitter:
+        await _ready_job(submitter, terminate=True)
+        await submitter.submit_tasks("job", tasks(12))
+    # A client that did not submit knows no count: it stops when the job completes.
+    async with make_client(batch_emulator, azurite) as watcher:
+        watch = watcher.watch_tasks("job", **QUICK)
+        assert watch.expected is None
+        events = [e async for e in watch]
+    assert len({e.task_id for e in events}) == 12 == len(events)
+
+
+async def test_expected_count_ends_the_watch(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
+    async with make_client(batch_emulator, azurite) as client:
+        await _ready_job(client)
+        await client.submit_tasks("job", tasks(5))
+        watch = client.watch_tasks("job", **QUICK)
+        assert watch.expected == 5
+        with anyio.fail_after(10):
+            events = [e async for e in watch]
+    assert len(events) == 5
+
+
+async def test_running_events_on_request(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
+    async with make_client(batch_emulator, azurite) as client:
+        await _ready_job(client)
+        await client.submit_tasks("job", tasks(4, command="/bin/sh -c 'sleep 0.6'"))
+        events = [e async for e in client.watch_tasks("job", include_running=True, **QUICK)]
+    kinds = Counter(e.kind for e in events)
+    assert kinds["completed"] == 4
+    assert 1 <= kinds["running"] <= 4
+    assert all(e.succeeded is None for e in events if e.kind == "running")
+    for task_id in {e.task_id for e in events if e.kind == "running"}:
+        order = [e.kind for e in events if e.task_id == task_id]
+        assert order == ["running", "completed"]
+
+
+async def test_breaking_out_leaves_nothing_running(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
+    async with make_client(batch_emulator, azurite) as client:
+        await _ready_job(client)
+        await client.submit_tasks("job", tasks(20))
+        before = asyncio.all_tasks()
+        watch = client.watch_tasks("job", **QUICK)
+        assert not inspect.isasyncgen(watch)  # no generator finaliser to schedule an aclose() task
+        async for _event in watch:
+            break
+        requests = watch.requests
+        del watch, _event
+        gc.collect()
+        await asyncio.sleep(0.3)
+        # Only the emulator (running the job's tasks in this same loop) may have started tasks since.
+        started = [t for t in asyncio.all_tasks() - before if "aiobatch.emulator" not in repr(t.get_coro())]
+        assert started == []
+        assert requests > 0
+
+
+async def test_a_watch_sends_no_request_after_a_break(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
+    async with make_client(batch_emulator, azurite) as client:
+        await _ready_job(client)
+        await client.submit_tasks("job", tasks(20, command="/bin/sh -c 'sleep 0.2'"))
+        async with client.watch_tasks("job", **QUICK) as watch:
+            async for _ in watch:
+                break
+            sent = watch.requests
+            await anyio.sleep(0.5)
+            assert watch.requests == sent
+        assert [e async for e in watch] == []  # closed: ends at once
+
+
+async def test_polls_cost_in_proportion_to_change(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
+    async with make_client(batch_emulator, azurite) as client:
+        await _ready_job(client)
+        await client.submit_tasks("job", tasks(300))
+        watch = client.watch_tasks("job", poll_interval=0.1, max_poll_interval=1.0)
+        events = [e async for e in watch]
+        assert len(events) == 300
+        per_task = watch.requests / len(events)
+        print(f"watch: {watch.requests} requests for {len(events)} completions ({per_task:.3f} per task)")
+        assert per_task < 0.5
+
+        # An idle job: polls back off, and only the cheap counts request is sent.
+        await client.create_job("idle", pool_id="pool")
+        idle = client.watch_tasks("idle", expected=1, poll_interval=0.05, max_poll_interval=0.4)
+        with anyio.move_on_after(1.5):
+            async for _ in idle:
+                pass
+        assert idle.requests <= 2 * 8  # ~7 polls (0.05, 0.1, 0.2, 0.4, 0.4, ...), each counts + job check
+
+
+async def test_stderr_tail_of_a_failed_task(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
+    noisy = "/bin/sh -c 'i=0; while [ $i -lt 2000 ]; do echo line-$i >&2; i=$((i+1)); done; exit 7'"
+    async with make_client(batch_emulator, azurite) as client:
+        await _ready_job(client)
+        await client.submit_tasks(
+            "job", [TaskSpec(id="noisy", command_line=noisy), TaskSpec(id="plain", command_line=FAIL)]
+        )
+        async for event in client.watch_tasks("job", **QUICK):
+            assert event.failed
+            if event.task_id == "noisy":
+                tail = await event.stderr_tail(max_bytes=100)
+                assert tail.endswith("line-1999\n") and len(tail) <= 100
+                assert event.exit_code == 7
+                with pytest.raises(TaskFailedError, match="exit code 7"):
+                    raise event.error()
+            else:
+                assert await event.stderr_tail() == "broken\n"
+
+
+async def test_wait_for_tasks_summary_and_failures(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
+    seen: list[Any] = []
+    async with make_client(batch_emulator, azurite) as client:
+        await _ready_job(client)
+        await client.submit_tasks("job", tasks(6) + tasks(2, command=FAIL, prefix="bad"))
+        summary = await client.wait_for_tasks("job", timeout=20, on_event=seen.append, **QUICK)
+    assert (summary.completed, summary.succeeded, len(summary.failed)) == (8, 6, 2)
+    assert len(seen) == 8 and not summary.ok
+    with pytest.raises(TaskFailedError, match="2 of 8 tasks"):
+        summary.raise_for_failures()
+
+
+async def test_wait_for_tasks_timeout(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
+    async with make_client(batch_emulator, azurite) as client:
+        await _ready_job(client)
+        await client.submit_tasks("job", tasks(3, command="/bin/sh -c 'sleep 5'"))
+        with anyio.fail_after(3), pytest.raises(DeadlineExceededError) as caught:
+            await client.wait_for_tasks("job", timeout=0.3, **QUICK)
+    assert "0 of 3 completed" in str(caught.value)
+
+
+async def test_watch_of_a_missing_job(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
+    from aiobatch import NotFoundError
+
+    async with make_client(batch_emulator, azurite) as client:
+        with pytest.raises(NotFoundError, match="no-job"):
+            async for _ in client.watch_tasks("no-job"):
+                pass
+
+
+def test_watch_arguments_are_checked() -> None:
+    from aiobatch import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        TaskWatch(None, "job", poll_interval=0)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        TaskWatch(None, "job", expected=-1)  # type: ignore[arg-type]
+
+
+async def test_failure_events_carry_no_sas_signature(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
+    from aiobatch import resource_file
+
+    url = "http://127.0.0.1:9/inputs/cat.mp4?sv=2024-11-04&sp=r&sig=TOPSECRETSIGNATURE%3D"
+    async with make_client(batch_emulator, azurite) as client:
+        await _ready_job(client)
+        await client.submit_tasks(
+            "job", [TaskSpec(id="nofile", command_line="cat cat.mp4", resource_files=[resource_file(url)])]
+        )
+        events = [e async for e in client.watch_tasks("job", **QUICK)]
+    assert len(events) == 1 and events[0].failed
+    failure = events[0].failure
+    assert failure is not None and failure.code
+    assert "TOPSECRETSIGNATURE" not in repr(events[0]) and "TOPSECRETSIGNATURE" not in str(events[0].error())
