@@ -23,9 +23,9 @@ from azure.storage.blob.aio import BlobServiceClient
 
 from . import _jobs, _pools, _storage, _submit, _watch
 from ._config import BatchSettings, Settings, StorageSettings, default_credential
-from ._errors import AiobatchError, ConfigurationError, ConflictError, NotFoundError, redact
+from ._errors import AiobatchError, ConfigurationError, NotFoundError, redact
 from ._jobs import JobRef, OnAllTasksComplete, OnTaskFailure
-from ._pools import PoolRef, PoolStatus, run_id_of
+from ._pools import PoolRef, PoolStatus, not_ours, run_id_of
 from ._retry import RetryPolicy, call, sdk_client_kwargs
 from ._specs import PoolSpec, TaskSpec
 from ._storage import DownloadResult, ProgressCallback, SasPolicy, UploadResult
@@ -607,13 +607,8 @@ class Client:
         except NotFoundError:
             return
         if owner != self.run_id:
-            whose = f"run {owner!r}" if owner else "something other than aiobatch"
-            raise ConflictError(
-                f"{kind} {resource_id!r} was created by {whose}, not by this run ({self.run_id!r}); it was not "
-                "deleted. Pass force=True to delete it anyway.",
-                service="batch",
-                resource_kind=kind,
-                resource_id=resource_id,
+            raise not_ours(
+                kind, resource_id, owner, self.run_id, "It was not deleted; pass force=True to delete it anyway."
             )
 
     # ------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from azure.batch.aio import BatchClient
 from azure.batch.models._models import BatchJobTerminateOptions
 
 from ._errors import ConfigurationError, ConflictError, NotFoundError
-from ._pools import run_id_of, tagged, wait_until_gone
+from ._pools import delete_entity, not_ours, run_id_of, tagged
 from ._retry import RetryPolicy, call
 from ._specs import PoolSpec, check_id, to_pool_specification
 
@@ -186,15 +186,13 @@ async def create_job(
             created = owned = False
             logger.info("reusing existing job %r (not created by this run; it will not be deleted by it)", job_id)
         else:
-            whose = f"run {owner!r}" if owner else "something other than aiobatch"
-            raise ConflictError(
-                f"job {job_id!r} already exists and was created by {whose}, not by this run ({run_id!r}). Choose "
-                "another job id, delete the old job, or pass reuse_existing=True to add tasks to it.",
-                service="batch",
-                status=409,
+            raise not_ours(
+                "job",
+                job_id,
+                owner,
+                run_id,
+                "Choose another job id, delete the old job, or pass reuse_existing=True to add tasks to it.",
                 code="JobExists",
-                resource_kind="job",
-                resource_id=job_id,
             ) from None
     actual_pool = pool_id
     if auto_pool is not None:
@@ -310,29 +308,13 @@ async def delete_job(
     Raises:
         DeadlineExceededError: with *wait*, the job was still there after *timeout*.
     """
-    try:
-        await call(
-            lambda: batch.begin_delete_job(job_id),
-            policy=policy,
-            resource="job",
-            resource_id=job_id,
-            action="delete",
-        )
-        requested = True
-        logger.info("deleting job %r", job_id)
-    except NotFoundError:
-        return False
-    except ConflictError as exc:
-        if exc.code != "JobBeingDeleted":
-            raise
-        requested = False
-    if wait:
-        await wait_until_gone(
-            lambda: batch.get_job(job_id, select=["id", "state"]),
-            kind="job",
-            resource_id=job_id,
-            poll_interval=poll_interval,
-            timeout=timeout,
-            policy=policy,
-        )
-    return requested
+    return await delete_entity(
+        "job",
+        job_id,
+        lambda: batch.begin_delete_job(job_id),
+        lambda: batch.get_job(job_id, select=["id", "state"]),
+        wait=wait,
+        poll_interval=poll_interval,
+        timeout=timeout,
+        policy=policy,
+    )

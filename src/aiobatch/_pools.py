@@ -46,10 +46,12 @@ __all__ = [
     "RUN_ID_KEY",
     "PoolRef",
     "PoolStatus",
+    "delete_entity",
     "delete_pool",
     "ensure_pool",
     "get_pool_status",
     "judge_readiness",
+    "not_ours",
     "run_id_of",
     "tagged",
     "wait_for_pool_ready",
@@ -175,6 +177,24 @@ def tagged(metadata: Mapping[str, str], run_id: str) -> dict[str, str]:
     return {**metadata, RUN_ID_KEY: run_id}
 
 
+def not_ours(
+    kind: str, resource_id: str, owner: str | None, run_id: str, fix: str, *, code: str | None = None
+) -> ConflictError:
+    """The error for a pool or job that carries another run's id (or none): whose it is, and *fix*.
+
+    *code* is the service's answer that revealed it (``PoolExists``, ``JobExists``), if one did.
+    """
+    whose = f"run {owner!r}" if owner else "something other than aiobatch"
+    return ConflictError(
+        f"{kind} {resource_id!r} was created by {whose}, not by this run ({run_id!r}). {fix}",
+        service="batch",
+        status=409 if code else None,
+        code=code,
+        resource_kind=kind,
+        resource_id=resource_id,
+    )
+
+
 # ----------------------------------------------------------------------------------------------------
 # ensure_pool
 # ----------------------------------------------------------------------------------------------------
@@ -252,15 +272,13 @@ async def ensure_pool(
     if reuse_existing:
         logger.info("reusing existing pool %r (not created by this run; it will not be deleted by it)", spec.id)
         return PoolRef(id=spec.id, created=False, owned=False)
-    whose = f"run {owner!r}" if owner else "something other than aiobatch"
-    raise ConflictError(
-        f"pool {spec.id!r} already exists and was created by {whose}, not by this run ({run_id!r}). Choose "
-        "another pool id, or pass reuse_existing=True to run on it as it is (it will not be deleted).",
-        service="batch",
-        status=409,
+    raise not_ours(
+        "pool",
+        spec.id,
+        owner,
+        run_id,
+        "Choose another pool id, or pass reuse_existing=True to run on it as it is (it will not be deleted).",
         code="PoolExists",
-        resource_kind="pool",
-        resource_id=spec.id,
     )
 
 
@@ -472,11 +490,7 @@ async def delete_pool(
     timeout: float = 600.0,  # noqa: ASYNC109 (bounds the wait only, not the delete request)
     policy: RetryPolicy | None = None,
 ) -> bool:
-    """Delete a pool; one that is gone or already being deleted counts as done.
-
-    The SDK's poller is not used to wait: it polls every 5 s by default and ends silently, as if done, on the
-    first failed poll. With *wait*, this polls the pool itself (each poll retried under *policy*) until it
-    answers 404.
+    """Delete a pool; one that is gone or already being deleted counts as done (see `delete_entity`).
 
     Args:
         batch: the Batch client.
@@ -493,30 +507,54 @@ async def delete_pool(
         DeadlineExceededError: with *wait*, the pool was still there after *timeout*.
         ServiceError: the service refused the deletion.
     """
+    return await delete_entity(
+        "pool",
+        pool_id,
+        lambda: batch.begin_delete_pool(pool_id),
+        lambda: batch.get_pool(pool_id, select=["id", "state"]),
+        wait=wait,
+        poll_interval=poll_interval,
+        timeout=timeout,
+        policy=policy,
+    )
+
+
+async def delete_entity(
+    kind: str,
+    resource_id: str,
+    delete: Callable[[], Awaitable[object]],
+    get: Callable[[], Awaitable[object]],
+    *,
+    wait: bool,
+    poll_interval: float,
+    timeout: float,  # noqa: ASYNC109 (bounds the wait only, not the delete request)
+    policy: RetryPolicy | None = None,
+) -> bool:
+    """Send a pool's or job's delete; NotFound and ``*BeingDeleted`` count as done. Shared by pools and jobs.
+
+    The SDK's poller is not used to wait: it polls every 5 s by default and ends silently, as if done, on the
+    first failed poll. With *wait*, this polls ``get()`` itself (each poll retried under *policy*) until it
+    answers 404.
+
+    Returns:
+        ``True`` if this call asked for the deletion, ``False`` if it was already gone or going.
+
+    Raises:
+        DeadlineExceededError: with *wait*, still there after *timeout*.
+    """
     try:
-        await call(
-            lambda: batch.begin_delete_pool(pool_id),
-            policy=policy,
-            resource="pool",
-            resource_id=pool_id,
-            action="delete",
-        )
+        await call(delete, policy=policy, resource=kind, resource_id=resource_id, action="delete")
         requested = True
-        logger.info("deleting pool %r", pool_id)
+        logger.info("deleting %s %r", kind, resource_id)
     except NotFoundError:
         return False
     except ConflictError as exc:
-        if exc.code != "PoolBeingDeleted":
+        if (exc.code or "").lower() != f"{kind}beingdeleted":
             raise
         requested = False
     if wait:
         await wait_until_gone(
-            lambda: batch.get_pool(pool_id, select=["id", "state"]),
-            kind="pool",
-            resource_id=pool_id,
-            poll_interval=poll_interval,
-            timeout=timeout,
-            policy=policy,
+            get, kind=kind, resource_id=resource_id, poll_interval=poll_interval, timeout=timeout, policy=policy
         )
     return requested
 
