@@ -143,7 +143,7 @@ class TaskEvent:
     async def stderr_tail(self, max_bytes: int = 4096) -> str:
         """Fetch the last *max_bytes* of the task's ``stderr.txt`` from its node.
 
-        The file is streamed and only its tail is kept, so a huge stderr costs transfer, not memory. A task
+        Two requests: the file's size, then the byte range of its tail; only the tail is kept in memory. A task
         that never ran on a node (e.g. its resource files could not be downloaded), or whose node is gone,
         has no stderr: the result is then ``""``.
 
@@ -161,13 +161,20 @@ class TaskEvent:
         batch = self._batch
 
         async def fetch() -> bytes:
+            # Ask for the last bytes only (the size first, then a range); keep only the tail of what arrives
+            # all the same, so memory stays bounded whatever the answer holds.
+            props = await batch.get_task_file_properties(self.job_id, self.task_id, "stderr.txt")
+            size = int(props.content_length or 0)
+            if size == 0 or max_bytes <= 0:
+                return b""
+            wanted = f"bytes={max(0, size - max_bytes)}-{size - 1}"
+            stream = await batch.download_task_file(self.job_id, self.task_id, "stderr.txt", ocp_range=wanted)
             tail = bytearray()
-            stream = await batch.download_task_file(self.job_id, self.task_id, "stderr.txt")
             async for chunk in stream:
                 tail += chunk
                 if len(tail) > 2 * max_bytes:
                     del tail[: len(tail) - max_bytes]
-            return bytes(tail[-max_bytes:]) if max_bytes > 0 else b""
+            return bytes(tail[-max_bytes:])
 
         try:
             data = await call(
