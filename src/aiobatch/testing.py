@@ -32,6 +32,11 @@ Fixtures:
         A folder holding the ``ffmpeg`` application package built from the pip-installed binary.
     ``anyio_backend`` (session)
         ``"asyncio"``: async tests run under anyio's pytest plugin (``@pytest.mark.anyio``) on asyncio.
+    ``storage_faults`` (function)
+        A running :class:`~aiobatch._faultproxy.StorageFaultProxy` in front of the session's Azurite: seeded
+        503s, connection resets and flipped bytes. Point clients at its ``connection_string``. Rates come from
+        ``request.param`` (indirect parametrization) or are set on the proxy; the seed is printed, and
+        ``$AIOBATCH_FAULT_SEED`` replays one.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ import pytest
 
 from ._apppackage import build_ffmpeg_package
 from ._azurite import AZURITE_DIR_ENV, AzuriteError, AzuriteServer
+from ._faultproxy import KINDS as STORAGE_FAULT_KINDS
+from ._faultproxy import StorageFaultProxy
 from .emulator import Emulator, Timings
 
 __all__ = [
@@ -54,6 +61,7 @@ __all__ = [
     "clean_azure_env",
     "emulator_apps_dir",
     "ffmpeg_apps_dir",
+    "storage_faults",
 ]
 
 # DefaultAzureCredential reads these managed-identity variables as well as the AZURE_* ones.
@@ -178,3 +186,51 @@ async def batch_emulator(emulator_apps_dir: Path | None, tmp_path: Path) -> Asyn
     )
     async with emulator:
         yield emulator
+
+
+#: Set this environment variable to replay a ``storage_faults`` run with the seed it printed.
+FAULT_SEED_ENV = "AIOBATCH_FAULT_SEED"
+
+
+@pytest.fixture
+async def storage_faults(azurite: AzuriteServer, request: pytest.FixtureRequest) -> AsyncIterator[StorageFaultProxy]:
+    """Yield a seeded fault-injecting proxy in front of the session's Azurite, for one test.
+
+    Clients built from ``storage_faults.connection_string`` (or ``.blob_endpoint``) reach the same account
+    through the proxy. With no parameters nothing is injected until the test sets rates
+    (``storage_faults.rates = {"503": 0.1}`` or ``storage_faults.set_rate("flip", 0.1)``). Parametrize it
+    indirectly to start with rates and options: keys ``"503"``, ``"reset"``, ``"flip"`` are rates; ``seed``,
+    ``methods``, ``pattern``, ``limit`` and ``enabled`` are passed to the proxy.
+
+    The seed is ``seed`` if given, else ``$AIOBATCH_FAULT_SEED``, else random; it is printed (pytest shows it
+    with a failure's output) and stored in the test's ``user_properties`` as ``storage_fault_seed``.
+
+    Args:
+        azurite: The running Azurite server.
+        request: pytest's fixture request; ``request.param`` (a mapping) if parametrized indirectly.
+
+    Example:
+        >>> @pytest.mark.anyio  # doctest: +SKIP
+        ... @pytest.mark.parametrize("storage_faults", [{"503": 0.1, "reset": 0.1}], indirect=True)
+        ... async def test_upload_holds(storage_faults):
+        ...     settings = StorageSettings(connection_string=storage_faults.connection_string)
+        ...     ...
+        ...     assert storage_faults.injected["503"] > 0
+    """
+    options = dict(getattr(request, "param", None) or {})
+    rates = {kind: float(options.pop(kind)) for kind in STORAGE_FAULT_KINDS if kind in options}
+    seed = options.pop("seed", None)
+    if seed is None and os.environ.get(FAULT_SEED_ENV, "").strip():
+        seed = int(os.environ[FAULT_SEED_ENV])
+    proxy = StorageFaultProxy(
+        azurite.blob_endpoint,
+        account_name=azurite.account_name,
+        account_key=azurite.account_key,
+        seed=seed,
+        rates=rates,
+        **options,
+    )
+    print(f"storage_faults: seed {proxy.seed} (replay with {FAULT_SEED_ENV}={proxy.seed})")
+    request.node.user_properties.append(("storage_fault_seed", proxy.seed))
+    async with proxy:
+        yield proxy
