@@ -1,0 +1,176 @@
+"""The emulator as a program: ``python -m aiobatch.emulator`` and the ``aiobatch emulator`` console script.
+
+Each run starts the real process on a free port, reads its one "listening on" line, drives it with the real sync
+SDK, then stops it with a signal and checks that it went cleanly: exit status 0, no traceback, its temporary
+folder removed and the task process it was running killed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from azure.batch import BatchClient
+from azure.batch import models as m
+from azure.core.credentials import AzureNamedKeyCredential
+
+from aiobatch.emulator import DEFAULT_ACCOUNT_KEY, DEFAULT_ACCOUNT_NAME
+
+LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:(\d+))\b")
+FAST = ["--port", "0", "--allocation-delay", "0.05", "--node-start-delay", "0.05"]
+
+
+def _console_script() -> str:
+    script = shutil.which("aiobatch", path=str(Path(sys.executable).parent)) or shutil.which("aiobatch")
+    assert script, "the aiobatch console script is not installed next to this Python"
+    return script
+
+
+COMMANDS = {
+    "module": [sys.executable, "-m", "aiobatch.emulator"],
+    "script": [_console_script(), "emulator"],
+}
+
+
+class Running:
+    """A started emulator process and what it printed."""
+
+    def __init__(self, command: list[str], tmp: Path) -> None:
+        env = {**os.environ, "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"}
+        self.tmp = tmp
+        self.process = subprocess.Popen(
+            [*command, *FAST],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self.endpoint = self._wait_for_listening()
+
+    def _wait_for_listening(self, limit: float = 20.0) -> str:
+        assert self.process.stdout is not None
+        selector = selectors.DefaultSelector()
+        selector.register(self.process.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
+                break
+            line = self.process.stdout.readline()
+            if not line:
+                break
+            self.lines.append(line.rstrip("\n"))
+            if match := LISTENING.search(line):
+                return match.group(1)
+        self.process.kill()
+        raise AssertionError(f"no 'listening on' line; stdout {self.lines}, stderr {self.process.stderr.read()!r}")  # type: ignore[union-attr]
+
+    def stop(self, signum: int, limit: float = 15.0) -> tuple[int, str, str]:
+        self.process.send_signal(signum)
+        try:
+            out, err = self.process.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, err = self.process.communicate()
+            raise AssertionError(f"the emulator did not stop within {limit} s of signal {signum}") from None
+        return self.process.returncode, out, err
+
+
+@pytest.fixture
+def started(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Running]:
+    running = Running(COMMANDS[request.param], tmp_path)
+    try:
+        yield running
+    finally:
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.communicate()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/stat").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def _start_a_long_task(endpoint: str, pid_file: Path) -> None:
+    credential = AzureNamedKeyCredential(DEFAULT_ACCOUNT_NAME, DEFAULT_ACCOUNT_KEY)
+    with BatchClient(endpoint, credential) as batch:
+        batch.create_pool(
+            m.BatchPoolCreateOptions(
+                id="p",
+                vm_size="standard_d2s_v3",
+                virtual_machine_configuration=m.VirtualMachineConfiguration(
+                    image_reference=m.BatchVmImageReference(
+                        publisher="canonical", offer="0001-com-ubuntu-server-jammy", sku="22_04-lts"
+                    ),
+                    node_agent_sku_id="batch.node.ubuntu 22.04",
+                ),
+                target_dedicated_nodes=1,
+            )
+        )
+        batch.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))
+        batch.create_task(
+            "j", m.BatchTaskCreateOptions(id="t", command_line=f"/bin/sh -c 'echo $$ > {pid_file}; exec sleep 60'")
+        )
+        deadline = time.monotonic() + 15
+        while batch.get_task("j", "t").state != m.BatchTaskState.RUNNING or not pid_file.exists():
+            assert time.monotonic() < deadline, "the task never started"
+            time.sleep(0.05)
+        assert [p.id for p in batch.list_pools()] == ["p"]
+
+
+def _check_clean_stop(running: Running, signum: int, pid_file: Path) -> None:
+    task_pid = int(pid_file.read_text())
+    assert _pid_alive(task_pid)
+    try:
+        code, _, err = running.stop(signum)
+        assert code == 0, f"exit status {code} after signal {signum}; stderr: {err}"
+        assert "Traceback" not in err, err
+        assert not list(running.tmp.glob("aiobatch-emulator-*")), "the temporary work folder was left behind"
+        deadline = time.monotonic() + 5
+        while _pid_alive(task_pid):
+            assert time.monotonic() < deadline, "the task's process outlived the emulator"
+            time.sleep(0.05)
+    finally:
+        if _pid_alive(task_pid):  # never leave a stray sleep behind, even when the check fails
+            os.kill(task_pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("started", ["module", "script"], indirect=True)
+def test_prints_one_listening_line_serves_and_stops_on_sigint(started: Running, tmp_path: Path) -> None:
+    assert sum(bool(LISTENING.search(line)) for line in started.lines) == 1
+    pid_file = tmp_path / "task.pid"
+    _start_a_long_task(started.endpoint, pid_file)
+    _check_clean_stop(started, signal.SIGINT, pid_file)
+    assert sum(bool(LISTENING.search(line)) for line in started.lines) == 1, "exactly one 'listening on' line"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="__main__.py handles only KeyboardInterrupt: SIGTERM kills the process (status -15) without cleanup. "
+    "Fix: in serve(), loop.add_signal_handler(SIGTERM and SIGINT, stop.set) and await stop.wait().",
+)
+@pytest.mark.parametrize("started", ["module"], indirect=True)
+def test_stops_cleanly_on_sigterm(started: Running, tmp_path: Path) -> None:
+    pid_file = tmp_path / "task.pid"
+    _start_a_long_task(started.endpoint, pid_file)
+    _check_clean_stop(started, signal.SIGTERM, pid_file)
+
+
+def test_help_names_the_options() -> None:
+    out = subprocess.run([*COMMANDS["script"], "--help"], capture_output=True, text=True, timeout=30, check=True).stdout
+    for option in ("--host", "--port", "--account-name", "--account-key", "--apps", "--workdir"):
+        assert option in out
