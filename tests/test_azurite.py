@@ -196,9 +196,7 @@ def test_missing_npm_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Monkey
         install_azurite(tmp_path / "azurite")
 
 
-def test_missing_node_is_a_clear_error(
-    azurite: AzuriteServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_missing_node_is_a_clear_error(azurite: AzuriteServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     server = AzuriteServer(directory=_install_dir(azurite))
     with pytest.raises(AzuriteNotFoundError, match="node not found on PATH"):

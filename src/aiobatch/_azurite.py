@@ -73,9 +73,7 @@ AZURITE_DIR_ENV: Final = "AIOBATCH_AZURITE_DIR"
 ACCOUNT_NAME: Final = "devstoreaccount1"
 """Azurite's built-in storage account."""
 
-ACCOUNT_KEY: Final = (
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-)
+ACCOUNT_KEY: Final = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 """Azurite's well-known, publicly documented development key for :data:`ACCOUNT_NAME`."""
 
 # Azurite 3.37 declares Node >= 22 in its package.json, but it runs (and is tested here) on Node 20; npm only
@@ -125,9 +123,7 @@ def default_azurite_dir() -> Path:
     return Path(configured).expanduser().absolute() if configured else Path.cwd() / ".azurite"
 
 
-def find_azurite(
-    directory: str | os.PathLike[str] | None = None, *, version: str = AZURITE_VERSION
-) -> Path | None:
+def find_azurite(directory: str | os.PathLike[str] | None = None, *, version: str = AZURITE_VERSION) -> Path | None:
     """Return the ``azurite-blob`` script of an existing installation of ``version``, if there is one.
 
     Two layouts are recognised under ``directory``: the one :func:`install_azurite` creates
@@ -217,9 +213,7 @@ def install_azurite(
         logger.info("installed azurite %s in %.1f s", version, time.monotonic() - started)
     found = find_azurite(root, version=version)
     if found is None:
-        raise AzuriteInstallError(
-            f"azurite {version} is not usable in {target} after installing; remove it and retry."
-        )
+        raise AzuriteInstallError(f"azurite {version} is not usable in {target} after installing; remove it and retry.")
     return found
 
 
@@ -481,9 +475,7 @@ class AzuriteServer:
         assert process is not None
         if not self._ready.wait(timeout=self.startup_timeout) or self._url is None:
             if process.poll() is not None:
-                raise self._start_error(
-                    root, f"azurite-blob exited with status {process.returncode} before listening"
-                )
+                raise self._start_error(root, f"azurite-blob exited with status {process.returncode} before listening")
             raise self._start_error(
                 root, f"azurite-blob did not report a listening port within {self.startup_timeout} s"
             )
@@ -491,9 +483,7 @@ class AzuriteServer:
         host, port = self._url.split("://", 1)[1].rsplit(":", 1)
         while True:
             if process.poll() is not None:
-                raise self._start_error(
-                    root, f"azurite-blob exited with status {process.returncode} while starting"
-                )
+                raise self._start_error(root, f"azurite-blob exited with status {process.returncode} while starting")
             try:
                 connection = http.client.HTTPConnection(host, int(port), timeout=2.0)
                 try:
@@ -600,9 +590,7 @@ def _npm_install(npm: str, prefix: Path, version: str, timeout: float) -> None:
             f"(npm config get registry) and retry."
         ) from exc
     except OSError as exc:
-        raise AzuriteNotFoundError(
-            f"could not run {npm} ({exc}); install Node.js {_MIN_NODE[0]}+ with npm."
-        ) from exc
+        raise AzuriteNotFoundError(f"could not run {npm} ({exc}); install Node.js {_MIN_NODE[0]}+ with npm.") from exc
     if result.returncode != 0:
         lines = (result.stderr or result.stdout).strip().splitlines()[-_TAIL_LINES:]
         tail = "\n".join(f"    {line}" for line in lines) or "    (no output)"

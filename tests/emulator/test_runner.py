@@ -454,7 +454,7 @@ async def _wait_for_file(path: Path) -> None:
     # Polling is the only way to see a file that another process writes.
     apath = anyio.Path(path)
     with anyio.fail_after(10):
-        while not await apath.exists() or not (await apath.read_text()).strip():  # noqa: ASYNC110
+        while not await apath.exists() or not (await apath.read_text()).strip():
             await anyio.sleep(0.02)
 
 
