@@ -717,3 +717,83 @@ async def test_every_answer_carries_request_id_and_data_service_version(
         headers = responses.last(method, path).headers
         assert headers["ETag"].startswith("0x8DE") and headers["Last-Modified"].endswith("GMT")
     assert "ETag" not in responses.last("GET", "/pools").headers, "lists carry no ETag"
+
+
+# --- updates, conflicts and smaller operations ----------------------------------------------------------------
+
+
+async def test_pool_update_replace_properties_and_the_deleting_pool(batch: BatchClient, responses: Responses) -> None:
+    start = m.BatchStartTask(command_line=sh("echo hi"))
+    metadata = [m.BatchMetadataItem(name="owner", value="me")]
+    await batch.create_pool(pool_options("p", nodes=0, start_task=start, metadata=metadata))
+
+    await batch.update_pool("p", m.BatchPoolUpdateOptions(metadata=[m.BatchMetadataItem(name="k", value="v")]))
+    pool = await batch.get_pool("p")
+    assert [(i.name, i.value) for i in pool.metadata or []] == [("k", "v")]
+    assert pool.start_task is not None, "PATCH leaves what it does not name"
+
+    await batch.replace_pool_properties("p", m.BatchPoolReplaceOptions(application_package_references=[], metadata=[]))
+    replaced = responses.last("POST", "/pools/p/updateproperties")
+    assert replaced.status_code == 204
+    assert replaced.headers["DataServiceId"].endswith("/pools/p/updateproperties")
+    pool = await batch.get_pool("p")
+    assert pool.start_task is None and not pool.metadata, "updateproperties removes what it leaves out"
+
+    await batch.begin_delete_pool("p", polling_interval=0.1)
+    conflicts: list[Callable[[], Awaitable[Any]]] = [
+        lambda: batch.update_pool("p", m.BatchPoolUpdateOptions(metadata=[])),
+        lambda: batch.begin_delete_pool("p", polling_interval=0.1),
+        lambda: batch.begin_resize_pool("p", m.BatchPoolResizeOptions(target_dedicated_nodes=1)),
+        lambda: batch.create_pool(pool_options("p", nodes=0)),
+    ]
+    for conflict in conflicts:
+        with pytest.raises(ResourceExistsError) as caught:
+            await conflict()
+        assert code_of(caught.value) == "PoolBeingDeleted"
+
+
+async def test_on_all_tasks_complete_cannot_go_back_to_noaction(batch: BatchClient) -> None:
+    # No pool: the task stays active, so terminatejob does not end the job under the test.
+    await batch.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="later")))
+    await batch.create_task("j", m.BatchTaskCreateOptions(id="t", command_line="/bin/true"))
+    terminate = m.BatchAllTasksCompleteMode.TERMINATE_JOB
+    await batch.update_job("j", m.BatchJobUpdateOptions(all_tasks_complete_mode=terminate))
+    with pytest.raises(HttpResponseError) as caught:
+        await batch.update_job(
+            "j",
+            m.BatchJobUpdateOptions(all_tasks_complete_mode=m.BatchAllTasksCompleteMode.NO_ACTION, priority=7),
+        )
+    assert caught.value.status_code == 400 and code_of(caught.value) == "InvalidPropertyValue"
+    assert details_of(caught.value)["PropertyName"] == "onAllTasksComplete"
+    job = await batch.get_job("j")
+    assert job.all_tasks_complete_mode == terminate
+    assert job.priority == 0, "a refused update changes nothing"
+
+
+async def test_delete_task_files(batch: BatchClient) -> None:
+    await ready_pool(batch, "p")
+    await batch.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))
+    await batch.create_task("j", m.BatchTaskCreateOptions(id="t", command_line=sh("echo hi; echo x > out.txt")))
+    await finished(batch, "j", "t")
+    await batch.delete_task_file("j", "t", "stdout.txt")
+    names = {f.name async for f in batch.list_task_files("j", "t")}
+    assert "stdout.txt" not in names and "stderr.txt" in names
+    with pytest.raises(HttpResponseError) as not_empty:
+        await batch.delete_task_file("j", "t", "wd")
+    assert not_empty.value.status_code == 409
+    await batch.delete_task_file("j", "t", "wd", recursive=True)
+    assert "wd" not in {f.name async for f in batch.list_task_files("j", "t")}
+    with pytest.raises(ResourceNotFoundError):
+        await batch.delete_task_file("j", "t", "stdout.txt")
+
+
+async def test_client_request_id_is_returned_when_asked_for(batch: BatchClient, responses: Responses) -> None:
+    await batch.create_pool(pool_options("p", nodes=0))
+    await batch.get_pool("p", headers={"return-client-request-id": "true"})
+    asked = responses.last("GET", "/pools/p")
+    assert asked.headers["client-request-id"] == asked.request.headers["client-request-id"]
+    await batch.get_pool("p")
+    assert "client-request-id" not in responses.last("GET", "/pools/p").headers
+    with pytest.raises(ResourceNotFoundError):
+        await batch.get_job("nope", headers={"return-client-request-id": "true"})
+    assert responses.last("GET", "/jobs/nope").headers["client-request-id"]

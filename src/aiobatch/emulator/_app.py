@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import logging
 import mimetypes
+import shutil
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -23,7 +24,7 @@ from aiohttp.typedefs import Middleware
 from . import _wire as wire
 from ._auth import shared_key_middleware
 from ._faults import COLLECTION_FAULTS, CollectionFaults, Faults, fault_middleware
-from ._model import Account, Job, Pool, ServiceError, Task, check_id, invalid_property
+from ._model import Account, Job, Pool, ServiceError, Task, check_id, invalid_property, missing_property
 from ._odata import parse_filter
 from ._scheduler import Scheduler
 
@@ -135,11 +136,7 @@ async def create_pool(request: web.Request) -> web.Response:
     existing = account.pools.get(pool.id.lower())
     if existing is not None:
         if existing.state == "deleting":
-            raise ServiceError(
-                409,
-                "PoolBeingDeleted",
-                "The specified pool has been marked for deletion and is being reclaimed.",
-            )
+            raise _pool_being_deleted()
         raise ServiceError(409, "PoolExists", "The specified pool already exists.")
     _scheduler(request).add_pool(pool)
     account.record_create("pool", pool.id)
@@ -168,47 +165,86 @@ async def get_pool(request: web.Request) -> web.Response:
     return wire.json_response(body, headers=wire.entity_headers(pool))
 
 
-async def delete_pool(request: web.Request) -> web.Response:
-    """DELETE /pools/{poolId}: 202, then the pool is ``deleting`` until it is gone."""
+def _pool_being_deleted() -> ServiceError:
+    return ServiceError(
+        409, "PoolBeingDeleted", "The specified pool has been marked for deletion and is being reclaimed."
+    )
+
+
+def _live_pool(request: web.Request) -> Pool:
+    """The request's pool, refused with PoolBeingDeleted when it is being deleted.
+
+    The service documents it for pools: an Update, Patch or Delete of a pool in the deleting state fails with
+    409 PoolBeingDeleted.
+    """
     pool = _account(request).get_pool(request.match_info["pool"])
     _check_conditions(request, pool)
-    if pool.state != "deleting":
-        _scheduler(request).delete_pool(pool)
-        pool.touch()  # as recorded: a deleting pool answers with a new ETag and Last-Modified
-        _account(request).record_delete("pool", pool.id)
+    if pool.state == "deleting":
+        raise _pool_being_deleted()
+    return pool
+
+
+async def delete_pool(request: web.Request) -> web.Response:
+    """DELETE /pools/{poolId}: 202, then the pool is ``deleting`` until it is gone."""
+    pool = _live_pool(request)
+    _scheduler(request).delete_pool(pool)
+    pool.touch()  # as recorded: a deleting pool answers with a new ETag and Last-Modified
+    _account(request).record_delete("pool", pool.id)
     return wire.empty_response(202)
 
 
 async def patch_pool(request: web.Request) -> web.Response:
-    """PATCH /pools/{poolId}: metadata, start task and application package references."""
+    """PATCH /pools/{poolId}: metadata, start task and application package references (what is sent)."""
     account = _account(request)
-    pool = account.get_pool(request.match_info["pool"])
-    _check_conditions(request, pool)
+    pool = _live_pool(request)
+    _update_pool(account, pool, await _body(request), replace=False)
+    return wire.empty_response(200, headers=wire.entity_headers(pool), data_service_id=_request_url(account, request))
+
+
+async def replace_pool_properties(request: web.Request) -> web.Response:
+    """POST /pools/{poolId}/updateproperties: 204; what the body leaves out is removed (start task included)."""
+    account = _account(request)
+    pool = _live_pool(request)
     body = await _body(request)
-    if "metadata" in body:
-        pool.spec["metadata"] = body["metadata"]
-    if "applicationPackageReferences" in body:
-        refs = body["applicationPackageReferences"] or []
-        pool.app_packages = account.resolve_app_packages(refs, "pool")
-        pool.spec["applicationPackageReferences"] = refs
-    if "startTask" in body:
+    for required in ("applicationPackageReferences", "metadata"):
+        if not isinstance(body.get(required), list):
+            raise missing_property(required)
+    _update_pool(account, pool, body, replace=True)
+    return wire.empty_response(204, headers=wire.entity_headers(pool), data_service_id=_request_url(account, request))
+
+
+def _update_pool(account: Account, pool: Pool, body: dict[str, Any], *, replace: bool) -> None:
+    # Validate everything before changing anything: a refused update leaves the pool as it was.
+    refs = body.get("applicationPackageReferences") or []
+    apps = account.resolve_app_packages(refs, "pool") if "applicationPackageReferences" in body else None
+    probe = None
+    if body.get("startTask"):
         probe = wire.parse_pool(account, {**pool.spec, "id": pool.id, "startTask": body["startTask"]})
+    if "metadata" in body or replace:
+        if body.get("metadata"):
+            pool.spec["metadata"] = body["metadata"]
+        else:
+            pool.spec.pop("metadata", None)
+    if apps is not None or replace:
+        pool.app_packages = apps or ()
+        if refs:
+            pool.spec["applicationPackageReferences"] = refs
+        else:
+            pool.spec.pop("applicationPackageReferences", None)
+    if probe is not None:
         pool.start_task = probe.start_task
         pool.spec["startTask"] = probe.spec.get("startTask")
+    elif replace or ("startTask" in body and body["startTask"] is None):
+        pool.start_task = None
+        pool.spec.pop("startTask", None)
     pool.touch()
-    return wire.empty_response(200, headers=wire.entity_headers(pool), data_service_id=_request_url(account, request))
 
 
 async def resize_pool(request: web.Request) -> web.Response:
     """POST /pools/{poolId}/resize."""
     account = _account(request)
-    pool = account.get_pool(request.match_info["pool"])
-    _check_conditions(request, pool)
+    pool = _live_pool(request)
     body = await _body(request)
-    if pool.state == "deleting":
-        raise ServiceError(
-            409, "PoolBeingDeleted", "The specified pool has been marked for deletion and is being reclaimed."
-        )
     if pool.allocation_state != "steady":
         raise ServiceError(409, "PoolNotSteady", "The specified pool is not in a steady state.")
     dedicated = body.get("targetDedicatedNodes", pool.target_dedicated)
@@ -224,7 +260,7 @@ async def resize_pool(request: web.Request) -> web.Response:
 async def stop_resize_pool(request: web.Request) -> web.Response:
     """POST /pools/{poolId}/stopresize."""
     account = _account(request)
-    pool = account.get_pool(request.match_info["pool"])
+    pool = _live_pool(request)
     _scheduler(request).stop_resize(pool)
     pool.touch()
     return wire.empty_response(202, headers=wire.entity_headers(pool), data_service_id=_request_url(account, request))
@@ -521,11 +557,10 @@ async def get_task_file(request: web.Request) -> web.StreamResponse:
     account = _account(request)
     task, root = _task_dir(account, request.match_info["job"], request.match_info["task"])
     rel = request.match_info["path"]
-    path = (root / rel).resolve()
-    if not path.is_relative_to(root.resolve()) or not path.exists():
-        raise ServiceError(404, "FileNotFound", "The specified file does not exist.")
+    path = _file_in(root, rel)
     stat = path.stat()
     headers = wire.base_headers()
+    headers.update(wire.echoed_headers(request))
     headers.update(
         {
             "Last-Modified": wire.http_date(_mtime(stat.st_mtime)),
@@ -556,6 +591,30 @@ async def get_task_file(request: web.Request) -> web.StreamResponse:
 _FILE_CHUNK = 256 * 1024
 
 
+def _file_in(root: Path, rel: str) -> Path:
+    """A path under a task's directory, or the service's FileNotFound (also for paths that leave it)."""
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root.resolve()) or not path.exists() or path == root.resolve():
+        raise ServiceError(404, "FileNotFound", "The specified file does not exist.")
+    return path
+
+
+async def delete_task_file(request: web.Request) -> web.Response:
+    """DELETE /jobs/{jobId}/tasks/{taskId}/files/{filePath}: 200; a directory needs ``recursive=true`` unless empty."""
+    _, root = _task_dir(_account(request), request.match_info["job"], request.match_info["task"])
+    path = _file_in(root, request.match_info["path"])
+    if path.is_dir():
+        if request.query.get("recursive", "false").lower() != "true" and any(path.iterdir()):
+            # The service documents the refusal, not its code; this one is the emulator's.
+            raise ServiceError(
+                409, "DirectoryNotEmpty", "The specified directory is not empty; delete it with recursive=true."
+            )
+        await asyncio.to_thread(shutil.rmtree, path)
+    else:
+        path.unlink()
+    return wire.empty_response(200)
+
+
 def _mtime(seconds: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds, dt.timezone.utc)
 
@@ -569,18 +628,21 @@ def _error_middleware(account: Account) -> Middleware:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             wire.api_version_of(request)
-            return await handler(request)
+            response = await handler(request)
         except ServiceError as error:
-            return wire.error_response(account.url, error)
+            response = wire.error_response(account.url, error)
         except web.HTTPNotFound:
-            return wire.error_response(
+            response = wire.error_response(
                 account.url, ServiceError(404, "ResourceNotFound", "The specified resource does not exist.")
             )
         except web.HTTPMethodNotAllowed:
-            return wire.error_response(
+            response = wire.error_response(
                 account.url,
                 ServiceError(405, "UnsupportedHttpVerb", "The resource doesn't support the specified HTTP verb."),
             )
+        if not response.prepared:  # a streamed file answer set its headers itself
+            response.headers.update(wire.echoed_headers(request))
+        return response
 
     return middleware
 
@@ -616,6 +678,7 @@ def build_app(account: Account, scheduler: Scheduler, account_key: str, faults: 
     r.add_patch("/pools/{pool}", patch_pool)
     r.add_post("/pools/{pool}/resize", resize_pool)
     r.add_post("/pools/{pool}/stopresize", stop_resize_pool)
+    r.add_post("/pools/{pool}/updateproperties", replace_pool_properties)
     r.add_get("/pools/{pool}/nodes", list_nodes)
     r.add_get("/pools/{pool}/nodes/{node}", get_node)
     r.add_post("/jobs", create_job)
@@ -634,6 +697,7 @@ def build_app(account: Account, scheduler: Scheduler, account_key: str, faults: 
     r.add_post("/jobs/{job}/tasks/{task}/terminate", terminate_task)
     r.add_get("/jobs/{job}/tasks/{task}/files", list_task_files)
     r.add_get("/jobs/{job}/tasks/{task}/files/{path:.+}", get_task_file)
+    r.add_delete("/jobs/{job}/tasks/{task}/files/{path:.+}", delete_task_file)
     return app
 
 

@@ -130,6 +130,14 @@ def base_headers(request_id: str | None = None) -> dict[str, str]:
     }
 
 
+def echoed_headers(request: web.Request) -> dict[str, str]:
+    """``client-request-id`` back to a client that asked for it with ``return-client-request-id: true``."""
+    client_id = request.headers.get("client-request-id")
+    if client_id and request.headers.get("return-client-request-id", "").lower() == "true":
+        return {"client-request-id": client_id}
+    return {}
+
+
 def entity_headers(entity: Pool | Job | Task) -> dict[str, str]:
     """ETag and Last-Modified of a pool, job or task."""
     return {"ETag": entity.etag, "Last-Modified": http_date(entity.last_modified)}
@@ -502,22 +510,44 @@ def _enum(body: Mapping[str, Any], name: str, allowed: tuple[str, ...]) -> str:
 
 
 def parse_job_update(job: Job, body: Mapping[str, Any], *, replace: bool) -> None:
-    """Apply a job PATCH (``replace=False``) or PUT (``replace=True``) body."""
+    """Apply a job PATCH (``replace=False``) or PUT (``replace=True``) body, all of it or (on a 400) none of it.
+
+    Raises:
+        ServiceError: 400 for an invalid property, including ``onAllTasksComplete`` going from ``terminatejob``
+            back to ``noaction`` (which the service refuses; for a PUT, leaving it out means ``noaction``).
+    """
+    on_all = on_failure = priority = max_parallel = constraints = None
     if "onAllTasksComplete" in body or replace:
-        job.on_all_tasks_complete = _enum(body, "onAllTasksComplete", ("noaction", "terminatejob"))
-        job.spec["onAllTasksComplete"] = job.on_all_tasks_complete
+        on_all = _enum(body, "onAllTasksComplete", ("noaction", "terminatejob"))
+        if job.on_all_tasks_complete == "terminatejob" and on_all == "noaction":
+            raise invalid_property(
+                "onAllTasksComplete",
+                body.get("onAllTasksComplete") or "noaction",
+                "A job's completion behavior may not be changed from terminatejob to noaction.",
+            )
     if "onTaskFailure" in body or replace:
-        job.on_task_failure = _enum(body, "onTaskFailure", ("noaction", "performexitoptionsjobaction"))
-        job.spec["onTaskFailure"] = job.on_task_failure
+        on_failure = _enum(body, "onTaskFailure", ("noaction", "performexitoptionsjobaction"))
     if "priority" in body or replace:
-        job.priority = job.spec["priority"] = _int(body, "priority", 0, -1000, 1000)
+        priority = _int(body, "priority", 0, -1000, 1000)
     if "maxParallelTasks" in body or replace:
-        job.max_parallel_tasks = job.spec["maxParallelTasks"] = _int(body, "maxParallelTasks", -1, -1, 100_000)
+        max_parallel = _int(body, "maxParallelTasks", -1, -1, 100_000)
     if "constraints" in body or replace:
         constraints = dict(body.get("constraints") or {})
         constraints.setdefault("maxWallClockTime", MAX_DURATION)
         constraints.setdefault("maxTaskRetryCount", 0)
-        job.max_task_retry_count = _int(constraints, "maxTaskRetryCount", 0, -1, 100)
+        max_retry = _int(constraints, "maxTaskRetryCount", 0, -1, 100)
+        parse_duration(constraints.get("maxWallClockTime"), "constraints.maxWallClockTime")
+
+    if on_all is not None:
+        job.on_all_tasks_complete = job.spec["onAllTasksComplete"] = on_all
+    if on_failure is not None:
+        job.on_task_failure = job.spec["onTaskFailure"] = on_failure
+    if priority is not None:
+        job.priority = job.spec["priority"] = priority
+    if max_parallel is not None:
+        job.max_parallel_tasks = job.spec["maxParallelTasks"] = max_parallel
+    if constraints is not None:
+        job.max_task_retry_count = max_retry
         job.spec["constraints"] = constraints
     if "metadata" in body or replace:
         if body.get("metadata"):
