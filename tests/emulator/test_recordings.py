@@ -652,3 +652,65 @@ async def test_error_answers_match_the_service(batch: BatchClient, captured: Cap
     assert_error_matches(real, emulated, "InvalidPropertyValue")
     keys = [v["key"] for v in emulated.json()["values"]]
     assert keys == [v["key"] for v in real["ResponseBody"]["values"]] == ["PropertyName", "PropertyValue", "Reason"]
+
+
+# --- differences still open -------------------------------------------------------------------------------------
+# Each is a recorded or documented behaviour the emulator does not have yet; the fix belongs to the scheduler or the
+# model (not the wire).  strict=True: when one is fixed, its test turns XPASS and fails, so the marker goes.
+
+
+@pytest.mark.xfail(strict=True, reason="_model.set_state records terminating as previousState; recorded: active")
+async def test_open_a_completed_job_keeps_its_state_before_terminating_as_previous(
+    batch: BatchClient, captured: Captured
+) -> None:
+    await batch.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))
+    options: Any = {"terminateReason": "UserTerminate"}
+    await (await batch.begin_terminate_job("j", options, polling_interval=0.05)).result()
+    await batch.get_job("j")
+    real = recorded("jobs_async_", 17, "GET", "/jobs/batch_job1_")["ResponseBody"]
+    body = captured.body("GET", "/jobs/j")
+    assert (body["state"], body["previousState"]) == (real["state"], real["previousState"]) == ("completed", "active")
+
+
+@pytest.mark.xfail(strict=True, reason="_scheduler.stop_resize goes straight to steady; the service passes stopping")
+async def test_open_stop_resize_passes_through_stopping(batch: BatchClient) -> None:
+    await steady_pool(batch, "p", 0)
+    await batch.begin_resize_pool("p", m.BatchPoolResizeOptions(target_dedicated_nodes=2), polling_interval=0.05)
+    await batch.begin_stop_pool_resize("p", polling_interval=0.05)
+    states = {(await batch.get_pool("p")).allocation_state}
+    real = [e["ResponseBody"]["allocationState"] for e in _entries("scale_pools_async_")[15:32]]
+    assert set(real) == {"stopping"} and "stopping" in states
+
+
+@pytest.mark.xfail(strict=True, reason="_scheduler.delete_pool leaves allocationState; recorded: resizing")
+async def test_open_a_deleting_pool_is_resizing(batch: BatchClient, captured: Captured) -> None:
+    await steady_pool(batch, "p", 1)
+    await batch.begin_delete_pool("p", polling_interval=0.05)
+    await batch.get_pool("p")
+    real = recorded("update_pools_async_", 7, "GET", "/pools/batch_paas_")["ResponseBody"]
+    assert captured.body("GET", "/pools/p")["allocationState"] == real["allocationState"] == "resizing"
+
+
+@pytest.mark.xfail(strict=True, reason="_scheduler's ResizeStopped message differs from the recorded one")
+async def test_open_resize_stopped_message(batch: BatchClient, captured: Captured) -> None:
+    await steady_pool(batch, "p", 0)
+    await batch.begin_resize_pool("p", m.BatchPoolResizeOptions(target_low_priority_nodes=2), polling_interval=0.05)
+    await (await batch.begin_stop_pool_resize("p", polling_interval=0.05)).result()
+    await batch.get_pool("p")
+    real = recorded("scale_pools_async_", 33, "GET", "/pools/scalepool")["ResponseBody"]["resizeErrors"]
+    assert captured.body("GET", "/pools/p")["resizeErrors"] == real
+
+
+@pytest.mark.xfail(strict=True, reason="nodes keep no history of the tasks they ran (_model.Node), so no recentTasks")
+async def test_open_a_node_that_ran_a_task_lists_recent_tasks(batch: BatchClient, captured: Captured) -> None:
+    # The specification: recentTasks "is present only if at least one Task has run on this Compute Node".
+    await steady_pool(batch, "p", 1)
+    await batch.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))
+    await batch.create_task("j", m.BatchTaskCreateOptions(id="t", command_line="/bin/true"))
+
+    async def done() -> bool:
+        return (await batch.get_task("j", "t")).state == m.BatchTaskState.COMPLETED
+
+    await until(done)
+    nodes = [n async for n in batch.list_nodes("p")]
+    assert nodes[0].recent_tasks and nodes[0].recent_tasks[0].task_id == "t"
