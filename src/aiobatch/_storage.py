@@ -34,6 +34,7 @@ import mimetypes
 import os
 import re
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,7 @@ from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClien
 
 from ._config import StorageSettings
 from ._errors import (
+    AuthenticationError,
     ConfigurationError,
     ConflictError,
     IntegrityError,
@@ -89,6 +91,7 @@ logger = logging.getLogger("aiobatch")
 
 MiB = 1024 * 1024
 _HASH_CHUNK = 1 * MiB
+_CREATE_TOKEN = "aiobatch_create"  # container metadata: which ensure_container call created it
 _CONTAINER_RE = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
 
 
@@ -248,6 +251,12 @@ async def ensure_container(service: BlobServiceClient, container: str, *, policy
         container: the container name.
         policy: the retry policy.
 
+    The container is created with a random token in its metadata (``aiobatch_create``). A create can take
+    effect and lose its answer; the re-sent create (by the retry policy, or by aiohttp itself, which re-sends
+    an idempotent PUT once when the connection drops) then meets ``ContainerAlreadyExists``. The token tells
+    whether the container that exists is the one this call made, so the caller deletes what it created, and
+    never what it did not.
+
     Returns:
         ``True`` if this call created it, ``False`` if it already existed.
 
@@ -261,12 +270,26 @@ async def ensure_container(service: BlobServiceClient, container: str, *, policy
         ...     await ensure_container(service, "inputs")
     """
     client = service.get_container_client(_check_container(container))
+    token = uuid.uuid4().hex
     try:
-        await call(client.create_container, policy=policy, resource="container", resource_id=container, action="create")
+        await call(
+            lambda: client.create_container(metadata={_CREATE_TOKEN: token}),
+            policy=policy,
+            resource="container",
+            resource_id=container,
+            action="create",
+        )
     except ConflictError as exc:
-        if exc.code == "ContainerAlreadyExists":
+        if exc.code != "ContainerAlreadyExists":
+            raise
+        try:
+            props = await call(
+                client.get_container_properties, policy=policy, resource="container", resource_id=container
+            )
+        except AuthenticationError:
+            return False  # a credential that may create but not read: cannot tell, so claim nothing
+        if (props.metadata or {}).get(_CREATE_TOKEN) != token:
             return False
-        raise
     logger.info("created container %r", container)
     return True
 

@@ -35,6 +35,7 @@ from aiobatch._storage import (
     _block_id,
     blob_service_client,
     download_blobs,
+    ensure_container,
     upload_files,
 )
 
@@ -457,3 +458,27 @@ async def test_missing_blob_under_faults_is_not_found(
     with pytest.raises(NotFoundError):
         await download_blobs(via, container, tmp_path, names=["nope.gif"], policy=POLICY)
     assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------------------------------
+# Containers
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "storage_faults", [{"reset": 1.0, "methods": ["PUT"], "pattern": r"restype=container$", "limit": 1}], indirect=True
+)
+async def test_a_create_whose_answer_was_lost_still_counts_as_this_calls_container(
+    storage_faults: StorageFaultProxy, via: BlobServiceClient, direct: BlobServiceClient, container: str
+) -> None:
+    """The client deletes the containers it created; one whose create answer was lost must count as created."""
+    assert await ensure_container(via, container, policy=POLICY) is True
+    # The create took effect and its answer was dropped; the re-sent create met 409 ContainerAlreadyExists.
+    assert [(i.variant, i.forwarded) for i in storage_faults.injections] == [("no-answer", True)]
+    assert storage_faults.forwarded["PUT"] == 2
+    assert await ensure_container(via, container, policy=POLICY) is False  # this call did not create it
+    # Nor is a container someone else created claimed as ours.
+    other = f"{container[:50]}-other"
+    await direct.create_container(other)
+    assert await ensure_container(via, other, policy=POLICY) is False
