@@ -797,3 +797,21 @@ async def test_client_request_id_is_returned_when_asked_for(batch: BatchClient, 
     with pytest.raises(ResourceNotFoundError):
         await batch.get_job("nope", headers={"return-client-request-id": "true"})
     assert responses.last("GET", "/jobs/nope").headers["client-request-id"]
+
+
+async def test_download_a_byte_range_of_a_task_file(batch: BatchClient) -> None:
+    await ready_pool(batch, "p")
+    await batch.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))
+    await batch.create_task("j", m.BatchTaskCreateOptions(id="t", command_line=sh("printf 0123456789 >&2")))
+    await finished(batch, "j", "t")
+
+    async def part(wanted: str) -> bytes:
+        stream = await batch.download_task_file("j", "t", "stderr.txt", ocp_range=wanted)
+        return b"".join([chunk async for chunk in stream])
+
+    assert await part("bytes=2-5") == b"2345"  # the end is inclusive
+    assert await part("bytes=7-") == b"789"
+    assert await part("bytes=8-100") == b"89"
+    with pytest.raises(HttpResponseError) as bad:
+        await part("bytes=5-2")
+    assert bad.value.status_code == 400

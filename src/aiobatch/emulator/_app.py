@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import logging
 import mimetypes
+import re
 import shutil
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -577,18 +578,43 @@ async def get_task_file(request: web.Request) -> web.StreamResponse:
     if request.method == "HEAD" or path.is_dir():
         headers["Content-Length"] = str(0 if path.is_dir() else stat.st_size)
         return web.Response(status=200, headers=headers)
+    start, stop = _byte_range(request.headers.get("ocp-range"), stat.st_size)
     # Streamed (chunked) as the service sends it; aiohttp's FileResponse would add an ETag and Accept-Ranges that
     # the service's file answers do not carry.
     response = web.StreamResponse(status=200, headers=headers)
     await response.prepare(request)
     with path.open("rb") as stream:
-        while chunk := await asyncio.to_thread(stream.read, _FILE_CHUNK):
+        stream.seek(start)
+        left = stop - start
+        while left > 0 and (chunk := await asyncio.to_thread(stream.read, min(_FILE_CHUNK, left))):
+            left -= len(chunk)
             await response.write(chunk)
     await response.write_eof()
     return response
 
 
 _FILE_CHUNK = 256 * 1024
+_OCP_RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int]:
+    """``ocp-range: bytes=start-end`` (end inclusive, may be left out) as ``(start, stop)``; the whole file if absent.
+
+    The service answers a range with 200 and those bytes (its specification lists no 206).
+    """
+    if not header:
+        return 0, size
+    match = _OCP_RANGE.match(header.strip())
+    if match is None or (match.group(2) and int(match.group(2)) < int(match.group(1))):
+        raise ServiceError(
+            400,
+            "InvalidHeaderValue",
+            "The value for one of the HTTP headers is not in the correct format.",
+            [("HeaderName", "ocp-range"), ("HeaderValue", header)],
+        )
+    start = min(int(match.group(1)), size)
+    stop = size if not match.group(2) else min(int(match.group(2)) + 1, size)
+    return start, stop
 
 
 def _file_in(root: Path, rel: str) -> Path:
