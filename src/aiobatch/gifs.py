@@ -1,0 +1,654 @@
+"""The pet-video pipeline: MP4s in, animated GIFs out, one Batch task per video.
+
+`examples/convert_pets.py`, the example notebook and the demo all run `convert_videos`; this module holds what
+they share, so the script stays a thin edge (arguments, logging, progress display) and the logic is tested here.
+
+The flow follows the data: find the videos that have no GIF yet (`plan_conversions`), upload them, make sure
+the pool exists and has a usable node, create a job, add one task per video, and, as each task completes,
+download its GIF (or fetch the tail of its stderr when it failed). Every step reports to a `Reporter`, which
+`aiobatch.progress` renders as rich progress bars, plain lines or a notebook display.
+
+On the node each task sees its video as ``input.mp4`` and writes ``output.gif``; the blob names keep the real
+names. So a video may be called anything -- spaces, quotes, ``$``, ``%``, ``[`` or letters of any script --
+without that name ever reaching a shell, a glob (``outputFiles`` patterns are globs) or a file system that
+refuses some characters (Windows nodes).
+
+The conversion is the standard good-GIF recipe in one filter graph: ``fps`` and ``scale`` (lanczos) *before*
+``split`` so that ``palettegen`` buffers only small frames, then ``palettegen``/``paletteuse``::
+
+    fps=12,scale=min(480\\,iw):-1:flags=lanczos,split[a][b];[a]palettegen[p];[b][p]paletteuse
+
+Example:
+    >>> import aiobatch, aiobatch.gifs as gifs  # doctest: +SKIP
+    >>> async def main():  # doctest: +SKIP
+    ...     pool = gifs.gif_pool_spec("pets", app=aiobatch.AppPackageRef("ffmpeg", "9.0.2"))
+    ...     async with aiobatch.Client.from_env(cleanup=True) as client:
+    ...         report = await gifs.convert_videos(client, gifs.find_videos("videos"), "gifs", pool=pool)
+    ...     print(report.ok)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import struct
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import anyio
+import anyio.to_thread
+
+from ._client import Client
+from ._errors import AiobatchError, ConfigurationError
+from ._pools import PoolStatus, get_pool_status
+from ._specs import (
+    AppPackageRef,
+    EnvRef,
+    OsFamily,
+    PoolSpec,
+    TaskSpec,
+    app_package_dir,
+    command_line,
+    output_files_to,
+    resource_file,
+    task_ids_for,
+)
+from ._storage import TransferProgress
+from ._watch import TaskEvent
+
+__all__ = [
+    "DEFAULT_INPUT_CONTAINER",
+    "DEFAULT_OUTPUT_CONTAINER",
+    "IMAGES",
+    "INPUT_FILE",
+    "OUTPUT_FILE",
+    "ConversionPlan",
+    "ConversionReport",
+    "GifInfo",
+    "GifSettings",
+    "Reporter",
+    "VideoResult",
+    "check_gif",
+    "check_gif_async",
+    "convert_videos",
+    "ffmpeg_arguments",
+    "find_videos",
+    "gif_command_line",
+    "gif_name_for",
+    "gif_pool_spec",
+    "plan_conversions",
+]
+
+logger = logging.getLogger("aiobatch")
+
+#: The video's file name on the node (the blob keeps its real name).
+INPUT_FILE = "input.mp4"
+#: The GIF's file name on the node (uploaded under its real name).
+OUTPUT_FILE = "output.gif"
+DEFAULT_INPUT_CONTAINER = "pets-input"
+DEFAULT_OUTPUT_CONTAINER = "pets-output"
+VIDEO_SUFFIX = ".mp4"
+
+#: Marketplace image and node agent per OS: (publisher, offer, sku, node agent SKU id).
+IMAGES: dict[OsFamily, tuple[str, str, str, str]] = {
+    "linux": ("canonical", "ubuntu-24_04-lts", "server", "batch.node.ubuntu 24.04"),
+    "windows": (
+        "microsoftwindowsserver",
+        "windowsserver",
+        "2022-datacenter-core-smalldisk",
+        "batch.node.windows amd64",
+    ),
+}
+
+
+# ----------------------------------------------------------------------------------------------------
+# The conversion itself
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GifSettings:
+    """How a video becomes a GIF: frame rate and width (the height keeps the aspect ratio).
+
+    Args:
+        fps: frames per second of the GIF; 10-15 looks smooth at a fraction of the video's size.
+        width: the most pixels wide; a narrower video keeps its width (lanczos scaling).
+
+    Raises:
+        ConfigurationError: a frame rate or width out of range.
+
+    Example:
+        >>> GifSettings(fps=10, width=320).filter_graph()
+        'fps=10,scale=min(320\\\\,iw):-1:flags=lanczos,split[a][b];[a]palettegen[p];[b][p]paletteuse'
+    """
+
+    fps: float = 12.0
+    width: int = 480
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fps <= 60:
+            raise ConfigurationError(f"GIF frame rate must be above 0 and at most 60, not {self.fps!r}.")
+        if not 16 <= self.width <= 4096:
+            raise ConfigurationError(f"GIF width must be 16 to 4096 pixels, not {self.width!r}.")
+
+    def filter_graph(self) -> str:
+        """The ffmpeg filter graph: fps and scale (never up) first, then one palette generated and used."""
+        scale = f"scale=min({self.width}\\,iw):-1:flags=lanczos"  # the escaped comma is inside min()
+        return f"fps={self.fps:g},{scale},split[a][b];[a]palettegen[p];[b][p]paletteuse"
+
+
+def ffmpeg_arguments(settings: GifSettings, source: str = INPUT_FILE, target: str = OUTPUT_FILE) -> list[str]:
+    """Return ffmpeg's arguments (without the program) converting *source* to an endlessly looping GIF *target*.
+
+    ``-loglevel error`` keeps stderr to the reason a conversion failed, which is what a summary shows.
+
+    Example:
+        >>> ffmpeg_arguments(GifSettings())[:4]
+        ['-hide_banner', '-nostdin', '-loglevel', 'error']
+    """
+    graph = settings.filter_graph()
+    return ["-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", source, "-vf", graph, "-loop", "0", target]
+
+
+def gif_command_line(app: AppPackageRef, settings: GifSettings, *, os: OsFamily = "linux") -> str:
+    r"""The task's command line: ffmpeg from the application package, quoted for the pool's OS.
+
+    The package's folder comes from Batch's ``AZ_BATCH_APP_PACKAGE_*`` variable (see `aiobatch.app_package_dir`);
+    the zip holds ``ffmpeg`` at its root on Linux and ``ffmpeg.exe`` on Windows.
+
+    Example:
+        >>> print(gif_command_line(AppPackageRef("ffmpeg", "9.0"), GifSettings(), os="windows")[:68])
+        cmd /c ^"%AZ_BATCH_APP_PACKAGE_FFMPEG#9.0%\ffmpeg.exe^" -hide_banner
+    """
+    folder = app_package_dir(app.application_id, app.version, os=os)
+    program = EnvRef(folder, "/ffmpeg" if os == "linux" else "\\ffmpeg.exe")
+    return command_line([program, *ffmpeg_arguments(settings)], os=os)
+
+
+def gif_name_for(video: str) -> str:
+    """The GIF's file name for a video's: ``NAME.mp4`` becomes ``NAME.gif``, whatever characters NAME holds.
+
+    Example:
+        >>> gif_name_for("Mr. Whiskers (2).MP4")
+        'Mr. Whiskers (2).gif'
+    """
+    if video.lower().endswith(VIDEO_SUFFIX) and len(video) > len(VIDEO_SUFFIX):
+        return video[: -len(VIDEO_SUFFIX)] + ".gif"
+    return video + ".gif"
+
+
+def gif_pool_spec(
+    pool_id: str,
+    *,
+    app: AppPackageRef,
+    os: OsFamily = "linux",
+    vm_size: str = "standard_d2s_v3",
+    dedicated_nodes: int = 3,
+    spot_nodes: int = 0,
+    task_slots_per_node: int = 2,
+) -> PoolSpec:
+    """A pool for GIF conversions: the marketplace image for *os*, with the ffmpeg application package.
+
+    The GIF encoder uses about one core, so *task_slots_per_node* should match the VM size's cores
+    (``standard_d2s_v3`` has 2).
+
+    Example:
+        >>> spec = gif_pool_spec("pets", app=AppPackageRef("ffmpeg", "9.0.2"))
+        >>> spec.dedicated_nodes, spec.node_agent_sku_id
+        (3, 'batch.node.ubuntu 24.04')
+    """
+    publisher, offer, sku, agent = IMAGES[os]
+    return PoolSpec(
+        id=pool_id,
+        vm_size=vm_size,
+        image_publisher=publisher,
+        image_offer=offer,
+        image_sku=sku,
+        node_agent_sku_id=agent,
+        os=os,
+        dedicated_nodes=dedicated_nodes,
+        spot_nodes=spot_nodes,
+        task_slots_per_node=task_slots_per_node,
+        application_packages=(app,),
+        display_name="aiobatch: MP4 to GIF",
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Planning: what to convert
+# ----------------------------------------------------------------------------------------------------
+
+
+def find_videos(folder: str | os.PathLike[str]) -> list[Path]:
+    """The ``.mp4`` files (any case of the suffix) directly in *folder*, sorted by name.
+
+    Raises:
+        ConfigurationError: *folder* is not a folder.
+    """
+    path = Path(folder)
+    if not path.is_dir():
+        raise ConfigurationError(f"input folder {str(path)!r} does not exist or is not a folder.")
+    return sorted(
+        (p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(VIDEO_SUFFIX)),
+        key=lambda p: p.name,
+    )
+
+
+@dataclass(frozen=True)
+class ConversionPlan:
+    """Which videos need converting and which already have their GIF in the output folder.
+
+    Attributes:
+        todo: videos to convert.
+        present: videos whose GIF is already in the output folder (a re-run skips them).
+        gif_names: video file name -> GIF file name, for every video.
+    """
+
+    todo: tuple[Path, ...]
+    present: tuple[Path, ...]
+    gif_names: dict[str, str]
+
+
+def plan_conversions(videos: Sequence[Path], output_dir: str | os.PathLike[str]) -> ConversionPlan:
+    """Split *videos* into those to convert and those whose GIF is already in *output_dir*.
+
+    A GIF is written to the output folder only once it is complete (downloads are renamed into place), so
+    a non-empty GIF there is a finished one.
+
+    Raises:
+        ConfigurationError: two videos would make the same GIF (e.g. ``a.mp4`` and ``a.MP4``), or two videos
+            share a file name.
+    """
+    out = Path(output_dir)
+    gif_names: dict[str, str] = {}
+    by_gif: dict[str, str] = {}
+    for video in videos:
+        if video.name in gif_names:
+            raise ConfigurationError(f"two videos are called {video.name!r}; give each video its own name.")
+        gif = gif_name_for(video.name)
+        other = by_gif.get(gif.casefold())
+        if other is not None:
+            raise ConfigurationError(
+                f"videos {other!r} and {video.name!r} would both become {gif!r}; rename one of them."
+            )
+        by_gif[gif.casefold()] = video.name
+        gif_names[video.name] = gif
+    todo: list[Path] = []
+    present: list[Path] = []
+    for video in videos:
+        target = out / gif_names[video.name]
+        (present if target.is_file() and target.stat().st_size > 0 else todo).append(video)
+    return ConversionPlan(todo=tuple(todo), present=tuple(present), gif_names=gif_names)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Results and progress
+# ----------------------------------------------------------------------------------------------------
+
+Outcome = Literal["converted", "failed", "present"]
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    """How one video ended.
+
+    Attributes:
+        video: the video's file name.
+        gif: the GIF's file name.
+        outcome: ``"converted"``, ``"failed"``, or ``"present"`` (its GIF was already there).
+        gif_size: bytes of the GIF, when there is one.
+        seconds: how long the task ran on its node.
+        node_id: the node it ran on.
+        task_id: its Batch task id.
+        exit_code: ffmpeg's exit code, when it ran.
+        error: one line saying why it failed.
+        stderr_tail: the last lines of ffmpeg's stderr, for a failure.
+    """
+
+    video: str
+    gif: str
+    outcome: Outcome
+    gif_size: int | None = None
+    seconds: float | None = None
+    node_id: str | None = None
+    task_id: str | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    stderr_tail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the video has its GIF."""
+        return self.outcome != "failed"
+
+
+@dataclass(frozen=True)
+class ConversionReport:
+    """What `convert_videos` did, video by video (in the order given).
+
+    Attributes:
+        results: one per video.
+        run_id: the client's run id.
+        job_id: the job the tasks ran in (``None`` when nothing needed converting).
+        pool_id: the pool.
+        elapsed: seconds from start to the last GIF.
+    """
+
+    results: tuple[VideoResult, ...]
+    run_id: str
+    job_id: str | None
+    pool_id: str
+    elapsed: float
+
+    @property
+    def ok(self) -> bool:
+        """Whether every video has its GIF."""
+        return all(r.ok for r in self.results)
+
+    def count(self, outcome: Outcome) -> int:
+        """How many videos ended with *outcome*."""
+        return sum(1 for r in self.results if r.outcome == outcome)
+
+
+class Reporter:
+    """Receives the pipeline's progress; every method does nothing here. Subclass and override what you show.
+
+    `aiobatch.progress` has three: rich progress bars, plain lines, and a notebook display.
+    """
+
+    def stage(self, text: str) -> None:
+        """A new stage begins (``"uploading 6 videos"``, ``"waiting for pool ..."``)."""
+
+    def upload_started(self, files: int, total_bytes: int) -> None:
+        """The upload of *files* videos, *total_bytes* in all, begins."""
+
+    def upload_progress(self, progress: TransferProgress) -> None:
+        """Bytes of one video went up (or it was already there: ``progress.skipped``)."""
+
+    def pool_status(self, status: PoolStatus) -> None:
+        """The pool's allocation and node states, as last seen."""
+
+    def tasks_submitted(self, videos_by_task: dict[str, str]) -> None:
+        """These tasks (task id -> video file name) are in the job."""
+
+    def task_event(self, event: TaskEvent, video: str) -> None:
+        """A task started running or completed."""
+
+    def download_progress(self, progress: TransferProgress) -> None:
+        """Bytes of one GIF came down."""
+
+    def video_done(self, result: VideoResult) -> None:
+        """A video's result is final."""
+
+    def finished(self, report: ConversionReport) -> None:
+        """Everything is done; the report is final."""
+
+    def close(self) -> None:
+        """Stop displaying (also after an error or Ctrl-C)."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# The pipeline
+# ----------------------------------------------------------------------------------------------------
+
+
+def _tail_lines(text: str, lines: int = 3) -> str:
+    kept = [line.rstrip() for line in text.strip().splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
+def _seconds(start: dt.datetime | None, end: dt.datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return max(0.0, (end - start).total_seconds())
+
+
+async def _wait_for_pool(
+    client: Client,
+    pool_id: str,
+    reporter: Reporter,
+    *,
+    min_nodes: int,
+    timeout: float,  # noqa: ASYNC109 (passed on)
+) -> PoolStatus:
+    """`Client.wait_for_pool_ready`, with the pool's node states shown while it waits."""
+
+    async def show() -> None:
+        while True:
+            try:
+                reporter.pool_status(await get_pool_status(client.batch, pool_id, policy=client.retry_policy))
+            except AiobatchError as exc:  # the display only; the wait below reports real trouble
+                logger.debug("pool status for the display failed: %s", exc)
+            await anyio.sleep(1.0)
+
+    error: Exception | None = None
+    status: PoolStatus | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(show)
+        try:
+            status = await client.wait_for_pool_ready(pool_id, min_nodes=min_nodes, timeout=timeout)
+        except Exception as exc:  # re-raised below, outside the task group (which would wrap it)
+            error = exc
+        finally:
+            tg.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    assert status is not None
+    reporter.pool_status(status)
+    return status
+
+
+async def convert_videos(
+    client: Client,
+    videos: Sequence[str | os.PathLike[str]],
+    output_dir: str | os.PathLike[str],
+    *,
+    pool: PoolSpec,
+    settings: GifSettings | None = None,
+    job_id: str | None = None,
+    input_container: str = DEFAULT_INPUT_CONTAINER,
+    output_container: str = DEFAULT_OUTPUT_CONTAINER,
+    reuse_pool: bool = True,
+    min_nodes: int = 1,
+    pool_timeout: float = 1800.0,
+    task_retries: int = 0,
+    task_timeout: float | None = 3600.0,
+    reporter: Reporter | None = None,
+) -> ConversionReport:
+    """Convert each video to an animated GIF with one Batch task per video; see the module docstring.
+
+    Videos whose GIF is already in *output_dir* are skipped, so a re-run converts only what is missing (and,
+    when nothing is, touches neither Storage nor Batch). A video that cannot be converted fails its own task:
+    its result carries ffmpeg's exit code and the tail of its stderr, and the other videos go on.
+
+    What the run creates -- containers, the job, the pool -- is the client's to delete: open it with
+    ``cleanup=True`` to delete them on the way out, also on error and on cancellation (Ctrl-C).
+
+    Args:
+        client: an open client.
+        videos: the MP4 files.
+        output_dir: where the GIFs go (created if missing).
+        pool: the pool spec; it must reference the ffmpeg application package (see `gif_pool_spec`).
+        settings: frame rate and width.
+        job_id: the job id; ``gifs-<run id>`` by default.
+        input_container: the container the videos are uploaded to.
+        output_container: the container the tasks write GIFs to.
+        reuse_pool: run on an existing pool with *pool*'s id that this run did not create (it is then left
+            alone on cleanup); otherwise such a pool is a `aiobatch.ConflictError`.
+        min_nodes: usable nodes to wait for before adding tasks (more join as they come).
+        pool_timeout: seconds to wait for them.
+        task_retries: retries of a failed conversion (a corrupt video fails every time).
+        task_timeout: seconds one conversion may run.
+        reporter: receives progress (see `aiobatch.progress`).
+
+    Returns:
+        One result per video, in the order given.
+
+    Raises:
+        ConfigurationError: two videos would make the same GIF, or the pool has no application package.
+        AiobatchError: a step failed for good (the pool could not get nodes, a request kept failing, ...).
+    """
+    started = time.monotonic()
+    reporter = reporter or Reporter()
+    settings = settings or GifSettings()
+    if not pool.application_packages:
+        raise ConfigurationError(f"pool {pool.id!r} references no application package: ffmpeg comes from one.")
+    app = pool.application_packages[0]
+    paths = [Path(v) for v in videos]
+    out = Path(output_dir)
+    plan = plan_conversions(paths, out)
+    results: dict[str, VideoResult] = {}
+    for video in plan.present:
+        gif = plan.gif_names[video.name]
+        result = VideoResult(video.name, gif, "present", gif_size=(out / gif).stat().st_size)
+        results[video.name] = result
+        reporter.video_done(result)
+
+    def report(job: str | None) -> ConversionReport:
+        ordered = tuple(results[p.name] for p in paths if p.name in results)
+        return ConversionReport(ordered, client.run_id, job, pool.id, time.monotonic() - started)
+
+    if not plan.todo:
+        reporter.stage(f"all {len(paths)} GIFs are already in {out}; nothing to convert")
+        final = report(None)
+        reporter.finished(final)
+        return final
+
+    # Files -> blobs.
+    reporter.stage(f"uploading {len(plan.todo)} videos to container {input_container!r}")
+    reporter.upload_started(len(plan.todo), sum(p.stat().st_size for p in plan.todo))
+    await client.upload_files(input_container, plan.todo, progress=reporter.upload_progress)
+
+    # A pool with a usable node, and a job on it.
+    reporter.stage(f"making sure pool {pool.id!r} has a usable node ({pool.vm_size})")
+    await client.ensure_pool(pool, reuse_existing=reuse_pool)
+    await _wait_for_pool(client, pool.id, reporter, min_nodes=min_nodes, timeout=pool_timeout)
+    job_id = job_id or f"gifs-{client.run_id}"
+    await client.create_job(
+        job_id, pool_id=pool.id, on_all_tasks_complete="terminatejob", display_name="aiobatch: MP4 to GIF"
+    )
+
+    # Blobs -> task specs -> Batch.
+    names = [p.name for p in plan.todo]
+    task_ids = task_ids_for(names)
+    video_of = {task_ids[name]: name for name in names}
+    outputs_url = await client.output_container_sas_url(output_container)
+    command = gif_command_line(app, settings, os=pool.os)
+    specs = [
+        TaskSpec(
+            id=task_ids[name],
+            command_line=command,
+            resource_files=[resource_file(await client.input_sas_url(input_container, name), INPUT_FILE)],
+            output_files=[output_files_to(outputs_url, OUTPUT_FILE, path=plan.gif_names[name])],
+            max_task_retry_count=task_retries,
+            max_wall_clock_time=task_timeout,
+            display_name=name[:1024],
+        )
+        for name in names
+    ]
+    reporter.stage(f"adding {len(specs)} tasks to job {job_id!r}")
+    submitted = await client.submit_tasks(job_id, specs)
+    for task_id, why in submitted.failed.items():
+        name = video_of[task_id]
+        result = VideoResult(name, plan.gif_names[name], "failed", task_id=task_id, error=f"not submitted: {why}")
+        results[name] = result
+        reporter.video_done(result)
+    reporter.tasks_submitted({t: video_of[t] for t in (*submitted.added, *submitted.existing)})
+
+    # Completion events -> outputs.
+    async def collect(event: TaskEvent) -> None:
+        name = video_of[event.task_id]
+        gif = plan.gif_names[name]
+        base = VideoResult(
+            name,
+            gif,
+            "converted",
+            seconds=_seconds(event.start_time, event.end_time),
+            node_id=event.node_id,
+            task_id=event.task_id,
+            exit_code=event.exit_code,
+        )
+        if event.succeeded:
+            try:
+                await client.download_outputs(output_container, out, names=[gif], progress=reporter.download_progress)
+                result = replace(base, gif_size=(out / gif).stat().st_size)
+            except AiobatchError as exc:
+                result = replace(base, outcome="failed", error=f"the GIF could not be downloaded: {exc}")
+        else:
+            why = f"exit code {event.exit_code}" if event.exit_code is not None else "did not run"
+            if event.failure is not None and event.failure.code not in ("", "FailureExitCode"):
+                why += f"; {event.failure.code}: {event.failure.message}"
+            try:
+                tail = _tail_lines(await event.stderr_tail(4096))
+            except AiobatchError as exc:
+                tail = f"(stderr could not be read: {exc})"
+            result = replace(base, outcome="failed", error=why, stderr_tail=tail)
+        results[name] = result
+        reporter.video_done(result)
+
+    reporter.stage(f"converting {len(video_of)} videos on pool {pool.id!r}")
+    async with anyio.create_task_group() as tg:
+        async for event in client.watch_tasks(job_id, include_running=True):
+            watched = video_of.get(event.task_id)
+            if watched is None:
+                continue
+            reporter.task_event(event, watched)
+            if event.kind == "completed":
+                tg.start_soon(collect, event)
+    final = report(job_id)
+    reporter.finished(final)
+    logger.info(
+        "converted %d videos, %d failed, %d already there, in %.1f s",
+        final.count("converted"),
+        final.count("failed"),
+        final.count("present"),
+        final.elapsed,
+    )
+    return final
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checking a GIF
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GifInfo:
+    """What `check_gif` found: the logical screen size and how many frames decoded."""
+
+    width: int
+    height: int
+    frames: int
+    size: int
+
+
+def check_gif(path: str | os.PathLike[str], ffmpeg: str | os.PathLike[str]) -> GifInfo:
+    """Decode a GIF from start to end with ffmpeg and return its size and frame count (blocking).
+
+    Raises:
+        ValueError: not a GIF, or ffmpeg could not decode it (the message has ffmpeg's reason).
+    """
+    data = Path(path).read_bytes()
+    if data[:6] not in (b"GIF87a", b"GIF89a"):
+        raise ValueError(f"{os.fspath(path)!r} is not a GIF")
+    width, height = struct.unpack("<HH", data[6:10])
+    proc = subprocess.run(
+        [os.fspath(ffmpeg), "-v", "error", "-nostdin", "-i", os.fspath(path), "-f", "null", "-"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0 or proc.stderr.strip():
+        raise ValueError(f"{os.fspath(path)!r} does not decode: {_tail_lines(proc.stderr) or proc.returncode}")
+    frames = data.count(b"\x21\xf9\x04") or 1  # graphic control extensions: one per frame
+    return GifInfo(width=width, height=height, frames=frames, size=len(data))
+
+
+async def check_gif_async(path: str | os.PathLike[str], ffmpeg: str | os.PathLike[str]) -> GifInfo:
+    """`check_gif` in a worker thread."""
+    return await anyio.to_thread.run_sync(check_gif, path, ffmpeg)

