@@ -158,11 +158,6 @@ def test_prints_one_listening_line_serves_and_stops_on_sigint(started: Running, 
     assert sum(bool(LISTENING.search(line)) for line in started.lines) == 1, "exactly one 'listening on' line"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="__main__.py handles only KeyboardInterrupt: SIGTERM kills the process (status -15) without cleanup. "
-    "Fix: in serve(), loop.add_signal_handler(SIGTERM and SIGINT, stop.set) and await stop.wait().",
-)
 @pytest.mark.parametrize("started", ["module"], indirect=True)
 def test_stops_cleanly_on_sigterm(started: Running, tmp_path: Path) -> None:
     pid_file = tmp_path / "task.pid"

@@ -654,13 +654,10 @@ async def test_error_answers_match_the_service(batch: BatchClient, captured: Cap
     assert keys == [v["key"] for v in real["ResponseBody"]["values"]] == ["PropertyName", "PropertyValue", "Reason"]
 
 
-# --- differences still open -------------------------------------------------------------------------------------
-# Each is a recorded or documented behaviour the emulator does not have yet; the fix belongs to the scheduler or the
-# model (not the wire).  strict=True: when one is fixed, its test turns XPASS and fails, so the marker goes.
+# --- behaviours the scheduler and model own ----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="_model.set_state records terminating as previousState; recorded: active")
-async def test_open_a_completed_job_keeps_its_state_before_terminating_as_previous(
+async def test_a_completed_job_keeps_its_state_before_terminating_as_previous(
     batch: BatchClient, captured: Captured
 ) -> None:
     await batch.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))
@@ -672,8 +669,7 @@ async def test_open_a_completed_job_keeps_its_state_before_terminating_as_previo
     assert (body["state"], body["previousState"]) == (real["state"], real["previousState"]) == ("completed", "active")
 
 
-@pytest.mark.xfail(strict=True, reason="_scheduler.stop_resize goes straight to steady; the service passes stopping")
-async def test_open_stop_resize_passes_through_stopping(batch: BatchClient) -> None:
+async def test_stop_resize_passes_through_stopping(batch: BatchClient) -> None:
     await steady_pool(batch, "p", 0)
     await batch.begin_resize_pool("p", m.BatchPoolResizeOptions(target_dedicated_nodes=2), polling_interval=0.05)
     await batch.begin_stop_pool_resize("p", polling_interval=0.05)
@@ -682,8 +678,7 @@ async def test_open_stop_resize_passes_through_stopping(batch: BatchClient) -> N
     assert set(real) == {"stopping"} and "stopping" in states
 
 
-@pytest.mark.xfail(strict=True, reason="_scheduler.delete_pool leaves allocationState; recorded: resizing")
-async def test_open_a_deleting_pool_is_resizing(batch: BatchClient, captured: Captured) -> None:
+async def test_a_deleting_pool_is_resizing(batch: BatchClient, captured: Captured) -> None:
     await steady_pool(batch, "p", 1)
     await batch.begin_delete_pool("p", polling_interval=0.05)
     await batch.get_pool("p")
@@ -691,8 +686,7 @@ async def test_open_a_deleting_pool_is_resizing(batch: BatchClient, captured: Ca
     assert captured.body("GET", "/pools/p")["allocationState"] == real["allocationState"] == "resizing"
 
 
-@pytest.mark.xfail(strict=True, reason="_scheduler's ResizeStopped message differs from the recorded one")
-async def test_open_resize_stopped_message(batch: BatchClient, captured: Captured) -> None:
+async def test_resize_stopped_message(batch: BatchClient, captured: Captured) -> None:
     await steady_pool(batch, "p", 0)
     await batch.begin_resize_pool("p", m.BatchPoolResizeOptions(target_low_priority_nodes=2), polling_interval=0.05)
     await (await batch.begin_stop_pool_resize("p", polling_interval=0.05)).result()
@@ -701,8 +695,7 @@ async def test_open_resize_stopped_message(batch: BatchClient, captured: Capture
     assert captured.body("GET", "/pools/p")["resizeErrors"] == real
 
 
-@pytest.mark.xfail(strict=True, reason="nodes keep no history of the tasks they ran (_model.Node), so no recentTasks")
-async def test_open_a_node_that_ran_a_task_lists_recent_tasks(batch: BatchClient, captured: Captured) -> None:
+async def test_a_node_that_ran_a_task_lists_recent_tasks(batch: BatchClient, captured: Captured) -> None:
     # The specification: recentTasks "is present only if at least one Task has run on this Compute Node".
     await steady_pool(batch, "p", 1)
     await batch.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,7 +79,12 @@ async def serve(args: argparse.Namespace, faults: FaultPlan | None) -> None:
         if faults is not None:
             rates = ", ".join(f"{k}={v}" for k, v in faults.rates.items())
             print(f"injecting faults {rates} (seed {faults.seed})", flush=True)
-        await asyncio.Event().wait()
+        # SIGINT and SIGTERM both stop the emulator cleanly: running tasks killed, the temporary folder removed.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m aiobatch.emulator") -> int:

@@ -22,6 +22,9 @@ from ._types import FailureInfo, OutputFile, ResourceFile
 #: Pool, job and task ids: 1-64 letters, digits, hyphens and underscores (the service's rule).
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
+#: How many recently completed tasks a node reports in ``recentTasks``.
+RECENT_TASKS = 10
+
 #: Node states in which a node can take tasks.
 SCHEDULABLE_NODE_STATES = frozenset({"idle", "running"})
 
@@ -174,6 +177,8 @@ class Node:
     #: Start task failure, when ``state == "starttaskfailed"``.
     start_task_failure: FailureInfo | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
+    #: (job id, task id) of the tasks that last completed here, newest first (``recentTasks``).
+    recent_tasks: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=RECENT_TASKS))
 
     @property
     def running_slots(self) -> int:

@@ -144,17 +144,32 @@ class Scheduler:
         self._start_allocation(pool)
 
     def stop_resize(self, pool: Pool) -> None:
-        """Stop a resize: the pool keeps the nodes it has, with a ResizeStopped error."""
+        """Stop a resize: the pool goes ``stopping``, then ``steady`` with its nodes and a ResizeStopped error."""
         if pool.allocation is not None:
             pool.allocation.cancel()
             pool.allocation = None
-        pool.set_allocation_state("steady")
+        pool.set_allocation_state("stopping")
+        short = [
+            kind
+            for kind, dedicated, target in (
+                ("dedicated", True, pool.target_dedicated),
+                ("low priority", False, pool.target_low_priority),
+            )
+            if pool.current(dedicated) < target
+        ] or ["dedicated"]
         pool.resize_errors = [
             ResizeError(
                 "ResizeStopped",
-                "Desired number of dedicated nodes could not be reached because the resize operation was stopped",
+                f"Desired number of {kind} nodes could not be allocated due to a stop resize operation",
             )
+            for kind in short
         ]
+        self._spawn(self._settle(pool), f"stop-resize-{pool.id}")
+
+    async def _settle(self, pool: Pool) -> None:
+        await asyncio.sleep(self.timings.allocation_delay / 2)
+        if pool.allocation_state == "stopping":
+            pool.set_allocation_state("steady")
 
     async def _allocate(self, pool: Pool) -> None:
         await asyncio.sleep(self.timings.allocation_delay)
@@ -289,6 +304,7 @@ class Scheduler:
     def delete_pool(self, pool: Pool) -> None:
         """Start deleting a pool: its tasks are requeued, its nodes and their directories removed."""
         pool.set_state("deleting")
+        pool.set_allocation_state("resizing")  # the service shrinks a deleting pool to nothing
         if pool.allocation is not None:
             pool.allocation.cancel()
             pool.allocation = None
@@ -347,7 +363,10 @@ class Scheduler:
             await asyncio.to_thread(_rmtree, self._job_dirs(job))
             log.info("job %s deleted", job.id)
         elif job.state == "terminating":
+            # The service reports the state before termination (active), not terminating, as previousState.
+            before, since = job.previous_state, job.previous_state_transition_time
             job.set_state("completed")
+            job.previous_state, job.previous_state_transition_time = before, since
             job.end_time = utcnow()
             log.info("job %s completed (%s)", job.id, job.terminate_reason)
         if job.auto_pool and job.pool_id:
@@ -539,6 +558,7 @@ class Scheduler:
             log.debug("task %s/%s failed, retry %d", job.id, task.id, task.retry_count)
             return
         self._complete(job, task, outcome, outcome.failure_info)
+        node.recent_tasks.appendleft((job.id, task.id))
         self.check_job_complete(job)
 
     def _complete(self, job: Job, task: Task, outcome: TaskOutcome | None, failure: FailureInfo | None) -> None:

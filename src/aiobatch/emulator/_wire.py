@@ -701,6 +701,22 @@ def render_node(account: Account, pool: Pool, node: Node) -> dict[str, Any]:
         if node.start_task_failure is not None:
             info["failureInfo"] = _failure(node.start_task_failure)
         out["startTaskInfo"] = info
+    recent = []
+    for job_id, task_id in node.recent_tasks:
+        job = account.jobs.get(job_id.lower())
+        task = job.tasks.get(task_id.lower()) if job else None
+        if task is not None:
+            recent.append(
+                {
+                    "taskUrl": f"{account.url}/jobs/{job_id}/tasks/{task_id}",
+                    "jobId": job_id,
+                    "taskId": task_id,
+                    "taskState": task.state,
+                    "executionInfo": _execution_info(task),
+                }
+            )
+    if recent:
+        out["recentTasks"] = recent
     if node.errors:
         out["errors"] = node.errors
     if node.last_boot_time:
@@ -789,6 +805,27 @@ def render_job(account: Account, job: Job, auto_pool: Mapping[str, Any] | None) 
     return out
 
 
+def _execution_info(task: Task) -> dict[str, Any]:
+    info: dict[str, Any] = {}
+    if task.start_time:
+        info["startTime"] = timestamp(task.start_time)
+    if task.end_time:
+        info["endTime"] = timestamp(task.end_time)
+    if task.exit_code is not None:
+        info["exitCode"] = task.exit_code
+    if task.failure_info is not None:
+        info["failureInfo"] = _failure(task.failure_info)
+    if task.result:
+        info["result"] = task.result
+    info["retryCount"] = task.retry_count
+    if task.last_retry_time:
+        info["lastRetryTime"] = timestamp(task.last_retry_time)
+    info["requeueCount"] = task.requeue_count
+    if task.last_requeue_time:
+        info["lastRequeueTime"] = timestamp(task.last_requeue_time)
+    return info
+
+
 def render_task(account: Account, job: Job, task: Task) -> dict[str, Any]:
     """A task as GET /jobs/{job}/tasks/{task} answers."""
     spec = task.spec
@@ -817,24 +854,7 @@ def render_task(account: Account, job: Job, task: Task) -> dict[str, Any]:
     out["userIdentity"] = spec["userIdentity"]
     out["constraints"] = spec["constraints"]
     out["requiredSlots"] = task.required_slots
-    info: dict[str, Any] = {}
-    if task.start_time:
-        info["startTime"] = timestamp(task.start_time)
-    if task.end_time:
-        info["endTime"] = timestamp(task.end_time)
-    if task.exit_code is not None:
-        info["exitCode"] = task.exit_code
-    if task.failure_info is not None:
-        info["failureInfo"] = _failure(task.failure_info)
-    if task.result:
-        info["result"] = task.result
-    info["retryCount"] = task.retry_count
-    if task.last_retry_time:
-        info["lastRetryTime"] = timestamp(task.last_retry_time)
-    info["requeueCount"] = task.requeue_count
-    if task.last_requeue_time:
-        info["lastRequeueTime"] = timestamp(task.last_requeue_time)
-    out["executionInfo"] = info
+    out["executionInfo"] = _execution_info(task)
     if task.node_info is not None:
         pool_id, node_id, root = task.node_info
         node_url = f"{account.url}/pools/{pool_id}/nodes/{node_id}"
