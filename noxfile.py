@@ -44,3 +44,24 @@ def typecheck(session: nox.Session) -> None:
 # bench: the benchmarks under bench/.
 # docs:  builds docs/.
 # soak:  long reliability runs.
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """Run the reliability tests at full size (issue 8) and report which clauses held.
+
+    ``AIOBATCH_SOAK=1`` makes each test pick its large scale (10,000 tasks, 1,000 files, 50 cancellation points
+    a stage). The seed is ``$AIOBATCH_SEED`` or a random one; it also seeds the storage fault proxy (unless
+    ``$AIOBATCH_FAULT_SEED`` is set), so the seed on the summary's last line replays the run. Extra arguments go
+    to pytest (``nox -s soak -- -k secrets``); the session fails if any clause did not hold.
+    """
+    import os
+    import random
+
+    session.install("-e", ".[dev]")
+    seed = os.environ.get("AIOBATCH_SEED", "").strip() or str(random.randrange(2**31))
+    env = {"AIOBATCH_SOAK": "1", "AIOBATCH_SEED": seed}
+    env["AIOBATCH_FAULT_SEED"] = os.environ.get("AIOBATCH_FAULT_SEED", "").strip() or seed
+    paths = [] if any(arg.startswith("tests") for arg in session.posargs) else ["tests/reliability"]
+    # Large runs take longer than the suite's per-test timeout; a later --timeout in posargs still wins.
+    session.run("pytest", "--timeout=3600", *paths, *session.posargs, env=env)

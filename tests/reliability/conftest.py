@@ -1,0 +1,271 @@
+"""The reliability harness (issue 8): one seed, two scales, a record of injected faults, and a verdict per clause.
+
+Fixtures:
+    ``seed`` (int)
+        The run's seed: ``$AIOBATCH_SEED`` if set, else random, chosen once per session. Every test that
+        requests it prints it (pytest shows the line with a failure); the soak summary ends with it. Derive
+        per-test randomness from it (``random.Random(f"{seed}:{name}")``) so one seed replays the whole run.
+    ``scale`` (`Scale`)
+        ``scale.soak`` is true when ``$AIOBATCH_SOAK=1`` (``nox -s soak``); ``scale.pick(ci, soak)`` returns
+        the value for the current scale, e.g. ``scale.pick(500, 10_000)`` tasks.
+    ``fault_record`` (callable)
+        ``fault_record(counts, source="emulator")`` adds a ``Counter``/mapping of injected faults by kind to the
+        session's record (pass the server's own ledger, e.g. ``emulator.ledger.injected`` or
+        ``proxy.injected``). The soak summary prints the totals.
+
+Marker (registered in pyproject.toml, so ``--strict-markers`` accepts it anywhere):
+    ``@pytest.mark.clause(N)`` says which clause of issue 8 (1-10) a test proves. A clause holds when it had
+    tests and every one of them passed (an expected xfail counts as passed; a skip does not).
+
+In soak mode the terminal summary prints a table of injected faults (kind, count), a table of clauses 1-10
+(held or not, with counts), and ends with ``soak: H/C clauses held (seed S)``. The session's exit status is
+non-zero if any clause that ran did not hold, or, in a complete run of ``tests/reliability`` (no selection), if
+any clause had no tests at all.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+SEED_ENV = "AIOBATCH_SEED"
+SOAK_ENV = "AIOBATCH_SOAK"
+CLAUSES = range(1, 11)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big the reliability tests run: CI-sized by default, soak-sized under ``AIOBATCH_SOAK=1``."""
+
+    soak: bool
+
+    def pick(self, ci_value: T, soak_value: T) -> T:
+        """Return ``soak_value`` in soak mode, else ``ci_value``."""
+        return soak_value if self.soak else ci_value
+
+
+@dataclass
+class ClauseTally:
+    """Outcomes of one clause's tests."""
+
+    passed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ran(self) -> bool:
+        """Whether any of the clause's tests reported an outcome."""
+        return bool(self.passed or self.failed or self.skipped)
+
+    @property
+    def held(self) -> bool:
+        """Held: at least one test, and every test passed."""
+        return self.passed > 0 and not self.failed and not self.skipped
+
+
+@dataclass
+class Harness:
+    """Session state shared by the fixtures and hooks below."""
+
+    seed: int
+    scale: Scale
+    faults: Counter[str] = field(default_factory=Counter)
+    clauses_of: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    outcomes: dict[str, str] = field(default_factory=dict)
+    deselected: int = 0
+
+    def tally(self) -> dict[int, ClauseTally]:
+        """Fold per-test outcomes into per-clause tallies."""
+        tallies = {clause: ClauseTally() for clause in CLAUSES}
+        for nodeid, clauses in self.clauses_of.items():
+            outcome = self.outcomes.get(nodeid)
+            for clause in clauses:
+                tally = tallies.setdefault(clause, ClauseTally())
+                if outcome == "passed":
+                    tally.passed += 1
+                elif outcome == "failed":
+                    tally.failed += 1
+                    tally.failures.append(nodeid)
+                elif outcome == "skipped":
+                    tally.skipped += 1
+        return tallies
+
+
+HARNESS = pytest.StashKey[Harness]()
+_HARNESS: list[Harness] = []
+
+
+def _read_seed() -> int:
+    raw = os.environ.get(SEED_ENV, "").strip()
+    if not raw:
+        return random.randrange(2**31)
+    try:
+        return int(raw)
+    except ValueError:
+        raise pytest.UsageError(f"${SEED_ENV}={raw!r}: the seed must be an integer, e.g. {SEED_ENV}=1234") from None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Choose the session's seed and scale once, before any test runs."""
+    soak = os.environ.get(SOAK_ENV, "").strip() == "1"
+    config.stash[HARNESS] = harness = Harness(seed=_read_seed(), scale=Scale(soak=soak))
+    _HARNESS.append(harness)
+
+
+def _clauses(item: pytest.Item) -> tuple[int, ...]:
+    found: list[int] = []
+    for marker in item.iter_markers("clause"):
+        for arg in marker.args:
+            if not isinstance(arg, int) or arg not in CLAUSES:
+                raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.clause({arg!r}) must name a clause 1-10")
+            found.append(arg)
+    return tuple(sorted(set(found)))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Remember which clauses each reliability test proves."""
+    harness = config.stash[HARNESS]
+    for item in items:
+        clauses = _clauses(item)
+        if clauses:
+            harness.clauses_of[item.nodeid] = clauses
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    """Count deselected tests: a run with a selection cannot claim a clause has no tests."""
+    if items:
+        items[0].config.stash[HARNESS].deselected += len(items)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Fold each phase's report into the test's outcome: any failure wins, then skip, then pass."""
+    harness = _harness_of(report)
+    if harness is None or report.nodeid not in harness.clauses_of:
+        return
+    previous = harness.outcomes.get(report.nodeid)
+    if report.failed:
+        harness.outcomes[report.nodeid] = "failed"
+    elif report.skipped and previous != "failed":
+        # An expected xfail is reported as skipped with `wasxfail`: it counts as passing.
+        harness.outcomes[report.nodeid] = "passed" if hasattr(report, "wasxfail") else "skipped"
+    elif report.passed and report.when == "call" and previous is None:
+        harness.outcomes[report.nodeid] = "passed"
+
+
+def _harness_of(report: pytest.TestReport) -> Harness | None:
+    # Test reports do not carry the config; pytest_configure keeps the session's harness here.
+    return _HARNESS[-1] if _HARNESS else None
+
+
+def _complete_run(config: pytest.Config, harness: Harness) -> bool:
+    """True when the run was all of the reliability tests, not a selection of them."""
+    if harness.deselected or config.getoption("keyword", "") or config.getoption("markexpr", ""):
+        return False
+    return all("::" not in arg and Path(arg).is_dir() for arg in config.args)
+
+
+def _clause_failed(config: pytest.Config, harness: Harness) -> bool:
+    tallies = harness.tally()
+    if any(t.ran and not t.held for t in tallies.values()):
+        return True
+    return _complete_run(config, harness) and any(not t.ran for c, t in tallies.items() if c in CLAUSES)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In soak mode, fail the session when a clause did not hold, even if pytest alone would not."""
+    harness = session.config.stash.get(HARNESS, None)
+    if harness is None or not harness.scale.soak:
+        return
+    if exitstatus == pytest.ExitCode.OK and _clause_failed(session.config, harness):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:
+    """Print the seed; in soak mode, the injected faults, each clause's verdict and the one-line result."""
+    harness = config.stash.get(HARNESS, None)
+    if harness is None:
+        return
+    tr = terminalreporter
+    if not harness.scale.soak:
+        tr.write_line(f"reliability: seed {harness.seed} (replay with {SEED_ENV}={harness.seed})")
+        return
+    tr.section("soak: injected faults")
+    if harness.faults:
+        width = max(len(kind) for kind in harness.faults)
+        tr.write_line(f"{'kind':<{width}}  {'count':>8}")
+        for kind, count in sorted(harness.faults.items()):
+            tr.write_line(f"{kind:<{width}}  {count:>8}")
+        tr.write_line(f"{'total':<{width}}  {sum(harness.faults.values()):>8}")
+    else:
+        tr.write_line("(no faults recorded)")
+    tr.section("soak: clauses of issue 8")
+    tallies = harness.tally()
+    tr.write_line(f"{'clause':>6}  {'verdict':<8}  {'passed':>6}  {'failed':>6}  {'skipped':>7}")
+    for clause in CLAUSES:
+        tally = tallies[clause]
+        verdict = "held" if tally.held else "FAILED" if tally.failed else "skipped" if tally.ran else "no tests"
+        tr.write_line(f"{clause:>6}  {verdict:<8}  {tally.passed:>6}  {tally.failed:>6}  {tally.skipped:>7}")
+        for nodeid in tally.failures:
+            tr.write_line(f"{'':>8}failed: {nodeid}")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """In soak mode, end the output with ``soak: H/C clauses held (seed S)``, after pytest's own summary."""
+    harness = config.stash.get(HARNESS, None)
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if harness is None or not harness.scale.soak or reporter is None:
+        return
+    tallies = harness.tally()
+    held = sum(1 for clause in CLAUSES if tallies[clause].held)
+    reporter.write_line(f"soak: {held}/{len(CLAUSES)} clauses held (seed {harness.seed})")
+
+
+@pytest.fixture(scope="session")
+def _harness(pytestconfig: pytest.Config) -> Harness:
+    return pytestconfig.stash[HARNESS]
+
+
+@pytest.fixture
+def seed(_harness: Harness, request: pytest.FixtureRequest) -> int:
+    """Return the session's seed, printing it so a failing test's output says how to replay it."""
+    print(f"seed {_harness.seed} (replay with {SEED_ENV}={_harness.seed})")
+    request.node.user_properties.append(("seed", _harness.seed))
+    return _harness.seed
+
+
+@pytest.fixture(scope="session")
+def scale(_harness: Harness) -> Scale:
+    """Return the run's scale: ``scale.pick(ci_value, soak_value)``."""
+    return _harness.scale
+
+
+FaultRecorder = Callable[..., None]
+
+
+@pytest.fixture(scope="session")
+def fault_record(_harness: Harness) -> Iterator[FaultRecorder]:
+    """Return a callable that adds injected-fault counts, by kind, to the session's record.
+
+    ``fault_record(emulator.ledger.injected, source="emulator")`` records ``emulator:503`` and so on; without
+    ``source`` the kinds are recorded as given.
+    """
+
+    def record(counts: Mapping[str, int], source: str = "") -> None:
+        for kind, count in counts.items():
+            if count:
+                harness_key = f"{source}:{kind}" if source else str(kind)
+                _harness.faults[harness_key] += int(count)
+
+    yield record
