@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", type=Path, help="folder of .mp4 videos (default: sample videos)")
-    parser.add_argument("--output", type=Path, default=Path("demo-output/gifs"), help="GIF folder (%(default)s)")
+    parser.add_argument("--output", type=Path, default=Path("build/demo/gifs"), help="GIF folder (%(default)s)")
     parser.add_argument("--width", type=int, default=480, help="GIF width (default: %(default)s)")
     parser.add_argument("script_args", nargs="*", help="more arguments for convert_pets.py (after --)")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""The pet-video pipeline: MP4s in, animated GIFs out, one Batch task per video.
+r"""The pet-video pipeline: MP4s in, animated GIFs out, one Batch task per video.
 
 `examples/convert_pets.py`, the example notebook and the demo all run `convert_videos`; this module holds what
 they share, so the script stays a thin edge (arguments, logging, progress display) and the logic is tested here.
@@ -16,7 +16,7 @@ refuses some characters (Windows nodes).
 The conversion is the standard good-GIF recipe in one filter graph: ``fps`` and ``scale`` (lanczos) *before*
 ``split`` so that ``palettegen`` buffers only small frames, then ``palettegen``/``paletteuse``::
 
-    fps=12,scale=min(480\\,iw):-1:flags=lanczos,split[a][b];[a]palettegen[p];[b][p]paletteuse
+    fps=12,scale=min(480\,iw):-1:flags=lanczos,split[a][b];[a]palettegen[p];[b][p]paletteuse
 
 Example:
     >>> import aiobatch, aiobatch.gifs as gifs  # doctest: +SKIP
@@ -113,7 +113,7 @@ IMAGES: dict[OsFamily, tuple[str, str, str, str]] = {
 
 @dataclass(frozen=True)
 class GifSettings:
-    """How a video becomes a GIF: frame rate and width (the height keeps the aspect ratio).
+    r"""How a video becomes a GIF: frame rate and width (the height keeps the aspect ratio).
 
     Args:
         fps: frames per second of the GIF; 10-15 looks smooth at a fraction of the video's size.
@@ -124,7 +124,7 @@ class GifSettings:
 
     Example:
         >>> GifSettings(fps=10, width=320).filter_graph()
-        'fps=10,scale=min(320\\\\,iw):-1:flags=lanczos,split[a][b];[a]palettegen[p];[b][p]paletteuse'
+        'fps=10,scale=min(320\\,iw):-1:flags=lanczos,split[a][b];[a]palettegen[p];[b][p]paletteuse'
     """
 
     fps: float = 12.0
@@ -232,7 +232,10 @@ def find_videos(folder: str | os.PathLike[str]) -> list[Path]:
     """
     path = Path(folder)
     if not path.is_dir():
-        raise ConfigurationError(f"input folder {str(path)!r} does not exist or is not a folder.")
+        raise ConfigurationError(
+            f"input folder {str(path)!r} does not exist or is not a folder: check the path, or create the "
+            "folder and put the .mp4 videos to convert in it."
+        )
     return sorted(
         (p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(VIDEO_SUFFIX)),
         key=lambda p: p.name,

@@ -219,6 +219,18 @@ class LocalBatch:
         endpoint = self.emulator.endpoint if self.emulator is not None and self.emulator.account else None
         return f"LocalBatch(batch={endpoint!r}, apps_dir={str(self.apps_dir) if self.apps_dir else None!r})"
 
+    async def start(self) -> LocalBatch:
+        """Start everything (``async with`` does this); for a notebook, where a block cannot span cells.
+
+        Returns:
+            self.
+        """
+        return await self.__aenter__()
+
+    async def stop(self) -> None:
+        """Stop everything (``async with`` does this); safe to call twice."""
+        await self.__aexit__(None, None, None)
+
     async def __aenter__(self) -> LocalBatch:
         stack = self._stack
         try:
