@@ -17,7 +17,7 @@ import hashlib
 import os
 import random
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,11 +46,20 @@ MiB = 1024 * 1024
 POLICY = RetryPolicy(attempts=15, deadline=3600.0, initial=0.05, maximum=1.0, jitter=0.05)
 TEN_PERCENT = {"503": 0.1, "reset": 0.1, "flip": 0.1}
 
+pytestmark = pytest.mark.clause(5)
+
 
 @pytest.fixture(autouse=True)
 def _instant() -> Iterator[None]:
     with instant_waits():
         yield
+
+
+@pytest.fixture(autouse=True)
+def _record_faults(storage_faults: StorageFaultProxy, fault_record: Callable[..., None]) -> Iterator[None]:
+    """Add what the proxy injected to the session's record (the soak summary's table)."""
+    yield
+    fault_record(storage_faults.injected, source="storage")
 
 
 @pytest.fixture
