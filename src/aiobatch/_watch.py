@@ -37,7 +37,7 @@ import anyio
 from azure.batch import models
 from azure.batch.aio import BatchClient
 
-from ._errors import ConfigurationError, DeadlineExceededError, NotFoundError, TaskFailedError, redact
+from ._errors import ConfigurationError, DeadlineExceededError, NotFoundError, TaskFailedError, _sas_expiry, redact
 from ._retry import RetryPolicy, call
 from ._specs import check_id
 
@@ -81,6 +81,29 @@ class TaskFailure:
     code: str
     message: str
     details: tuple[tuple[str, str], ...] = ()
+
+    def sas_expired(self, at: dt.datetime | None = None) -> dt.datetime | None:
+        """Tell whether the failure is storage refusing a SAS URL that had expired; return its expiry if so.
+
+        Batch reports a refused resource-file download (``BlobAccessDenied``, ...) or output upload
+        (``FileUploadAccessDenied``, ...) with the URL in the details, signature masked; its ``se`` says when
+        the SAS expired. Storage does not say *why* it refused, so the expiry is compared with *at* (when the
+        task ended; now if not known).
+
+        Args:
+            at: when the request was refused.
+
+        Returns:
+            The SAS's expiry if it had passed by *at*, else ``None``.
+        """
+        if "accessdenied" not in self.code.lower() and "authentication" not in self.code.lower():
+            return None
+        when = at or dt.datetime.now(dt.timezone.utc)
+        for _, value in self.details:
+            expiry = _sas_expiry(value) if value.lower().startswith(("http://", "https://")) else None
+            if expiry is not None and expiry <= when:
+                return expiry
+        return None
 
 
 @dataclass(frozen=True)
@@ -130,10 +153,18 @@ class TaskEvent:
         """Return a `TaskFailedError` describing this failure (to raise, or to collect)."""
         code = self.failure.code if self.failure else None
         why = f"exit code {self.exit_code}" if self.exit_code is not None else (code or "no exit code")
-        detail = f" {self.failure.code}: {self.failure.message}" if self.failure else ""
+        detail = f" {self.failure.code}: {self.failure.message.rstrip('.')}." if self.failure else ""
+        fix = "Read its stderr (await event.stderr_tail()) and fix the command line or its inputs."
+        expired = self.failure.sas_expired(self.end_time) if self.failure else None
+        if expired is not None:
+            fix = (
+                f"Its SAS URL expired at {expired.isoformat()}, before storage was reached. Mint SAS URLs whose "
+                "expiry covers the queue wait, the run and the output upload (a longer SasPolicy duration), "
+                "and resubmit the task."
+            )
         return TaskFailedError(
             f"task {self.task_id!r} of job {self.job_id!r} failed ({why}) after {self.retry_count} retries.{detail} "
-            "Read its stderr (await event.stderr_tail()) and fix the command line or its inputs.",
+            f"{fix}",
             job_id=self.job_id,
             task_id=self.task_id,
             exit_code=self.exit_code,
