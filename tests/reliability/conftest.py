@@ -15,7 +15,7 @@ Fixtures:
 
 Marker (registered in pyproject.toml, so ``--strict-markers`` accepts it anywhere):
     ``@pytest.mark.clause(N)`` says which clause of issue 8 (1-10) a test proves. A clause holds when it had
-    tests and every one of them passed (an expected xfail counts as passed; a skip does not).
+    tests and every one of them passed: a skip or an expected failure (xfail, a known gap) does not count.
 
 In soak mode the terminal summary prints a table of injected faults (kind, count), a table of clauses 1-10
 (held or not, with counts), and ends with ``soak: H/C clauses held (seed S)``. The session's exit status is
@@ -28,12 +28,19 @@ from __future__ import annotations
 import os
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import anyio
 import pytest
+from azure.storage.blob.aio import BlobServiceClient
+
+from aiobatch import BatchSettings, Client, RetryPolicy, StorageSettings
+from aiobatch._azurite import AzuriteServer
+from aiobatch.emulator import Emulator
+from aiobatch.local import child_processes
 
 SEED_ENV = "AIOBATCH_SEED"
 SOAK_ENV = "AIOBATCH_SOAK"
@@ -60,17 +67,18 @@ class ClauseTally:
     passed: int = 0
     failed: int = 0
     skipped: int = 0
+    xfailed: int = 0
     failures: list[str] = field(default_factory=list)
 
     @property
     def ran(self) -> bool:
         """Whether any of the clause's tests reported an outcome."""
-        return bool(self.passed or self.failed or self.skipped)
+        return bool(self.passed or self.failed or self.skipped or self.xfailed)
 
     @property
     def held(self) -> bool:
-        """Held: at least one test, and every test passed."""
-        return self.passed > 0 and not self.failed and not self.skipped
+        """Held: at least one test, and every test passed (no failure, skip or known gap)."""
+        return self.passed > 0 and not (self.failed or self.skipped or self.xfailed)
 
 
 @dataclass
@@ -98,6 +106,8 @@ class Harness:
                     tally.failures.append(nodeid)
                 elif outcome == "skipped":
                     tally.skipped += 1
+                elif outcome == "xfailed":
+                    tally.xfailed += 1
         return tallies
 
 
@@ -149,7 +159,7 @@ def pytest_deselected(items: list[pytest.Item]) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """Fold each phase's report into the test's outcome: any failure wins, then skip, then pass."""
+    """Fold each phase's report into the test's outcome: any failure wins, then skip or xfail, then pass."""
     harness = _harness_of(report)
     if harness is None or report.nodeid not in harness.clauses_of:
         return
@@ -157,8 +167,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.failed:
         harness.outcomes[report.nodeid] = "failed"
     elif report.skipped and previous != "failed":
-        # An expected xfail is reported as skipped with `wasxfail`: it counts as passing.
-        harness.outcomes[report.nodeid] = "passed" if hasattr(report, "wasxfail") else "skipped"
+        # An expected failure is reported as skipped with `wasxfail`: a known gap, so the clause does not hold.
+        harness.outcomes[report.nodeid] = "xfailed" if hasattr(report, "wasxfail") else "skipped"
     elif report.passed and report.when == "call" and previous is None:
         harness.outcomes[report.nodeid] = "passed"
 
@@ -212,11 +222,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatu
         tr.write_line("(no faults recorded)")
     tr.section("soak: clauses of issue 8")
     tallies = harness.tally()
-    tr.write_line(f"{'clause':>6}  {'verdict':<8}  {'passed':>6}  {'failed':>6}  {'skipped':>7}")
+    tr.write_line(f"{'clause':>6}  {'verdict':<8}  {'passed':>6}  {'failed':>6}  {'skipped':>7}  {'xfailed':>7}")
     for clause in CLAUSES:
         tally = tallies[clause]
-        verdict = "held" if tally.held else "FAILED" if tally.failed else "skipped" if tally.ran else "no tests"
-        tr.write_line(f"{clause:>6}  {verdict:<8}  {tally.passed:>6}  {tally.failed:>6}  {tally.skipped:>7}")
+        verdict = "held" if tally.held else "FAILED" if tally.failed else "gaps" if tally.ran else "no tests"
+        counts = f"{tally.passed:>6}  {tally.failed:>6}  {tally.skipped:>7}  {tally.xfailed:>7}"
+        tr.write_line(f"{clause:>6}  {verdict:<8}  {counts}")
         for nodeid in tally.failures:
             tr.write_line(f"{'':>8}failed: {nodeid}")
 
@@ -269,3 +280,109 @@ def fault_record(_harness: Harness) -> Iterator[FaultRecorder]:
                 _harness.faults[harness_key] += int(count)
 
     yield record
+
+
+# ----------------------------------------------------------------------------------------------------
+# Shared helpers: a client for the test's emulator and the session's Azurite, and what a run left behind
+# ----------------------------------------------------------------------------------------------------
+
+#: Retries that cost milliseconds: a transient fault in a test must not cost azure-core's 15 s backoffs.
+FAST_RETRY = RetryPolicy(attempts=4, deadline=10.0, initial=0.02, maximum=0.2, jitter=0.02)
+
+
+@pytest.fixture
+def fast_retry(seed: int) -> RetryPolicy:
+    """`FAST_RETRY` with its jitter drawn from the session's seed."""
+    return RetryPolicy(attempts=4, deadline=10.0, initial=0.02, maximum=0.2, jitter=0.02, rng=random.Random(seed))
+
+
+ClientFactory = Callable[..., Client]
+
+
+@pytest.fixture
+def client_for(fast_retry: RetryPolicy) -> ClientFactory:
+    """Return ``make(emulator, azurite, **options)``: an unopened `Client` for that emulator and Azurite.
+
+    ``batch_key=`` / ``batch_endpoint=`` / ``connection_string=`` replace the emulator's key, its endpoint or
+    Azurite's connection string (for wrong keys and unreachable endpoints); other options go to `Client`.
+    """
+
+    def make(
+        emulator: Emulator,
+        azurite: AzuriteServer,
+        *,
+        batch_key: str | None = None,
+        batch_endpoint: str | None = None,
+        connection_string: str | None = None,
+        **options: Any,
+    ) -> Client:
+        options.setdefault("retry_policy", fast_retry)
+        batch = BatchSettings(
+            endpoint=batch_endpoint or emulator.endpoint,
+            account_name=emulator.account_name,
+            account_key=batch_key or emulator.credential.named_key.key,
+        )
+        storage = StorageSettings(connection_string=connection_string or azurite.connection_string)
+        return Client(batch, storage, **options)
+
+    return make
+
+
+@dataclass(frozen=True)
+class Leftovers:
+    """What the emulator and Azurite still hold after a run: the server's view, not the client's."""
+
+    pools: tuple[str, ...]
+    jobs: tuple[str, ...]
+    running_tasks: tuple[str, ...]
+    containers: tuple[str, ...]
+    processes: tuple[str, ...]
+
+    @property
+    def nothing(self) -> bool:
+        """Whether nothing at all is left."""
+        return not (self.pools or self.jobs or self.running_tasks or self.containers or self.processes)
+
+
+def _snapshot(emulator: Emulator, containers: set[str], existing: set[str]) -> Leftovers:
+    account = emulator.account
+    assert account is not None, "the emulator is not running"
+    running = tuple(
+        f"{pool.id}/{node.id}: {job}/{task}"
+        for pool in account.pools.values()
+        for node in pool.nodes.values()
+        for (job, task) in node.running
+    )
+    return Leftovers(
+        pools=tuple(sorted(p.id for p in account.pools.values())),
+        jobs=tuple(sorted(j.id for j in account.jobs.values())),
+        running_tasks=running,
+        containers=tuple(sorted(containers & existing)),
+        processes=tuple(cmd for _, cmd in child_processes() if "azurite" not in cmd.lower()),
+    )
+
+
+LeftoverCheck = Callable[..., Awaitable[Leftovers]]
+
+
+@pytest.fixture
+def leftovers(azurite: AzuriteServer) -> LeftoverCheck:
+    """Return ``await leftovers(emulator, containers=(...))``: what is still there, once deletions settle.
+
+    Pools and jobs being deleted are given a few seconds to go (the emulator's deletions take a moment, like
+    the service's); containers are looked up in Azurite by name (the session shares one Azurite, so only the
+    names given are considered); processes are this test process's live descendants other than Azurite.
+    """
+
+    async def check(emulator: Emulator, *, containers: Iterable[str] = (), settle: float = 5.0) -> Leftovers:
+        names = set(containers)
+        deadline = anyio.current_time() + settle
+        while True:
+            async with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+                existing = {c.name async for c in service.list_containers()}
+            found = _snapshot(emulator, names, existing)
+            if found.nothing or anyio.current_time() > deadline:
+                return found
+            await anyio.sleep(0.1)
+
+    return check
