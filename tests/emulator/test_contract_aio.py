@@ -604,7 +604,7 @@ async def test_application_packages_reach_the_task(batch: BatchClient) -> None:
     await ready_pool(batch, "p", application_package_references=apps)
     await batch.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))
     await batch.create_task(
-        "j", m.BatchTaskCreateOptions(id="t", command_line=sh("$AZ_BATCH_APP_PACKAGE_HELLO_2_0/hello.sh"))
+        "j", m.BatchTaskCreateOptions(id="t", command_line=sh("$AZ_BATCH_APP_PACKAGE_hello_2_0/hello.sh"))
     )
     task = await finished(batch, "j", "t")
     assert task.execution_info is not None and task.execution_info.exit_code == 0

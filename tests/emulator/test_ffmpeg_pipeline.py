@@ -61,7 +61,7 @@ async def test_ffmpeg_app_package_on_three_nodes(
     for name, source in VIDEOS.items():
         await anyio.to_thread.run_sync(_make_video, tmp_path / f"{name}.mp4", source)
     version = ffmpeg_version()
-    env_var = "AZ_BATCH_APP_PACKAGE_FFMPEG_" + version.replace(".", "_")
+    env_var = "AZ_BATCH_APP_PACKAGE_ffmpeg_" + version.replace(".", "_")
     expiry = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
 
     async with BlobServiceClient.from_connection_string(azurite.connection_string) as blobs:

@@ -271,7 +271,7 @@ async def test_app_package_environment(batch_emulator: Emulator, tmp_path: Path)
         )
         await batch.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))
         await batch.create_task(
-            "j", m.BatchTaskCreateOptions(id="t", command_line="/bin/sh -c '$AZ_BATCH_APP_PACKAGE_TOOL_1_2/run.sh ok'")
+            "j", m.BatchTaskCreateOptions(id="t", command_line="/bin/sh -c '$AZ_BATCH_APP_PACKAGE_tool_1_2/run.sh ok'")
         )
         [task] = await wait_completed(batch, "j", 1)
         out = b"".join([c async for c in await batch.download_task_file("j", "t", "stdout.txt")])

@@ -939,10 +939,15 @@ def render_file(account: Account, base_url: str, name: str, stat: Any | None) ->
 
 
 def app_package_env(ref: AppPackageRef, path: str) -> dict[str, str]:
-    """``AZ_BATCH_APP_PACKAGE_*`` variables for one package on a Linux node."""
+    """``AZ_BATCH_APP_PACKAGE_*`` variables for one package on a Linux node.
+
+    As the service documents it for Linux: ``.``, ``-`` and ``#`` become ``_`` and the case of the application
+    id is kept (``AZ_BATCH_APP_PACKAGE_ffmpeg_9_0_2``); Linux variables are case-sensitive, so an upper-cased
+    name would not be found by a command line written for the real service (see ``aiobatch.app_package_dir``).
+    """
 
     def norm(text: str) -> str:
-        return re.sub(r"[.\-#]", "_", text).upper()
+        return re.sub(r"[.\-#]", "_", text)
 
     env = {f"AZ_BATCH_APP_PACKAGE_{norm(ref.application_id)}_{norm(ref.version)}": path}
     if ref.default:
