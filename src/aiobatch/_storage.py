@@ -91,6 +91,8 @@ logger = logging.getLogger("aiobatch")
 
 MiB = 1024 * 1024
 _HASH_CHUNK = 1 * MiB
+#: From this many files on, one listing of the container replaces a properties request per file.
+_LISTING = 8
 _CREATE_TOKEN = "aiobatch_create"  # container metadata: which ensure_container call created it
 _CONTAINER_RE = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
 
@@ -342,6 +344,20 @@ def _md5_file(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+def _hash_and_read_small(path: Path, limit: int) -> tuple[int, str, bytes | None]:
+    """Size and hex MD5 of a file, and its bytes when it fits in one request (*limit* bytes): read once, not twice."""
+    with path.open("rb") as f:
+        data = f.read(limit + 1)
+        digest = hashlib.md5(data, usedforsecurity=False)
+        if len(data) <= limit:
+            return len(data), digest.hexdigest(), data
+        size = len(data)
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest(), None
+
+
 def _read_range(path: Path, offset: int, length: int) -> bytes:
     with path.open("rb") as f:
         f.seek(offset)
@@ -510,11 +526,12 @@ async def upload_files(
     await ensure_container(service, container, policy=policy)
     limiter = anyio.CapacityLimiter(concurrency)
     outcome: dict[int, tuple[BlobFile, bool]] = {}
+    stored = await _stored(service.get_container_client(container), names, policy) if len(files) >= _LISTING else None
 
     async def one(index: int) -> None:
         path, name = files[index], names[index]
         try:
-            size, md5 = await anyio.to_thread.run_sync(_md5_file, path)
+            size, md5, data = await anyio.to_thread.run_sync(_hash_and_read_small, path, single_put_size)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
             raise ConfigurationError(
                 f"cannot read input {str(path)!r} ({type(exc).__name__}): check that the file exists and is readable.",
@@ -523,13 +540,18 @@ async def upload_files(
         item = BlobFile(name=name, path=path, size=size, md5=md5)
         blob = service.get_blob_client(container, name)
         counter = _Counter(name, size, progress)
-        if await _holds(blob, item, limiter, policy):
+        if stored is not None:
+            held = stored.get(name)
+            holds = held is not None and held.size == size and _stored_md5(held) == md5
+        else:
+            holds = await _holds(blob, item, limiter, policy)
+        if holds:
             logger.debug("skipped %r: blob already holds the same %d bytes", name, size)
             counter.skipped()
             outcome[index] = (item, False)
             return
-        if size <= single_put_size:
-            await _put_whole(blob, item, limiter, policy, counter)
+        if data is not None:
+            await _put_whole(blob, item, data, limiter, policy, counter)
         else:
             await _put_blocks(blob, item, block_size, limiter, policy, counter)
         logger.debug("uploaded %r (%d bytes)", name, size)
@@ -552,6 +574,35 @@ async def upload_files(
     return result
 
 
+async def _stored(
+    client: ContainerClient, names: Sequence[str], policy: RetryPolicy | None
+) -> dict[str, BlobProperties] | None:
+    """What the container holds under the names' common prefix, from one listing (5,000 blobs a page).
+
+    One listing replaces a properties request per file. It is abandoned (None: check file by file) when it
+    would take more than a page per 500 files, e.g. a container with far more blobs than are being uploaded.
+    """
+    prefix = os.path.commonprefix(list(names)) or None  # noqa: RUF071 (blob names: a character prefix is meant)
+    max_pages = max(1, len(names) // 500)
+
+    async def listing() -> dict[str, BlobProperties] | None:
+        found: dict[str, BlobProperties] = {}
+        pages = client.list_blobs(name_starts_with=prefix, results_per_page=5000).by_page()
+        count = 0
+        async for page in pages:
+            async for props in page:
+                found[props.name] = props
+            count += 1
+            if count >= max_pages and getattr(pages, "continuation_token", None):
+                return None
+        return found
+
+    stored: dict[str, BlobProperties] | None = await call(
+        listing, policy=policy, resource="container", resource_id=client.container_name, action="list"
+    )
+    return stored
+
+
 async def _holds(blob: BlobClient, item: BlobFile, limiter: anyio.CapacityLimiter, policy: RetryPolicy | None) -> bool:
     """Whether the blob already exists with the file's size and MD5."""
     async with limiter:
@@ -567,18 +618,19 @@ async def _holds(blob: BlobClient, item: BlobFile, limiter: anyio.CapacityLimite
 async def _put_whole(
     blob: BlobClient,
     item: BlobFile,
+    data: bytes,
     limiter: anyio.CapacityLimiter,
     policy: RetryPolicy | None,
     counter: _Counter,
 ) -> None:
+    md5 = bytes.fromhex(item.md5)  # the file's MD5 is the body's: no need to hash it again on the loop
     async with limiter:
-        data = await anyio.to_thread.run_sync(_read_range, item.path, 0, item.size)
         await call(
             lambda: blob.upload_blob(
                 data,
                 length=len(data),
                 overwrite=True,
-                validate_content=True,
+                transactional_content_md5=md5,  # checked by the service, as validate_content would have it
                 content_settings=_content_settings(item.name, item.md5),
                 max_concurrency=1,
             ),
