@@ -137,9 +137,10 @@ def _value(item: Mapping[str, Any], path: str) -> Any:
 
 def _compare(actual: Any, op: str, expected: Any) -> bool:
     if isinstance(expected, dt.datetime):
-        if not isinstance(actual, str):
+        if isinstance(actual, str):
+            actual = parse_timestamp(actual)
+        elif not isinstance(actual, dt.datetime):  # a view's times are datetimes already
             return op == "ne"
-        actual = parse_timestamp(actual)
         if expected.tzinfo is None:
             expected = expected.replace(tzinfo=dt.timezone.utc)
     elif isinstance(expected, str) and isinstance(actual, str):
@@ -166,7 +167,7 @@ def _compare(actual: Any, op: str, expected: Any) -> bool:
 
 
 def parse_filter(expression: str | None, operation: str) -> Predicate | None:
-    """Compile a ``$filter`` for a list operation into a predicate over rendered JSON items.
+    """Compile a ``$filter`` for a list operation into a predicate over rendered JSON items (or views of them).
 
     Args:
         expression: The ``$filter`` value, or None.

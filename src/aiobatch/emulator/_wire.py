@@ -11,7 +11,7 @@ import datetime as dt
 import json
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from email.utils import format_datetime
 from typing import Any
 from urllib.parse import quote
@@ -824,6 +824,49 @@ def _execution_info(task: Task) -> dict[str, Any]:
     if task.last_requeue_time:
         info["lastRequeueTime"] = timestamp(task.last_requeue_time)
     return info
+
+
+class TaskFilterView(Mapping[str, Any]):
+    """The properties a task list's ``$filter`` may name, read from the task when asked, not rendered.
+
+    A filtered listing tests every task of the job; rendering each (ten timestamps formatted, then parsed back
+    by the filter) made a listing of a 10,000-task job cost ~0.3 s. Values are what `render_task` would give,
+    with times as datetimes (the filter compares them as such) and absent properties as None.
+    """
+
+    __slots__ = ("_task",)
+    _KEYS = ("id", "state", "stateTransitionTime", "creationTime", "lastModified", "executionInfo")
+
+    def __init__(self, task: Task) -> None:
+        self._task = task
+
+    def __getitem__(self, key: str) -> Any:
+        task = self._task
+        if key == "state":
+            return task.state
+        if key == "stateTransitionTime":
+            return task.state_transition_time
+        if key == "id":
+            return task.id
+        if key == "creationTime":
+            return task.creation_time
+        if key == "lastModified":
+            return task.last_modified
+        if key == "executionInfo":
+            info = {
+                "startTime": task.start_time,
+                "endTime": task.end_time,
+                "exitCode": task.exit_code,
+                "result": task.result or None,
+            }
+            return {k: v for k, v in info.items() if v is not None}
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._KEYS)
+
+    def __len__(self) -> int:
+        return len(self._KEYS)
 
 
 def render_task(account: Account, job: Job, task: Task) -> dict[str, Any]:
