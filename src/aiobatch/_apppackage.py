@@ -40,7 +40,7 @@ def ffmpeg_version() -> str:
     import imageio_ffmpeg
 
     raw = str(imageio_ffmpeg.get_ffmpeg_version())
-    match = re.match(r"[\d.]+", raw)
+    match = re.search(r"\d+(?:\.\d+)*", raw)  # builds report e.g. "n9.0.2-17-g2a571b6068-20260930"
     return match.group(0).strip(".") if match else "1.0"
 
 
