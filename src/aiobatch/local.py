@@ -44,11 +44,15 @@ from .emulator import Emulator, Timings
 from .gifs import check_gif, find_videos, gif_name_for
 
 __all__ = [
+    "FFMPEG_APP_ID",
     "GENERATED_CLIPS",
     "PACKAGED_CLIPS",
     "DemoResult",
     "LocalBatch",
+    "build_ffmpeg_package",
     "child_processes",
+    "ffmpeg_executable",
+    "ffmpeg_version",
     "packaged_clips",
     "run_demo",
     "write_sample_videos",
