@@ -258,7 +258,7 @@ class RichReporter(Reporter):
             TimeElapsedColumn,
         )
 
-        self.console = console or Console()
+        self.console = console or Console(log_path=False)
         self.state = ProgressState()
         self._bytes = Progress(
             SpinnerColumn(),
@@ -343,6 +343,8 @@ class RichReporter(Reporter):
     def finished(self, report: ConversionReport) -> None:  # noqa: D102
         from rich.table import Table
 
+        if self._download is not None:  # GIF sizes are known only now
+            self._bytes.update(self._download, total=self.state.downloaded, completed=self.state.downloaded)
         self.close()
         table = Table(title=f"run {report.run_id}", title_justify="left")
         for name, justify in (("video", "left"), ("result", "left"), ("GIF size", "right"), ("seconds", "right")):
@@ -471,5 +473,5 @@ def auto_reporter(stream: IO[str] | None = None, *, plain: bool | None = None) -
             from rich.console import Console
         except ImportError:
             return PlainReporter(stream)
-        return RichReporter(Console(file=stream))
+        return RichReporter(Console(file=stream, log_path=False))
     return PlainReporter(stream)
