@@ -23,7 +23,7 @@ from azure.storage.blob.aio import BlobServiceClient
 
 from . import _jobs, _pools, _storage, _submit, _watch
 from ._config import BatchSettings, Settings, StorageSettings, default_credential
-from ._errors import AiobatchError, ConfigurationError, NotFoundError, redact
+from ._errors import AiobatchError, ConfigurationError, NotFoundError, guard_loggers, redact
 from ._jobs import JobRef, OnAllTasksComplete, OnTaskFailure
 from ._pools import PoolRef, PoolStatus, not_ours, run_id_of
 from ._retry import RetryPolicy, call, sdk_client_kwargs
@@ -250,6 +250,8 @@ class Client:
             self._batch = await stack.enter_async_context(batch)
             blobs = _storage.blob_service_client(self._storage_settings, credential=credential)
             self._blobs = await stack.enter_async_context(blobs)
+            # The SDKs are loaded now: mask secrets in their records (and ours) whatever the app's handlers.
+            guard_loggers()
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await stack.aclose()

@@ -28,7 +28,8 @@ tree; callers catch `TRANSLATABLE` and ``raise translate(exc, resource=..., reso
 
 `redact` masks secrets -- SAS signatures (raw and URL-encoded), ``AccountKey=`` in connection strings,
 ``Authorization`` / Shared Key / bearer values, and any value registered with `register_secret`. Every message
-and repr in aiobatch goes through it.
+and repr in aiobatch goes through it, and `guard_loggers` puts it on the Azure SDKs' loggers, so their records
+(network traces included) are masked before any handler sees them.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ __all__ = [
     "StorageError",
     "SubmissionError",
     "TaskFailedError",
+    "guard_loggers",
     "redact",
     "register_secret",
     "translate",
@@ -172,6 +174,41 @@ class RedactingFilter(logging.Filter):
         if record.exc_text:
             record.exc_text = redact(record.exc_text)
         return True
+
+
+#: The one filter `guard_loggers` attaches (one instance, so attaching twice is a no-op).
+_GUARD = RedactingFilter()
+#: Logger namespaces whose records can carry secrets: the Azure SDKs' (azure-core's network trace prints
+#: Authorization headers, SAS URLs and task bodies verbatim) and aiobatch's own. The emulator is a service of
+#: its own and must keep its logs clean by itself; it is left alone.
+_GUARDED = ("azure", "aiobatch")
+_UNGUARDED = ("aiobatch.emulator",)
+
+
+def guard_loggers() -> int:
+    """Attach a `RedactingFilter` to every existing ``azure.*`` and ``aiobatch.*`` logger; return how many are guarded.
+
+    A filter on a *handler* only protects that handler, and a filter on a *logger* only sees the records
+    created on that very logger (not its children's), so the filter goes on each logger that can emit a
+    secret. That way a record is masked when it is made, whatever handlers the application configured --
+    even with the root logger at DEBUG and azure-core's network trace on (``logging_enable=True``), which
+    logs ``Authorization`` headers, SAS URLs and request bodies verbatim. Loggers are created when their module
+    is imported, so `Client` calls this when it opens (after the SDKs are loaded); calling it again is cheap and
+    guards loggers created since.
+
+    Returns:
+        The number of loggers carrying the filter.
+    """
+    guarded = 0
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if not isinstance(logger, logging.Logger):  # a PlaceHolder for a namespace with no logger of its own
+            continue
+        if name.split(".")[0] not in _GUARDED or name.startswith(_UNGUARDED):
+            continue
+        if _GUARD not in logger.filters:
+            logger.addFilter(_GUARD)
+        guarded += 1
+    return guarded
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -435,7 +435,8 @@ def sdk_client_kwargs(
         connection_timeout: seconds to establish a connection.
         read_timeout: seconds to wait for the next bytes of an answer.
         logging_enable: the SDK's network trace; it prints headers and bodies unredacted (Shared Key
-            signatures, SAS URLs), so leave it off unless a `RedactingFilter` guards every handler.
+            signatures, SAS URLs). `Client` masks them on the SDK loggers (``guard_loggers``); a client built
+            by hand needs ``aiobatch._errors.guard_loggers()`` (or a `RedactingFilter` on every handler).
 
     Returns:
         A new dict to pass as ``**kwargs`` to the SDK client's constructor.
