@@ -32,15 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("script_args", nargs="*", help="more arguments for convert_pets.py (after --)")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    result = anyio.run(
-        lambda: run_demo(
-            HERE / "convert_pets.py",
-            input_dir=args.input,
-            output_dir=args.output.resolve(),
-            script_args=args.script_args,
-            width=args.width,
+    try:
+        result = anyio.run(
+            lambda: run_demo(
+                HERE / "convert_pets.py",
+                input_dir=args.input,
+                output_dir=args.output.resolve(),
+                script_args=args.script_args,
+                width=args.width,
+            )
         )
-    )
+    except KeyboardInterrupt:  # before or after the script ran; the services were stopped on the way out
+        print("demo interrupted; the emulator and Azurite were stopped", file=sys.stderr)
+        return 130
     elapsed = time.monotonic() - started
     for problem in result.problems:
         print(f"demo: {problem}", file=sys.stderr)

@@ -395,7 +395,8 @@ async def run_demo(
         return DemoResult(2, (), (f"no .mp4 files in {inputs}",))
     problems: list[str] = []
     log(f"starting the Batch emulator and Azurite, building the ffmpeg {ffmpeg_version()} application package")
-    async with LocalBatch() as local:
+    # The package is kept beside the output: building it zips ~80 MB, and the next run reuses it.
+    async with LocalBatch(apps_dir=out.parent / "apps") as local:
         assert local.ffmpeg_app.version is not None
         command = [
             sys.executable,
@@ -425,7 +426,7 @@ async def run_demo(
                         await process.wait()
         problems += [f"left behind: {what}" for what in await local.leftovers()]
     gifs: list[Path] = []
-    for video in videos:
+    for video in videos if exit_code != 130 else ():  # after Ctrl-C, only what was left behind matters
         gif = out / gif_name_for(video.name)
         if not gif.is_file():
             problems.append(f"no GIF for {video.name!r}")
