@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -45,7 +46,7 @@ from aiobatch._apppackage import ffmpeg_executable, ffmpeg_version
 from aiobatch._azurite import AzuriteServer
 from aiobatch.emulator import Emulator, Quotas, Timings
 
-from .conftest import ClientFactory, LeftoverCheck
+from .conftest import ClientFactory, LeftoverCheck, Scale
 
 pytestmark = [pytest.mark.anyio, pytest.mark.clause(8)]
 
@@ -305,18 +306,18 @@ async def test_names_differing_only_in_case_are_refused_by_the_pipeline_before_a
     assert_nothing_committed(batch_emulator)
 
 
-async def test_odd_and_case_only_names_are_distinct_tasks_with_intact_outputs(
+async def round_trip(
+    names: list[str],
     client_for: ClientFactory,
-    batch_emulator: Emulator,
+    emulator: Emulator,
     azurite: AzuriteServer,
     tmp_path: Path,
     leftovers: LeftoverCheck,
 ) -> None:
-    """The library itself: one task per input, ids distinct case-insensitively, names quoted onto the node."""
-    names = [*ODD_NAMES, "Case.txt", "case.txt", "CASE.txt"]
+    """Upload a file per name, copy each on a node by its real name, download the copies: all intact, once each."""
     files = tmp_path / "inputs"
     files.mkdir()
-    bodies = {name: f"{i}: {name}\n".encode() * (i + 1) for i, name in enumerate(names)}
+    bodies = {name: f"{i}: {name}\n".encode() * (i % 7 + 1) for i, name in enumerate(names)}
     blob_names = [f"file-{i}" for i in range(len(names))]  # local files need not be named alike on every FS
     for blob, name in zip(blob_names, names, strict=True):
         (files / blob).write_bytes(bodies[name])
@@ -324,9 +325,9 @@ async def test_odd_and_case_only_names_are_distinct_tasks_with_intact_outputs(
     assert len({i.lower() for i in ids.values()}) == len(names)
     inputs, outputs = unique("in"), unique("out")
 
-    async with client_for(batch_emulator, azurite, cleanup=True) as client:
+    async with client_for(emulator, azurite, cleanup=True) as client:
         await client.upload_files(inputs, [files / b for b in blob_names], blob_names=names)
-        await client.ensure_pool(small_pool("names-pool"))
+        await client.ensure_pool(small_pool("names-pool", task_slots_per_node=8))
         await client.wait_for_pool_ready("names-pool", timeout=30)
         await client.create_job("names-job", pool_id="names-pool", on_all_tasks_complete="terminatejob")
         out_url = await client.output_container_sas_url(outputs)
@@ -342,19 +343,64 @@ async def test_odd_and_case_only_names_are_distinct_tasks_with_intact_outputs(
         ]
         result = await client.submit_tasks("names-job", specs)
         assert sorted(result.added) == sorted(ids.values()) and not result.failed
-        summary = await client.wait_for_tasks("names-job", timeout=60)
-        assert summary.completed == len(names) and not summary.failed, summary
+        summary = await client.wait_for_tasks("names-job", timeout=120)
+        assert summary.completed == len(names) and not summary.failed, summary.failed[:3]
         downloaded = await client.download_outputs(outputs, tmp_path / "copies", prefix="copies/")
         got = {f.name.removeprefix("copies/"): f.path.read_bytes() for f in downloaded.files}
         assert {n: hashlib.sha256(b).hexdigest() for n, b in got.items()} == {
             n: hashlib.sha256(b).hexdigest() for n, b in bodies.items()
         }
 
-    assert batch_emulator.account is not None
-    created_tasks = [key for key in batch_emulator.account.created if key[0] == "task"]
+    assert emulator.account is not None
+    created_tasks = [key for key in emulator.account.created if key[0] == "task"]
     assert len(created_tasks) == len(names)  # exactly one task per input, by the server's count
-    assert not found_anywhere("PWNED", batch_emulator.workdir, tmp_path, Path.cwd())
-    assert (await leftovers(batch_emulator, containers=[inputs, outputs])).nothing
+    assert not found_anywhere("PWNED", emulator.workdir, tmp_path, Path.cwd())
+    assert (await leftovers(emulator, containers=[inputs, outputs])).nothing
+
+
+async def test_odd_and_case_only_names_are_distinct_tasks_with_intact_outputs(
+    client_for: ClientFactory,
+    batch_emulator: Emulator,
+    azurite: AzuriteServer,
+    tmp_path: Path,
+    leftovers: LeftoverCheck,
+) -> None:
+    """The library itself: one task per input, ids distinct case-insensitively, names quoted onto the node."""
+    names = [*ODD_NAMES, "Case.txt", "case.txt", "CASE.txt"]
+    await round_trip(names, client_for, batch_emulator, azurite, tmp_path, leftovers)
+
+
+# What a hostile name is made of: shell and glob syntax, quotes, escapes, percent signs, and other scripts.
+HOSTILE = [*" '\"$`;&|<>*?[]{}()!#%^~=+,@", "$(touch PWNED)", "`touch PWNED`", "%PATH%", "${IFS}"]
+LETTERS = [*"abcXYZ019_-.", *"éÅßøñ猫犬ΩЖ", "🐹", "\u202e", "\u00a0", "e\u0301"]
+
+
+def hostile_names(rng: random.Random, count: int) -> list[str]:
+    """*count* distinct names from *rng*: valid file and blob names, each with something a shell would act on."""
+    names: dict[str, None] = {}
+    while len(names) < count:
+        parts = [rng.choice(LETTERS if rng.random() < 0.6 else HOSTILE) for _ in range(rng.randint(1, 12))]
+        name = "".join(parts).strip().rstrip(".")
+        if not name or name in (".", "..") or len(name.encode()) > 200:
+            continue
+        if rng.random() < 0.2 and names:  # a case twin of a name already taken
+            name = rng.choice(list(names)).swapcase()
+        names.setdefault(name, None)
+    return list(names)
+
+
+async def test_seeded_hostile_names_round_trip(
+    client_for: ClientFactory,
+    batch_emulator: Emulator,
+    azurite: AzuriteServer,
+    tmp_path: Path,
+    leftovers: LeftoverCheck,
+    seed: int,
+    scale: Scale,
+) -> None:
+    """Names drawn from the seed (more under soak): each one a task, its file intact on the node and back."""
+    names = hostile_names(random.Random(f"{seed}:hostile-names"), scale.pick(24, 400))
+    await round_trip(names, client_for, batch_emulator, azurite, tmp_path, leftovers)
 
 
 # ----------------------------------------------------------------------------------------------------
