@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -109,13 +111,38 @@ class FaultPlan:
 
 @dataclass
 class FaultLedger:
-    """What the emulator injected, by kind: the record tests compare clients' accounts against."""
+    """What the emulator injected, by kind, and which requests it saw: the record tests judge clients by.
+
+    Attributes:
+        injected: injections by kind.
+        requests: authenticated requests by ``"METHOD /path"`` (the query left out), faulted or not: what a
+            client's retry policy actually sent, counted by the server.
+        arrivals: ``(monotonic time, "METHOD /path")`` of the latest requests (at most `ARRIVALS` of them),
+            for tests that look at retry timings.
+    """
+
+    ARRIVALS: ClassVar[int] = 10_000
 
     injected: Counter[str] = field(default_factory=Counter)
+    requests: Counter[str] = field(default_factory=Counter)
+    arrivals: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=FaultLedger.ARRIVALS))
 
     def record(self, kind: str, count: int = 1) -> None:
         """Count ``count`` injections of ``kind``."""
         self.injected[kind] += count
+
+    def saw(self, line: str) -> None:
+        """Count one request, ``"METHOD /path"``."""
+        self.requests[line] += 1
+        self.arrivals.append((time.monotonic(), line))
+
+    def count(self, *parts: str) -> int:
+        """How many requests were seen whose ``"METHOD /path"`` contains every one of *parts*."""
+        return sum(n for line, n in self.requests.items() if all(p in line for p in parts))
+
+    def times(self, *parts: str) -> list[float]:
+        """Arrival times (monotonic) of the remembered requests whose line contains every one of *parts*."""
+        return [t for t, line in self.arrivals if all(p in line for p in parts)]
 
 
 class Faults:
@@ -164,6 +191,7 @@ def fault_middleware(faults: Faults) -> Middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        faults.ledger.saw(f"{request.method} {request.path}")
         kind, options = faults.choose(request)
         is_collection = request.path.endswith("/addtaskcollection")
         if kind is None:
