@@ -6,16 +6,18 @@ does it list tasks, and then only those that changed recently::
     $filter=state eq 'completed' and stateTransitionTime ge datetime'<watermark - overlap>'
     $select=id,state,stateTransitionTime,executionInfo,nodeInfo
 
-The watermark is the latest completion time seen; the overlap window re-reads the last few seconds so a task
-that becomes visible late is not skipped, and a set of the ids already reported drops the repeats. So every
+The watermark is the latest completion time seen; the overlap window (10 s, and at least twice the last
+listing's duration) re-reads the last few seconds so a task that becomes visible late is not skipped, and a set
+of the ids already reported drops the repeats. So every
 task gives exactly one event, whatever retries or requeues it went through (a task reaches ``completed`` once).
 Counts may lag behind listings: they decide *whether* to list, never what is done. Should a listing still leave
 fewer tasks seen than the counts report complete, a full listing of completed tasks (rate-limited) closes the
 gap.
 
 The interval adapts: back to *poll_interval* when something changed, doubling up to *max_poll_interval* while
-nothing does. The watch ends when *expected* tasks have completed, or when the job itself has completed
-(terminated, or all tasks done with ``onAllTasksComplete=terminatejob``).
+nothing does. It runs from the start of one poll to the start of the next, so a task's event comes at most an
+interval plus one poll's requests after the task ends. The watch ends when *expected* tasks have completed, or
+when the job itself has completed (terminated, or all tasks done with ``onAllTasksComplete=terminatejob``).
 
 Memory: the reported ids (one lower-cased string each), one page of tasks (at most 1,000) at a time, and the
 watermark -- never the task objects. `TaskWatch` is a plain async iterator, not a generator and not a task
@@ -261,6 +263,7 @@ class _Listing:
     pages: AsyncIterator[Any] | None = None
     broken: bool = False
     latest: dt.datetime | None = None
+    started: float = 0.0
 
 
 class TaskWatch:
@@ -284,7 +287,7 @@ class TaskWatch:
         include_running: bool = False,
         poll_interval: float = 1.0,
         max_poll_interval: float = 15.0,
-        overlap: float = 30.0,
+        overlap: float = 10.0,
         resync_interval: float = 60.0,
         policy: RetryPolicy | None = None,
     ) -> None:
@@ -314,6 +317,8 @@ class TaskWatch:
         self._listing: _Listing | None = None
         self._queue: deque[_Listing] = deque()
         self._polled = False
+        self._poll_started = 0.0
+        self._listing_seconds = 0.0
         self._last_completed = -1
         self._last_running = -1
         self._counts_completed = 0
@@ -381,7 +386,9 @@ class TaskWatch:
             self._finish(f"job completed; {len(self._seen)} tasks completed")
             return
         if self._polled:
-            await anyio.sleep(self._interval)
+            # Polls start an interval apart (start to start): the time a poll and its listing took is not
+            # added on top, which would stretch every event's delay by it.
+            await anyio.sleep(max(0.0, self._poll_started + self._interval - anyio.current_time()))
         await self._poll()
 
     def _finish(self, why: str) -> None:
@@ -407,7 +414,9 @@ class TaskWatch:
         """Queue a listing of the tasks completed since the watermark (minus the overlap)."""
         clause = "state eq 'completed'"
         if self._watermark is not None:
-            since = self._watermark - self._overlap
+            # At least twice the last listing's duration: a task that completed while earlier pages were being
+            # read can carry a time before the watermark that later pages set.
+            since = self._watermark - max(self._overlap, dt.timedelta(seconds=2 * self._listing_seconds))
             clause += f" and stateTransitionTime ge datetime'{_odata_time(since)}'"
         self._queue.append(_Listing("completed", clause, full=self._watermark is None))
 
@@ -417,6 +426,7 @@ class TaskWatch:
 
     async def _poll(self) -> None:
         self._polled = True
+        self._poll_started = anyio.current_time()
         result: models.BatchTaskCountsResult = await self._request(
             lambda: self._batch.get_job_task_counts(self.job_id), "get task counts of"
         )
@@ -454,6 +464,8 @@ class TaskWatch:
         async def next_page() -> list[models.BatchTask] | None:
             if listing.pages is None or listing.broken:
                 # A failed page restarts the listing: the seen-set drops the repeats.
+                if listing.pages is None:
+                    listing.started = anyio.current_time()
                 listing.broken = False
                 listing.pages = self._batch.list_tasks(
                     self.job_id, filter=listing.filter, select=_SELECT, max_results=_PAGE_SIZE
@@ -473,6 +485,7 @@ class TaskWatch:
             next_page, policy=self._policy, resource="job", resource_id=self.job_id, action="list tasks of"
         )
         if tasks is None:
+            self._listing_seconds = anyio.current_time() - listing.started
             latest = listing.latest
             if listing.kind == "completed" and latest is not None and (self._watermark or latest) <= latest:
                 self._watermark = latest
