@@ -12,6 +12,12 @@ Fixtures:
         ``fault_record(counts, source="emulator")`` adds a ``Counter``/mapping of injected faults by kind to the
         session's record (pass the server's own ledger, e.g. ``emulator.ledger.injected`` or
         ``proxy.injected``). The soak summary prints the totals.
+    ``fast_retry`` (`RetryPolicy`), ``client_for`` (factory), ``leftovers`` (async check)
+        Retries that cost milliseconds (jitter seeded); ``client_for(emulator, azurite, **options)`` builds an
+        unopened `Client` (``batch_key=``, ``batch_endpoint=``, ``connection_string=`` swap in wrong or
+        unreachable ones); ``await leftovers(emulator, containers=[...])`` reports what the servers still hold
+        (pools, jobs, running tasks, the named containers, stray processes) once deletions settle -- the
+        server's view, not the client's.
 
 Marker (registered in pyproject.toml, so ``--strict-markers`` accepts it anywhere):
     ``@pytest.mark.clause(N)`` says which clause of issue 8 (1-10) a test proves. A clause holds when it had
