@@ -83,9 +83,17 @@ async def convert(args: argparse.Namespace) -> int:
         task_slots_per_node=args.slots_per_node,
     )
     videos = gifs.find_videos(args.input)
+    others = sorted(p.name for p in args.input.iterdir() if p.is_file() and p not in videos)
+    found = f"found only {', '.join(others[:5])}{', ...' if len(others) > 5 else ''}" if others else "it is empty"
     if not videos:
-        print(f"no .mp4 files in {args.input}", file=sys.stderr)
+        print(
+            f"error: no .mp4 files in {args.input} ({found}). Only .mp4 videos are converted: point --input at "
+            "the folder that holds them.",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
+    if others:
+        print(f"note: ignoring {len(others)} files that are not .mp4: {', '.join(others[:5])}", flush=True)
     reporter = auto_reporter(sys.stdout, plain=True if args.plain else None)
     try:
         async with aiobatch.Client.from_env(cleanup=not args.keep) as client:
