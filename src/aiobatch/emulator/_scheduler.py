@@ -472,6 +472,10 @@ class Scheduler:
         task.set_state("running")
         task.runner = asyncio.create_task(self._run(job, pool, node, task), name=f"task-{job.id}-{task.id}")
         task.runner.add_done_callback(_log_crash)
+        # A runner cancelled before its first step (its node lost, its job ended, in the same loop turn) never
+        # enters _run, so _run's finally cannot free the slot: without this the slot stays taken and the
+        # requeued task, still holding a runner, is never dispatched again.
+        task.runner.add_done_callback(lambda runner: self._release(node, key, task, runner))
         # Injected node faults strike mid-task: the node is lost a moment after the task starts.
         for kind in ("preempt", "unusable"):
             if (kind == "unusable" or not node.is_dedicated) and self.faults.draw(kind):
@@ -479,6 +483,15 @@ class Scheduler:
                 delay = self.faults.rng.uniform(0.01, 0.2)
                 self._spawn(self._lose_node_later(pool, node, kind, delay), f"{kind}-{node.id[:12]}")
                 break
+
+    def _release(self, node: Node, key: tuple[str, str], task: Task, runner: asyncio.Task[None]) -> None:
+        """Free what `_start` took for an attempt that has ended, however it ended (idempotent with `_run`)."""
+        if task.runner is not runner:
+            return
+        task.runner = None
+        if node.running.pop(key, None) is not None and not node.running and node.state == "running":
+            node.set_state("idle")
+        self.kick()
 
     async def _lose_node_later(self, pool: Pool, node: Node, kind: str, delay: float) -> None:
         await asyncio.sleep(delay)
