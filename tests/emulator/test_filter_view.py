@@ -1,11 +1,14 @@
-"""A task list's $filter tested on TaskFilterView selects exactly what it selects on the rendered task."""
+"""A task list's $filter tested on TaskFilterView selects what it selects on the rendered task, page by page."""
 
 from __future__ import annotations
 
 import datetime as dt
 
 import pytest
+from azure.batch import models as m
+from azure.batch.aio import BatchClient
 
+from aiobatch.emulator import Emulator
 from aiobatch.emulator import _wire as wire
 from aiobatch.emulator._model import Account, FailureInfo, Task
 from aiobatch.emulator._odata import parse_filter
@@ -63,3 +66,23 @@ def test_the_view_selects_what_the_rendering_selects(expression: str) -> None:
     rendered = [t.id for t in tasks if predicate(wire.render_task(account, job, t))]
     viewed = [t.id for t in tasks if predicate(wire.TaskFilterView(t))]
     assert viewed == rendered
+
+
+@pytest.mark.anyio
+async def test_paging_through_a_filtered_list_returns_each_match_once(batch_emulator: Emulator) -> None:
+    async with BatchClient(batch_emulator.endpoint, batch_emulator.credential) as batch:
+        await batch.create_job(m.BatchJobCreateOptions(id="job", pool_info=m.BatchPoolInfo(pool_id="nowhere")))
+        for start in range(0, 2500, 100):
+            chunk = [m.BatchTaskCreateOptions(id=f"t{i:04d}", command_line="true") for i in range(start, start + 100)]
+            await batch.create_task_collection("job", m.BatchTaskGroup(task_values=chunk))
+        for expression, expected in (
+            ("state eq 'active'", [f"t{i:04d}" for i in range(2500)]),
+            ("startswith(id, 't1') or id eq 't2499'", [f"t{i:04d}" for i in range(1000, 2000)] + ["t2499"]),
+            ("startswith(id, 't00')", [f"t{i:04d}" for i in range(100)]),
+            ("state eq 'completed'", []),
+        ):
+            for size in (7, 1000):
+                pages = batch.list_tasks("job", filter=expression, select=["id"], max_results=size).by_page()
+                seen = [[t.id async for t in page] async for page in pages]
+                assert [i for page in seen for i in page] == expected, (expression, size)
+                assert all(len(page) == size for page in seen[:-1])

@@ -92,15 +92,26 @@ def _list(
     """Filter, page and select a list, rendering only the page's items.
 
     The filter tests *view* of each item when given (a cheap mapping of the filterable properties), else its
-    rendering; either way only the page's items are rendered for the answer.
+    rendering; either way only the page's items are rendered for the answer. With a view, the skip token is
+    the position in *items* where the next page's scan starts, so paging through a filtered list tests each
+    item about once, not once per page.
     """
     predicate = parse_filter(request.query.get("$filter"), operation)
     fields = wire.parse_select(request)
     if predicate is not None:
         if view is not None:
-            matched: Sequence[Any] = [i for i in items if predicate(view(i))]
-            start, stop, next_skip = wire.page_bounds(request, len(matched))
-            page = [render(i) for i in matched[start:stop]]
+            position, size = wire.page_request(request)
+            matched: list[Any] = []
+            next_skip: int | None = None
+            while position < len(items):
+                item = items[position]
+                if predicate(view(item)):
+                    if len(matched) == size:
+                        next_skip = position  # another match: the next page starts here
+                        break
+                    matched.append(item)
+                position += 1
+            page = [render(i) for i in matched]
         else:
             rendered = [r for r in (render(i) for i in items) if predicate(r)]
             start, stop, next_skip = wire.page_bounds(request, len(rendered))

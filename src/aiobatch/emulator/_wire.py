@@ -217,6 +217,17 @@ def page_bounds(request: web.Request, total: int) -> tuple[int, int, int | None]
     Raises:
         ServiceError: 400 ``InvalidQueryParameterValue`` for a bad ``maxresults`` or skip token.
     """
+    start, size = page_request(request)
+    stop = min(total, start + size)
+    return start, stop, stop if stop < total else None
+
+
+def page_request(request: web.Request) -> tuple[int, int]:
+    """(start, page size) asked for by ``$skiptoken`` and ``maxresults``.
+
+    Raises:
+        ServiceError: 400 ``InvalidQueryParameterValue`` for a bad ``maxresults`` or skip token.
+    """
     raw_max = request.query.get("maxresults")
     size = MAX_PAGE_SIZE
     if raw_max is not None:
@@ -226,9 +237,7 @@ def page_bounds(request: web.Request, total: int) -> tuple[int, int, int | None]
     token = request.query.get("$skiptoken", "0")
     if not token.isdigit():
         raise bad_query("$skiptoken", token, "The skip token is not one this service issued.")
-    start = int(token)
-    stop = min(total, start + size)
-    return start, stop, stop if stop < total else None
+    return int(token), size
 
 
 def bad_query(name: str, value: str, reason: str) -> ServiceError:
