@@ -15,10 +15,12 @@ What is retried, and how a task is never added twice:
   the request may or may not have taken effect.
 - Per-task ``serverError`` results (compared case-insensitively: older API versions spell them camelCase) are
   retried, only those tasks.
-- ``TaskExists`` means success only for a task this run may already have created: one sent by an earlier
-  attempt, in this call or an earlier `submit_tasks` of the same `SubmissionLedger`. A ``TaskExists`` for a task
-  never sent before is someone else's task: a conflict, reported in `SubmitResult.failed` and
-  `SubmitResult.conflicts`, never as success.
+- ``TaskExists`` means success only for a task this run created. For a task never sent before it is someone
+  else's: a conflict, reported in `SubmitResult.failed` and `SubmitResult.conflicts`, never as success. For a
+  task an earlier attempt sent (in this call or an earlier `submit_tasks` of the same `SubmissionLedger`), the
+  earlier attempt may have created it -- or its answer, lost, was itself ``TaskExists`` for someone else's task.
+  Every task carries the ledger's run id in its environment (`RUN_ID_VARIABLE`), so such a task is read back
+  (one GET each, only after an ambiguous attempt) and is this run's only if it carries that id.
 - ``413 RequestBodyTooLarge`` halves the chunk (chunks are also pre-split by an estimate of their body size);
   a single task too large on its own fails with that reason.
 - Other per-task ``clientError`` results are final and reported with the service's reason.
@@ -29,6 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import secrets
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,13 +41,14 @@ import anyio
 from azure.batch import models
 from azure.batch.aio import BatchClient
 
-from ._errors import AiobatchError, ConfigurationError, ServiceError, SubmissionError, redact
+from ._errors import AiobatchError, ConfigurationError, NotFoundError, ServiceError, SubmissionError, redact
 from ._retry import RetryPolicy, call
 from ._specs import TaskSpec, check_id
 
 __all__ = [
     "MAX_BODY_BYTES",
     "MAX_TASKS_PER_REQUEST",
+    "RUN_ID_VARIABLE",
     "SubmissionLedger",
     "SubmitResult",
     "submit_tasks",
@@ -58,17 +62,27 @@ MAX_TASKS_PER_REQUEST = 100
 MAX_BODY_BYTES = 900_000
 _ENVELOPE_BYTES = 16  # {"value":[...]} around the tasks
 _COMPACT = json.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps with separators builds one per call
+#: The environment variable every submitted task carries: the run id of the ledger that sent it. Tasks have no
+#: metadata; this is how a ``TaskExists`` after a lost answer tells this run's task from someone else's.
+RUN_ID_VARIABLE = "AIOBATCH_RUN_ID"
+#: Most reads at once when checking whose tasks an ambiguous ``TaskExists`` names.
+_VERIFY_CONCURRENCY = 8
 
 
 class SubmissionLedger:
     """The task ids this run has sent to each job: the tasks it may have created.
 
-    A ``TaskExists`` answer is success only for an id in the ledger (sent by an earlier, ambiguous attempt);
-    for any other id it is someone else's task. One ledger per run (the `Client` keeps one) makes re-submitting
+    A ``TaskExists`` answer can be success only for an id in the ledger (sent by an earlier, ambiguous
+    attempt), and is when the task carries the ledger's *run_id* (in `RUN_ID_VARIABLE`); for any other id it
+    is someone else's task. One ledger per run (the `Client` keeps one, with its run id) makes re-submitting
     the same tasks after an error safe. Memory: one lower-cased id string per task.
+
+    Args:
+        run_id: the id every task sent through this ledger carries; a random one if not given.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, run_id: str | None = None) -> None:
+        self.run_id = run_id or secrets.token_hex(8)
         self._sent: dict[str, set[str]] = {}
 
     def sent(self, job_id: str) -> set[str]:
@@ -80,7 +94,10 @@ class SubmissionLedger:
         return len(self._sent.get(job_id.lower(), ()))
 
     def __repr__(self) -> str:
-        return f"SubmissionLedger(jobs={len(self._sent)}, tasks={sum(len(s) for s in self._sent.values())})"
+        return (
+            f"SubmissionLedger(run_id={self.run_id!r}, jobs={len(self._sent)}, "
+            f"tasks={sum(len(s) for s in self._sent.values())})"
+        )
 
 
 @dataclass(frozen=True)
@@ -139,11 +156,16 @@ class _Item:
     spec: TaskSpec
     body: dict[str, Any] | None = None  # the task's JSON, made when its chunk is formed
     size: int = 0
+    run_id: str = ""
 
     def prepare(self) -> int:
         """Make the task's JSON (once) and return its size in bytes, as it counts towards the body limit."""
         if self.body is None:
             self.body = _task_body(self.spec)
+            if self.run_id:
+                env = self.body.setdefault("environmentSettings", [])
+                if RUN_ID_VARIABLE not in self.spec.environment:
+                    env.append({"name": RUN_ID_VARIABLE, "value": self.run_id})
             self.size = len(_COMPACT.encode(self.body)) + 1  # ASCII (ensure_ascii): characters are bytes
         return self.size
 
@@ -269,12 +291,18 @@ def _error(value: object) -> models.BatchError | None:
     return models.BatchError(value) if isinstance(value, Mapping) else None
 
 
-def _items(tasks: Iterable[TaskSpec]) -> list[_Item]:
+def _items(tasks: Iterable[TaskSpec], run_id: str) -> list[_Item]:
     items: list[_Item] = []
     seen: dict[str, str] = {}
     for spec in tasks:
         if not isinstance(spec, TaskSpec):
             raise ConfigurationError(f"submit_tasks takes TaskSpec objects, not {type(spec).__name__}.")
+        if spec.environment.get(RUN_ID_VARIABLE, run_id) != run_id:
+            raise ConfigurationError(
+                f"task {spec.id!r}: the environment variable {RUN_ID_VARIABLE} is reserved for aiobatch's run id; "
+                "remove it from the task's environment.",
+                setting="environment",
+            )
         key = check_id("task", spec.id).lower()
         if key in seen:
             raise ConfigurationError(
@@ -283,7 +311,7 @@ def _items(tasks: Iterable[TaskSpec]) -> list[_Item]:
                 setting="tasks",
             )
         seen[key] = spec.id
-        items.append(_Item(key=key, id=spec.id, spec=spec))
+        items.append(_Item(key=key, id=spec.id, spec=spec, run_id=run_id))
     return items
 
 
@@ -343,8 +371,8 @@ async def submit_tasks(
             "concurrency must be at least 1, max_tasks_per_request 1 to 100 and max_body_bytes at least 1024."
         )
     started = time.monotonic()
-    items = _items(tasks)
     ledger = ledger if ledger is not None else SubmissionLedger()
+    items = _items(tasks, ledger.run_id)
     sent = ledger.sent(job_id)
     outcome = _Outcome()
     chunks = _chunks(items, max_tasks_per_request, max_body_bytes)
@@ -353,7 +381,7 @@ async def submit_tasks(
     async def worker(cancel: anyio.CancelScope) -> None:
         for chunk in chunks:  # shared iterator: each chunk is taken by exactly one worker
             try:
-                await _submit_chunk(batch, job_id, chunk, sent, outcome, policy)
+                await _submit_chunk(batch, job_id, chunk, sent, outcome, policy, ledger.run_id)
             except AiobatchError as exc:
                 abort.append(exc)
                 cancel.cancel()
@@ -409,6 +437,72 @@ async def submit_tasks(
     return result
 
 
+def _conflict(key: str, error: models.BatchError | None, sent: set[str], outcome: _Outcome) -> None:
+    """Record a ``TaskExists`` for a task this run did not create: someone else's, a conflict."""
+    # Forget having sent it, so a later resubmission is judged a conflict again, never taken for ours.
+    sent.discard(key)
+    outcome.conflicts.add(key)
+    outcome.failed[key] = (
+        f"{_reason(error, 'TaskExists')} -- a task with this id was already in the job "
+        "and this run did not create it; choose another id or delete that task."
+    )
+
+
+async def _claim(
+    batch: BatchClient,
+    job_id: str,
+    found: Mapping[str, tuple[_Item, models.BatchError | None]],
+    sent: set[str],
+    outcome: _Outcome,
+    policy: RetryPolicy | None,
+    run_id: str,
+) -> None:
+    """Read back tasks an attempt found existing after an ambiguous one; this run's carry its run id.
+
+    An earlier attempt whose answer was lost may have created them -- or may itself have met someone else's
+    task. The task's `RUN_ID_VARIABLE` decides. One GET per task, a few at once, each under *policy*.
+
+    Raises:
+        AiobatchError: a read failed for good (the first such error).
+    """
+    limiter = anyio.CapacityLimiter(_VERIFY_CONCURRENCY)
+    errors: list[AiobatchError] = []
+
+    async def one(item: _Item, error: models.BatchError | None) -> None:
+        async with limiter:
+            if errors:
+                return
+            try:
+                task = await call(
+                    lambda: batch.get_task(job_id, item.id, select=["id", "environmentSettings"]),
+                    policy=policy,
+                    resource="task",
+                    resource_id=item.id,
+                    action="read back",
+                )
+            except NotFoundError:
+                sent.discard(item.key)
+                outcome.failed[item.key] = (
+                    f"{_reason(error, 'TaskExists')} -- the task existed, then was deleted before this run could "
+                    "tell whose it was; submit it again."
+                )
+                return
+            except AiobatchError as exc:
+                errors.append(exc)
+                return
+        env = {e.name: e.value for e in task.environment_settings or []}
+        if env.get(RUN_ID_VARIABLE) == run_id:
+            outcome.existing.add(item.key)
+        else:
+            _conflict(item.key, error, sent, outcome)
+
+    async with anyio.create_task_group() as tg:
+        for item, error in found.values():
+            tg.start_soon(one, item, error)
+    if errors:
+        raise errors[0]
+
+
 async def _submit_chunk(
     batch: BatchClient,
     job_id: str,
@@ -416,9 +510,12 @@ async def _submit_chunk(
     sent: set[str],
     outcome: _Outcome,
     policy: RetryPolicy | None,
+    run_id: str = "",
 ) -> None:
     """Submit one chunk until every task in it is added, existing or failed for good."""
     pending: dict[str, _Item] = {item.key: item for item in chunk}
+    # TaskExists for tasks an earlier attempt sent: this run's or someone else's, told apart once the chunk is in.
+    ambiguous: dict[str, tuple[_Item, models.BatchError | None]] = {}
     # The SDK's own client takes the tasks' JSON as it is and hands the answer's bytes back (stream=True): a tenth
     # of the CPU time of a model per task each way. Another object offering create_task_collection (a wrapper)
     # gets the documented call with models, and its model answer is read through the same Mapping interface.
@@ -453,16 +550,9 @@ async def _submit_chunk(
             elif status == "clienterror":
                 code = str(error.code or "") if error is not None else ""
                 if code.lower() == "taskexists" and key in prior:
-                    outcome.existing.add(key)
+                    ambiguous[key] = (pending[key], error)
                 elif code.lower() == "taskexists":
-                    # It was there before this run ever sent it: someone else's. Forget having sent it, so a
-                    # later resubmission is judged a conflict again, never taken for ours.
-                    sent.discard(key)
-                    outcome.conflicts.add(key)
-                    outcome.failed[key] = (
-                        f"{_reason(error, 'TaskExists')} -- a task with this id was already in the job "
-                        "and this run did not create it; choose another id or delete that task."
-                    )
+                    _conflict(key, error, sent, outcome)  # there before this run ever sent it: someone else's
                 else:
                     if key not in prior:
                         sent.discard(key)  # refused outright: this request created nothing for it
@@ -491,6 +581,8 @@ async def _submit_chunk(
     except ServiceError as exc:
         if exc.status != 413 and (exc.code or "").lower() != "requestbodytoolarge":
             raise
+        if ambiguous:
+            await _claim(batch, job_id, ambiguous, sent, outcome, policy, run_id)
         # Nothing was created: forget what this chunk sent for the first time, then halve it.
         sent.difference_update(newly_sent & set(pending))
         items = list(pending.values())
@@ -503,4 +595,7 @@ async def _submit_chunk(
         half = len(items) // 2
         logger.debug("job %r: request body too large for %d tasks; halving", job_id, len(items))
         for part in (items[:half], items[half:]):
-            await _submit_chunk(batch, job_id, part, sent, outcome, policy)
+            await _submit_chunk(batch, job_id, part, sent, outcome, policy, run_id)
+        return
+    if ambiguous:
+        await _claim(batch, job_id, ambiguous, sent, outcome, policy, run_id)

@@ -22,7 +22,7 @@ from aiobatch import (
     TaskSpec,
 )
 from aiobatch._azurite import AzuriteServer
-from aiobatch._submit import submit_tasks
+from aiobatch._submit import RUN_ID_VARIABLE, submit_tasks
 from aiobatch.emulator import Emulator
 
 from . import StubServer, batch_error, sequence
@@ -163,6 +163,27 @@ async def test_taskexists_after_a_lost_answer_counts_as_added(batch_emulator: Em
     assert len(faulty.calls) == 2 and faulty.calls[0] == faulty.calls[1]
     assert result.ok and result.added == () and len(result.existing) == 10
     assert len(_tasks_in(batch_emulator, "job")) == 10
+
+
+async def test_a_foreign_task_behind_a_lost_answer_is_still_a_conflict(batch_emulator: Emulator) -> None:
+    """The lost answer said TaskExists for someone else's task: the retry's TaskExists must not make it ours."""
+    await _job(batch_emulator)
+
+    async def lose_first_answer(batch: BatchClient, job_id: str, group: Any, n: int, **kwargs: Any) -> Any:
+        answer = await batch.create_task_collection(job_id, group, **kwargs)
+        if n == 1:
+            raise ServiceResponseError("connection reset after the request took effect")
+        return answer
+
+    async with BatchClient(batch_emulator.endpoint, batch_emulator.credential) as batch:
+        await batch.create_task("job", m.BatchTaskCreateOptions(id="t00003", command_line="echo theirs"))
+        faulty = _Faulty(batch, lose_first_answer)
+        result = await submit_tasks(faulty, "job", tasks(6), policy=FAST)  # type: ignore[arg-type]
+    assert len(faulty.calls) == 2
+    assert result.conflicts == ("t00003",) and "t00003" in result.failed
+    assert len(result.existing) == 5 and "t00003" not in result.existing
+    env = {e["name"]: e["value"] for e in _tasks_in(batch_emulator, "job")["t00000"].spec["environmentSettings"]}
+    assert env[RUN_ID_VARIABLE]  # every task this run sends carries its run id: how the two were told apart
 
 
 async def test_resubmitting_with_the_same_client_recognises_its_tasks(
