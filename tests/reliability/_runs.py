@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,24 +65,31 @@ def arm(emulator: Emulator, plan: FaultPlan) -> None:
     emulator.faults.rng = random.Random(plan.seed)
 
 
-def aim(emulator: Emulator, operation: str, kinds: Iterable[str]) -> None:
-    """Give the next requests whose ``"METHOD /path"`` contains *operation* one fault each from *kinds*, in order.
+def aim(emulator: Emulator, where: str | Callable[[Any], bool], kinds: Iterable[str]) -> deque[str]:
+    """Give the next requests *where* matches one fault each from *kinds*, in order; return what is left to give.
 
-    The same as a test sending the ``x-aiobatch-fault`` header on those requests, for requests a client makes
-    on its own: a random plan alone may, by chance, never draw a kind on the few requests of a CI-sized run.
-    After *kinds* run out, the plan's random draws go on as before.
+    *where* is a part of ``"METHOD /path"`` or a predicate on the aiohttp request (to aim at, say, the pages
+    an ``odata.nextLink`` leads to). The same as a test sending the ``x-aiobatch-fault`` header on those
+    requests, for requests a client makes on its own: a random plan alone may, by chance, never draw a kind on
+    the few requests of a CI-sized run. After *kinds* run out, the plan's random draws go on as before.
     """
     faults = emulator.faults
     queue = deque(kinds)
     draw = faults.choose
 
+    def matches(request: Any) -> bool:
+        if isinstance(where, str):
+            return where in f"{request.method} {request.path}"
+        return where(request)
+
     def choose(request: Any) -> tuple[str | None, Mapping[str, str]]:
-        if queue and operation in f"{request.method} {request.path}" and FAULT_HEADER not in request.headers:
+        if queue and FAULT_HEADER not in request.headers and matches(request):
             kind = queue.popleft()
             return kind, ({"rate": str(faults.plan.task_error_rate)} if kind == "task-error" else {})
         return draw(request)
 
     faults.choose = choose  # type: ignore[method-assign]
+    return queue
 
 
 def disarm(emulator: Emulator) -> None:
