@@ -86,3 +86,10 @@ def docs(session: nox.Session) -> None:
     """Build the documentation site (MkDocs, API reference by mkdocstrings) strictly: a warning fails."""
     session.install("-e", ".[docs]")
     session.run("mkdocs", "build", "--strict", "--site-dir", "build/site", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmark aiobatch against the alternatives (bench/); ``-- --quick`` for a short pass, ``-- --only submit``."""
+    session.install("-e", ".[bench]")
+    session.run("python", "-m", "bench", *session.posargs)
