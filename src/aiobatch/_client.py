@@ -345,6 +345,8 @@ class Client:
     async def ensure_container(self, container: str) -> bool:
         """Create a container unless it exists; one this call creates is deleted on cleanup.
 
+        The container is tagged with this run's id (metadata ``aiobatch_run_id``), like the run's pools and jobs.
+
         Args:
             container: the name (3-63 lower-case letters, digits, hyphens).
 
@@ -352,7 +354,9 @@ class Client:
             ``True`` if this call created it.
         """
         self._check_open()
-        created = await _storage.ensure_container(self.blob_service, container, policy=self.retry_policy)
+        created = await _storage.ensure_container(
+            self.blob_service, container, policy=self.retry_policy, run_id=self.run_id
+        )
         if created:
             self._containers[container] = None
         return created

@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
 
 __all__ = [
+    "RUN_ID_METADATA",
     "BlobFile",
     "DownloadResult",
     "SasPolicy",
@@ -94,6 +95,9 @@ _HASH_CHUNK = 1 * MiB
 #: From this many files on, one listing of the container replaces a properties request per file.
 _LISTING = 8
 _CREATE_TOKEN = "aiobatch_create"  # container metadata: which ensure_container call created it
+#: Container metadata naming the run that created it (pools and jobs use ``aiobatch-run-id``; container metadata
+#: names must be C# identifiers, so no hyphens). A crash sweep finds a run's containers by it.
+RUN_ID_METADATA = "aiobatch_run_id"
 _CONTAINER_RE = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
 
 
@@ -245,13 +249,17 @@ def _check_container(name: str) -> str:
     return name
 
 
-async def ensure_container(service: BlobServiceClient, container: str, *, policy: RetryPolicy | None = None) -> bool:
+async def ensure_container(
+    service: BlobServiceClient, container: str, *, policy: RetryPolicy | None = None, run_id: str | None = None
+) -> bool:
     """Create *container* if it does not exist.
 
     Args:
         service: the blob service.
         container: the container name.
         policy: the retry policy.
+        run_id: the run creating it, recorded in its metadata (`RUN_ID_METADATA`) so that a sweep of the run
+            (``aiobatch cleanup --run-id``) finds it even if the process dies.
 
     The container is created with a random token in its metadata (``aiobatch_create``). A create can take
     effect and lose its answer; the re-sent create (by the retry policy, or by aiohttp itself, which re-sends
@@ -273,9 +281,10 @@ async def ensure_container(service: BlobServiceClient, container: str, *, policy
     """
     client = service.get_container_client(_check_container(container))
     token = uuid.uuid4().hex
+    metadata = {_CREATE_TOKEN: token, **({RUN_ID_METADATA: run_id} if run_id else {})}
     try:
         await call(
-            lambda: client.create_container(metadata={_CREATE_TOKEN: token}),
+            lambda: client.create_container(metadata=metadata),
             policy=policy,
             resource="container",
             resource_id=container,
