@@ -20,6 +20,7 @@ run against is `aiobatch.emulator`; pytest fixtures are in `aiobatch.testing`.
 
 from __future__ import annotations
 
+from ._cleanup import RunResources, SweepReport
 from ._client import Client
 from ._config import BatchSettings, Settings, StorageSettings
 from ._errors import (
@@ -97,6 +98,7 @@ __all__ = [
     "RedactingFilter",
     "ResourceFileSpec",
     "RetryPolicy",
+    "RunResources",
     "SasExpiredError",
     "SasPolicy",
     "ServiceError",
@@ -108,6 +110,7 @@ __all__ = [
     "SubmissionError",
     "SubmissionLedger",
     "SubmitResult",
+    "SweepReport",
     "TaskEvent",
     "TaskFailedError",
     "TaskFailure",

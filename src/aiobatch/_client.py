@@ -21,7 +21,8 @@ from azure.batch import models
 from azure.batch.aio import BatchClient
 from azure.storage.blob.aio import BlobServiceClient
 
-from . import _jobs, _pools, _storage, _submit, _watch
+from . import _cleanup, _jobs, _pools, _storage, _submit, _watch
+from ._cleanup import SweepReport
 from ._config import BatchSettings, Settings, StorageSettings, default_credential
 from ._errors import AiobatchError, ConfigurationError, NotFoundError, guard_loggers, redact
 from ._jobs import JobRef, OnAllTasksComplete, OnTaskFailure
@@ -337,6 +338,56 @@ class Client:
         for error in errors:
             logger.warning("cleanup of run %s: %s", self.run_id, error)
         return errors
+
+    async def sweep_run(
+        self,
+        run_id: str | None = None,
+        *,
+        dry_run: bool = False,
+        wait: bool = True,
+        timeout: float = 600.0,  # noqa: ASYNC109 (the error names what was still there)
+    ) -> SweepReport:
+        """Delete every job, pool and container tagged with a run id -- what a crashed run left behind.
+
+        Finds them by the tag alone (``aiobatch-run-id`` on pools and jobs, ``aiobatch_run_id`` on containers),
+        so it works from any process that knows the run id; ``aiobatch cleanup --run-id ID`` calls it. Nothing
+        without exactly that tag is touched. Jobs go first, then pools, then containers; one already gone or
+        being deleted counts as done, so a sweep can be repeated.
+
+        Args:
+            run_id: the run to sweep; by default this client's own.
+            dry_run: only list what would be deleted.
+            wait: wait until the service has removed the jobs and pools.
+            timeout: seconds to wait for that.
+
+        Returns:
+            What was found (and deleted, unless *dry_run*).
+
+        Raises:
+            ConfigurationError: an invalid run id.
+            AiobatchError: something could not be deleted; sweeping again retries it.
+
+        Example:
+            >>> async def sweep(client):  # doctest: +SKIP
+            ...     report = await client.sweep_run("20261124T161837-3fa9c1", dry_run=True)
+            ...     for line in report.found.lines():
+            ...         print(line)
+        """
+        self._check_open()
+        report = await _cleanup.sweep_run(
+            self.batch,
+            self.blob_service,
+            run_id if run_id is not None else self.run_id,
+            dry_run=dry_run,
+            wait=wait,
+            timeout=timeout,
+            policy=self.retry_policy,
+        )
+        if not dry_run and report.run_id == self.run_id:
+            self._jobs.clear()
+            self._pools.clear()
+            self._containers.clear()
+        return report
 
     # ------------------------------------------------------------------------------------------------
     # Storage
