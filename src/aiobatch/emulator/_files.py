@@ -342,8 +342,9 @@ async def _stream_to(resp: aiohttp.ClientResponse, tmp: Path, url: str) -> int:
     md5 = hashlib.md5(usedforsecurity=False)
     size = 0
     # anyio's file object runs each write in a worker thread, so a large file never stalls the event loop
-    # (which also serves the emulator's HTTP API).
-    async with await anyio.open_file(tmp, "wb") as out:
+    # (which also serves the emulator's HTTP API). The file is opened here, not with anyio.open_file: a task
+    # cancelled while a worker thread opens it never gets the file object back, and the descriptor leaks.
+    async with anyio.wrap_file(open(tmp, "wb")) as out:  # noqa: ASYNC230 (a local create, not a slow read)
         async for chunk in resp.content.iter_chunked(CHUNK_SIZE):
             md5.update(chunk)
             size += len(chunk)
@@ -444,7 +445,7 @@ async def upload_file(
 
     whole = hashlib.md5(usedforsecurity=False)
     block_ids: list[str] = []
-    async with await anyio.open_file(src, "rb") as f:
+    async with anyio.wrap_file(open(src, "rb")) as f:  # noqa: ASYNC230 (see _stream_to: open_file can leak)
         while chunk := await f.read(BLOCK_SIZE):
             whole.update(chunk)
             block_id = base64.b64encode(f"block-{len(block_ids):08d}".encode()).decode()
