@@ -158,15 +158,20 @@ class _Item:
     size: int = 0
     run_id: str = ""
 
-    def prepare(self) -> int:
-        """Make the task's JSON (once) and return its size in bytes, as it counts towards the body limit."""
+    def prepare(self) -> dict[str, Any]:
+        """Make the task's JSON (once) and return it."""
         if self.body is None:
             self.body = _task_body(self.spec)
             if self.run_id:
                 env = self.body.setdefault("environmentSettings", [])
                 if RUN_ID_VARIABLE not in self.spec.environment:
                     env.append({"name": RUN_ID_VARIABLE, "value": self.run_id})
-            self.size = len(_COMPACT.encode(self.body)) + 1  # ASCII (ensure_ascii): characters are bytes
+        return self.body
+
+    def measure(self) -> int:
+        """The task's size in bytes as it counts towards the body limit (its JSON and a comma)."""
+        if not self.size:
+            self.size = len(_COMPACT.encode(self.prepare())) + 1  # ASCII (ensure_ascii): characters are bytes
         return self.size
 
 
@@ -303,7 +308,7 @@ def _items(tasks: Iterable[TaskSpec], run_id: str) -> list[_Item]:
                 "remove it from the task's environment.",
                 setting="environment",
             )
-        key = check_id("task", spec.id).lower()
+        key = spec.id.lower()  # a TaskSpec's id was checked when it was made
         if key in seen:
             raise ConfigurationError(
                 f"task ids {seen[key]!r} and {spec.id!r} are the same to Batch (ids compare case-insensitively); "
@@ -317,18 +322,23 @@ def _items(tasks: Iterable[TaskSpec], run_id: str) -> list[_Item]:
 
 def _chunks(items: Sequence[_Item], max_tasks: int, max_bytes: int) -> Iterator[list[_Item]]:
     # Tasks are turned into JSON here, a chunk at a time, as the workers take chunks: the first request goes
-    # out while later tasks are still being prepared.
-    chunk: list[_Item] = []
-    size = _ENVELOPE_BYTES
-    for item in items:
-        item_size = item.prepare()
-        if chunk and (len(chunk) >= max_tasks or size + item_size > max_bytes):
-            yield chunk
-            chunk, size = [], _ENVELOPE_BYTES
-        chunk.append(item)
-        size += item_size
-    if chunk:
-        yield chunk
+    # out while later tasks are still being prepared. A full chunk is measured with one encoding of all its
+    # tasks (an encoding per task cost more than building the JSON); only a chunk over the limit is measured
+    # task by task, to find where to cut it.
+    position = 0
+    while position < len(items):
+        candidate = items[position : position + max_tasks]
+        size = _ENVELOPE_BYTES + len(_COMPACT.encode([item.prepare() for item in candidate])) + 1
+        if size > max_bytes:
+            size, cut = _ENVELOPE_BYTES, 0
+            for item in candidate:
+                if cut and size + item.measure() > max_bytes:
+                    break
+                size += item.measure()
+                cut += 1
+            candidate = candidate[:cut]
+        position += len(candidate)
+        yield list(candidate)
 
 
 async def submit_tasks(
@@ -588,7 +598,7 @@ async def _submit_chunk(
         items = list(pending.values())
         if len(items) == 1:
             outcome.failed[items[0].key] = (
-                f"RequestBodyTooLarge: the task alone ({items[0].size} bytes as JSON) is larger than the "
+                f"RequestBodyTooLarge: the task alone ({items[0].measure()} bytes as JSON) is larger than the "
                 "service accepts; shorten its command line, environment or file lists."
             )
             return
