@@ -1,8 +1,9 @@
 """``python -m bench``: run the benchmark cases, write ``bench/results/*.json`` and the markdown table.
 
-    python -m bench                 # every case, full size (about 10-15 minutes on 2 cores)
-    python -m bench --quick         # smaller sizes, fewer rounds (a few minutes)
+    python -m bench                 # every case, full size (about 7 minutes on 2 cores)
+    python -m bench --quick         # smaller sizes, fewer rounds (under 2 minutes)
     python -m bench --only submit,monitor
+    python -m bench --render        # rewrite the tables from bench/results/*.json
 
 A case that fails is reported and the others still run; the exit status is then 1.
 """
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import case_e2e, case_monitor, case_scale, case_submit, case_upload
-from ._harness import CASE_ORDER, ROOT, CaseResult, MiB, log, machine_info, write_case, write_tables
+from ._harness import CASE_ORDER, ROOT, CaseResult, MiB, log, machine_info, source_version, write_case, write_tables
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,11 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer rounds")
     parser.add_argument("--only", default=",".join(CASE_ORDER), help=f"cases to run, of {', '.join(CASE_ORDER)}")
     parser.add_argument("--workdir", type=Path, help="where inputs and services' files go (default: a temp dir)")
+    parser.add_argument("--render", action="store_true", help="only rewrite the tables from bench/results/*.json")
     args = parser.parse_args(argv)
+    if args.render:
+        print(write_tables())
+        return 0
     chosen = [c.strip() for c in args.only.split(",") if c.strip()]
     unknown = sorted(set(chosen) - set(CASE_ORDER))
     if unknown:
@@ -101,9 +106,10 @@ async def main(argv: list[str]) -> int:
     cases = _cases(work, QUICK if args.quick else FULL)
     failed: list[str] = []
     started = time.perf_counter()
+    version = source_version()  # once: the code is imported now, whatever lands in the tree meanwhile
     try:
         for name in [c for c in CASE_ORDER if c in chosen]:
-            run = {**machine_info(), "quick": args.quick}
+            run = {**machine_info(version), "quick": args.quick}
             log(f"== {name} (load average {run['load_average'][0]})")
             t0 = time.perf_counter()
             try:

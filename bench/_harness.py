@@ -119,14 +119,21 @@ class CaseResult:
     seconds: float = 0.0
 
 
-def machine_info() -> dict[str, Any]:
+def source_version() -> str:
+    """The commit the code under test is at, with ``+changes`` when ``src/`` differs from it."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "?"
+    return commit + ("+changes" if git("status", "--porcelain", "--", "src") else "")
+
+
+def machine_info(version: str | None = None) -> dict[str, Any]:
     """Where and when this run happened, and how busy the machine was."""
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
-    ).stdout.strip()
     return {
         "when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": commit or None,
+        "commit": version or source_version(),
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
         "cpus": os.cpu_count(),
@@ -173,12 +180,15 @@ def render_markdown() -> str:
     for data in cases:
         for t in data["targets"]:
             target_rows.append([t["name"], t["goal"], t["measured"], "met" if t["met"] else "**missed**"])
-    runs = sorted({(d["run"]["when"], d["run"].get("commit") or "?", bool(d["run"].get("quick"))) for d in cases})
-    run_text = "; ".join(f"{when} at `{commit}`{' (quick)' if quick else ''}" for when, commit, quick in runs)
+    whens = sorted(d["run"]["when"] for d in cases)
+    commits = sorted({f"`{d['run'].get('commit') or '?'}`" for d in cases})
+    quick = " (--quick)" if any(d["run"].get("quick") for d in cases) else ""
     first = cases[0]["run"]
+    loads = ", ".join(f"{d['case']} {d['run']['load_average'][0]}" for d in cases)
     parts.append(
-        f"Run: {run_text}. Machine: {first['cpus']} CPUs, {first['memory_gib']} GiB, Python {first['python']}, "
-        f"load average at start {first['load_average'][0]}."
+        f"Run{quick}: {whens[0]} to {whens[-1][11:]} at {', '.join(commits)}; {first['cpus']} CPUs, "
+        f"{first['memory_gib']} GiB, Python {first['python']}; load average (1 min) at the start of each case: "
+        f"{loads}."
     )
     parts.append("### Targets\n\n" + _md_table(["Target", "Goal", "Measured", "Verdict"], target_rows))
     for data in cases:

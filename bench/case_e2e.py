@@ -138,6 +138,7 @@ def _cpu(pid: int | None) -> float:
 async def run(work: Path, *, videos: int, seconds: float, rounds: int) -> CaseResult:
     """Convert *videos* clips of *seconds* each, *rounds* times; single runs measured before each round."""
     settings = GifSettings()
+    load = os.getloadavg()[0]
     clips = make_videos(work / "videos", videos, seconds)
     cores = min(os.cpu_count() or 1, NODES * SLOTS)
     ideal, makespan, ratio = Series("s"), Series("s"), Series("x")
@@ -169,6 +170,7 @@ async def run(work: Path, *, videos: int, seconds: float, rounds: int) -> CaseRe
         ["whole pipeline (upload, pool, tasks, downloads)", fmt(pipeline, 1), f"{pipeline / ideal.median:.2f}x"],
     ]
     used = median([x["cpu_seconds"] / (x["pipeline"] * cores) for x in rounds_raw])
+    split = {k: median([x["cpu_split"][k] for x in rounds_raw]) for k in rounds_raw[0]["cpu_split"]}
     targets = [
         Target(
             "End to end: makespan vs ideal",
@@ -184,9 +186,10 @@ async def run(work: Path, *, videos: int, seconds: float, rounds: int) -> CaseRe
         "medians; each round measures its own single runs just before its pipeline.",
         "A single run's time counts its CPU time when that is larger than its wall time: ffmpeg keeps more than "
         "one core busy at times, and a core-second spent there is not available to another task.",
-        f"During the pipeline its processes (emulator and tasks, Azurite, client) used {used:.0%} of the "
-        f"{cores} cores; the rest went to whatever else the machine ran (load average at start "
-        f"{os.getloadavg()[0]:.1f}).",
+        f"CPU seconds during the pipeline: the tasks {split['tasks']:.1f} (their single runs: {single_cpu:.1f}), "
+        f"Azurite {split['azurite']:.1f}, the client {split['client']:.1f}, the emulator {split['emulator']:.1f}: "
+        f"{used:.0%} of the {cores} cores over the pipeline's time; the rest went to whatever else the machine ran "
+        f"(load average at the start: {load:.1f}).",
     ]
     return CaseResult(
         case="e2e",
