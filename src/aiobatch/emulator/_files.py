@@ -342,9 +342,11 @@ async def _stream_to(resp: aiohttp.ClientResponse, tmp: Path, url: str) -> int:
     md5 = hashlib.md5(usedforsecurity=False)
     size = 0
     # anyio's file object runs each write in a worker thread, so a large file never stalls the event loop
-    # (which also serves the emulator's HTTP API). The file is opened here, not with anyio.open_file: a task
-    # cancelled while a worker thread opens it never gets the file object back, and the descriptor leaks.
-    async with anyio.wrap_file(open(tmp, "wb")) as out:  # noqa: ASYNC230 (a local create, not a slow read)
+    # (which also serves the emulator's HTTP API). Opening and closing happen here, on the loop: a cancelled
+    # task never gets back a file a worker thread opened for it, nor closes one through a worker thread (the
+    # cancellation strikes first), and the descriptor leaks.
+    with open(tmp, "wb") as f:  # noqa: ASYNC230 (a local create, not a slow read)
+        out = anyio.wrap_file(f)
         async for chunk in resp.content.iter_chunked(CHUNK_SIZE):
             md5.update(chunk)
             size += len(chunk)
@@ -445,7 +447,8 @@ async def upload_file(
 
     whole = hashlib.md5(usedforsecurity=False)
     block_ids: list[str] = []
-    async with anyio.wrap_file(open(src, "rb")) as f:  # noqa: ASYNC230 (see _stream_to: open_file can leak)
+    with open(src, "rb") as raw:  # noqa: ASYNC230 (opened and closed on the loop: see _stream_to)
+        f = anyio.wrap_file(raw)
         while chunk := await f.read(BLOCK_SIZE):
             whole.update(chunk)
             block_id = base64.b64encode(f"block-{len(block_ids):08d}".encode()).decode()
