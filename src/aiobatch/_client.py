@@ -24,7 +24,7 @@ from azure.storage.blob.aio import BlobServiceClient
 from . import _cleanup, _jobs, _pools, _storage, _submit, _watch
 from ._cleanup import SweepReport
 from ._config import BatchSettings, Settings, StorageSettings, default_credential
-from ._errors import AiobatchError, ConfigurationError, NotFoundError, guard_loggers, redact
+from ._errors import AiobatchError, ConfigurationError, ConflictError, NotFoundError, guard_loggers, redact
 from ._jobs import JobRef, OnAllTasksComplete, OnTaskFailure
 from ._pools import PoolRef, PoolStatus, not_ours, run_id_of
 from ._retry import RetryPolicy, call, sdk_client_kwargs
@@ -43,6 +43,7 @@ logger = logging.getLogger("aiobatch")
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 State = Literal["unopened", "open", "closed"]
+Kind = Literal["pool", "job", "container"]
 
 
 def new_run_id() -> str:
@@ -137,6 +138,9 @@ class Client:
         self._pools: dict[str, None] = {}
         self._jobs: dict[str, None] = {}
         self._containers: dict[str, None] = {}
+        # Creates that ended without an answer -- cancelled mid-request, or failed after an attempt that may
+        # have taken effect: (kind, id). Cleanup reads their run-id tag and deletes those that are this run's.
+        self._unsure: dict[tuple[Kind, str], None] = {}
 
     @classmethod
     def from_env(
@@ -303,15 +307,31 @@ class Client:
         """Delete this run's jobs, pools and containers: shielded from cancellation, bounded by the timeout."""
         errors: list[BaseException] = []
         jobs, pools, containers = list(self._jobs), list(self._pools), list(self._containers)
-        if not (jobs or pools or containers):
+        unsure = list(self._unsure)
+        if not (jobs or pools or containers or unsure):
             return errors
         logger.info(
-            "cleaning up run %s: %d jobs, %d pools, %d containers", self.run_id, len(jobs), len(pools), len(containers)
+            "cleaning up run %s: %d jobs, %d pools, %d containers%s",
+            self.run_id,
+            len(jobs),
+            len(pools),
+            len(containers),
+            f" (and {len(unsure)} creates that ended without an answer)" if unsure else "",
         )
         with anyio.CancelScope(shield=True) as scope:
             scope.deadline = anyio.current_time() + self.cleanup_timeout
             assert self._batch is not None and self._blobs is not None
             batch, blobs, policy = self._batch, self._blobs, self.retry_policy
+            # A create interrupted after its request took effect left a resource this client never heard of:
+            # it carries this run's tag, which is how it is told from one that another run made meanwhile.
+            found: dict[Kind, list[str]] = {"job": jobs, "pool": pools, "container": containers}
+            for kind, resource_id in unsure:
+                try:
+                    if await self._is_ours(kind, resource_id) and resource_id not in found[kind]:
+                        found[kind].append(resource_id)
+                    self._unsure.pop((kind, resource_id), None)
+                except AiobatchError as exc:
+                    errors.append(exc)
             for job_id in jobs:  # jobs first: deleting a job stops its tasks (and removes its auto-pool)
                 try:
                     await _jobs.delete_job(batch, job_id, policy=policy)
@@ -405,9 +425,10 @@ class Client:
             ``True`` if this call created it.
         """
         self._check_open()
-        created = await _storage.ensure_container(
-            self.blob_service, container, policy=self.retry_policy, run_id=self.run_id
-        )
+        with self._creating("container", container):
+            created = await _storage.ensure_container(
+                self.blob_service, container, policy=self.retry_policy, run_id=self.run_id
+            )
         if created:
             self._containers[container] = None
         return created
@@ -575,9 +596,10 @@ class Client:
             ...     await client.wait_for_pool_ready("pets", timeout=1200)
         """
         self._check_open()
-        ref = await _pools.ensure_pool(
-            self.batch, spec, run_id=self.run_id, reuse_existing=reuse_existing, policy=self.retry_policy
-        )
+        with self._creating("pool", spec.id):
+            ref = await _pools.ensure_pool(
+                self.batch, spec, run_id=self.run_id, reuse_existing=reuse_existing, policy=self.retry_policy
+            )
         if ref.owned:
             self._pools[ref.id] = None
         return ref
@@ -651,6 +673,27 @@ class Client:
         self._pools.pop(pool_id, None)
         return deleted
 
+    async def _is_ours(self, kind: Kind, resource_id: str) -> bool:
+        """Whether the pool, job or container exists and carries this run's id (read under the retry policy)."""
+
+        async def owner() -> str | None:
+            if kind == "container":
+                props = await self.blob_service.get_container_client(resource_id).get_container_properties()
+                metadata = {k.lower(): v for k, v in (props.metadata or {}).items()}
+                return metadata.get(_storage.RUN_ID_METADATA)
+            if kind == "pool":
+                return run_id_of((await self.batch.get_pool(resource_id, select=["id", "metadata"])).metadata)
+            return run_id_of((await self.batch.get_job(resource_id, select=["id", "metadata"])).metadata)
+
+        try:
+            return await call(owner, policy=self.retry_policy, resource=kind, resource_id=resource_id) == self.run_id
+        except NotFoundError:
+            return False
+
+    def _creating(self, kind: Kind, resource_id: str) -> contextlib.AbstractContextManager[None]:
+        """Remember a create that ends without an answer (see `_unsure`), for cleanup to check and delete."""
+        return _Creating(self._unsure, (kind, resource_id))
+
     async def _check_ours(self, kind: Literal["pool", "job"], resource_id: str) -> None:
         """Raise `ConflictError` unless the pool or job carries this run's id (or does not exist)."""
 
@@ -722,22 +765,23 @@ class Client:
             ...     await client.create_job("convert", pool_id="pets", on_all_tasks_complete="terminatejob")
         """
         self._check_open()
-        ref = await _jobs.create_job(
-            self.batch,
-            job_id,
-            run_id=self.run_id,
-            pool_id=pool_id,
-            auto_pool=auto_pool,
-            on_all_tasks_complete=on_all_tasks_complete,
-            on_task_failure=on_task_failure,
-            max_task_retry_count=max_task_retry_count,
-            max_wall_clock_time=max_wall_clock_time,
-            priority=priority,
-            display_name=display_name,
-            metadata=metadata,
-            reuse_existing=reuse_existing,
-            policy=self.retry_policy,
-        )
+        with self._creating("job", job_id):
+            ref = await _jobs.create_job(
+                self.batch,
+                job_id,
+                run_id=self.run_id,
+                pool_id=pool_id,
+                auto_pool=auto_pool,
+                on_all_tasks_complete=on_all_tasks_complete,
+                on_task_failure=on_task_failure,
+                max_task_retry_count=max_task_retry_count,
+                max_wall_clock_time=max_wall_clock_time,
+                priority=priority,
+                display_name=display_name,
+                metadata=metadata,
+                reuse_existing=reuse_existing,
+                policy=self.retry_policy,
+            )
         if ref.owned:
             self._jobs[ref.id] = None
         if on_all_tasks_complete != "noaction":
@@ -922,3 +966,25 @@ class Client:
         deleted = await _jobs.delete_job(self.batch, job_id, wait=wait, policy=self.retry_policy)
         self._jobs.pop(job_id, None)
         return deleted
+
+
+class _Creating:
+    """Records ``(kind, id)`` in *unsure* when the create inside the block ends without an answer.
+
+    That is: cancelled (the request may be in flight or done), or failed after retries (an attempt whose
+    answer was lost may have taken effect). Not for `ConfigurationError` (no request was sent) nor for
+    `ConflictError` (the id is someone else's, or being deleted: nothing of this run's was made).
+    """
+
+    def __init__(self, unsure: dict[tuple[Kind, str], None], key: tuple[Kind, str]) -> None:
+        self._unsure = unsure
+        self._key = key
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is not None and not issubclass(exc_type, (ConfigurationError, ConflictError)):
+            self._unsure[self._key] = None
