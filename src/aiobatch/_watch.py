@@ -264,6 +264,8 @@ class _Listing:
     broken: bool = False
     latest: dt.datetime | None = None
     started: float = 0.0
+    #: The continuation token (``odata.nextLink``) of the page after the last one read.
+    token: str | None = None
 
 
 class TaskWatch:
@@ -463,23 +465,27 @@ class TaskWatch:
     async def _read_page(self, listing: _Listing) -> None:
         async def next_page() -> list[models.BatchTask] | None:
             if listing.pages is None or listing.broken:
-                # A failed page restarts the listing: the seen-set drops the repeats.
+                # A failed page is asked for again, from the nextLink the page before it gave (a new pager:
+                # the SDK's cannot retry a page whose answer failed to parse). Restarting the whole listing
+                # instead would, under faults, rarely get through a listing of many pages.
                 if listing.pages is None:
                     listing.started = anyio.current_time()
                 listing.broken = False
                 listing.pages = self._batch.list_tasks(
                     self.job_id, filter=listing.filter, select=_SELECT, max_results=_PAGE_SIZE
-                ).by_page()
+                ).by_page(continuation_token=listing.token)
             self.requests += 1
             try:
                 page = await listing.pages.__anext__()
+                tasks = [task async for task in page]
             except StopAsyncIteration:
                 self.requests -= 1  # the pager knew it was done without asking
                 return None
             except BaseException:
                 listing.broken = True
                 raise
-            return [task async for task in page]
+            listing.token = getattr(listing.pages, "continuation_token", None)
+            return tasks
 
         tasks: list[models.BatchTask] | None = await call(
             next_page, policy=self._policy, resource="job", resource_id=self.job_id, action="list tasks of"
