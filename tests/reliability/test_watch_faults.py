@@ -160,3 +160,28 @@ async def test_faults_on_list_calls_and_next_pages_lose_and_double_no_event(
         injected = emu.ledger.injected
         fault_record(injected, source="emulator")
         print(f"clause 4: {listings} listing requests (pages of 7), injected {dict(injected)}")
+
+
+async def test_a_failed_next_page_is_fetched_again_not_the_whole_listing(
+    azurite: AzuriteServer, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 70 completed tasks in pages of 7: ten pages. The fifth page's answer is cut off once (and then a later
+    # page's connection reset after it was served): each is fetched again from its nextLink, so the listing
+    # costs one request more per fault, not a restart from the first page (which, with many pages under
+    # faults, would rarely finish).
+    monkeypatch.setattr("aiobatch._watch._PAGE_SIZE", 7)
+    async with Emulator(timings=QUICK) as emu:
+        async with client(emu, azurite.connection_string, retry_policy=patient_policy(seed)) as c:
+            await c.ensure_pool(pool_spec("pool", dedicated=1, slots=8))
+            await c.wait_for_pool_ready("pool", poll_interval=0.05, max_poll_interval=0.2, timeout=30)
+            await c.create_job("job", pool_id="pool", on_all_tasks_complete="terminatejob")
+            await c.submit_tasks("job", [TaskSpec(id=t, command_line="/bin/true") for t in ids("t", 70)])
+            with anyio.fail_after(30):
+                while account_of(emu).jobs["job"].state != "completed":
+                    await anyio.sleep(0.05)
+            aim(emu, lambda request: request.query.get("$skiptoken") in ("28", "56"), ["truncate", "reset-after"])
+            before = emu.ledger.count("GET /jobs/job/tasks")
+            events = [event async for event in c.watch_tasks("job", expected=70, poll_interval=0.05)]
+        assert set(tally(events).values()) == {1} and len(events) == 70
+        assert emu.ledger.injected["truncate"] == 1 and emu.ledger.injected["reset-after"] == 1
+        assert emu.ledger.count("GET /jobs/job/tasks") - before == 10 + 2
