@@ -10,7 +10,7 @@ Kinds:
     ``503``            503 ServerBusy with Retry-After.
     ``503-bare``       503 ServerBusy without Retry-After.
     ``partial-500``    addtaskcollection only: a random part of the chunk is committed, then 500 OperationTimedOut.
-    ``latency``        the answer is delayed by ``latency`` seconds.
+    ``latency``        the request, received whole, takes effect (and is answered) ``latency`` seconds late.
     ``reset-before``   the connection is dropped before the request takes effect.
     ``reset-after``    the request takes effect, then the connection is dropped instead of answering.
     ``truncate``       the request takes effect and the answer is cut off mid-body.
@@ -210,6 +210,9 @@ def fault_middleware(faults: Faults) -> Middleware:
         if kind == "503-bare":
             raise _busy(503, "ServerBusy", "The server is currently unable to handle the request.", None)
         if kind == "latency":
+            # The request has arrived whole (the body is read, and kept for the handler) and the service is slow
+            # to act on it: a client that gives up meanwhile does not stop it taking effect, as on the service.
+            await request.read()
             await asyncio.sleep(float(options.get("seconds", faults.plan.latency)))
             return await handler(request)
         if kind == "reset-before":
