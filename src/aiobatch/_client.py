@@ -24,7 +24,14 @@ from azure.storage.blob.aio import BlobServiceClient
 from . import _cleanup, _jobs, _pools, _storage, _submit, _watch
 from ._cleanup import SweepReport
 from ._config import BatchSettings, Settings, StorageSettings, default_credential
-from ._errors import AiobatchError, ConfigurationError, ConflictError, NotFoundError, guard_loggers, redact
+from ._errors import (
+    AiobatchError,
+    ConfigurationError,
+    NotFoundError,
+    ServiceUnavailableError,
+    guard_loggers,
+    redact,
+)
 from ._jobs import JobRef, OnAllTasksComplete, OnTaskFailure
 from ._pools import PoolRef, PoolStatus, not_ours, run_id_of
 from ._retry import RetryPolicy, call, sdk_client_kwargs
@@ -44,6 +51,11 @@ _RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 State = Literal["unopened", "open", "closed"]
 Kind = Literal["pool", "job", "container"]
+
+#: Seconds cleanup waits before looking once more for what an interrupted create may still make.
+_UNSURE_GRACE = 1.0
+#: What `Client._owner` returns for a resource that does not exist.
+_MISSING = object()
 
 
 def new_run_id() -> str:
@@ -320,37 +332,17 @@ class Client:
         )
         with anyio.CancelScope(shield=True) as scope:
             scope.deadline = anyio.current_time() + self.cleanup_timeout
-            assert self._batch is not None and self._blobs is not None
-            batch, blobs, policy = self._batch, self._blobs, self.retry_policy
             # A create interrupted after its request took effect left a resource this client never heard of:
             # it carries this run's tag, which is how it is told from one that another run made meanwhile.
-            found: dict[Kind, list[str]] = {"job": jobs, "pool": pools, "container": containers}
-            for kind, resource_id in unsure:
-                try:
-                    if await self._is_ours(kind, resource_id) and resource_id not in found[kind]:
-                        found[kind].append(resource_id)
-                    self._unsure.pop((kind, resource_id), None)
-                except AiobatchError as exc:
-                    errors.append(exc)
-            for job_id in jobs:  # jobs first: deleting a job stops its tasks (and removes its auto-pool)
-                try:
-                    await _jobs.delete_job(batch, job_id, policy=policy)
-                    self._jobs.pop(job_id, None)
-                except AiobatchError as exc:
-                    errors.append(exc)
-            for pool_id in pools:
-                try:
-                    await _pools.delete_pool(batch, pool_id, policy=policy)
-                    self._pools.pop(pool_id, None)
-                except AiobatchError as exc:
-                    errors.append(exc)
-            if containers:
-                try:
-                    await _storage.delete_containers(blobs, containers, policy=policy)
-                    for name in containers:
-                        self._containers.pop(name, None)
-                except AiobatchError as exc:
-                    errors.append(exc)
+            missing = await self._claim_unsure(unsure, jobs, pools, containers, errors)
+            await self._delete(jobs, pools, containers, errors)
+            if missing:
+                # A create cancelled while its request was still on its way can take effect after the check
+                # above: look once more, a moment later, and delete what has appeared since.
+                await anyio.sleep(_UNSURE_GRACE)
+                late: tuple[list[str], list[str], list[str]] = ([], [], [])
+                await self._claim_unsure(missing, *late, errors)
+                await self._delete(*late, errors)
         if scope.cancelled_caught:
             errors.append(
                 AiobatchError(f"cleanup of run {self.run_id!r} did not finish within {self.cleanup_timeout:g} s.")
@@ -358,6 +350,56 @@ class Client:
         for error in errors:
             logger.warning("cleanup of run %s: %s", self.run_id, error)
         return errors
+
+    async def _claim_unsure(
+        self,
+        unsure: list[tuple[Kind, str]],
+        jobs: list[str],
+        pools: list[str],
+        containers: list[str],
+        errors: list[BaseException],
+    ) -> list[tuple[Kind, str]]:
+        """Add the unsure creates that turned out to be this run's to the lists; return those not found."""
+        found: dict[Kind, list[str]] = {"job": jobs, "pool": pools, "container": containers}
+        missing: list[tuple[Kind, str]] = []
+        for kind, resource_id in unsure:
+            try:
+                owner = await self._owner(kind, resource_id)
+            except AiobatchError as exc:
+                errors.append(exc)
+                continue
+            if owner is _MISSING:
+                missing.append((kind, resource_id))
+            elif owner == self.run_id and resource_id not in found[kind]:
+                found[kind].append(resource_id)
+            self._unsure.pop((kind, resource_id), None)
+        return missing
+
+    async def _delete(
+        self, jobs: list[str], pools: list[str], containers: list[str], errors: list[BaseException]
+    ) -> None:
+        """Delete jobs (first: that stops their tasks and removes auto-pools), pools, then containers."""
+        assert self._batch is not None and self._blobs is not None
+        batch, blobs, policy = self._batch, self._blobs, self.retry_policy
+        for job_id in jobs:
+            try:
+                await _jobs.delete_job(batch, job_id, policy=policy)
+                self._jobs.pop(job_id, None)
+            except AiobatchError as exc:
+                errors.append(exc)
+        for pool_id in pools:
+            try:
+                await _pools.delete_pool(batch, pool_id, policy=policy)
+                self._pools.pop(pool_id, None)
+            except AiobatchError as exc:
+                errors.append(exc)
+        if containers:
+            try:
+                await _storage.delete_containers(blobs, containers, policy=policy)
+                for name in containers:
+                    self._containers.pop(name, None)
+            except AiobatchError as exc:
+                errors.append(exc)
 
     async def sweep_run(
         self,
@@ -673,8 +715,8 @@ class Client:
         self._pools.pop(pool_id, None)
         return deleted
 
-    async def _is_ours(self, kind: Kind, resource_id: str) -> bool:
-        """Whether the pool, job or container exists and carries this run's id (read under the retry policy)."""
+    async def _owner(self, kind: Kind, resource_id: str) -> str | object | None:
+        """The run id a pool, job or container carries (None: none), or `_MISSING` if it does not exist."""
 
         async def owner() -> str | None:
             if kind == "container":
@@ -686,9 +728,9 @@ class Client:
             return run_id_of((await self.batch.get_job(resource_id, select=["id", "metadata"])).metadata)
 
         try:
-            return await call(owner, policy=self.retry_policy, resource=kind, resource_id=resource_id) == self.run_id
+            return await call(owner, policy=self.retry_policy, resource=kind, resource_id=resource_id)
         except NotFoundError:
-            return False
+            return _MISSING
 
     def _creating(self, kind: Kind, resource_id: str) -> contextlib.AbstractContextManager[None]:
         """Remember a create that ends without an answer (see `_unsure`), for cleanup to check and delete."""
@@ -971,9 +1013,10 @@ class Client:
 class _Creating:
     """Records ``(kind, id)`` in *unsure* when the create inside the block ends without an answer.
 
-    That is: cancelled (the request may be in flight or done), or failed after retries (an attempt whose
-    answer was lost may have taken effect). Not for `ConfigurationError` (no request was sent) nor for
-    `ConflictError` (the id is someone else's, or being deleted: nothing of this run's was made).
+    That is: cancelled (the request may be in flight or done), transient failures that outlasted the retry
+    policy (`ServiceUnavailableError`: an attempt whose answer was lost may have taken effect), or anything
+    unexpected. Not for the service's definite answers (a refused key, someone else's id, a bad spec) nor for
+    `ConfigurationError` (no request was sent): nothing of this run's was made.
     """
 
     def __init__(self, unsure: dict[tuple[Kind, str], None], key: tuple[Kind, str]) -> None:
@@ -986,5 +1029,8 @@ class _Creating:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc_type is not None and not issubclass(exc_type, (ConfigurationError, ConflictError)):
-            self._unsure[self._key] = None
+        if exc_type is None:
+            return
+        if issubclass(exc_type, AiobatchError) and not issubclass(exc_type, ServiceUnavailableError):
+            return
+        self._unsure[self._key] = None
