@@ -30,7 +30,7 @@ from aiobatch._azurite import AzuriteServer
 from aiobatch._faultproxy import StorageFaultProxy
 from aiobatch.emulator import Emulator, FaultPlan
 
-from ._runs import QUICK, Inventory, aim, arm, client, inventory, patient_policy, pool_spec
+from ._runs import QUICK, Inventory, account_of, aim, arm, client, inventory, patient_policy, pool_spec
 from .conftest import FaultRecorder, Scale
 
 pytestmark = [pytest.mark.anyio, pytest.mark.clause(6)]
@@ -229,3 +229,26 @@ async def test_cancelled_in_any_stage_nothing_is_left(
         assert emu.ledger.count("DELETE") > 0
         fault_record(emu.ledger.injected, source="emulator")
         fault_record(proxy.injected, source="storage")
+
+
+@pytest.mark.parametrize("late", [False, True])
+async def test_a_create_cancelled_in_flight_is_cleaned_up_even_if_it_lands_late(
+    azurite: AzuriteServer, seed: int, late: bool
+) -> None:
+    """The pool create is cancelled while the server holds it; it takes effect before or after cleanup looks."""
+    async with Emulator(timings=QUICK) as emu:
+        # The server sits on the create before acting on it; the caller gives up after 0.1 s. The create takes
+        # effect before cleanup looks (0.15 s), or after it (0.3 s): then only the second look finds it.
+        aim(emu, "POST /pools", ["latency"])
+        emu.faults.plan.latency = 0.3 if late else 0.15
+        before = await inventory(emu, azurite.connection_string)
+        async with client(emu, azurite.connection_string, retry_policy=patient_policy(seed), cleanup=True) as c:
+            with anyio.move_on_after(0.1):
+                await c.ensure_pool(pool_spec("pool"))
+            if not late:
+                await anyio.sleep(0.2)  # it has landed by the time cleanup looks
+        with anyio.fail_after(5):
+            while not (await inventory(emu, azurite.connection_string)).minus(before).empty:
+                await anyio.sleep(0.02)
+        account = account_of(emu)
+        assert account.created[("pool", "pool")] == 1 and account.deleted[("pool", "pool")] == 1
