@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
-import hmac
 import json
 import os
 import re
@@ -31,7 +29,6 @@ from collections.abc import AsyncIterator, Iterator
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
 import anyio
@@ -41,42 +38,12 @@ from azure.batch.aio import BatchClient
 from azure.core.exceptions import HttpResponseError, ResourceExistsError
 
 from aiobatch.emulator import Emulator, Timings
+from emulator._shared_key import signature  # the tests' own signer, independent of the emulator's
 
 pytestmark = [pytest.mark.anyio, pytest.mark.clause(10)]
 
 API = "api-version=2025-06-01"
 FAST_TIMINGS = Timings(allocation_delay=0.1, node_start_delay=0.05, deletion_delay=0.05)
-SIGNED_HEADERS = (
-    "content-encoding",
-    "content-language",
-    "content-length",
-    "content-md5",
-    "content-type",
-    "date",
-    "if-modified-since",
-    "if-match",
-    "if-none-match",
-    "if-unmodified-since",
-    "range",
-)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Shared Key, from the documentation
-# ----------------------------------------------------------------------------------------------------
-
-
-def shared_key(method: str, url: str, headers: dict[str, str], account: str, key: str) -> str:
-    """``SharedKey account:signature`` over the canonical request (Batch's documented string-to-sign)."""
-    lowered = {k.lower(): v for k, v in headers.items() if v}
-    text = method + "\n" + "".join(lowered.get(name, "") + "\n" for name in SIGNED_HEADERS)
-    text += "".join(f"{k}:{v}\n" for k, v in sorted((k, v) for k, v in lowered.items() if k.startswith("ocp-")))
-    parts = urlsplit(url)
-    text += f"/{account}{parts.path}"
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    text += "".join(f"\n{name}:{query[name]}" for name in sorted(query) if query[name])
-    digest = hmac.new(base64.b64decode(key), text.encode(), hashlib.sha256).digest()
-    return f"SharedKey {account}:{base64.b64encode(digest).decode()}"
 
 
 async def send(
@@ -102,12 +69,12 @@ async def send(
     key = emulator.credential.named_key.key
     account = emulator.account_name
     if auth == "valid":
-        headers["Authorization"] = shared_key(method, url, to_sign, account, key)
+        headers["Authorization"] = signature(method, url, to_sign, account, key)
     elif auth == "wrong-key":
-        headers["Authorization"] = shared_key(method, url, to_sign, account, base64.b64encode(os.urandom(64)).decode())
+        headers["Authorization"] = signature(method, url, to_sign, account, base64.b64encode(os.urandom(64)).decode())
     elif auth == "other-request":  # a valid signature, but of a harmless read of something else
         other = f"{emulator.endpoint}/applications?{API}"
-        headers["Authorization"] = shared_key("GET", other, {"ocp-date": headers["ocp-date"]}, account, key)
+        headers["Authorization"] = signature("GET", other, {"ocp-date": headers["ocp-date"]}, account, key)
     elif auth == "garbage":
         headers["Authorization"] = f"SharedKey {account}:not-base64!!"
     elif auth != "missing":
