@@ -151,3 +151,21 @@ async def test_preempted_and_unusable_nodes_requeue_their_tasks(tmp_path: Path) 
         tasks = [t async for t in batch.list_tasks("j")]
         assert all(t.execution_info.result == "success" and t.execution_info.requeue_count == 1 for t in tasks)
         assert all(emu.account.created[("task", f"j/{t.id}")] == 1 for t in tasks)
+
+
+@pytest.mark.parametrize("moment", ["creating", "waitingforstarttask"])
+async def test_a_node_lost_while_booting_stays_lost(tmp_path: Path, moment: str) -> None:
+    # Neither the rest of its boot nor its start task may bring a lost node back before its recovery.
+    timings = Timings(allocation_delay=0.05, node_start_delay=0.4, node_recovery_delay=60.0)
+    async with Emulator(workdir=tmp_path, timings=timings) as emu, BatchClient(emu.endpoint, emu.credential) as batch:
+        start = m.BatchStartTask(command_line="/bin/sh -c 'sleep 0.3'", wait_for_success=True)
+        await batch.create_pool(_pool("p", target_dedicated_nodes=1, start_task=start))
+        assert emu.account is not None
+        pool = emu.account.pools["p"]
+        with anyio.fail_after(10):
+            while not pool.nodes or next(iter(pool.nodes.values())).state != moment:
+                await anyio.sleep(0.005)
+        node_id = await emu.lose_node("p", state="unusable")
+        await anyio.sleep(1.0)  # the boot and the start task would both have finished by now
+        [node] = [n async for n in batch.list_nodes("p")]
+        assert (node.id, node.state) == (node_id, "unusable")

@@ -179,6 +179,8 @@ class Node:
     errors: list[dict[str, Any]] = field(default_factory=list)
     #: (job id, task id) of the tasks that last completed here, newest first (``recentTasks``).
     recent_tasks: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=RECENT_TASKS))
+    #: The boot in progress (and its start task), stopped when the node is lost or leaves the pool.
+    boot: Any = field(default=None, repr=False, compare=False)
 
     @property
     def running_slots(self) -> int:

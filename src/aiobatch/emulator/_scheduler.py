@@ -214,7 +214,7 @@ class Scheduler:
             ip_address=f"10.0.0.{4 + len(pool.nodes)}",
         )
         pool.nodes[node_id] = node
-        self._spawn(self._boot(pool, node), f"boot-{node_id[:12]}")
+        node.boot = self._spawn(self._boot(pool, node), f"boot-{node_id[:12]}")
 
     async def _boot(self, pool: Pool, node: Node) -> None:
         for sub in ("startup", "shared", "applications", "workitems"):
@@ -283,7 +283,11 @@ class Scheduler:
         await asyncio.to_thread(_rmtree, [n.root for n in victims])
 
     async def _evict(self, node: Node, *, requeue: bool) -> None:
-        """Stop the tasks running on a node; requeue them (as preemption and node loss do)."""
+        """Stop the node's boot and the tasks running on it; requeue them (as preemption and node loss do)."""
+        boot, node.boot = node.boot, None
+        if boot is not None and boot is not asyncio.current_task() and not boot.done():
+            boot.cancel()  # a lost node's start task stops with it and never sets its state again
+            await asyncio.gather(boot, return_exceptions=True)
         stopped: list[tuple[Job, Task, asyncio.Task[None]]] = []
         for job_key, task_key in list(node.running):
             job = self.account.jobs.get(job_key)
@@ -514,7 +518,7 @@ class Scheduler:
         await asyncio.sleep(self.timings.node_recovery_delay)
         if pool.nodes.get(node.id) is node and pool.state == "active" and node.state == state:
             node.set_state("creating")
-            self._spawn(self._boot(pool, node), f"reboot-{node.id[:12]}")
+            node.boot = self._spawn(self._boot(pool, node), f"reboot-{node.id[:12]}")
 
     async def _run(self, job: Job, pool: Pool, node: Node, task: Task) -> None:
         key = (job.id.lower(), task.id.lower())
