@@ -143,7 +143,7 @@ class Client:
         self._stack = contextlib.AsyncExitStack()
         self._batch: BatchClient | None = None
         self._blobs: BlobServiceClient | None = None
-        self._ledger = SubmissionLedger(self.run_id)
+        self._ledger = SubmissionLedger(self.run_id, resumed=run_id is not None)
         self._submitted: dict[str, set[str]] = {}
         self._deferred_completion: dict[str, OnAllTasksComplete] = {}
         # What this run created (or recognised as its own by the run-id tag), in creation order.
@@ -848,8 +848,10 @@ class Client:
         ``Retry-After``, bounded per chunk by the policy's attempts and deadline. Per-task ``serverError`` results
         are retried; ``413 RequestBodyTooLarge`` halves the chunk. ``TaskExists`` counts as success only for a
         task this run created: every task carries the run id in its environment (``AIOBATCH_RUN_ID``), and a
-        task an earlier, ambiguous attempt may have created is read back to check it. Otherwise it is a conflict
-        with someone else's task and is reported in ``result.failed`` and ``result.conflicts``.
+        task an earlier, ambiguous attempt may have created is read back to check it -- as is every existing
+        task when this client resumes a run (``run_id=`` given), so what the earlier process added counts as
+        existing. Otherwise it is a conflict with someone else's task and is reported in ``result.failed`` and
+        ``result.conflicts``.
 
         Args:
             job_id: the job.

@@ -21,6 +21,9 @@ What is retried, and how a task is never added twice:
   earlier attempt may have created it -- or its answer, lost, was itself ``TaskExists`` for someone else's task.
   Every task carries the ledger's run id in its environment (`RUN_ID_VARIABLE`), so such a task is read back
   (one GET each, only after an ambiguous attempt) and is this run's only if it carries that id.
+- A resumed run (a ledger given an earlier run's id, as `Client(run_id=...)` does) has no record of what its
+  earlier process sent, so every ``TaskExists`` is read back the same way: the tasks that run added count as
+  existing, anyone else's stay conflicts.
 - ``413 RequestBodyTooLarge`` halves the chunk (chunks are also pre-split by an estimate of their body size);
   a single task too large on its own fails with that reason.
 - Other per-task ``clientError`` results are final and reported with the service's reason.
@@ -77,12 +80,23 @@ class SubmissionLedger:
     is someone else's task. One ledger per run (the `Client` keeps one, with its run id) makes re-submitting
     the same tasks after an error safe. Memory: one lower-cased id string per task.
 
+    A *resumed* ledger carries the id of a run that may have submitted before, in another process: it cannot
+    know what that process sent, so every ``TaskExists`` is read back, and a task carrying its run id counts as
+    existing rather than as a conflict.
+
     Args:
         run_id: the id every task sent through this ledger carries; a random one if not given.
+        resumed: whether tasks carrying *run_id* may already exist; by default, whether *run_id* was given.
+
+    Example:
+        >>> ledger = SubmissionLedger("nightly-2026-11-24")  # resuming: earlier tasks of this run are its own
+        >>> ledger.resumed
+        True
     """
 
-    def __init__(self, run_id: str | None = None) -> None:
+    def __init__(self, run_id: str | None = None, *, resumed: bool | None = None) -> None:
         self.run_id = run_id or secrets.token_hex(8)
+        self.resumed = run_id is not None if resumed is None else resumed
         self._sent: dict[str, set[str]] = {}
 
     def sent(self, job_id: str) -> set[str]:
@@ -95,7 +109,7 @@ class SubmissionLedger:
 
     def __repr__(self) -> str:
         return (
-            f"SubmissionLedger(run_id={self.run_id!r}, jobs={len(self._sent)}, "
+            f"SubmissionLedger(run_id={self.run_id!r}, resumed={self.resumed}, jobs={len(self._sent)}, "
             f"tasks={sum(len(s) for s in self._sent.values())})"
         )
 
@@ -391,7 +405,7 @@ async def submit_tasks(
     async def worker(cancel: anyio.CancelScope) -> None:
         for chunk in chunks:  # shared iterator: each chunk is taken by exactly one worker
             try:
-                await _submit_chunk(batch, job_id, chunk, sent, outcome, policy, ledger.run_id)
+                await _submit_chunk(batch, job_id, chunk, sent, outcome, policy, ledger.run_id, ledger.resumed)
             except AiobatchError as exc:
                 abort.append(exc)
                 cancel.cancel()
@@ -521,6 +535,7 @@ async def _submit_chunk(
     outcome: _Outcome,
     policy: RetryPolicy | None,
     run_id: str = "",
+    resumed: bool = False,
 ) -> None:
     """Submit one chunk until every task in it is added, existing or failed for good."""
     pending: dict[str, _Item] = {item.key: item for item in chunk}
@@ -559,7 +574,7 @@ async def _submit_chunk(
                 outcome.added.add(key)
             elif status == "clienterror":
                 code = str(error.code or "") if error is not None else ""
-                if code.lower() == "taskexists" and key in prior:
+                if code.lower() == "taskexists" and (key in prior or resumed):
                     ambiguous[key] = (pending[key], error)
                 elif code.lower() == "taskexists":
                     _conflict(key, error, sent, outcome)  # there before this run ever sent it: someone else's
@@ -605,7 +620,7 @@ async def _submit_chunk(
         half = len(items) // 2
         logger.debug("job %r: request body too large for %d tasks; halving", job_id, len(items))
         for part in (items[:half], items[half:]):
-            await _submit_chunk(batch, job_id, part, sent, outcome, policy, run_id)
+            await _submit_chunk(batch, job_id, part, sent, outcome, policy, run_id, resumed)
         return
     if ambiguous:
         await _claim(batch, job_id, ambiguous, sent, outcome, policy, run_id)

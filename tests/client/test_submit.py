@@ -202,6 +202,34 @@ async def test_resubmitting_with_the_same_client_recognises_its_tasks(
     assert len(theirs.conflicts) == 5 and theirs.added == () and theirs.existing == ()
 
 
+async def test_a_resumed_run_recognises_what_its_earlier_process_added(
+    batch_emulator: Emulator, azurite: AzuriteServer
+) -> None:
+    """A new client given the crashed run's id (a new process: a new ledger) counts that run's tasks as existing."""
+    await _job(batch_emulator)
+    async with BatchClient(batch_emulator.endpoint, batch_emulator.credential) as batch:
+        await batch.create_task("job", m.BatchTaskCreateOptions(id="t00007", command_line="echo theirs"))
+    async with make_client(batch_emulator, azurite, run_id="nightly-1") as first:
+        done = await first.submit_tasks("job", tasks(5))
+    assert len(done.added) == 5
+    async with make_client(batch_emulator, azurite, run_id="nightly-1") as resumed:
+        result = await resumed.submit_tasks("job", tasks(10))
+    assert sorted(result.existing) == [f"t{i:05d}" for i in range(5)]
+    assert sorted(result.added) == [f"t{i:05d}" for i in (5, 6, 8, 9)]
+    assert result.conflicts == ("t00007",) and "did not create it" in result.failed["t00007"]
+    assert len(_tasks_in(batch_emulator, "job")) == 10
+    # A new run (a new id) still calls them all someone else's.
+    async with make_client(batch_emulator, azurite) as other:
+        theirs = await other.submit_tasks("job", tasks(3))
+    assert len(theirs.conflicts) == 3 and theirs.existing == ()
+
+
+def test_a_ledger_is_resumed_when_given_a_run_id() -> None:
+    assert SubmissionLedger("run-a").resumed and not SubmissionLedger().resumed
+    assert not SubmissionLedger("run-a", resumed=False).resumed
+    assert "resumed=True" in repr(SubmissionLedger("run-a"))
+
+
 # ----------------------------------------------------------------------------------------------------
 # Per-task server errors
 # ----------------------------------------------------------------------------------------------------
