@@ -610,23 +610,32 @@ class Client:
     # Pools
     # ------------------------------------------------------------------------------------------------
 
-    async def ensure_pool(self, spec: PoolSpec, *, reuse_existing: bool = False) -> PoolRef:
+    async def ensure_pool(
+        self,
+        spec: PoolSpec,
+        *,
+        reuse_existing: bool = False,
+        deletion_timeout: float = 900.0,
+    ) -> PoolRef:
         """Create the pool unless it exists; a pool this run did not create is adopted only when asked.
 
         The pool is tagged with this run's id. If the id is taken by a pool carrying this run's id (a create
         whose answer was lost, or a resumed run), it is left as it is and counts as this run's. A pool this
         run did not create raises `ConflictError`, unless *reuse_existing* -- then it is used as it is and never
-        deleted by this client.
+        deleted by this client. A pool with the id that is being deleted (by an earlier run's cleanup, say) is
+        waited for, up to *deletion_timeout*, and then created anew.
 
         Args:
             spec: the pool.
             reuse_existing: run on an existing pool with this id that this run did not create.
+            deletion_timeout: seconds to wait for a pool with this id that is being deleted to go.
 
         Returns:
             The pool's id and whether it was created now and is this run's.
 
         Raises:
-            ConflictError: the id is another's pool (without *reuse_existing*), or it is being deleted.
+            ConflictError: the id is another's pool (without *reuse_existing*), or it was still being deleted
+                after *deletion_timeout*.
             ServiceError: the service refused the spec.
 
         Example:
@@ -640,7 +649,12 @@ class Client:
         self._check_open()
         with self._creating("pool", spec.id):
             ref = await _pools.ensure_pool(
-                self.batch, spec, run_id=self.run_id, reuse_existing=reuse_existing, policy=self.retry_policy
+                self.batch,
+                spec,
+                run_id=self.run_id,
+                reuse_existing=reuse_existing,
+                policy=self.retry_policy,
+                deletion_timeout=deletion_timeout,
             )
         if ref.owned:
             self._pools[ref.id] = None

@@ -14,6 +14,11 @@ waiting for its start task, rebooting, ...), too few usable nodes is final, and 
 `PoolStartTaskError` when start tasks failed, `PoolResizeError` when the pool reports resize errors (a core
 quota, no capacity), `PoolError` when nodes are unusable. A resize error on a pool that has enough usable nodes
 is stale (resize errors stay until the next resize) and is not fatal.
+
+Deletion takes time. A pool being deleted keeps its id until the service has reclaimed its nodes (minutes on
+Azure), and a create with that id meets ``409 PoolBeingDeleted``. `ensure_pool` then waits, bounded by
+*deletion_timeout*, for the old pool to go, and creates the new one: running the same script twice in a row
+just works.
 """
 
 from __future__ import annotations
@@ -207,13 +212,15 @@ async def ensure_pool(
     run_id: str,
     reuse_existing: bool = False,
     policy: RetryPolicy | None = None,
+    deletion_timeout: float = 900.0,
 ) -> PoolRef:
     """Create the pool described by *spec* unless it exists; tell whose it is.
 
     The pool is created tagged with *run_id*. When the id is taken (``PoolExists``), the existing pool is read:
     if it carries *run_id* it is this run's (created by an earlier attempt whose answer was lost, or by an
     earlier call of the same run) and is left alone; otherwise it is someone else's, adopted only with
-    *reuse_existing*.
+    *reuse_existing*. When a pool with the id is being deleted (anyone's: it is going away), the call waits
+    until it is gone, then creates the new pool.
 
     Args:
         batch: the Batch client.
@@ -221,50 +228,53 @@ async def ensure_pool(
         run_id: this run's id, recorded in the pool's metadata.
         reuse_existing: adopt a pool with this id that this run did not create (it is never deleted by it).
         policy: the retry policy for each request.
+        deletion_timeout: seconds to wait for a pool with this id that is being deleted to go.
 
     Returns:
         The pool's id, whether this call created it and whether it is this run's.
 
     Raises:
-        ConflictError: the id belongs to a pool this run did not create (and *reuse_existing* is false), or the
-            pool is being deleted.
+        ConflictError: the id belongs to a pool this run did not create (and *reuse_existing* is false), or a
+            pool with the id was still being deleted after *deletion_timeout*.
         ServiceError: the service refused the spec (the message has its reason).
     """
     model = to_pool_model(dataclasses.replace(spec, metadata=tagged(spec.metadata, run_id)))
-    attempts = 0
+    deadline = anyio.current_time() + deletion_timeout
+    while True:
+        attempts = 0
 
-    async def create() -> None:
-        nonlocal attempts
-        attempts += 1
-        await batch.create_pool(model)
+        async def create() -> None:
+            nonlocal attempts
+            attempts += 1
+            await batch.create_pool(model)
 
-    try:
-        await call(create, policy=policy, resource="pool", resource_id=spec.id, action="create")
-    except ConflictError as exc:
-        if exc.code != "PoolExists":
-            raise
-    else:
-        logger.info("created pool %r (%d dedicated, %d spot nodes)", spec.id, spec.dedicated_nodes, spec.spot_nodes)
-        return PoolRef(id=spec.id, created=True, owned=True)
+        try:
+            await call(create, policy=policy, resource="pool", resource_id=spec.id, action="create")
+        except ConflictError as exc:
+            if exc.code == "PoolBeingDeleted":
+                await _wait_until_deleted(batch, spec.id, policy, deadline, deletion_timeout)
+                continue
+            if exc.code != "PoolExists":
+                raise
+        else:
+            logger.info("created pool %r (%d dedicated, %d spot nodes)", spec.id, spec.dedicated_nodes, spec.spot_nodes)
+            return PoolRef(id=spec.id, created=True, owned=True)
 
-    pool = await call(
-        lambda: batch.get_pool(spec.id, select=["id", "state", "metadata"]),
-        policy=policy,
-        resource="pool",
-        resource_id=spec.id,
-    )
-    owner = run_id_of(pool.metadata)
-    if owner == run_id:
-        if _text(pool.state) == "deleting":
-            raise ConflictError(
-                f"pool {spec.id!r} of this run is being deleted. Wait until the deletion finishes, or choose "
-                "another pool id.",
-                service="batch",
-                status=409,
-                code="PoolBeingDeleted",
-                resource_kind="pool",
+        try:
+            pool = await call(
+                lambda: batch.get_pool(spec.id, select=["id", "state", "metadata"]),
+                policy=policy,
+                resource="pool",
                 resource_id=spec.id,
             )
+        except NotFoundError:
+            continue  # deleted between the create and the read: create it again
+        if _text(pool.state) == "deleting":
+            await _wait_until_deleted(batch, spec.id, policy, deadline, deletion_timeout)
+            continue
+        break
+    owner = run_id_of(pool.metadata)
+    if owner == run_id:
         # A retried create that finds our own tag: the first attempt took effect and its answer was lost.
         created = attempts > 1
         logger.info("pool %r is this run's (%s); leaving it as it is", spec.id, "created" if created else "exists")
@@ -280,6 +290,42 @@ async def ensure_pool(
         "Choose another pool id, or pass reuse_existing=True to run on it as it is (it will not be deleted).",
         code="PoolExists",
     )
+
+
+async def _wait_until_deleted(
+    batch: BatchClient, pool_id: str, policy: RetryPolicy | None, deadline: float, waited_at_most: float
+) -> None:
+    """Wait until the pool being deleted is gone (404), polling with backoff until *deadline*.
+
+    Raises:
+        ConflictError: still there at *deadline* (code ``PoolBeingDeleted``).
+    """
+    logger.info("pool %r is being deleted; waiting for it to go before creating it again", pool_id)
+    interval = 0.2
+    while True:
+        try:
+            await call(
+                lambda: batch.get_pool(pool_id, select=["id", "state"]),
+                policy=policy,
+                resource="pool",
+                resource_id=pool_id,
+            )
+        except NotFoundError:
+            return
+        remaining = deadline - anyio.current_time()
+        if remaining <= 0:
+            raise ConflictError(
+                f"pool {pool_id!r} was still being deleted after {waited_at_most:g} s, so a new pool with this id "
+                "cannot be created yet. Wait until the deletion finishes (pass a longer deletion_timeout), or "
+                "choose another pool id.",
+                service="batch",
+                status=409,
+                code="PoolBeingDeleted",
+                resource_kind="pool",
+                resource_id=pool_id,
+            )
+        await anyio.sleep(min(interval, remaining))
+        interval = min(interval * 1.5, 10.0)
 
 
 # ----------------------------------------------------------------------------------------------------

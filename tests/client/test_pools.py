@@ -79,6 +79,43 @@ async def test_same_run_id_in_a_new_client_recognises_its_pool(
         assert client.created["pools"] == ("resumed",)
 
 
+@pytest.mark.parametrize("whose", ["another run's", "this run's"])
+async def test_a_pool_being_deleted_is_waited_for_then_created_anew(
+    tmp_path: Path, azurite: AzuriteServer, whose: str
+) -> None:
+    """Running the same script twice in a row: the first run's pool is still being deleted when the second starts."""
+    timings = Timings(allocation_delay=0.05, node_start_delay=0.05, deletion_delay=1.0)
+    async with Emulator(workdir=tmp_path, timings=timings) as emu:
+        async with make_client(emu, azurite, run_id="first") as client:
+            await client.ensure_pool(pool_spec("again"))
+            await client.delete_pool("again")  # returns at once; the pool stays "deleting" for a second
+        assert emu.account is not None and emu.account.pools["again"].state == "deleting"
+        async with make_client(emu, azurite, run_id="first" if whose == "this run's" else "second") as client:
+            started = time.monotonic()
+            ref = await client.ensure_pool(pool_spec("again"))
+            waited = time.monotonic() - started
+            assert (ref.created, ref.owned) == (True, True)
+        assert 0.5 < waited < 10
+        assert emu.account.pools["again"].state == "active"
+        assert emu.account.created[("pool", "again")] == 2
+
+
+async def test_a_pool_still_being_deleted_after_the_bound_is_a_clear_error(
+    tmp_path: Path, azurite: AzuriteServer
+) -> None:
+    timings = Timings(allocation_delay=0.05, node_start_delay=0.05, deletion_delay=30.0)
+    async with Emulator(workdir=tmp_path, timings=timings) as emu:
+        async with make_client(emu, azurite) as client:
+            await client.ensure_pool(pool_spec("slow-going"))
+            await client.delete_pool("slow-going")
+            started = time.monotonic()
+            with pytest.raises(ConflictError) as caught:
+                await client.ensure_pool(pool_spec("slow-going"), deletion_timeout=0.5)
+            assert time.monotonic() - started < 5
+    assert caught.value.code == "PoolBeingDeleted" and caught.value.resource_id == "slow-going"
+    assert "still being deleted after 0.5 s" in str(caught.value) and "deletion_timeout" in str(caught.value)
+
+
 async def test_another_runs_pool_is_a_conflict_unless_reused(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
     async with make_client(batch_emulator, azurite, run_id="first") as client:
         await client.ensure_pool(pool_spec("shared"))
