@@ -785,13 +785,15 @@ class Client:
         display_name: str | None = None,
         metadata: Mapping[str, str] | None = None,
         reuse_existing: bool = False,
+        deletion_timeout: float = 300.0,
     ) -> JobRef:
         """Create a job (idempotently) on a pool, or with an auto-pool that lives and dies with the job.
 
         Creating a job that this run already created is fine; a job with that id that this run did not create
-        is a `ConflictError` unless *reuse_existing*. With *auto_pool*, the service creates the pool with the
-        job (``poolLifetimeOption=job``) and deletes it when the job ends, so a crashed client leaves no pool
-        running once the job is terminated or deleted.
+        is a `ConflictError` unless *reuse_existing*. A job with that id that is being deleted is waited for
+        (up to *deletion_timeout*), then the job is created anew. With *auto_pool*, the service creates the pool
+        with the job (``poolLifetimeOption=job``) and deletes it when the job ends, so a crashed client leaves no
+        pool running once the job is terminated or deleted.
 
         ``on_all_tasks_complete="terminatejob"`` is applied when `submit_tasks` finishes (``final=True``): a job
         created with it would terminate at once, having no tasks yet.
@@ -808,12 +810,13 @@ class Client:
             display_name: a human-readable name.
             metadata: more name/value pairs.
             reuse_existing: add to an existing job this run did not create.
+            deletion_timeout: seconds to wait for a job with this id that is being deleted to go.
 
         Returns:
             The job's id, pool and ownership.
 
         Raises:
-            ConflictError: another's job with this id, or one being deleted.
+            ConflictError: another's job with this id, or one still being deleted after *deletion_timeout*.
             ConfigurationError: neither or both of *pool_id* and *auto_pool*.
 
         Example:
@@ -837,6 +840,7 @@ class Client:
                 metadata=metadata,
                 reuse_existing=reuse_existing,
                 policy=self.retry_policy,
+                deletion_timeout=deletion_timeout,
             )
         if ref.owned:
             self._jobs[ref.id] = None

@@ -16,16 +16,17 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+import anyio
 from azure.batch import models
 from azure.batch.aio import BatchClient
 from azure.batch.models._models import BatchJobTerminateOptions
 
 from ._errors import ConfigurationError, ConflictError, NotFoundError
-from ._pools import delete_entity, not_ours, run_id_of, tagged
+from ._pools import delete_entity, not_ours, run_id_of, tagged, wait_until_deleted
 from ._retry import RetryPolicy, call
 from ._specs import PoolSpec, check_id, to_pool_specification
 
@@ -94,8 +95,12 @@ async def create_job(
     metadata: Mapping[str, str] | None = None,
     reuse_existing: bool = False,
     policy: RetryPolicy | None = None,
+    deletion_timeout: float = 300.0,
 ) -> JobRef:
     """Create a job unless this run's job with that id exists; never take over another's silently.
+
+    A job with the id that is being deleted (anyone's: it is going away) is waited for, up to
+    *deletion_timeout*, and the job is then created anew.
 
     Give exactly one of *pool_id* (an existing pool) and *auto_pool* (a pool the service creates for this job
     and deletes with it: ``poolLifetimeOption=job``, so a client that dies leaves no pool behind once the job
@@ -117,13 +122,15 @@ async def create_job(
         metadata: more name/value pairs for the job.
         reuse_existing: accept a job with this id that this run did not create (it is never deleted by it).
         policy: the retry policy for each request.
+        deletion_timeout: seconds to wait for a job with this id that is being deleted to go.
 
     Returns:
         The job's id, pool and ownership.
 
     Raises:
         ConfigurationError: neither or both of *pool_id* and *auto_pool*, or an invalid id.
-        ConflictError: the id belongs to a job this run did not create, or one being deleted.
+        ConflictError: the id belongs to a job this run did not create, or one still being deleted after
+            *deletion_timeout*.
         NotFoundError: the pool does not exist (some services say so only when tasks are scheduled).
     """
     check_id("job", job_id)
@@ -158,26 +165,42 @@ async def create_job(
         task_failure_mode=on_task_failure,
         metadata=[models.BatchMetadataItem(name=k, value=v) for k, v in meta.items()],
     )
-    attempts = 0
+    deadline = anyio.current_time() + deletion_timeout
 
-    async def create() -> None:
-        nonlocal attempts
-        attempts += 1
-        await batch.create_job(model)
+    def gone() -> Awaitable[object]:
+        return batch.get_job(job_id, select=["id"])
 
     created = owned = True
-    try:
-        await call(create, policy=policy, resource="job", resource_id=job_id, action="create")
-        logger.info("created job %r", job_id)
-    except ConflictError as exc:
-        if exc.code != "JobExists":
-            raise
-        existing = await call(
-            lambda: batch.get_job(job_id, select=["id", "state", "metadata"]),
-            policy=policy,
-            resource="job",
-            resource_id=job_id,
-        )
+    while True:
+        attempts = 0
+
+        async def create() -> None:
+            nonlocal attempts
+            attempts += 1
+            await batch.create_job(model)
+
+        try:
+            await call(create, policy=policy, resource="job", resource_id=job_id, action="create")
+            logger.info("created job %r", job_id)
+            break
+        except ConflictError as exc:
+            if exc.code == "JobBeingDeleted":
+                await wait_until_deleted(gone, "job", job_id, policy, deadline, deletion_timeout)
+                continue
+            if exc.code != "JobExists":
+                raise
+        try:
+            existing = await call(
+                lambda: batch.get_job(job_id, select=["id", "state", "metadata"]),
+                policy=policy,
+                resource="job",
+                resource_id=job_id,
+            )
+        except NotFoundError:
+            continue  # deleted between the create and the read: create it again
+        if str(getattr(existing.state, "value", existing.state) or "").lower() == "deleting":
+            await wait_until_deleted(gone, "job", job_id, policy, deadline, deletion_timeout)
+            continue
         owner = run_id_of(existing.metadata)
         if owner == run_id:
             created = attempts > 1  # a retried create finding our tag: the first attempt took effect
@@ -194,6 +217,7 @@ async def create_job(
                 "Choose another job id, delete the old job, or pass reuse_existing=True to add tasks to it.",
                 code="JobExists",
             ) from None
+        break
     actual_pool = pool_id
     if auto_pool is not None:
         job = await call(
@@ -289,7 +313,7 @@ async def delete_job(
     *,
     wait: bool = False,
     poll_interval: float = 1.0,
-    timeout: float = 600.0,
+    timeout: float = 600.0,  # noqa: ASYNC109 (applies with wait=True only; the error names the job)
     policy: RetryPolicy | None = None,
 ) -> bool:
     """Delete a job (its tasks, and an auto-pool with it); one that is gone or going counts as done.

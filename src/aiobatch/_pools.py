@@ -28,6 +28,7 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import anyio
 from azure.batch import models
@@ -240,6 +241,10 @@ async def ensure_pool(
     """
     model = to_pool_model(dataclasses.replace(spec, metadata=tagged(spec.metadata, run_id)))
     deadline = anyio.current_time() + deletion_timeout
+
+    def gone() -> Awaitable[object]:
+        return batch.get_pool(spec.id, select=["id"])
+
     while True:
         attempts = 0
 
@@ -252,7 +257,7 @@ async def ensure_pool(
             await call(create, policy=policy, resource="pool", resource_id=spec.id, action="create")
         except ConflictError as exc:
             if exc.code == "PoolBeingDeleted":
-                await _wait_until_deleted(batch, spec.id, policy, deadline, deletion_timeout)
+                await wait_until_deleted(gone, "pool", spec.id, policy, deadline, deletion_timeout)
                 continue
             if exc.code != "PoolExists":
                 raise
@@ -270,7 +275,7 @@ async def ensure_pool(
         except NotFoundError:
             continue  # deleted between the create and the read: create it again
         if _text(pool.state) == "deleting":
-            await _wait_until_deleted(batch, spec.id, policy, deadline, deletion_timeout)
+            await wait_until_deleted(gone, "pool", spec.id, policy, deadline, deletion_timeout)
             continue
         break
     owner = run_id_of(pool.metadata)
@@ -292,37 +297,39 @@ async def ensure_pool(
     )
 
 
-async def _wait_until_deleted(
-    batch: BatchClient, pool_id: str, policy: RetryPolicy | None, deadline: float, waited_at_most: float
+async def wait_until_deleted(
+    get: Callable[[], Awaitable[object]],
+    kind: Literal["pool", "job"],
+    entity_id: str,
+    policy: RetryPolicy | None,
+    deadline: float,
+    waited_at_most: float,
 ) -> None:
-    """Wait until the pool being deleted is gone (404), polling with backoff until *deadline*.
+    """Wait until a pool or job being deleted is gone (*get* raises 404), polling with backoff until *deadline*.
+
+    Shared by `ensure_pool` and `aiobatch._jobs.create_job`.
 
     Raises:
-        ConflictError: still there at *deadline* (code ``PoolBeingDeleted``).
+        ConflictError: still there at *deadline* (code ``PoolBeingDeleted`` or ``JobBeingDeleted``).
     """
-    logger.info("pool %r is being deleted; waiting for it to go before creating it again", pool_id)
+    logger.info("%s %r is being deleted; waiting for it to go before creating it again", kind, entity_id)
     interval = 0.2
     while True:
         try:
-            await call(
-                lambda: batch.get_pool(pool_id, select=["id", "state"]),
-                policy=policy,
-                resource="pool",
-                resource_id=pool_id,
-            )
+            await call(get, policy=policy, resource=kind, resource_id=entity_id)
         except NotFoundError:
             return
         remaining = deadline - anyio.current_time()
         if remaining <= 0:
             raise ConflictError(
-                f"pool {pool_id!r} was still being deleted after {waited_at_most:g} s, so a new pool with this id "
-                "cannot be created yet. Wait until the deletion finishes (pass a longer deletion_timeout), or "
-                "choose another pool id.",
+                f"{kind} {entity_id!r} was still being deleted after {waited_at_most:g} s, so a new {kind} with "
+                "this id cannot be created yet. Wait until the deletion finishes (pass a longer "
+                f"deletion_timeout), or choose another {kind} id.",
                 service="batch",
                 status=409,
-                code="PoolBeingDeleted",
-                resource_kind="pool",
-                resource_id=pool_id,
+                code=f"{kind.capitalize()}BeingDeleted",
+                resource_kind=kind,
+                resource_id=entity_id,
             )
         await anyio.sleep(min(interval, remaining))
         interval = min(interval * 1.5, 10.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +14,7 @@ from azure.core.exceptions import ServiceRequestError
 from aiobatch import RUN_ID_KEY, ConfigurationError, ConflictError
 from aiobatch._azurite import AzuriteServer
 from aiobatch._jobs import create_job
-from aiobatch.emulator import Emulator
+from aiobatch.emulator import Emulator, Timings
 
 from .test_client import FAST, make_client, pool_spec, tasks
 
@@ -51,6 +53,27 @@ async def test_another_runs_job_is_a_conflict_unless_reused(batch_emulator: Emul
         assert not ref.owned
         with pytest.raises(ConflictError, match="force=True"):
             await client.delete_job("busy")
+
+
+async def test_a_job_being_deleted_is_waited_for_then_created_anew(tmp_path: Path, azurite: AzuriteServer) -> None:
+    timings = Timings(allocation_delay=0.05, node_start_delay=0.05, deletion_delay=1.0)
+    async with Emulator(workdir=tmp_path, timings=timings) as emu:
+        async with make_client(emu, azurite, run_id="first") as client:
+            await client.ensure_pool(pool_spec("p"))
+            await client.create_job("nightly", pool_id="p")
+            await client.delete_job("nightly")  # returns at once; the job stays "deleting" for a second
+            assert emu.account is not None and emu.account.jobs["nightly"].state == "deleting"
+        async with make_client(emu, azurite, run_id="second") as client:
+            started = time.monotonic()
+            ref = await client.create_job("nightly", pool_id="p")
+            waited = time.monotonic() - started
+            assert (ref.created, ref.owned) == (True, True)
+            with pytest.raises(ConflictError) as caught:  # and when it takes longer than the bound, a clear error
+                await client.delete_job("nightly")
+                await client.create_job("nightly", pool_id="p", deletion_timeout=0.3)
+        assert 0.5 < waited < 10
+        assert emu.account.created[("job", "nightly")] == 2
+    assert caught.value.code == "JobBeingDeleted" and "still being deleted after 0.3 s" in str(caught.value)
 
 
 class _DropFirstCreate:
