@@ -866,10 +866,11 @@ async def _download_one(
     progress: ProgressCallback | None,
 ) -> str:
     """One attempt: stream into a temporary file, verify, rename. Returns the hex MD5."""
+    responses = _Responses()
     f, tmp = await anyio.to_thread.run_sync(_open_temp, final)
     try:
         digest = hashlib.md5(usedforsecurity=False)
-        downloader = await blob.download_blob(max_concurrency=1)
+        downloader = await blob.download_blob(max_concurrency=1, raw_response_hook=responses.track)
         counter = _Counter(name, int(downloader.size or 0), progress)
         async for chunk in downloader.chunks():
             await anyio.to_thread.run_sync(_write, f, digest, chunk)
@@ -884,9 +885,40 @@ async def _download_one(
         return actual
     finally:
         # Quick syscalls, done inline so they also run while the task is being cancelled.
+        responses.close()
         f.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+class _Responses:
+    """The HTTP responses of one download attempt, closed when it ends, however it ends.
+
+    The Storage SDK streams each range's body through azure-core, whose aiohttp stream closes the response at
+    the end of the body and on a cut-short body, but not when the read is cancelled, times out or fails with
+    another client error (azure-core 1.41, ``AioHttpStreamDownloadGenerator.__anext__``); the SDK keeps that
+    response only in a local variable. A download cancelled mid-body (by the caller, a timeout, or a sibling's
+    failure in `_for_each`) would leave its connection checked out of the pool until the garbage collector
+    found it, which warns ``Unclosed connection``. The SDK's ``raw_response_hook`` sees every response once its
+    headers are in; closing them all at the end releases each connection at once. Closing a response whose body
+    was read to the end does nothing, so finished connections stay in the pool for reuse.
+    """
+
+    def __init__(self) -> None:
+        self._responses: list[Any] = []
+
+    def track(self, pipeline_response: Any) -> None:
+        """The ``raw_response_hook``: remember the transport response."""
+        self._responses.append(pipeline_response.http_response)
+
+    def close(self) -> None:
+        """Close every response seen (synchronous, so it also runs while the task is being cancelled)."""
+        responses, self._responses = self._responses, []
+        for response in responses:
+            # aiohttp's ClientResponse.close() is synchronous and idempotent; other transports close their own.
+            close = getattr(getattr(response, "internal_response", None), "close", None)
+            if callable(close):
+                close()
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -107,18 +107,7 @@ class Outcome:
         return self.progress.started[following] - self.progress.started[stage]
 
 
-#: azure-core 1.41.0's AioHttpStreamDownloadGenerator.__anext__ closes the aiohttp response on an Exception but
-#: not on a cancellation, so a blob download cancelled mid-body leaves its connection to the garbage collector,
-#: which warns (``Unclosed connection``) when it gets to it. Nothing is left on the servers (what this test
-#: checks) and the socket is closed then; only that one warning is let through, and only for the download stage.
-AZURE_CORE_CANCELLED_DOWNLOAD = pytest.mark.filterwarnings(
-    r"ignore:Exception ignored in. <function Connection.__del__:pytest.PytestUnraisableExceptionWarning"
-)
-
-
-@pytest.mark.parametrize(
-    "stage", [pytest.param(s, marks=AZURE_CORE_CANCELLED_DOWNLOAD) if s == "download" else s for s in STAGES]
-)
+@pytest.mark.parametrize("stage", STAGES)
 async def test_cancelled_in_any_stage_nothing_is_left(
     azurite: AzuriteServer,
     tmp_path: Path,

@@ -18,13 +18,14 @@ import hashlib
 import os
 import random
 import urllib.parse
-import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import anyio
 import pytest
+from aiohttp import web
 from azure.storage.blob.aio import BlobServiceClient
 
 from aiobatch._azurite import AzuriteServer
@@ -58,19 +59,15 @@ def _instant() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def _collect_sdk_leaks() -> Iterator[None]:
-    """Collect, before the next test starts, the connections the Storage SDK leaks when a body is reset mid-read.
+def _collect_leaks() -> Iterator[None]:
+    """Collect garbage after each test, so that a connection the test left open fails that test, not a later one.
 
-    azure-storage-blob's aio downloader drops (does not close) an aiohttp response whose body read failed on an
-    injected reset; the garbage collector later warns "Unclosed connection" wherever it happens to run, which
-    pytest then pins on an unrelated test. Collecting here keeps that SDK-internal leak attributed to the tests
-    that inject resets, and silent; every assertion about our own transfers stands.
+    aiohttp warns ``Unclosed connection`` (a ResourceWarning, an error under this project's filterwarnings) when
+    the garbage collector finds a connection nobody released; collecting here pins it on the test that leaked.
+    `checked_out` is the deterministic check: the garbage collector may also free such a connection silently.
     """
     yield
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Unclosed connection", ResourceWarning)
-        warnings.filterwarnings("ignore", "Unclosed client session", ResourceWarning)
-        gc.collect()
+    gc.collect()
 
 
 @pytest.fixture(autouse=True)
@@ -93,6 +90,8 @@ async def via(storage_faults: StorageFaultProxy) -> AsyncIterator[BlobServiceCli
     settings = StorageSettings(connection_string=storage_faults.connection_string)
     async with blob_service_client(settings) as svc:
         yield svc
+        # Every transfer released its connection, however it ended (a reset, a corrupt body, a sibling's failure).
+        assert checked_out(svc) == 0
 
 
 @pytest.fixture
@@ -142,6 +141,16 @@ def write_corpus(folder: Path, count: int, *, block: int, big: int = 0, seed: in
         path.write_bytes(data)
         sources.append(Source(name, path, hashlib.md5(data).hexdigest()))
     return sources
+
+
+def checked_out(service: BlobServiceClient) -> int:
+    """Connections the client's pool has handed out and not got back: a response left open holds one.
+
+    Reads azure-core's aiohttp transport (the session it owns) and aiohttp's connector; if either moves, fix this
+    helper rather than dropping the check.
+    """
+    session = service._pipeline._transport.session
+    return 0 if session is None else len(session.connector._acquired)
 
 
 def md5_of(path: Path) -> str:
@@ -509,3 +518,112 @@ async def test_a_create_whose_answer_was_lost_still_counts_as_this_calls_contain
     other = f"{container[:50]}-other"
     await direct.create_container(other)
     assert await ensure_container(via, other, policy=POLICY) is False
+
+
+# ----------------------------------------------------------------------------------------------------
+# A download cut short releases its connection at once
+# ----------------------------------------------------------------------------------------------------
+
+
+class StallingProxy:
+    """A pass-through proxy to Azurite that sends the first bytes of each Get Blob body, then holds the rest.
+
+    The client is left waiting mid-body for as long as it keeps the connection: `stalled` is set when the first
+    body is held, `hung_up` when the client has closed that connection. A request for a blob named in *after_stall*
+    is held until then, so its answer (a 404) lands while the other download is mid-body.
+    """
+
+    def __init__(self, azurite: AzuriteServer, *, after_stall: str = "") -> None:
+        self._upstream = azurite.blob_endpoint.rsplit("/", 1)[0]
+        self._azurite = azurite
+        self._after_stall = after_stall
+        self.stalled = anyio.Event()
+        self.hung_up = anyio.Event()
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.connection_string = ""
+
+    async def __aenter__(self) -> StallingProxy:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self._session = aiohttp.ClientSession(auto_decompress=False)
+        self.connection_string = self._azurite.connection_string.replace(self._upstream, f"http://127.0.0.1:{port}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None and self._session is not None
+        await self._runner.cleanup()
+        await self._session.close()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        assert self._session is not None
+        if self._after_stall and self._after_stall in request.path:
+            await self.stalled.wait()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "transfer-encoding")}
+        async with self._session.request(
+            request.method,
+            self._upstream + request.raw_path,
+            headers=headers,
+            data=await request.read() if request.body_exists else None,
+            allow_redirects=False,
+        ) as upstream:
+            out = {k: v for k, v in upstream.headers.items() if k.lower() not in ("transfer-encoding", "connection")}
+            blob_read = request.method == "GET" and not {"comp", "restype"} & set(request.query)
+            if not (blob_read and upstream.status in (200, 206)) or self.stalled.is_set():
+                return web.Response(status=upstream.status, headers=out, body=await upstream.read())
+            response = web.StreamResponse(status=upstream.status, headers=out)
+            await response.prepare(request)
+            await response.write(await upstream.content.read(64 * 1024))
+            self.stalled.set()
+            try:
+                while request.transport is not None and not request.transport.is_closing():
+                    await anyio.sleep(0.01)
+            finally:
+                self.hung_up.set()
+            return response
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ["cancelled by the caller", "cancelled by a sibling's failure"])
+async def test_a_download_cut_short_mid_body_releases_its_connection(
+    azurite: AzuriteServer, direct: BlobServiceClient, container: str, tmp_path: Path, how: str
+) -> None:
+    """Not left to the garbage collector: the connection is closed when the download ends, however it ends."""
+    source = tmp_path / "big.bin"
+    source.write_bytes(random.Random(how).randbytes(5 * MiB))
+    await upload_files(direct, container, [source])
+    out = tmp_path / "out"
+    sibling = how != "cancelled by the caller"
+    async with (
+        StallingProxy(azurite, after_stall="missing.bin" if sibling else "") as proxy,
+        blob_service_client(StorageSettings(connection_string=proxy.connection_string)) as svc,
+    ):
+        # With the collector off, only the download itself can close what it opened.
+        gc.disable()
+        try:
+            if sibling:
+                with pytest.raises(NotFoundError):
+                    await download_blobs(svc, container, out, names=["big.bin", "missing.bin"], policy=POLICY)
+            else:
+
+                async def cancel_when_stalled() -> None:
+                    await proxy.stalled.wait()
+                    scope.cancel()
+
+                with anyio.CancelScope() as scope:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(cancel_when_stalled)
+                        await download_blobs(svc, container, out, policy=POLICY)
+                assert scope.cancelled_caught
+            assert proxy.stalled.is_set()
+            assert checked_out(svc) == 0
+            with anyio.fail_after(5):
+                await proxy.hung_up.wait()
+        finally:
+            gc.enable()
+    assert not (out / "big.bin").exists() and part_files(out) == []
