@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 import os
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from azure.core.exceptions import HttpResponseError
+from azure.core.credentials import AccessToken
+from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 
@@ -24,6 +29,8 @@ from aiobatch._azurite import (
     find_azurite,
     install_azurite,
 )
+from aiobatch._errors import ConfigurationError
+from aiobatch.testing import self_signed_certificate
 
 pytestmark = pytest.mark.anyio
 
@@ -202,3 +209,81 @@ def test_missing_node_is_a_clear_error(azurite: AzuriteServer, tmp_path: Path, m
     with pytest.raises(AzuriteNotFoundError, match="node not found on PATH"):
         server.start()
     assert server.pid is None
+
+
+# ----------------------------------------------------------------------------------------------------
+# HTTPS and Entra ID bearer tokens
+# ----------------------------------------------------------------------------------------------------
+
+
+class _Token:
+    """An unsigned JWT with the claims Azurite's ``--oauth basic`` checks (issuer, audience, lifetime)."""
+
+    def __init__(self, audience: str = "https://storage.azure.com") -> None:
+        self.audience = audience
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        now = int(time.time())
+        tenant = "00000000-0000-4000-8000-000000000001"
+        claims = {"aud": self.audience, "iss": f"https://sts.windows.net/{tenant}/", "iat": now, "nbf": now - 60}
+        claims.update(exp=now + 3600, oid="00000000-0000-4000-8000-000000000002", tid=tenant)
+        encode = [base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=").decode() for part in ({}, claims)]
+        return AccessToken(".".join(encode) + ".", now + 3600)
+
+    async def close(self) -> None:
+        pass
+
+
+def test_a_self_signed_certificate_names_loopback_and_keeps_its_key_private(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    cert, key = self_signed_certificate(tmp_path / "tls")
+    certificate = x509.load_pem_x509_certificate(cert.read_bytes())
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert names.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert certificate.issuer == certificate.subject  # its own authority: trusted by using it as the CA file
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and b"PRIVATE KEY" in key.read_bytes()
+
+
+def test_oauth_needs_https_and_a_certificate_needs_its_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="needs HTTPS"):
+        AzuriteServer(oauth=True)
+    with pytest.raises(ConfigurationError, match="both cert= and key="):
+        AzuriteServer(cert=tmp_path / "cert.pem")
+
+
+async def test_azurite_oauth_serves_https_and_accepts_bearer_tokens(azurite_oauth: AzuriteServer) -> None:
+    assert azurite_oauth.running and azurite_oauth.oauth
+    assert azurite_oauth.cert_path is not None and azurite_oauth.cert_path.is_file()
+    assert azurite_oauth.blob_endpoint == f"https://127.0.0.1:{azurite_oauth.port}/{ACCOUNT_NAME}"
+    assert azurite_oauth.connection_string.startswith("DefaultEndpointsProtocol=https;")
+    assert f"BlobEndpoint={azurite_oauth.blob_endpoint};" in azurite_oauth.connection_string
+    verify = str(azurite_oauth.cert_path)
+
+    # Shared Key still works, over HTTPS, for a client that trusts the certificate.
+    async with BlobServiceClient.from_connection_string(
+        azurite_oauth.connection_string, connection_verify=verify, retry_total=0
+    ) as service:
+        await service.create_container("https-shared-key")
+    # A bearer token: the service answers, and hands out user delegation keys (only with a token).
+    async with BlobServiceClient(
+        azurite_oauth.blob_endpoint, credential=_Token(), connection_verify=verify, retry_total=0
+    ) as service:
+        assert [c.name async for c in service.list_containers(name_starts_with="https-")] == ["https-shared-key"]
+        now = dt.datetime.now(dt.timezone.utc)
+        key = await service.get_user_delegation_key(now, now + dt.timedelta(hours=1))
+        assert key.signed_oid == "00000000-0000-4000-8000-000000000002" and key.value
+    # A token for another audience is refused.
+    async with BlobServiceClient(
+        azurite_oauth.blob_endpoint,
+        credential=_Token("https://vault.azure.net"),
+        connection_verify=verify,
+        retry_total=0,
+    ) as service:
+        with pytest.raises(ClientAuthenticationError):
+            await service.get_container_client("https-shared-key").get_container_properties()
+    # A client that does not trust the self-signed certificate cannot connect at all.
+    async with BlobServiceClient.from_connection_string(azurite_oauth.connection_string, retry_total=0) as service:
+        with pytest.raises(ServiceRequestError, match=r"(?i)certificate"):
+            await service.get_container_client("https-shared-key").get_container_properties()

@@ -6,6 +6,13 @@ directory, or the folder named by ``AIOBATCH_AZURITE_DIR``) and reuses that copy
 :class:`AzuriteServer` starts only Azurite's Blob service on loopback, on a port the OS picks, with in-memory
 persistence, and stops it again.
 
+Over plain HTTP by default. Given a PEM certificate and key it serves HTTPS, and with ``oauth=True`` it also
+accepts Entra ID bearer tokens (``--oauth basic``) and serves Get User Delegation Key, so user delegation SAS can
+be minted and checked locally. In that mode Azurite checks a token's issuer (``https://sts.windows.net/...``),
+audience (``https://storage.azure.com`` or the account's blob endpoint) and lifetime, but not its signature.
+``aiobatch.testing.self_signed_certificate`` makes a certificate for 127.0.0.1, and the ``azurite_oauth``
+fixture runs such a server.
+
 Installing is safe when several processes try at once: npm installs into a private staging folder under an
 advisory file lock (where the platform has one), and the finished tree is moved into place with one atomic
 rename, so a reader sees either no installation or a complete one.
@@ -33,6 +40,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -45,7 +53,7 @@ from typing import IO, Final
 
 import anyio
 
-from ._errors import AiobatchError
+from ._errors import AiobatchError, ConfigurationError
 
 __all__ = [
     "ACCOUNT_KEY",
@@ -228,6 +236,11 @@ class AzuriteServer:
     Only the Blob service runs; queues and tables are not started. ``--skipApiVersionCheck`` is passed
     because the Python SDK may send API versions newer than Azurite knows, and telemetry is disabled.
 
+    With *cert* and *key* it serves HTTPS (``blob_endpoint`` and ``connection_string`` say ``https``); clients
+    trust it with ``connection_verify=str(server.cert_path)``. With *oauth* as well, it accepts Entra ID bearer
+    tokens and mints user delegation keys (``--oauth basic``: issuer, audience and lifetime are checked, the
+    signature is not). Shared Key keeps working either way.
+
     Args:
         host: The address to listen on.
         port: The port to listen on; 0 lets the OS pick a free one.
@@ -235,10 +248,20 @@ class AzuriteServer:
         version: The exact Azurite version to run.
         startup_timeout: Seconds to wait for the service to answer after launching it.
         install_timeout: Seconds ``npm install`` may take if Azurite must be installed first.
+        cert: A PEM certificate to serve HTTPS with (its subject alternative names must include *host*).
+        key: The PEM private key of *cert*.
+        oauth: Accept Entra ID bearer tokens; needs *cert* and *key* (Azurite refuses tokens over HTTP).
+
+    Raises:
+        ConfigurationError: *cert* without *key* (or the reverse), or *oauth* without them.
 
     Example:
         >>> with AzuriteServer() as azurite:  # doctest: +SKIP
         ...     service = BlobServiceClient.from_connection_string(azurite.connection_string)
+        >>> cert, key = self_signed_certificate(tmp)  # doctest: +SKIP
+        >>> with AzuriteServer(cert=cert, key=key, oauth=True) as azurite:  # doctest: +SKIP
+        ...     service = BlobServiceClient(azurite.blob_endpoint, credential=token_credential,
+        ...                                 connection_verify=str(azurite.cert_path))
     """
 
     account_name: Final = ACCOUNT_NAME
@@ -256,8 +279,22 @@ class AzuriteServer:
         version: str = AZURITE_VERSION,
         startup_timeout: float = 60.0,
         install_timeout: float = 600.0,
+        cert: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
+        oauth: bool = False,
     ) -> None:
+        if (cert is None) != (key is None):
+            raise ConfigurationError("AzuriteServer needs both cert= and key= (PEM files) to serve HTTPS, or neither.")
+        if oauth and cert is None:
+            raise ConfigurationError(
+                "AzuriteServer(oauth=True) needs HTTPS: Azurite refuses bearer tokens over HTTP. Pass cert= and key= "
+                "(aiobatch.testing.self_signed_certificate makes a pair for 127.0.0.1).",
+                setting="cert",
+            )
         self.host = host
+        self.oauth = oauth
+        self._cert = Path(cert).absolute() if cert is not None else None
+        self._key = Path(key).absolute() if key is not None else None
         self._requested_port = port
         self._directory = Path(directory).absolute() if directory is not None else None
         self.version = version
@@ -296,6 +333,15 @@ class AzuriteServer:
         return int(self._bound_url().rsplit(":", 1)[1])
 
     @property
+    def cert_path(self) -> Path | None:
+        """The certificate the server presents over HTTPS, or ``None`` over HTTP.
+
+        A self-signed certificate is its own authority: trust it with ``connection_verify=str(cert_path)``
+        (azure-core) or ``ssl.create_default_context(cafile=cert_path)``.
+        """
+        return self._cert
+
+    @property
     def blob_endpoint(self) -> str:
         """The account's Blob endpoint, for example ``http://127.0.0.1:PORT/devstoreaccount1``.
 
@@ -313,8 +359,9 @@ class AzuriteServer:
         Raises:
             RuntimeError: The server has not been started.
         """
+        scheme = "https" if self._cert is not None else "http"
         return (
-            f"DefaultEndpointsProtocol=http;AccountName={self.account_name};"
+            f"DefaultEndpointsProtocol={scheme};AccountName={self.account_name};"
             f"AccountKey={self.account_key};BlobEndpoint={self.blob_endpoint};"
         )
 
@@ -426,6 +473,10 @@ class AzuriteServer:
             "--disableTelemetry",
             "--silent",
         ]
+        if self._cert is not None and self._key is not None:
+            args += ["--cert", str(self._cert), "--key", str(self._key)]
+        if self.oauth:
+            args += ["--oauth", "basic"]
         env = dict(os.environ)
         # A user's AZURITE_ACCOUNTS would replace devstoreaccount1 and its key behind our back.
         env.pop("AZURITE_ACCOUNTS", None)
@@ -480,12 +531,17 @@ class AzuriteServer:
                 root, f"azurite-blob did not report a listening port within {self.startup_timeout} s"
             )
         # The "listens on" line comes once the socket is bound; prove that requests are served, too.
-        host, port = self._url.split("://", 1)[1].rsplit(":", 1)
+        scheme, address = self._url.split("://", 1)
+        host, port = address.rsplit(":", 1)
         while True:
             if process.poll() is not None:
                 raise self._start_error(root, f"azurite-blob exited with status {process.returncode} while starting")
             try:
-                connection = http.client.HTTPConnection(host, int(port), timeout=2.0)
+                connection = (
+                    http.client.HTTPSConnection(host, int(port), timeout=2.0, context=_probe_context())
+                    if scheme == "https"
+                    else http.client.HTTPConnection(host, int(port), timeout=2.0)
+                )
                 try:
                     connection.request("GET", f"/{self.account_name}?comp=list")
                     connection.getresponse().read()
@@ -510,10 +566,21 @@ class AzuriteServer:
                 f"check that Node.js {_MIN_NODE[0]}+ works and that {self.host} accepts listeners; "
                 f"delete {root} to force a reinstall."
             )
+            if self._cert is not None:
+                fix += f" Check that {self._cert} and {self._key} are a readable PEM certificate and its key."
         return AzuriteStartError(f"{problem}. Azurite's last output:\n{tail}\nTo fix it, {fix}")
 
 
 _live_servers: set[AzuriteServer] = set()
+
+
+def _probe_context() -> ssl.SSLContext:
+    # The readiness probe only asks whether our own child process on loopback answers; whether clients trust its
+    # certificate is theirs to check (with cert_path).
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 @atexit.register

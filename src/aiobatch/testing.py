@@ -11,6 +11,13 @@ Fixtures:
         every test that uses it fails with the reason and the fix; it is never skipped.
     ``azurite_connection_string`` (session)
         The connection string of that Azurite account, for ``BlobServiceClient.from_connection_string``.
+    ``azurite_oauth`` (session)
+        A second Azurite, over HTTPS with a self-signed certificate for 127.0.0.1 (`self_signed_certificate`) and
+        Entra ID bearer tokens accepted (``--oauth basic``), for code that signs in with a token credential and
+        mints user delegation SAS. Trust it with ``connection_verify=str(azurite_oauth.cert_path)``. Azurite
+        checks a token's issuer (``https://sts.windows.net/<tenant>/``), audience (``https://storage.azure.com``)
+        and lifetime, not its signature, so an unsigned JWT with ``oid`` and ``tid`` claims serves as the
+        identity. Shared Key (``azurite_oauth.connection_string``) works too.
     ``clean_azure_env`` (function)
         Removes real Azure credentials (``AZURE_*`` and managed-identity variables) from ``os.environ`` for
         the test, so no test can reach a real subscription by accident. Not autouse, because this plugin
@@ -41,8 +48,10 @@ Fixtures:
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -57,10 +66,12 @@ __all__ = [
     "anyio_backend",
     "azurite",
     "azurite_connection_string",
+    "azurite_oauth",
     "batch_emulator",
     "clean_azure_env",
     "emulator_apps_dir",
     "ffmpeg_apps_dir",
+    "self_signed_certificate",
     "storage_faults",
 ]
 
@@ -78,6 +89,10 @@ def anyio_backend() -> str:
         The backend name, ``"asyncio"``.
     """
     return "asyncio"
+
+
+def _azurite_dir(request: pytest.FixtureRequest) -> Path | None:
+    return None if os.environ.get(AZURITE_DIR_ENV, "").strip() else request.config.rootpath / ".azurite"
 
 
 @pytest.fixture(scope="session")
@@ -102,8 +117,10 @@ def azurite(request: pytest.FixtureRequest) -> Iterator[AzuriteServer]:
         ...     async with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
         ...         await service.create_container("inputs")
     """
-    directory = None if os.environ.get(AZURITE_DIR_ENV, "").strip() else request.config.rootpath / ".azurite"
-    server = AzuriteServer(directory=directory)
+    yield from _run_azurite(AzuriteServer(directory=_azurite_dir(request)))
+
+
+def _run_azurite(server: AzuriteServer) -> Iterator[AzuriteServer]:
     try:
         server.start()
     except AzuriteError as exc:
@@ -125,6 +142,99 @@ def azurite_connection_string(azurite: AzuriteServer) -> str:
         ``DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=…;BlobEndpoint=…;``.
     """
     return azurite.connection_string
+
+
+@pytest.fixture(scope="session")
+def azurite_oauth(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
+    """Yield an Azurite Blob service over HTTPS that accepts Entra ID bearer tokens, for the test session.
+
+    Its certificate is self-signed for 127.0.0.1 (made by `self_signed_certificate`); clients trust it with
+    ``connection_verify=str(azurite_oauth.cert_path)``. It is a separate server from ``azurite`` (which stays
+    plain HTTP), installed in the same place.
+
+    Args:
+        request: pytest's fixture request, used to find the project's root directory.
+        tmp_path_factory: pytest's session temporary folders, where the certificate and key are written.
+
+    Returns:
+        An iterator yielding the running server; it is stopped when the session ends.
+
+    Raises:
+        pytest.fail.Exception: Azurite could not be installed or started.
+
+    Example:
+        >>> async def test_entra(azurite_oauth: AzuriteServer) -> None:  # doctest: +SKIP
+        ...     service = BlobServiceClient(azurite_oauth.blob_endpoint, credential=my_token_credential,
+        ...                                 connection_verify=str(azurite_oauth.cert_path))
+        ...     key = await service.get_user_delegation_key(start, expiry)
+    """
+    cert, key = self_signed_certificate(tmp_path_factory.mktemp("azurite-tls"))
+    yield from _run_azurite(AzuriteServer(directory=_azurite_dir(request), cert=cert, key=key, oauth=True))
+
+
+def self_signed_certificate(
+    directory: str | os.PathLike[str],
+    *,
+    hosts: Iterable[str] = ("127.0.0.1", "localhost"),
+    days: float = 30.0,
+) -> tuple[Path, Path]:
+    """Write a self-signed certificate and its private key (PEM) for local HTTPS servers such as Azurite.
+
+    The certificate names *hosts* as subject alternative names (IP addresses as such) and is its own authority,
+    so a client trusts it by using it as its CA file. The key file is readable by its owner only. Needs the
+    ``cryptography`` package (installed with azure-identity, which aiobatch requires).
+
+    Args:
+        directory: where to write ``cert.pem`` and ``key.pem`` (created if missing).
+        hosts: host names and IP addresses the certificate is valid for.
+        days: how long it is valid, from a minute ago.
+
+    Returns:
+        ``(cert_path, key_path)``.
+
+    Example:
+        >>> cert, key = self_signed_certificate(tmp_path)  # doctest: +SKIP
+        >>> AzuriteServer(cert=cert, key=key, oauth=True)  # doctest: +SKIP
+    """
+    # Imported here: this plugin loads into every pytest run of a project that installs aiobatch.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = list(hosts)
+    private_key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0] if names else "aiobatch test server")])
+    alternatives: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            alternatives.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            alternatives.append(x509.DNSName(name))
+    now = dt.datetime.now(dt.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(private_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(alternatives), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(private_key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(
+        private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
 
 
 @pytest.fixture
