@@ -94,7 +94,13 @@ class Client:
         retry_policy: the retry policy for every request.
         sas_policy: the validity window of the SAS URLs the client mints.
         credential: an Entra ID credential for both services (by default ``DefaultAzureCredential`` when a
-            setting has no key); the caller keeps ownership of one passed in.
+            setting has no key); the caller keeps ownership of one passed in. A service whose settings carry a
+            key (Batch with an account key, storage with a connection string) signs with the key, so Batch
+            with a key and storage with Entra ID is ``BatchSettings(..., account_key=...)``,
+            ``StorageSettings(account_url=...)`` and ``credential=``.
+        connection_verify: check both services' TLS certificates against the system's authorities (``True``), or
+            against this CA file: a private authority, or a local Azurite over HTTPS
+            (``str(AzuriteServer.cert_path)``).
 
     Raises:
         ConfigurationError: an invalid run id.
@@ -123,6 +129,7 @@ class Client:
         retry_policy: RetryPolicy | None = None,
         sas_policy: SasPolicy | None = None,
         credential: AsyncTokenCredential | None = None,
+        connection_verify: bool | str = True,
     ) -> None:
         if run_id is not None and not _RUN_ID_RE.match(run_id):
             raise ConfigurationError(
@@ -139,6 +146,7 @@ class Client:
         self.retry_policy = retry_policy or RetryPolicy()
         self.sas_policy = sas_policy or SasPolicy()
         self._credential = credential
+        self._connection_verify = connection_verify
         self._state: State = "unopened"
         self._stack = contextlib.AsyncExitStack()
         self._batch: BatchClient | None = None
@@ -165,6 +173,7 @@ class Client:
         retry_policy: RetryPolicy | None = None,
         sas_policy: SasPolicy | None = None,
         credential: AsyncTokenCredential | None = None,
+        connection_verify: bool | str = True,
     ) -> Client:
         """Build a client from ``AZURE_BATCH_*`` and ``AZURE_STORAGE_*`` variables (see `aiobatch._config`).
 
@@ -181,6 +190,7 @@ class Client:
             retry_policy: see `Client`.
             sas_policy: see `Client`.
             credential: see `Client`.
+            connection_verify: see `Client`.
 
         Returns:
             An unopened client: use it with ``async with``.
@@ -203,6 +213,7 @@ class Client:
             retry_policy=retry_policy,
             sas_policy=sas_policy,
             credential=credential,
+            connection_verify=connection_verify,
         )
 
     def __repr__(self) -> str:
@@ -263,9 +274,13 @@ class Client:
                 stack.push_async_callback(credential.close)
             batch_credential = self._batch_settings.shared_key_credential() or credential
             kwargs = sdk_client_kwargs()
+            if self._connection_verify is not True:
+                kwargs["connection_verify"] = self._connection_verify
             batch = BatchClient(self._batch_settings.endpoint, batch_credential, **kwargs)  # type: ignore[arg-type]
             self._batch = await stack.enter_async_context(batch)
-            blobs = _storage.blob_service_client(self._storage_settings, credential=credential)
+            blobs = _storage.blob_service_client(
+                self._storage_settings, credential=credential, connection_verify=self._connection_verify
+            )
             self._blobs = await stack.enter_async_context(blobs)
             # The SDKs are loaded now: mask secrets in their records (and ours) whatever the app's handlers.
             guard_loggers()

@@ -20,7 +20,10 @@ after the bytes' MD5 matches the blob's ``Content-MD5`` (when it has one): a mis
 SAS. `input_sas_url` grants read on one blob; `output_container_sas_url` grants create and write on one
 container (no read, list or delete). Both start a few minutes in the past (clock skew) and expire after the
 job's expected duration plus a margin, bounded by `SasPolicy.max_lifetime`. With an account key they are
-service SAS signed by the key (which never appears in the URL); with Entra ID they are user delegation SAS.
+service SAS signed by the key (which never appears in the URL); with Entra ID they are user delegation SAS,
+signed by a user delegation key that is fetched once per `BlobServiceClient` and reused for every SAS whose
+window it covers (it is fetched to last an hour past the SAS that needed it, at most 7 days from now); a SAS
+that would outlive it gets a new one.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import os
 import re
 import tempfile
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,6 +203,7 @@ def blob_service_client(
     credential: AsyncTokenCredential | None = None,
     connection_timeout: float = 20.0,
     read_timeout: float = 60.0,
+    connection_verify: bool | str = True,
 ) -> BlobServiceClient:
     """Build the ``BlobServiceClient`` aiobatch uses: SDK retries off, bounded timeouts.
 
@@ -209,6 +214,8 @@ def blob_service_client(
         credential: the Entra ID credential, required when *settings* has an account URL.
         connection_timeout: seconds to connect.
         read_timeout: seconds to wait for the next bytes of an answer.
+        connection_verify: check the service's TLS certificate against the system's authorities (``True``),
+            or against this CA file (e.g. ``str(AzuriteServer.cert_path)`` for a local Azurite over HTTPS).
 
     Returns:
         The client.
@@ -223,6 +230,8 @@ def blob_service_client(
     kwargs: dict[str, Any] = sdk_client_kwargs(connection_timeout=connection_timeout, read_timeout=read_timeout)
     # Downloads stream in 4 MiB ranges: bounded memory per blob, and a small unit to lose to a dropped connection.
     kwargs.update(max_single_get_size=4 * MiB, max_chunk_get_size=4 * MiB)
+    if connection_verify is not True:
+        kwargs["connection_verify"] = connection_verify
     if settings.connection_string:
         return BlobServiceClient.from_connection_string(settings.connection_string, **kwargs)
     if credential is None:
@@ -996,7 +1005,8 @@ def _account_key(service: BlobServiceClient) -> str | None:
 async def user_delegation_key(service: BlobServiceClient, *, policy: SasPolicy | None = None) -> UserDelegationKey:
     """Fetch a user delegation key covering *policy*'s window (needs an Entra ID credential).
 
-    Fetch one and pass it to `input_sas_url` / `output_container_sas_url` when minting many SAS URLs.
+    `input_sas_url` and `output_container_sas_url` fetch one themselves when needed and keep it for the next
+    SAS; call this to hold a key of your own and pass it as their *delegation_key*.
 
     Args:
         service: a blob service authenticated with Entra ID.
@@ -1009,16 +1019,87 @@ async def user_delegation_key(service: BlobServiceClient, *, policy: SasPolicy |
         AuthenticationError: the identity may not obtain delegation keys (it needs a Storage Blob Data role).
     """
     start, expiry = (policy or SasPolicy()).window()
-    key: UserDelegationKey = await call(
-        lambda: service.get_user_delegation_key(start, expiry),
-        resource="storage account",
-        action="get a user delegation key for",
-    )
+    return await _fetch_delegation_key(service, start, expiry)
+
+
+async def _fetch_delegation_key(
+    service: BlobServiceClient, start: dt.datetime, expiry: dt.datetime
+) -> UserDelegationKey:
+    try:
+        key: UserDelegationKey = await call(
+            lambda: service.get_user_delegation_key(start, expiry),
+            resource="storage account",
+            action="get a user delegation key for",
+        )
+    except AuthenticationError as exc:
+        if exc.status is None:
+            raise  # no token at all: the message already says how to sign in
+        raise AuthenticationError(
+            f"{exc} Minting SAS URLs with Entra ID needs a user delegation key: give the identity a role that "
+            "may get one on the storage account (Storage Blob Delegator, or Storage Blob Data Contributor), or "
+            "sign SAS URLs with the account key instead (a connection string that carries it).",
+            service=exc.service,
+            status=exc.status,
+            code=exc.code,
+            resource_kind=exc.resource_kind,
+            resource_id=exc.resource_id,
+            request_id=exc.request_id,
+        ) from exc
+    logger.debug("fetched a user delegation key valid from %s to %s", key.signed_start, key.signed_expiry)
     return key
 
 
+#: A user delegation key is fetched to outlast the SAS that needed it by this much, so that the SAS minted over
+#: the next while (same policy, a little later) are signed by the same key.
+_KEY_SLACK = dt.timedelta(hours=1)
+#: The longest a user delegation key may be valid for, from now (the service's limit).
+_KEY_MAX_LIFETIME = dt.timedelta(days=7)
+
+
+@dataclass
+class _KeyCache:
+    """One service client's user delegation key, and the lock that makes concurrent SAS mints fetch it once."""
+
+    lock: anyio.Lock
+    key: UserDelegationKey | None = None
+
+    def covers(self, start: dt.datetime, expiry: dt.datetime) -> bool:
+        """Whether the cached key is valid over the whole SAS window (a SAS signed by it dies with it)."""
+        if self.key is None or not self.key.signed_start or not self.key.signed_expiry:
+            return False
+        return _utc(self.key.signed_start) <= start and expiry <= _utc(self.key.signed_expiry)
+
+
+#: Per service client: the key goes when the client does.
+_delegation_keys: weakref.WeakKeyDictionary[BlobServiceClient, _KeyCache] = weakref.WeakKeyDictionary()
+
+
+def _utc(value: str) -> dt.datetime:
+    """A time as the service writes it (``2030-01-01T00:00:00Z``), as an aware datetime."""
+    parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+async def _cached_delegation_key(
+    service: BlobServiceClient, start: dt.datetime, expiry: dt.datetime
+) -> UserDelegationKey:
+    """The service client's user delegation key if it covers ``start``..``expiry``, else a new one that does."""
+    cache = _delegation_keys.get(service)
+    if cache is None:
+        cache = _delegation_keys.setdefault(service, _KeyCache(anyio.Lock()))
+    async with cache.lock:
+        if not cache.covers(start, expiry):
+            now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+            # Never shorter than the SAS: one past the service's limit (a raised SasPolicy.max_lifetime) is then
+            # refused when the key is asked for, not silently dead when the task uses it.
+            until = max(expiry, min(expiry + _KEY_SLACK, now + _KEY_MAX_LIFETIME))
+            cache.key = await _fetch_delegation_key(service, start, until)
+        assert cache.key is not None
+        return cache.key
+
+
 async def _signing(
-    service: BlobServiceClient, policy: SasPolicy, delegation_key: UserDelegationKey | None
+    service: BlobServiceClient, start: dt.datetime, expiry: dt.datetime, delegation_key: UserDelegationKey | None
 ) -> dict[str, Any]:
     if delegation_key is not None:
         return {"user_delegation_key": delegation_key}
@@ -1026,7 +1107,7 @@ async def _signing(
     if key is not None:
         return {"account_key": key}
     if hasattr(service.credential, "get_token"):
-        return {"user_delegation_key": await user_delegation_key(service, policy=policy)}
+        return {"user_delegation_key": await _cached_delegation_key(service, start, expiry)}
     raise ConfigurationError(
         "cannot mint SAS URLs: the storage client has neither an account key nor an Entra ID credential. Use a "
         "connection string with AccountKey=, or AZURE_STORAGE_ACCOUNT_URL with Entra ID.",
@@ -1070,7 +1151,7 @@ async def input_sas_url(
         permission=BlobSasPermissions(read=True),
         start=start,
         expiry=expiry,
-        **await _signing(service, policy, delegation_key),
+        **await _signing(service, start, expiry, delegation_key),
     )
     url: str = service.get_blob_client(container, blob).url
     logger.debug("minted read SAS for blob %r until %s", blob, expiry.isoformat())
@@ -1112,7 +1193,7 @@ async def output_container_sas_url(
         permission=ContainerSasPermissions(write=True, create=True),
         start=start,
         expiry=expiry,
-        **await _signing(service, policy, delegation_key),
+        **await _signing(service, start, expiry, delegation_key),
     )
     url: str = service.get_container_client(container).url
     logger.debug("minted create/write SAS for container %r until %s", container, expiry.isoformat())
