@@ -104,14 +104,13 @@ async def test_a_pool_still_being_deleted_after_the_bound_is_a_clear_error(
     tmp_path: Path, azurite: AzuriteServer
 ) -> None:
     timings = Timings(allocation_delay=0.05, node_start_delay=0.05, deletion_delay=30.0)
-    async with Emulator(workdir=tmp_path, timings=timings) as emu:
-        async with make_client(emu, azurite) as client:
-            await client.ensure_pool(pool_spec("slow-going"))
-            await client.delete_pool("slow-going")
-            started = time.monotonic()
-            with pytest.raises(ConflictError) as caught:
-                await client.ensure_pool(pool_spec("slow-going"), deletion_timeout=0.5)
-            assert time.monotonic() - started < 5
+    async with Emulator(workdir=tmp_path, timings=timings) as emu, make_client(emu, azurite) as client:
+        await client.ensure_pool(pool_spec("slow-going"))
+        await client.delete_pool("slow-going")
+        started = time.monotonic()
+        with pytest.raises(ConflictError) as caught:
+            await client.ensure_pool(pool_spec("slow-going"), deletion_timeout=0.5)
+        assert time.monotonic() - started < 5
     assert caught.value.code == "PoolBeingDeleted" and caught.value.resource_id == "slow-going"
     assert "still being deleted after 0.5 s" in str(caught.value) and "deletion_timeout" in str(caught.value)
 
