@@ -898,7 +898,8 @@ class Client:
             ``result.raise_for_failures()`` to turn failures into a `SubmissionError`.
 
         Raises:
-            SubmissionError: a request failed as a whole and for good (cause chained); it says what was added.
+            SubmissionError: a request failed as a whole and for good, or per-task server errors outlasted the
+                retry policy (cause chained); it says what was added and what failed.
 
         Example:
             >>> async def submit(client, specs):  # doctest: +SKIP

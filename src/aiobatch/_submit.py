@@ -14,7 +14,8 @@ What is retried, and how a task is never added twice:
 - A whole-request transient failure (429, 5xx, timeout, dropped connection) is retried with the same task ids:
   the request may or may not have taken effect.
 - Per-task ``serverError`` results (compared case-insensitively: older API versions spell them camelCase) are
-  retried, only those tasks.
+  retried, only those tasks. Tasks still getting them when the policy gives up end the call in a
+  `SubmissionError` (after every other chunk is done), like a request that failed as a whole for good.
 - ``TaskExists`` means success only for a task this run created. For a task never sent before it is someone
   else's: a conflict, reported in `SubmitResult.failed` and `SubmitResult.conflicts`, never as success. For a
   task an earlier attempt sent (in this call or an earlier `submit_tasks` of the same `SubmissionLedger`), the
@@ -44,7 +45,15 @@ import anyio
 from azure.batch import models
 from azure.batch.aio import BatchClient
 
-from ._errors import AiobatchError, ConfigurationError, NotFoundError, ServiceError, SubmissionError, redact
+from ._errors import (
+    AiobatchError,
+    ConfigurationError,
+    NotFoundError,
+    ServiceError,
+    ServiceUnavailableError,
+    SubmissionError,
+    redact,
+)
 from ._retry import RetryPolicy, call
 from ._specs import TaskSpec, check_id
 
@@ -195,6 +204,7 @@ class _Outcome:
     existing: set[str] = field(default_factory=set)
     failed: dict[str, str] = field(default_factory=dict)
     conflicts: set[str] = field(default_factory=set)
+    gave_up: set[str] = field(default_factory=set)  # per-task server errors that outlasted the policy
     requests: int = 0
 
 
@@ -384,10 +394,12 @@ async def submit_tasks(
 
     Raises:
         ConfigurationError: duplicate or invalid ids, or bad limits.
-        SubmissionError: a request failed as a whole and for good (the cause is chained: `NotFoundError` for a
-            missing job, `ConflictError` for a completed one, `ServiceUnavailableError` when transient failures
-            outlasted the policy). It carries what was added before; tasks whose request may have taken effect
-            are in the ledger, so submitting them again with the same ledger is safe.
+        SubmissionError: a request failed as a whole and for good, or per-task ``serverError`` results
+            outlasted the policy (the cause is chained: `NotFoundError` for a missing job, `ConflictError` for a
+            completed one, `ServiceUnavailableError` when transient failures outlasted the policy). It carries
+            what was added and what failed; tasks whose request may have taken effect are in the ledger, so
+            submitting them again with the same ledger is safe. Final per-task refusals (a conflict, an invalid
+            task) are not raised: they are in the returned ``failed``.
     """
     check_id("job", job_id)
     if concurrency < 1 or not 1 <= max_tasks_per_request <= MAX_TASKS_PER_REQUEST or max_body_bytes < 1024:
@@ -438,6 +450,27 @@ async def submit_tasks(
             added=ordered(outcome.added),
             existing=ordered(outcome.existing),
             failed=failed,
+        ) from cause
+    if outcome.gave_up:
+        # The service kept answering serverError for these tasks: transient failures that outlasted the policy
+        # end in the same typed error as a request that failed as a whole (the other tasks are all accounted for).
+        key = next(i.key for i in items if i.key in outcome.gave_up)
+        cause = ServiceUnavailableError(
+            f"the Batch service kept answering serverError for {len(outcome.gave_up)} tasks of job {job_id!r} "
+            f"until the retry policy gave up (last: {outcome.failed[key]})",
+            service="batch",
+            resource_kind="job",
+            resource_id=job_id,
+        )
+        raise SubmissionError(
+            f"{len(outcome.gave_up)} of {len(items)} tasks could not be added to job {job_id!r}: the service "
+            "kept answering serverError until the retry policy gave up. Submit them again later (tasks already "
+            f"added are recognised), or give the policy more attempts or time. "
+            f"{len(outcome.added) + len(outcome.existing)} were submitted.",
+            job_id=job_id,
+            added=ordered(outcome.added),
+            existing=ordered(outcome.existing),
+            failed={i.id: outcome.failed[i.key] for i in items if i.key in outcome.failed},
         ) from cause
     result = SubmitResult(
         job_id=job_id,
@@ -603,6 +636,7 @@ async def _submit_chunk(
     except _ServerErrors as exc:
         for key, why in exc.reasons.items():
             outcome.failed[key] = f"{why} (still failing when the retry policy gave up)"
+            outcome.gave_up.add(key)
     except ServiceError as exc:
         if exc.status != 413 and (exc.code or "").lower() != "requestbodytoolarge":
             raise

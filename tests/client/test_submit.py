@@ -280,10 +280,14 @@ async def test_server_errors_forever_end_as_failures_within_the_policy(batch_emu
     policy = RetryPolicy(attempts=3, deadline=5.0, initial=0.01, maximum=0.02, jitter=0.01)
     async with BatchClient(batch_emulator.endpoint, batch_emulator.credential) as batch:
         faulty = _Faulty(batch, always_busy)
-        result = await submit_tasks(faulty, "job", tasks(4), policy=policy)  # type: ignore[arg-type]
+        with pytest.raises(SubmissionError) as caught:
+            await submit_tasks(faulty, "job", tasks(4), policy=policy)  # type: ignore[arg-type]
     assert len(faulty.calls) == 3
-    assert result.added == () and set(result.failed) == {f"t{i:05d}" for i in range(4)}
-    assert all("ServerBusy" in why and "gave up" in why for why in result.failed.values())
+    error = caught.value
+    assert isinstance(error.__cause__, ServiceUnavailableError)
+    assert error.added == () and set(error.failed) == {f"t{i:05d}" for i in range(4)}
+    assert all("ServerBusy" in why and "gave up" in why for why in error.failed.values())
+    assert "serverError" in str(error) and "Submit them again later" in str(error)
 
 
 # ----------------------------------------------------------------------------------------------------
