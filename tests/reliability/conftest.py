@@ -51,6 +51,19 @@ from aiobatch.local import child_processes
 SEED_ENV = "AIOBATCH_SEED"
 SOAK_ENV = "AIOBATCH_SOAK"
 CLAUSES = range(1, 11)
+#: What each clause of issue 8 asserts, as the soak table names it.
+CLAUSE_TITLES = {
+    1: "submission: N tasks under mixed faults exist once each; a foreign task is a conflict",
+    2: "bounded: faults that never clear end typed, by the deadline, within the attempts",
+    3: "pools: lost creates recognised; no silent adoption; allocation errors within one poll",
+    4: "watching: one event per task through requeues, preemption, retries and faulty pages",
+    5: "transfers: every hash matches under storage faults; corruption typed; no partial blobs",
+    6: "cancellation: seeded points in every stage leave the accounts as they were, in bound",
+    7: "crash: a SIGKILLed run's resources swept by run id; another run's survive",
+    8: "bad input: each refused with the problem and the fix; nothing lost or left running",
+    9: "secrets: no key, sig or Authorization in any log, error, repr or CLI line; SAS probed",
+    10: "emulator: bad and stale signatures refused; case-insensitive ids; loopback by default",
+}
 
 T = TypeVar("T")
 
@@ -228,12 +241,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatu
         tr.write_line("(no faults recorded)")
     tr.section("soak: clauses of issue 8")
     tallies = harness.tally()
-    tr.write_line(f"{'clause':>6}  {'verdict':<8}  {'passed':>6}  {'failed':>6}  {'skipped':>7}  {'xfailed':>7}")
+    header = f"{'clause':>6}  {'verdict':<8}  {'passed':>6}  {'failed':>6}  {'skipped':>7}  {'xfailed':>7}  what"
+    tr.write_line(header)
     for clause in CLAUSES:
         tally = tallies[clause]
         verdict = "held" if tally.held else "FAILED" if tally.failed else "gaps" if tally.ran else "no tests"
         counts = f"{tally.passed:>6}  {tally.failed:>6}  {tally.skipped:>7}  {tally.xfailed:>7}"
-        tr.write_line(f"{clause:>6}  {verdict:<8}  {counts}")
+        tr.write_line(f"{clause:>6}  {verdict:<8}  {counts}  {CLAUSE_TITLES[clause]}")
         for nodeid in tally.failures:
             tr.write_line(f"{'':>8}failed: {nodeid}")
 
