@@ -23,7 +23,9 @@ from azure.batch import BatchClient
 from azure.batch import models as m
 from azure.core.credentials import AzureNamedKeyCredential
 
-from aiobatch.emulator import DEFAULT_ACCOUNT_KEY, DEFAULT_ACCOUNT_NAME
+from aiobatch.emulator import DEFAULT_ACCOUNT_KEY, DEFAULT_ACCOUNT_NAME, Timings
+from aiobatch.emulator.__main__ import build_parser
+from aiobatch.emulator._scheduler import MIN_ALLOCATION_DELAY
 
 LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:(\d+))\b")
 FAST = ["--port", "0", "--allocation-delay", "0.05", "--node-start-delay", "0.05"]
@@ -169,3 +171,36 @@ def test_help_names_the_options() -> None:
     out = subprocess.run([*COMMANDS["script"], "--help"], capture_output=True, text=True, timeout=30, check=True).stdout
     for option in ("--host", "--port", "--account-name", "--account-key", "--apps", "--workdir"):
         assert option in out
+
+
+@pytest.mark.parametrize("value", ["0", "0.001", "-1", "nan"])
+def test_allocation_is_never_instant_on_the_command_line(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["--allocation-delay", value])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--allocation-delay" in err and f"at least {MIN_ALLOCATION_DELAY} seconds" in err
+
+
+def test_node_start_delay_may_be_zero_but_not_negative(capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(["--node-start-delay", "0", "--allocation-delay", str(MIN_ALLOCATION_DELAY)])
+    assert (args.node_start_delay, args.allocation_delay) == (0.0, MIN_ALLOCATION_DELAY)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--node-start-delay", "-0.5"])
+    assert "--node-start-delay" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"allocation_delay": 0}, "allocation_delay"),
+        ({"allocation_delay": 0.009}, "allocation_delay"),
+        ({"node_start_delay": -0.1}, "node_start_delay"),
+        ({"deletion_delay": float("nan")}, "deletion_delay"),
+        ({"node_recovery_delay": -1}, "node_recovery_delay"),
+    ],
+)
+def test_timings_refuse_an_instant_allocation_and_negative_delays(kwargs: dict[str, float], named: str) -> None:
+    with pytest.raises(ValueError, match=rf"Timings\.{named} must be at least"):
+        Timings(**kwargs)
+    assert Timings(allocation_delay=MIN_ALLOCATION_DELAY, node_start_delay=0, deletion_delay=0).allocation_delay > 0

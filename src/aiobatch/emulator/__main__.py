@@ -9,11 +9,27 @@ import logging
 import random
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import DEFAULT_ACCOUNT_KEY, DEFAULT_ACCOUNT_NAME, Emulator, FaultPlan, Quotas, Timings
 from ._faults import ALL_KINDS
+from ._scheduler import MIN_ALLOCATION_DELAY
+
+
+def _seconds(minimum: float) -> Callable[[str], float]:
+    """An argparse ``type`` for seconds no fewer than ``minimum`` (argparse names the flag in its error)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not value >= minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum} seconds, not {text}")
+        return value
+
+    return parse
 
 
 def build_parser(prog: str = "python -m aiobatch.emulator") -> argparse.ArgumentParser:
@@ -31,15 +47,16 @@ def build_parser(prog: str = "python -m aiobatch.emulator") -> argparse.Argument
     parser.add_argument("--workdir", type=Path, help="where node directories live (default: a temporary folder)")
     parser.add_argument(
         "--allocation-delay",
-        type=float,
+        type=_seconds(MIN_ALLOCATION_DELAY),
         default=Timings.allocation_delay,
-        help="seconds before a pool's nodes exist (default: %(default)s)",
+        help=f"seconds before a pool's nodes exist; never instant, at least {MIN_ALLOCATION_DELAY} "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--node-start-delay",
-        type=float,
+        type=_seconds(0.0),
         default=Timings.node_start_delay,
-        help="seconds a node takes to boot (default: %(default)s)",
+        help="seconds a node takes to boot, 0 or more (default: %(default)s)",
     )
     parser.add_argument("--dedicated-core-quota", type=int, help="dedicated vCPU quota (default: unlimited)")
     parser.add_argument("--spot-core-quota", type=int, help="spot/low-priority vCPU quota (default: unlimited)")

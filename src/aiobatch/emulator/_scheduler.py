@@ -42,22 +42,42 @@ log = logging.getLogger("aiobatch.emulator")
 TASK_ENDED = FailureInfo("usererror", "TaskEnded", "Task Was Ended by User Request")
 
 
+#: The shortest allocation the emulator accepts: a pool's nodes never exist the moment it is created.
+MIN_ALLOCATION_DELAY = 0.01
+
+
 @dataclass
 class Timings:
     """How long the emulated cloud takes for things a real one takes minutes for.
 
     Attributes:
-        allocation_delay: Seconds from a pool create or resize until its nodes exist (never zero: readiness
-            waiting should be real).
-        node_start_delay: Seconds a node spends in ``creating`` and ``starting`` before it is usable.
-        deletion_delay: Seconds a pool or job stays in ``deleting`` (or a job in ``terminating``).
-        node_recovery_delay: Seconds a preempted or unusable node takes to come back as a fresh node.
+        allocation_delay: Seconds from a pool create or resize until its nodes exist; never instant, at least
+            `MIN_ALLOCATION_DELAY`, so that code waiting for readiness really waits.
+        node_start_delay: Seconds a node spends in ``creating`` and ``starting`` before it is usable (0 or more).
+        deletion_delay: Seconds a pool or job stays in ``deleting`` (or a job in ``terminating``) (0 or more).
+        node_recovery_delay: Seconds a preempted or unusable node takes to come back as a fresh node (0 or more).
+
+    Raises:
+        ValueError: ``allocation_delay`` below `MIN_ALLOCATION_DELAY`, or another delay negative (or not a number).
     """
 
     allocation_delay: float = 0.5
     node_start_delay: float = 0.3
     deletion_delay: float = 0.1
     node_recovery_delay: float = 1.0
+
+    def __post_init__(self) -> None:
+        minimums = {
+            "allocation_delay": MIN_ALLOCATION_DELAY,
+            "node_start_delay": 0.0,
+            "deletion_delay": 0.0,
+            "node_recovery_delay": 0.0,
+        }
+        for name, minimum in minimums.items():
+            value = getattr(self, name)
+            if not value >= minimum:  # written so that NaN is refused too
+                why = " (allocation is never instant)" if name == "allocation_delay" else ""
+                raise ValueError(f"Timings.{name} must be at least {minimum} seconds{why}, not {value}")
 
 
 @dataclass
