@@ -1051,8 +1051,10 @@ class _Creating:
 
     That is: cancelled (the request may be in flight or done), transient failures that outlasted the retry
     policy (`ServiceUnavailableError`: an attempt whose answer was lost may have taken effect), or anything
-    unexpected. Not for the service's definite answers (a refused key, someone else's id, a bad spec) nor for
-    `ConfigurationError` (no request was sent): nothing of this run's was made.
+    unexpected. Not for the service's definite answers (a refused key, someone else's id, a bad spec), nor for
+    `ConfigurationError` or a `ServiceUnavailableError` whose attempts all failed to connect (no request was
+    sent): nothing of this run's was made, and cleanup need not look (an unreachable service would only make
+    it wait out its retries again).
     """
 
     def __init__(self, unsure: dict[tuple[Kind, str], None], key: tuple[Kind, str]) -> None:
@@ -1066,6 +1068,8 @@ class _Creating:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if exc_type is None:
+            return
+        if isinstance(exc, ServiceUnavailableError) and not exc.reached_service:
             return
         if issubclass(exc_type, AiobatchError) and not issubclass(exc_type, ServiceUnavailableError):
             return

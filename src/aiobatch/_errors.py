@@ -312,6 +312,8 @@ class ServiceUnavailableError(ServiceError):
     Attributes:
         attempts: how many attempts were made (``None`` if the error was not retried).
         elapsed: seconds from the first attempt to giving up (``None`` if unknown).
+        reached_service: ``False`` when no attempt was sent at all (every one failed to connect), so the request
+            certainly took no effect; ``True`` when one may have reached the service.
     """
 
     def __init__(
@@ -320,11 +322,13 @@ class ServiceUnavailableError(ServiceError):
         *,
         attempts: int | None = None,
         elapsed: float | None = None,
+        reached_service: bool = True,
         **context: Any,
     ) -> None:
         super().__init__(message, **context)
         self.attempts = attempts
         self.elapsed = elapsed
+        self.reached_service = reached_service
 
 
 class StorageError(AiobatchError):

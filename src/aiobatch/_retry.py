@@ -53,7 +53,7 @@ from azure.core.exceptions import (
 )
 from tenacity import AsyncRetrying, RetryCallState
 
-from ._errors import TRANSLATABLE, AiobatchError, ConfigurationError, translate
+from ._errors import TRANSLATABLE, AiobatchError, ConfigurationError, ServiceUnavailableError, translate
 
 __all__ = [
     "RetryPolicy",
@@ -313,6 +313,8 @@ async def call(
     start = _now()
     what = f"{action or 'request'} {resource or ''} {resource_id or ''}".strip()
     requested: dict[int, float | None] = {}
+    # Whether any attempt may have reached the service: azure-core's ServiceRequestError means none was sent.
+    reached = False
 
     def transient(exc: BaseException) -> bool:
         return is_transient(exc) or (retry_on is not None and retry_on(exc))
@@ -346,7 +348,9 @@ async def call(
                 )
             else:
                 note = f"The next wait would pass the {policy.deadline:g} s deadline."
-        raise translate(
+        if not reached:
+            note += " No attempt reached the service: check the endpoint, the network and any proxy."
+        error = translate(
             exc,
             resource=resource,
             resource_id=resource_id,
@@ -354,7 +358,10 @@ async def call(
             attempts=state.attempt_number,
             elapsed=elapsed,
             note=note,
-        ) from exc
+        )
+        if isinstance(error, ServiceUnavailableError):
+            error.reached_service = reached
+        raise error from exc
 
     def log_retry(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -380,7 +387,14 @@ async def call(
 
     async def attempt() -> T:
         # A real coroutine function: tenacity only awaits what it recognises as one (not a lambda).
-        return await fn()
+        nonlocal reached
+        try:
+            return await fn()
+        except ServiceRequestError:
+            raise  # not sent
+        except BaseException:
+            reached = True
+            raise
 
     try:
         result: T = await retrying(attempt)

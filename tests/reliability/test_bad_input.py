@@ -511,14 +511,16 @@ async def test_an_unreachable_batch_endpoint_fails_within_the_policy_and_names_t
     client_for: ClientFactory, batch_emulator: Emulator, azurite: AzuriteServer
 ) -> None:
     endpoint = f"http://127.0.0.1:{closed_port()}"
-    async with client_for(batch_emulator, azurite, batch_endpoint=endpoint) as client:
-        started = time.monotonic()
+    started = time.monotonic()
+    async with client_for(batch_emulator, azurite, batch_endpoint=endpoint, cleanup=True) as client:
         with pytest.raises(ServiceUnavailableError) as caught:
             await client.ensure_pool(small_pool("nowhere"))
-        elapsed = time.monotonic() - started
-    assert elapsed < client.retry_policy.deadline + 5
-    assert caught.value.attempts == client.retry_policy.attempts
-    assert_clear(str(caught.value), "AZURE_BATCH_ENDPOINT", "127.0.0.1", "network")
+        failed = time.monotonic() - started
+    # No request was ever sent, so nothing can have been created: cleanup does not wait out the retries again.
+    closed = time.monotonic() - started
+    assert failed < client.retry_policy.deadline + 5 and closed - failed < 2.0, (failed, closed)
+    assert caught.value.attempts == client.retry_policy.attempts and not caught.value.reached_service
+    assert_clear(str(caught.value), "AZURE_BATCH_ENDPOINT", "127.0.0.1", "network", "No attempt reached the service")
 
 
 async def test_an_unreachable_storage_endpoint_fails_within_the_policy_and_names_the_setting(
@@ -530,12 +532,14 @@ async def test_an_unreachable_storage_endpoint_fails_within_the_policy_and_names
         f"AccountKey={azurite.account_key};BlobEndpoint={endpoint};"
     )
     (tmp_path / "a.txt").write_text("a")
-    async with client_for(batch_emulator, azurite, connection_string=unreachable) as client:
-        started = time.monotonic()
+    started = time.monotonic()
+    async with client_for(batch_emulator, azurite, connection_string=unreachable, cleanup=True) as client:
         with pytest.raises(ServiceUnavailableError) as caught:
             await client.upload_files("never-made", [tmp_path / "a.txt"])
-        elapsed = time.monotonic() - started
-    assert elapsed < client.retry_policy.deadline + 5
+        failed = time.monotonic() - started
+    closed = time.monotonic() - started
+    assert failed < client.retry_policy.deadline + 5 and closed - failed < 2.0, (failed, closed)
+    assert not caught.value.reached_service
     assert_clear(str(caught.value), "AZURE_STORAGE_CONNECTION_STRING", "network")
 
 
