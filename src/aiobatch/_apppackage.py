@@ -29,8 +29,8 @@ def ffmpeg_executable() -> Path:
         import imageio_ffmpeg
     except ImportError:  # pragma: no cover - depends on the environment
         raise RuntimeError(
-            "ffmpeg is needed: install it with `python -m pip install 'aiobatch[ffmpeg]'` (imageio-ffmpeg ships "
-            "a static binary)"
+            "ffmpeg is needed: install imageio-ffmpeg, which ships a static binary (`python -m pip install "
+            "imageio-ffmpeg`, or `python -m pip install -e '.[ffmpeg]'` in an aiobatch checkout)"
         ) from None
     return Path(imageio_ffmpeg.get_ffmpeg_exe())
 
