@@ -7,6 +7,7 @@ folder removed and the task process it was running killed.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import selectors
@@ -15,13 +16,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import anyio
 import pytest
 from azure.batch import BatchClient
 from azure.batch import models as m
+from azure.batch.aio import BatchClient as AioBatchClient
 from azure.core.credentials import AzureNamedKeyCredential
+from azure.core.exceptions import HttpResponseError
 
 from aiobatch.emulator import DEFAULT_ACCOUNT_KEY, DEFAULT_ACCOUNT_NAME, Timings
 from aiobatch.emulator.__main__ import build_parser
@@ -46,11 +51,11 @@ COMMANDS = {
 class Running:
     """A started emulator process and what it printed."""
 
-    def __init__(self, command: list[str], tmp: Path) -> None:
+    def __init__(self, command: list[str], tmp: Path, extra: Sequence[str] = ()) -> None:
         env = {**os.environ, "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"}
         self.tmp = tmp
         self.process = subprocess.Popen(
-            [*command, *FAST],
+            [*command, *FAST, *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -61,19 +66,27 @@ class Running:
         self.endpoint = self._wait_for_listening()
 
     def _wait_for_listening(self, limit: float = 20.0) -> str:
+        # Raw reads, not readline(): a text wrapper would buffer lines printed after this one where
+        # communicate() (reading the descriptor) never sees them; what is read past the line is kept in `_rest`.
         assert self.process.stdout is not None
+        fd = self.process.stdout.fileno()
         selector = selectors.DefaultSelector()
-        selector.register(self.process.stdout, selectors.EVENT_READ)
+        selector.register(fd, selectors.EVENT_READ)
         deadline = time.monotonic() + limit
+        self._rest = b""
         while time.monotonic() < deadline:
             if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
                 break
-            line = self.process.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 break
-            self.lines.append(line.rstrip("\n"))
-            if match := LISTENING.search(line):
-                return match.group(1)
+            self._rest += chunk
+            while b"\n" in self._rest:
+                raw, self._rest = self._rest.split(b"\n", 1)
+                line = raw.decode()
+                self.lines.append(line)
+                if match := LISTENING.search(line):
+                    return match.group(1)
         self.process.kill()
         raise AssertionError(f"no 'listening on' line; stdout {self.lines}, stderr {self.process.stderr.read()!r}")  # type: ignore[union-attr]
 
@@ -85,7 +98,7 @@ class Running:
             self.process.kill()
             out, err = self.process.communicate()
             raise AssertionError(f"the emulator did not stop within {limit} s of signal {signum}") from None
-        return self.process.returncode, out, err
+        return self.process.returncode, self._rest.decode() + out, err
 
 
 @pytest.fixture
@@ -204,3 +217,107 @@ def test_timings_refuse_an_instant_allocation_and_negative_delays(kwargs: dict[s
     with pytest.raises(ValueError, match=rf"Timings\.{named} must be at least"):
         Timings(**kwargs)
     assert Timings(allocation_delay=MIN_ALLOCATION_DELAY, node_start_delay=0, deletion_delay=0).allocation_delay > 0
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes in process group ``pgid``, from /proc."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _apps_with_hello(root: Path) -> Path:
+    apps = root / "apps"
+    (apps / "hello").mkdir(parents=True)
+    with zipfile.ZipFile(apps / "hello" / "1.0.zip", "w") as zf:
+        zf.writestr("hello.sh", "#!/bin/sh\necho hello\n")
+    return apps
+
+
+def _image() -> m.VirtualMachineConfiguration:
+    return m.VirtualMachineConfiguration(
+        image_reference=m.BatchVmImageReference(
+            publisher="canonical", offer="0001-com-ubuntu-server-jammy", sku="22_04-lts"
+        ),
+        node_agent_sku_id="batch.node.ubuntu 22.04",
+    )
+
+
+@pytest.mark.anyio
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc (Linux)")
+async def test_custom_account_apps_and_workdir_through_the_aio_sdk(tmp_path: Path) -> None:
+    name, key = "mybatch", base64.b64encode(os.urandom(32)).decode()
+    apps, workdir, pid_file = _apps_with_hello(tmp_path), tmp_path / "work", tmp_path / "task.pid"
+    running = Running(
+        COMMANDS["module"],
+        tmp_path,
+        ["--account-name", name, "--account-key", key, "--apps", str(apps), "--workdir", str(workdir)],
+    )
+    try:
+        listening = next(line for line in running.lines if LISTENING.search(line))
+        assert f"account {name}" in listening and "the key you gave" in listening
+        assert not any(key in line for line in running.lines), "a key the user gave is never printed"
+
+        async with AioBatchClient(running.endpoint, AzureNamedKeyCredential(name, key)) as batch:
+            listed = [a async for a in batch.list_applications()]
+            assert [(a.id, list(a.versions)) for a in listed] == [("hello", ["1.0"])]
+            await batch.create_pool(
+                m.BatchPoolCreateOptions(
+                    id="p", vm_size="standard_d2s_v3", virtual_machine_configuration=_image(), target_dedicated_nodes=1
+                )
+            )
+            with anyio.fail_after(15):
+                while not [n async for n in batch.list_nodes("p") if n.state == m.BatchNodeState.IDLE]:
+                    await anyio.sleep(0.05)
+            [node] = [n async for n in batch.list_nodes("p")]
+            assert (workdir / "nodes" / "p" / str(node.id)).is_dir(), "node directories live under --workdir"
+            await batch.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))
+            command = f"/bin/sh -c 'echo $$ > {pid_file}; exec sleep 60'"
+            await batch.create_task("j", m.BatchTaskCreateOptions(id="t", command_line=command))
+            with anyio.fail_after(15):
+                while (await batch.get_task("j", "t")).state != m.BatchTaskState.RUNNING or not pid_file.exists():
+                    await anyio.sleep(0.05)
+
+        for wrong in (
+            AzureNamedKeyCredential(name, DEFAULT_ACCOUNT_KEY),
+            AzureNamedKeyCredential(DEFAULT_ACCOUNT_NAME, key),
+        ):
+            async with AioBatchClient(running.endpoint, wrong) as batch:
+                with pytest.raises(HttpResponseError) as refused:
+                    await batch.create_job(m.BatchJobCreateOptions(id="other", pool_info=m.BatchPoolInfo(pool_id="p")))
+                assert refused.value.status_code in (401, 403)
+                assert refused.value.error is not None and refused.value.error.code == "AuthenticationFailed"
+
+        _check_clean_stop(running, signal.SIGTERM, pid_file)
+        assert workdir.is_dir(), "a --workdir the user gave is theirs: it stays"
+        assert _group_members(running.process.pid) == [], "the emulator left processes behind"
+    finally:
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.communicate()
+
+
+@pytest.mark.anyio
+async def test_a_fault_flag_is_injected(tmp_path: Path) -> None:
+    running = Running(COMMANDS["module"], tmp_path, ["--fault", "503=1.0", "--fault-seed", "5"])
+    try:
+        credential = AzureNamedKeyCredential(DEFAULT_ACCOUNT_NAME, DEFAULT_ACCOUNT_KEY)
+        async with AioBatchClient(running.endpoint, credential, retry_total=0) as batch:
+            for _ in range(2):
+                with pytest.raises(HttpResponseError) as busy:
+                    await batch.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))
+                assert busy.value.status_code == 503
+                assert busy.value.error is not None and busy.value.error.code == "ServerBusy"
+        code, out, err = running.stop(signal.SIGINT)
+        assert code == 0 and "Traceback" not in err, err
+        assert "injecting faults 503=1.0 (seed 5)" in out.splitlines()
+    finally:
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.communicate()
