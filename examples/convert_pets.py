@@ -8,11 +8,16 @@ package, on a pool of 3 nodes by default), and its GIF downloaded to --output (N
 table follows; the job, pool and containers this run created are deleted unless --keep is given. Re-running
 converts only the videos without a GIF in --output. Ctrl-C stops cleanly and deletes what the run created.
 
+The pool is created for this run. If a pool with --pool-id already exists, the run stops (exit status 2) unless
+--reuse-pool is given; a reused pool must reference the ffmpeg application package (checked before any task is
+added) and is left as it is afterwards.
+
 Where Batch and Storage are comes from the environment, as for aiobatch.Client.from_env:
 AZURE_BATCH_ENDPOINT, AZURE_BATCH_ACCOUNT_NAME, AZURE_BATCH_ACCOUNT_KEY (no key: Entra ID), and
 AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT_URL. `nox -s demo` sets them for a local emulator.
 
-Exit status: 0 when every video has its GIF, 1 when some failed, 2 for a usage or setup error, 130 on Ctrl-C.
+Exit status: 0 when every video has its GIF, 1 when some failed, 2 for a usage or setup error (a missing
+setting, an existing pool without --reuse-pool, Batch or Storage unreachable), 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -21,9 +26,13 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+
+from azure.core.exceptions import ServiceRequestError
 
 import aiobatch
 from aiobatch import gifs
@@ -50,7 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     pool.add_argument("--slots-per-node", type=int, default=2, help="conversions at once per node (default: 2)")
     pool.add_argument("--os", choices=("linux", "windows"), default="linux", help="node OS (default: linux)")
     pool.add_argument("--pool-timeout", type=float, default=1800.0, help="seconds to wait for a node (default: 1800)")
-    pool.add_argument("--no-reuse-pool", action="store_true", help="fail if --pool-id exists (default: run on it)")
+    pool.add_argument(
+        "--reuse-pool",
+        action="store_true",
+        help="run on the existing pool --pool-id as it is, if there is one: it must have the ffmpeg application "
+        "package, and it is not deleted (default: an existing pool with that id is an error)",
+    )
     app = parser.add_argument_group("application package")
     app.add_argument("--app-id", default="ffmpeg", help="application id of the ffmpeg package (default: ffmpeg)")
     app.add_argument(
@@ -93,7 +107,9 @@ async def convert(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     if others:
-        print(f"note: ignoring {len(others)} files that are not .mp4: {', '.join(others[:5])}", flush=True)
+        ignored = gifs.plural(len(others), "file")
+        verb = "is" if len(others) == 1 else "are"
+        print(f"note: ignoring {ignored} that {verb} not .mp4: {', '.join(others[:5])}", flush=True)
     reporter = auto_reporter(sys.stdout, plain=True if args.plain else None)
     try:
         async with aiobatch.Client.from_env(cleanup=not args.keep) as client:
@@ -106,7 +122,7 @@ async def convert(args: argparse.Namespace) -> int:
                 job_id=args.job_id,
                 input_container=args.input_container,
                 output_container=args.output_container,
-                reuse_pool=not args.no_reuse_pool,
+                reuse_pool=args.reuse_pool,
                 pool_timeout=args.pool_timeout,
                 task_retries=args.task_retries,
                 reporter=reporter,
@@ -146,6 +162,50 @@ async def main(args: argparse.Namespace) -> int:
         raise
 
 
+def unreachable(exc: BaseException) -> bool:
+    """Whether *exc* means no connection could be made at all (refused, no such host), as opposed to a failure."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (ServiceRequestError, ConnectionRefusedError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def setup_error(exc: aiobatch.AiobatchError, args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    """The one-line message for an error that means the setup is wrong (exit status 2); None for other errors."""
+    if isinstance(exc, aiobatch.ConfigurationError):
+        if exc.setting == "reuse_pool" and "already exists" in exc.message:
+            return (
+                f"pool {args.pool_id!r} already exists and this run did not create it. Pass --reuse-pool to run "
+                "on it as it is (it must have the ffmpeg application package; it is not deleted afterwards), or "
+                "choose another --pool-id."
+            )
+        if exc.setting == "reuse_pool":
+            return exc.message.replace("choose another pool id", "choose another --pool-id").replace(
+                "Run without reusing it", "Run without --reuse-pool"
+            )
+        return exc.message
+    if isinstance(exc, aiobatch.ServiceUnavailableError) and unreachable(exc):
+        try:
+            settings = aiobatch.Settings.from_env(environ)
+        except aiobatch.ConfigurationError:
+            return None
+        if exc.service == "storage":
+            endpoint, variables = (
+                settings.storage.blob_endpoint,
+                "AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT_URL",
+            )
+            what = "Blob Storage"
+        else:
+            endpoint, variables, what = settings.batch.endpoint, "AZURE_BATCH_ENDPOINT", "Batch"
+        return (
+            f"cannot reach {what} at {endpoint} (no connection could be made). Check {variables} and the network; "
+            "for a local emulator and Azurite, start them first (see docs/emulator.md) or run `nox -s demo`."
+        )
+    return None
+
+
 def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
@@ -159,12 +219,10 @@ def run(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nabandoned", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except aiobatch.ConfigurationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except aiobatch.AiobatchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        message = setup_error(exc, args, os.environ)
+        print(f"error: {message or exc}", file=sys.stderr)
+        return EXIT_USAGE if message is not None else EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -44,8 +44,9 @@ import anyio
 import anyio.to_thread
 
 from ._client import Client
-from ._errors import AiobatchError, ConfigurationError
+from ._errors import AiobatchError, ConfigurationError, ConflictError
 from ._pools import PoolStatus, get_pool_status
+from ._retry import call
 from ._specs import (
     AppPackageRef,
     EnvRef,
@@ -82,6 +83,7 @@ __all__ = [
     "gif_name_for",
     "gif_pool_spec",
     "plan_conversions",
+    "plural",
 ]
 
 logger = logging.getLogger("aiobatch")
@@ -400,6 +402,16 @@ class Reporter:
 # ----------------------------------------------------------------------------------------------------
 
 
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """*count* and *noun*, the noun in the plural unless the count is one.
+
+    Example:
+        >>> plural(1, "video"), plural(3, "video"), plural(0, "GIF"), plural(2, "process", "processes")
+        ('1 video', '3 videos', '0 GIFs', '2 processes')
+    """
+    return f"{count} {noun if count == 1 else plural_form or noun + 's'}"
+
+
 def _tail_lines(text: str, lines: int = 3) -> str:
     kept = [line.rstrip() for line in text.strip().splitlines() if line.strip()]
     return "\n".join(kept[-lines:])
@@ -446,6 +458,50 @@ async def _wait_for_pool(
     return status
 
 
+def _same_package(ref: AppPackageRef, application_id: str | None, version: str | None) -> bool:
+    # Application ids are case-insensitive in Batch; the version decides the AZ_BATCH_APP_PACKAGE_* variable
+    # the command line reads, so it must match exactly (None: the application's default version).
+    return (application_id or "").lower() == ref.application_id.lower() and (version or None) == ref.version
+
+
+async def _ensure_gif_pool(
+    client: Client, pool: PoolSpec, app: AppPackageRef, reporter: Reporter, *, reuse: bool
+) -> None:
+    """Create the pool, or -- only when asked -- run on an existing one that has the ffmpeg package."""
+    try:
+        ref = await client.ensure_pool(pool, reuse_existing=reuse)
+    except ConflictError as exc:
+        if exc.code != "PoolExists":
+            raise
+        raise ConfigurationError(
+            f"pool {pool.id!r} already exists and this run did not create it. Choose another pool id, or pass "
+            "reuse_pool=True to run on it as it is (it must reference the ffmpeg application package; it is "
+            "not deleted afterwards).",
+            setting="reuse_pool",
+        ) from exc
+    if ref.owned:  # created now, or by an earlier attempt of this same run: ours, built from *pool*
+        return
+    reporter.stage(f"reusing existing pool {pool.id!r} (not created by this run; it will be left as it is)")
+    existing = await call(
+        lambda: client.batch.get_pool(pool.id, select=["id", "applicationPackageReferences"]),
+        policy=client.retry_policy,
+        resource="pool",
+        resource_id=pool.id,
+    )
+    refs = [(r.application_id, r.version) for r in existing.application_package_references or []]
+    if any(_same_package(app, app_id, version) for app_id, version in refs):
+        return
+    has = ", ".join(f"{a}" + (f" {v}" if v else " (default version)") for a, v in refs) or "no application package"
+    wanted = app.application_id + (f" {app.version}" if app.version else " (default version)")
+    raise ConfigurationError(
+        f"pool {pool.id!r} lacks the ffmpeg application package {wanted} (it has {has}), so every task would "
+        "fail with 'ffmpeg: No such file or directory'. Run without reusing it (choose another pool id, and a "
+        "new pool with the package is created), or add the package to the pool's applicationPackageReferences "
+        "(the pool's nodes must then be rebooted or re-created to install it).",
+        setting="reuse_pool",
+    )
+
+
 async def convert_videos(
     client: Client,
     videos: Sequence[str | os.PathLike[str]],
@@ -456,7 +512,7 @@ async def convert_videos(
     job_id: str | None = None,
     input_container: str = DEFAULT_INPUT_CONTAINER,
     output_container: str = DEFAULT_OUTPUT_CONTAINER,
-    reuse_pool: bool = True,
+    reuse_pool: bool = False,
     min_nodes: int = 1,
     pool_timeout: float = 1800.0,
     task_retries: int = 0,
@@ -482,7 +538,9 @@ async def convert_videos(
         input_container: the container the videos are uploaded to.
         output_container: the container the tasks write GIFs to.
         reuse_pool: run on an existing pool with *pool*'s id that this run did not create (it is then left
-            alone on cleanup); otherwise such a pool is a `aiobatch.ConflictError`.
+            alone on cleanup); it must reference *pool*'s application package (checked before any task is
+            added). Off by default: such a pool is then a `aiobatch.ConfigurationError`, because a pool that
+            merely shares the id may lack ffmpeg. A pool created earlier by this same run is always used.
         min_nodes: usable nodes to wait for before adding tasks (more join as they come).
         pool_timeout: seconds to wait for them.
         task_retries: retries of a failed conversion (a corrupt video fails every time).
@@ -493,7 +551,9 @@ async def convert_videos(
         One result per video, in the order given.
 
     Raises:
-        ConfigurationError: two videos would make the same GIF, or the pool has no application package.
+        ConfigurationError: two videos would make the same GIF; the pool spec has no application package; the
+            pool exists and is not this run's (without *reuse_pool*); or the reused pool lacks the package
+            (``setting`` is ``"reuse_pool"`` for the last two).
         AiobatchError: a step failed for good (the pool could not get nodes, a request kept failing, ...).
     """
     started = time.monotonic()
@@ -517,19 +577,20 @@ async def convert_videos(
         return ConversionReport(ordered, client.run_id, job, pool.id, time.monotonic() - started)
 
     if not plan.todo:
-        reporter.stage(f"all {len(paths)} GIFs are already in {out}; nothing to convert")
+        every = "the GIF is" if len(paths) == 1 else f"all {len(paths)} GIFs are"
+        reporter.stage(f"{every} already in {out}; nothing to convert")
         final = report(None)
         reporter.finished(final)
         return final
 
     # Files -> blobs.
-    reporter.stage(f"uploading {len(plan.todo)} videos to container {input_container!r}")
+    reporter.stage(f"uploading {plural(len(plan.todo), 'video')} to container {input_container!r}")
     reporter.upload_started(len(plan.todo), sum(p.stat().st_size for p in plan.todo))
     await client.upload_files(input_container, plan.todo, progress=reporter.upload_progress)
 
     # A pool with a usable node, and a job on it.
     reporter.stage(f"making sure pool {pool.id!r} has a usable node ({pool.vm_size})")
-    await client.ensure_pool(pool, reuse_existing=reuse_pool)
+    await _ensure_gif_pool(client, pool, app, reporter, reuse=reuse_pool)
     await _wait_for_pool(client, pool.id, reporter, min_nodes=min_nodes, timeout=pool_timeout)
     job_id = job_id or f"gifs-{client.run_id}"
     await client.create_job(
@@ -554,7 +615,7 @@ async def convert_videos(
         )
         for name in names
     ]
-    reporter.stage(f"adding {len(specs)} tasks to job {job_id!r}")
+    reporter.stage(f"adding {plural(len(specs), 'task')} to job {job_id!r}")
     submitted = await client.submit_tasks(job_id, specs)
     for task_id, why in submitted.failed.items():
         name = video_of[task_id]
@@ -594,7 +655,7 @@ async def convert_videos(
         results[name] = result
         reporter.video_done(result)
 
-    reporter.stage(f"converting {len(video_of)} videos on pool {pool.id!r}")
+    reporter.stage(f"converting {plural(len(video_of), 'video')} on pool {pool.id!r}")
     async with anyio.create_task_group() as tg:
         async for event in client.watch_tasks(job_id, include_running=True):
             watched = video_of.get(event.task_id)
@@ -606,8 +667,8 @@ async def convert_videos(
     final = report(job_id)
     reporter.finished(final)
     logger.info(
-        "converted %d videos, %d failed, %d already there, in %.1f s",
-        final.count("converted"),
+        "converted %s, %d failed, %d already there, in %.1f s",
+        plural(final.count("converted"), "video"),
         final.count("failed"),
         final.count("present"),
         final.elapsed,
