@@ -11,6 +11,7 @@ from azure.batch.aio import BatchClient
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
 from aiobatch.emulator import FAULT_HEADER, Emulator, FaultPlan, Timings
+from aiobatch.emulator._faults import REQUEST_KINDS
 
 pytestmark = pytest.mark.anyio
 
@@ -169,3 +170,47 @@ async def test_a_node_lost_while_booting_stays_lost(tmp_path: Path, moment: str)
         await anyio.sleep(1.0)  # the boot and the start task would both have finished by now
         [node] = [n async for n in batch.list_nodes("p")]
         assert (node.id, node.state) == (node_id, "unusable")
+
+
+@pytest.mark.parametrize(
+    ("header", "names_kinds"),
+    [
+        ("bogus", True),
+        ("preempt", True),
+        ("unusable", True),
+        ("task-error; rate=0.5", False),  # addtaskcollection only
+        ("partial-500", False),  # addtaskcollection only
+        ("503; retry-after=soon", False),
+        ("latency; seconds=-1", False),
+        ("429; wait=3", False),
+    ],
+)
+async def test_a_fault_header_that_is_not_a_request_fault_is_a_400_and_counts_nothing(
+    batch_emulator: Emulator, header: str, names_kinds: bool
+) -> None:
+    async with _client(batch_emulator) as batch:
+        with pytest.raises(HttpResponseError) as caught:
+            await batch.create_pool(_pool("p"), headers={FAULT_HEADER: header})
+        assert caught.value.status_code == 400
+        assert caught.value.error is not None and caught.value.error.code == "InvalidHeaderValue"
+        details = {d.code: d.message for d in caught.value.error.details}
+        assert details["HeaderName"] == FAULT_HEADER and details["HeaderValue"] == header
+        message = str(caught.value.error.message)
+        assert FAULT_HEADER in message
+        if names_kinds:
+            assert "not a request-level fault kind" in message
+            assert all(kind in message for kind in (*REQUEST_KINDS, "task-error"))
+    assert batch_emulator.account is not None and not batch_emulator.account.pools
+    assert not batch_emulator.ledger.injected, "nothing is recorded as injected"
+    assert not batch_emulator.ledger.requests, "a refused fault header is not client traffic"
+
+
+async def test_bad_fault_header_on_a_task_collection_adds_nothing(batch_emulator: Emulator) -> None:
+    async with _client(batch_emulator) as batch:
+        await batch.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="none")))
+        for header in ("task-error; rate=1.5", "preempt"):
+            with pytest.raises(HttpResponseError) as caught:
+                await batch.create_task_collection("j", _tasks("t", 5), headers={FAULT_HEADER: header})
+            assert caught.value.status_code == 400
+        assert [t async for t in batch.list_tasks("j")] == []
+    assert not batch_emulator.ledger.injected

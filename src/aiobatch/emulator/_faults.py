@@ -2,8 +2,13 @@
 
 Faults come from a `FaultPlan` (CLI flags or code; rates per kind, drawn from one seeded RNG) or are aimed at a
 single request with the ``x-aiobatch-fault`` header, e.g. ``x-aiobatch-fault: 503`` or
-``x-aiobatch-fault: 429; retry-after=2``.  Every injection is counted in `FaultLedger`, and the account counts
-what it committed (creates per id, deletes), so tests use the server's record as the oracle.
+``x-aiobatch-fault: 429; retry-after=2`` (parameters ``retry-after``, ``seconds`` for ``latency``, ``rate`` for
+``task-error``).  The header takes the request-level kinds and ``task-error``; anything else (an unknown kind,
+``preempt``/``unusable``, a collection-only kind on another request, a bad parameter) is a 400
+``InvalidHeaderValue`` naming the valid kinds, and nothing is counted for it.
+
+Every injection is counted in `FaultLedger`, and the account counts what it committed (creates per id, deletes),
+so tests use the server's record as the oracle.
 
 Kinds:
     ``429``            429 TooManyRequests with Retry-After.
@@ -43,6 +48,12 @@ REQUEST_KINDS = ("429", "503", "503-bare", "partial-500", "latency", "reset-befo
 #: Kinds acted on elsewhere (the addtaskcollection handler, the scheduler).
 OTHER_KINDS = ("task-error", "preempt", "unusable")
 ALL_KINDS = REQUEST_KINDS + OTHER_KINDS
+#: Kinds a single request may ask for with the header; ``preempt``/``unusable`` happen to nodes, not requests.
+HEADER_KINDS = (*REQUEST_KINDS, "task-error")
+#: Kinds that only mean something for ``POST /jobs/{jobId}/addtaskcollection``.
+COLLECTION_KINDS = ("partial-500", "task-error")
+#: The header's parameters: ``retry-after`` (seconds), ``seconds`` (for ``latency``), ``rate`` (for ``task-error``).
+HEADER_OPTIONS = ("retry-after", "seconds", "rate")
 
 
 @dataclass(frozen=True)
@@ -168,9 +179,7 @@ class Faults:
         """The fault to inject into this request, from its header or the plan, with its parameters."""
         header = request.headers.get(FAULT_HEADER)
         if header:
-            kind, *params = [p.strip() for p in header.split(";")]
-            options = dict(p.partition("=")[::2] for p in params if p)
-            return kind, options
+            return parse_header(header, request.path)
         if not self.plan.rates or not self.eligible(request):
             return None, {}
         for kind in REQUEST_KINDS:
@@ -179,6 +188,46 @@ class Faults:
             if self.draw(kind):
                 return kind, {}
         return None, {}
+
+
+def parse_header(header: str, path: str) -> tuple[str, dict[str, str]]:
+    """The kind and parameters an ``x-aiobatch-fault`` header asks for.
+
+    Raises:
+        ServiceError: 400 ``InvalidHeaderValue`` for a kind that is not request-level (naming those that are), a
+            collection-only kind on another request, or an unknown or non-numeric parameter.
+    """
+    kind, *params = [p.strip() for p in header.split(";")]
+    options = {name.strip().lower(): value.strip() for name, _, value in (p.partition("=") for p in params if p)}
+
+    def refuse(reason: str) -> ServiceError:
+        values = [("HeaderName", FAULT_HEADER), ("HeaderValue", header), ("Reason", reason)]
+        return ServiceError(
+            400,
+            "InvalidHeaderValue",
+            f"The value for one of the HTTP headers is not in the correct format. {reason}",
+            values,
+        )
+
+    if kind not in HEADER_KINDS:
+        valid = ", ".join(HEADER_KINDS)
+        raise refuse(
+            f"{FAULT_HEADER}: {kind!r} is not a request-level fault kind; valid kinds: {valid}"
+            " (preempt and unusable happen to nodes: use a FaultPlan or Emulator.lose_node)."
+        )
+    if kind in COLLECTION_KINDS and not path.endswith("/addtaskcollection"):
+        raise refuse(f"{FAULT_HEADER}: {kind!r} applies only to POST /jobs/{{jobId}}/addtaskcollection.")
+    for name, value in options.items():
+        if name not in HEADER_OPTIONS:
+            raise refuse(f"{FAULT_HEADER}: unknown parameter {name!r}; known: {', '.join(HEADER_OPTIONS)}.")
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        top = 1.0 if name == "rate" else float("inf")
+        if not 0.0 <= number <= top:
+            raise refuse(f"{FAULT_HEADER}: {name}={value!r} must be a number from 0 to {top:g}.")
+    return kind, options
 
 
 def _busy(status: int, code: str, message: str, retry_after: float | None) -> ServiceError:
@@ -191,6 +240,10 @@ def fault_middleware(faults: Faults) -> Middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # A malformed fault header is the test's mistake, not client traffic: refused before anything is counted.
+        header = request.headers.get(FAULT_HEADER)
+        if header:
+            parse_header(header, request.path)
         faults.ledger.saw(f"{request.method} {request.path}")
         kind, options = faults.choose(request)
         is_collection = request.path.endswith("/addtaskcollection")
