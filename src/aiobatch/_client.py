@@ -523,7 +523,7 @@ class Client:
             ...     result = await client.upload_files("inputs", videos)
             ...     urls = [await client.input_sas_url("inputs", f.name) for f in result.files]
         """
-        await self.ensure_container(container)
+        await self.ensure_container(container)  # tagged with the run id, remembered for cleanup
         return await _storage.upload_files(
             self.blob_service,
             container,
@@ -532,6 +532,7 @@ class Client:
             concurrency=concurrency,
             progress=progress,
             policy=self.retry_policy,
+            create_container=False,
         )
 
     async def input_sas_url(self, container: str, blob: str, *, sas_policy: SasPolicy | None = None) -> str:

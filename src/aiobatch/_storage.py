@@ -491,6 +491,7 @@ async def upload_files(
     single_put_size: int = 1 * MiB,
     progress: ProgressCallback | None = None,
     policy: RetryPolicy | None = None,
+    create_container: bool = True,
 ) -> UploadResult:
     """Upload files to a container concurrently, skipping those whose blob already holds the same bytes.
 
@@ -508,6 +509,7 @@ async def upload_files(
         single_put_size: largest file, in bytes, sent in one request (at most 1 MiB).
         progress: called with a `TransferProgress` after each request's bytes are sent, and once per skip.
         policy: the retry policy for each request.
+        create_container: create the container if it is missing (``False`` when the caller just made sure).
 
     Returns:
         The uploaded and skipped files, with names, sizes and MD5s.
@@ -541,7 +543,8 @@ async def upload_files(
             )
         seen[name] = path
 
-    await ensure_container(service, container, policy=policy)
+    if create_container:
+        await ensure_container(service, container, policy=policy)
     limiter = anyio.CapacityLimiter(concurrency)
     outcome: dict[int, tuple[BlobFile, bool]] = {}
     stored = await _stored(service.get_container_client(container), names, policy) if len(files) >= _LISTING else None
@@ -723,7 +726,20 @@ def _local_path(destination: Path, name: str) -> Path:
 def _open_temp(final: Path) -> tuple[IO[bytes], Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name[:40]}.", suffix=".aiobatch-part")
+    if hasattr(os, "fchmod"):
+        # mkstemp makes the file owner-only (0600); an output gets the mode any new file gets (0666 - umask).
+        os.fchmod(fd, 0o666 & ~_UMASK)
     return os.fdopen(fd, "wb"), Path(tmp)
+
+
+def _read_umask() -> int:
+    """The process's umask. Reading it means setting it, so it is read once, at import, and set straight back."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def _write(f: IO[bytes], digest: Any, chunk: bytes) -> None:

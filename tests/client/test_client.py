@@ -27,6 +27,7 @@ from aiobatch import (
     resource_file,
 )
 from aiobatch._azurite import AzuriteServer
+from aiobatch._faultproxy import StorageFaultProxy
 from aiobatch.emulator import Emulator
 
 pytestmark = pytest.mark.anyio
@@ -323,3 +324,15 @@ async def test_end_to_end_with_files(batch_emulator: Emulator, azurite: AzuriteS
         assert batch_emulator.account.jobs["e2e"].state in ("terminating", "completed")
     assert not await container_exists(azurite, "e2e-in")
     assert not await container_exists(azurite, "e2e-out")
+
+
+async def test_upload_files_creates_its_container_with_one_request(
+    batch_emulator: Emulator, storage_faults: StorageFaultProxy, tmp_path: Path
+) -> None:
+    """The container is made (and tagged) once: no second create that only meets ContainerAlreadyExists."""
+    (tmp_path / "a.txt").write_text("a")
+    async with make_client(batch_emulator, storage_faults) as client:  # type: ignore[arg-type]
+        storage_faults.reset_counts()
+        result = await client.upload_files("one-create", [tmp_path / "a.txt"])
+    assert [f.name for f in result.uploaded] == ["a.txt"]
+    assert storage_faults.forwarded["PUT"] == 2  # the container, then the blob

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import os
+import stat
 import time
 import urllib.parse
 import uuid
@@ -222,6 +224,10 @@ async def test_download_verifies_and_writes_every_blob(
     for path in paths:
         assert (out / "sub dir" / path.name).read_bytes() == path.read_bytes()
     assert not [p for p in out.rglob("*") if p.name.endswith(".aiobatch-part")]
+    # Outputs get the mode any new file gets (0666 less the umask), not the temporary file's owner-only 0600.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()} == {0o666 & ~mask}
     again = await download_blobs(service, container, out)
     assert len(again.skipped) == len(SIZES) and again.downloaded == ()
     only = await download_blobs(service, container, tmp_path / "one", names=["sub dir/one.bin"])
