@@ -19,6 +19,7 @@ import time
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -29,7 +30,7 @@ from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import HttpResponseError
 
 from aiobatch.emulator import DEFAULT_ACCOUNT_KEY, DEFAULT_ACCOUNT_NAME, Timings
-from aiobatch.emulator.__main__ import build_parser
+from aiobatch.emulator.__main__ import build_parser, main
 from aiobatch.emulator._scheduler import MIN_ALLOCATION_DELAY
 
 LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:(\d+))\b")
@@ -304,8 +305,9 @@ async def test_custom_account_apps_and_workdir_through_the_aio_sdk(tmp_path: Pat
 
 
 @pytest.mark.anyio
-async def test_a_fault_flag_is_injected(tmp_path: Path) -> None:
-    running = Running(COMMANDS["module"], tmp_path, ["--fault", "503=1.0", "--fault-seed", "5"])
+async def test_a_fault_flag_is_injected_and_summarised_on_exit(tmp_path: Path) -> None:
+    flags = ["--fault", "503=1.0", "--fault-seed", "5", "--fault-retry-after", "7"]
+    running = Running(COMMANDS["module"], tmp_path, flags)
     try:
         credential = AzureNamedKeyCredential(DEFAULT_ACCOUNT_NAME, DEFAULT_ACCOUNT_KEY)
         async with AioBatchClient(running.endpoint, credential, retry_total=0) as batch:
@@ -314,10 +316,65 @@ async def test_a_fault_flag_is_injected(tmp_path: Path) -> None:
                     await batch.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))
                 assert busy.value.status_code == 503
                 assert busy.value.error is not None and busy.value.error.code == "ServerBusy"
+                response: Any = busy.value.response
+                assert response.headers["Retry-After"] == "7"
         code, out, err = running.stop(signal.SIGINT)
         assert code == 0 and "Traceback" not in err, err
-        assert "injecting faults 503=1.0 (seed 5)" in out.splitlines()
+        lines = out.splitlines()
+        assert "injecting faults 503=1.0 (seed 5)" in lines
+        assert lines[-1] == "aiobatch emulator stopped: injected 503=2 over 2 requests", lines
     finally:
         if running.process.poll() is None:
             running.process.kill()
             running.process.communicate()
+
+
+@pytest.mark.anyio
+async def test_fault_latency_task_error_rate_and_operation_flags(tmp_path: Path) -> None:
+    flags = ["--fault", "latency=1.0", "--fault-latency", "0.5", "--fault-operation", "GET /jobs"]
+    flags += ["--fault", "task-error=1.0", "--fault-task-error-rate", "1.0", "--fault-seed", "1"]
+    running = Running(COMMANDS["module"], tmp_path, flags)
+    try:
+        credential = AzureNamedKeyCredential(DEFAULT_ACCOUNT_NAME, DEFAULT_ACCOUNT_KEY)
+        async with AioBatchClient(running.endpoint, credential, retry_total=0) as batch:
+            started = time.monotonic()
+            await batch.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))
+            assert time.monotonic() - started < 0.5, "POST /jobs is not an eligible operation"
+            group = m.BatchTaskGroup(
+                task_values=[m.BatchTaskCreateOptions(id=f"t{i}", command_line="/bin/true") for i in range(4)]
+            )
+            result = await batch.create_task_collection("j", group)
+            assert [r.status for r in result.result_values or []] == [m.BatchTaskAddStatus.SERVER_ERROR] * 4
+            started = time.monotonic()
+            await batch.get_job("j")
+            assert time.monotonic() - started >= 0.5, "GET /jobs/j waits --fault-latency seconds"
+        code, out, _ = running.stop(signal.SIGTERM)
+        assert code == 0
+        assert out.splitlines()[-1] == "aiobatch emulator stopped: injected latency=1, task-error=4 over 3 requests"
+    finally:
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.communicate()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--fault-latency", "1"], "--fault-latency tune(s) injected faults: give --fault KIND=RATE too"),
+        (["--fault", "503=0.1", "--fault-task-error-rate", "1.5"], "--fault-task-error-rate: must be between 0 and 1"),
+        (["--fault", "503=0.1", "--fault-retry-after", "-1"], "--fault-retry-after: must be at least 0.0 seconds"),
+    ],
+)
+def test_fault_tuning_flags_are_checked(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        code = main(argv)
+    except SystemExit as exited:
+        code = exited.code  # type: ignore[assignment]
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_names_the_fault_tuning_flags() -> None:
+    out = subprocess.run([*COMMANDS["module"], "--help"], capture_output=True, text=True, timeout=30, check=True).stdout
+    for option in ("--fault-retry-after", "--fault-latency", "--fault-task-error-rate", "--fault-operation"):
+        assert option in out

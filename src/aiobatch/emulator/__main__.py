@@ -32,6 +32,17 @@ def _seconds(minimum: float) -> Callable[[str], float]:
     return parse
 
 
+def _rate(text: str) -> float:
+    """An argparse ``type`` for a probability."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text}")
+    return value
+
+
 def build_parser(prog: str = "python -m aiobatch.emulator") -> argparse.ArgumentParser:
     """The emulator's command-line options."""
     parser = argparse.ArgumentParser(prog=prog, description="A local Azure Batch service for development and tests.")
@@ -68,6 +79,35 @@ def build_parser(prog: str = "python -m aiobatch.emulator") -> argparse.Argument
         help="inject a fault with this probability, repeatable (kinds: " + ", ".join(ALL_KINDS) + ")",
     )
     parser.add_argument("--fault-seed", type=int, help="seed for injected faults (default: random, printed)")
+    parser.add_argument(
+        "--fault-retry-after",
+        type=_seconds(0.0),
+        default=FaultPlan.retry_after,
+        metavar="SECONDS",
+        help="Retry-After sent with injected 429 and 503 answers, in whole seconds (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--fault-latency",
+        type=_seconds(0.0),
+        default=FaultPlan.latency,
+        metavar="SECONDS",
+        help="delay added by the latency fault (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--fault-task-error-rate",
+        type=_rate,
+        default=FaultPlan.task_error_rate,
+        metavar="RATE",
+        help="task-error: the probability of each task in a chosen addtaskcollection failing (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--fault-operation",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help='only requests whose "METHOD /path" contains TEXT are eligible, repeatable, e.g. "POST /jobs" '
+        "(default: all)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log pool, job and task transitions")
     return parser
 
@@ -102,6 +142,8 @@ async def serve(args: argparse.Namespace, faults: FaultPlan | None) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
+    if faults is not None:
+        print(f"aiobatch emulator stopped: {emulator.ledger.summary()}", flush=True)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m aiobatch.emulator") -> int:
@@ -114,11 +156,31 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m aiobatch.emul
             file=sys.stderr,
         )
         return 2
+    tuned = [
+        flag
+        for flag, value, default in (
+            ("--fault-retry-after", args.fault_retry_after, FaultPlan.retry_after),
+            ("--fault-latency", args.fault_latency, FaultPlan.latency),
+            ("--fault-task-error-rate", args.fault_task_error_rate, FaultPlan.task_error_rate),
+            ("--fault-operation", args.fault_operation, []),
+        )
+        if value != default
+    ]
+    if tuned and not args.fault:
+        print(f"error: {', '.join(tuned)} tune(s) injected faults: give --fault KIND=RATE too", file=sys.stderr)
+        return 2
     faults = None
     if args.fault:
         seed = args.fault_seed if args.fault_seed is not None else random.randrange(2**31)
         try:
-            faults = FaultPlan.parse(args.fault, seed=seed)
+            faults = FaultPlan.parse(
+                args.fault,
+                seed=seed,
+                retry_after=args.fault_retry_after,
+                latency=args.fault_latency,
+                task_error_rate=args.fault_task_error_rate,
+                operations=tuple(args.fault_operation),
+            )
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -34,7 +34,7 @@ from collections import Counter, deque
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -100,13 +100,23 @@ class FaultPlan:
         for kind, rate in self.rates.items():
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"fault rate for {kind} must be between 0 and 1, not {rate}")
+        if not 0.0 <= self.task_error_rate <= 1.0:
+            raise ValueError(f"task_error_rate must be between 0 and 1, not {self.task_error_rate}")
+        for name in ("retry_after", "latency"):
+            if not getattr(self, name) >= 0.0:
+                raise ValueError(f"{name} must be 0 seconds or more, not {getattr(self, name)}")
 
     @classmethod
-    def parse(cls, specs: list[str], *, seed: int = 0) -> FaultPlan:
+    def parse(cls, specs: list[str], *, seed: int = 0, **tuning: Any) -> FaultPlan:
         """Build a plan from CLI strings like ``503=0.05`` or ``latency=0.1``.
 
+        Args:
+            specs: ``KIND=RATE`` strings.
+            seed: The RNG seed.
+            **tuning: Other `FaultPlan` fields (``retry_after``, ``latency``, ``task_error_rate``, ``operations``).
+
         Raises:
-            ValueError: a malformed spec or an unknown kind, naming the known kinds.
+            ValueError: a malformed spec or an unknown kind, naming the known kinds; a tuning value out of range.
         """
         rates: dict[str, float] = {}
         for spec in specs:
@@ -117,7 +127,7 @@ class FaultPlan:
                 rates[kind.strip()] = float(rate)
             except ValueError:
                 raise ValueError(f"--fault {spec!r}: the rate must be a number between 0 and 1") from None
-        return cls(seed=seed, rates=rates)
+        return cls(seed=seed, rates=rates, **tuning)
 
 
 @dataclass
@@ -150,6 +160,11 @@ class FaultLedger:
     def count(self, *parts: str) -> int:
         """How many requests were seen whose ``"METHOD /path"`` contains every one of *parts*."""
         return sum(n for line, n in self.requests.items() if all(p in line for p in parts))
+
+    def summary(self) -> str:
+        """One line of what was injected, e.g. ``injected 503=4, latency=1 over 57 requests``."""
+        kinds = ", ".join(f"{kind}={n}" for kind, n in sorted(self.injected.items())) or "nothing"
+        return f"injected {kinds} over {sum(self.requests.values())} requests"
 
     def times(self, *parts: str) -> list[float]:
         """Arrival times (monotonic) of the remembered requests whose line contains every one of *parts*."""
