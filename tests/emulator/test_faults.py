@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -23,7 +24,7 @@ IMAGE = m.VirtualMachineConfiguration(
 )
 
 
-def _pool(pool_id: str, **kwargs: object) -> m.BatchPoolCreateOptions:
+def _pool(pool_id: str, **kwargs: Any) -> m.BatchPoolCreateOptions:
     return m.BatchPoolCreateOptions(
         id=pool_id, vm_size="standard_d2s_v3", virtual_machine_configuration=IMAGE, **kwargs
     )
@@ -57,8 +58,8 @@ async def test_busy_answers(
             await batch.create_pool(_pool("p"), headers={FAULT_HEADER: kind})
         assert caught.value.status_code == status
         assert caught.value.error is not None and caught.value.error.code == code
-        assert caught.value.response is not None
-        assert caught.value.response.headers.get("Retry-After") == retry_after
+        response: Any = caught.value.response
+        assert response is not None and response.headers.get("Retry-After") == retry_after
     assert batch_emulator.account is not None and not batch_emulator.account.pools, "a refused request changes nothing"
     assert batch_emulator.ledger.injected[kind.split(";")[0]] == 1
 
@@ -86,7 +87,8 @@ async def test_partial_commit_then_operation_timed_out(batch_emulator: Emulator)
         await batch.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="none")))
         with pytest.raises(HttpResponseError) as caught:
             await batch.create_task_collection("j", _tasks("t", 100), headers={FAULT_HEADER: "partial-500"})
-        assert caught.value.status_code == 500 and caught.value.error.code == "OperationTimedOut"
+        assert caught.value.status_code == 500
+        assert caught.value.error is not None and caught.value.error.code == "OperationTimedOut"
     committed = len(account.jobs["j"].tasks)
     assert 0 <= committed < 100
     assert sum(n for (kind, _), n in account.created.items() if kind == "task") == committed
@@ -150,7 +152,8 @@ async def test_preempted_and_unusable_nodes_requeue_their_tasks(tmp_path: Path) 
             while (await batch.get_job_task_counts("j")).task_counts.completed < 2:
                 await anyio.sleep(0.05)
         tasks = [t async for t in batch.list_tasks("j")]
-        assert all(t.execution_info.result == "success" and t.execution_info.requeue_count == 1 for t in tasks)
+        infos = [t.execution_info for t in tasks]
+        assert all(i is not None and i.result == "success" and i.requeue_count == 1 for i in infos)
         assert all(emu.account.created[("task", f"j/{t.id}")] == 1 for t in tasks)
 
 
