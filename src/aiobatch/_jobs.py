@@ -16,17 +16,16 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-import anyio
 from azure.batch import models
 from azure.batch.aio import BatchClient
 from azure.batch.models._models import BatchJobTerminateOptions
 
 from ._errors import ConfigurationError, ConflictError, NotFoundError
-from ._pools import delete_entity, not_ours, run_id_of, tagged, wait_until_deleted
+from ._pools import create_or_read, delete_entity, not_ours, run_id_of, tagged
 from ._retry import RetryPolicy, call
 from ._specs import PoolSpec, check_id, to_pool_specification
 
@@ -165,45 +164,21 @@ async def create_job(
         task_failure_mode=on_task_failure,
         metadata=[models.BatchMetadataItem(name=k, value=v) for k, v in meta.items()],
     )
-    deadline = anyio.current_time() + deletion_timeout
-
-    def gone() -> Awaitable[object]:
-        return batch.get_job(job_id, select=["id"])
-
+    found = await create_or_read(
+        lambda: batch.create_job(model),
+        lambda: batch.get_job(job_id, select=["id", "state", "metadata"]),
+        "job",
+        job_id,
+        policy=policy,
+        deletion_timeout=deletion_timeout,
+    )
     created = owned = True
-    while True:
-        attempts = 0
-
-        async def create() -> None:
-            nonlocal attempts
-            attempts += 1
-            await batch.create_job(model)
-
-        try:
-            await call(create, policy=policy, resource="job", resource_id=job_id, action="create")
-            logger.info("created job %r", job_id)
-            break
-        except ConflictError as exc:
-            if exc.code == "JobBeingDeleted":
-                await wait_until_deleted(gone, "job", job_id, policy, deadline, deletion_timeout)
-                continue
-            if exc.code != "JobExists":
-                raise
-        try:
-            existing = await call(
-                lambda: batch.get_job(job_id, select=["id", "state", "metadata"]),
-                policy=policy,
-                resource="job",
-                resource_id=job_id,
-            )
-        except NotFoundError:
-            continue  # deleted between the create and the read: create it again
-        if str(getattr(existing.state, "value", existing.state) or "").lower() == "deleting":
-            await wait_until_deleted(gone, "job", job_id, policy, deadline, deletion_timeout)
-            continue
-        owner = run_id_of(existing.metadata)
+    if found.existing is None:
+        logger.info("created job %r", job_id)
+    else:
+        owner = run_id_of(found.existing.metadata)
         if owner == run_id:
-            created = attempts > 1  # a retried create finding our tag: the first attempt took effect
+            created = found.attempts > 1  # a retried create finding our tag: the first attempt took effect
             logger.info("job %r is this run's (%s)", job_id, "created" if created else "exists")
         elif reuse_existing:
             created = owned = False
@@ -216,8 +191,7 @@ async def create_job(
                 run_id,
                 "Choose another job id, delete the old job, or pass reuse_existing=True to add tasks to it.",
                 code="JobExists",
-            ) from None
-        break
+            )
     actual_pool = pool_id
     if auto_pool is not None:
         job = await call(
@@ -313,7 +287,7 @@ async def delete_job(
     *,
     wait: bool = False,
     poll_interval: float = 1.0,
-    timeout: float = 600.0,  # noqa: ASYNC109 (applies with wait=True only; the error names the job)
+    timeout: float = 600.0,
     policy: RetryPolicy | None = None,
 ) -> bool:
     """Delete a job (its tasks, and an auto-pool with it); one that is gone or going counts as done.

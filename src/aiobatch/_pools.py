@@ -28,7 +28,7 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 import anyio
 from azure.batch import models
@@ -240,48 +240,21 @@ async def ensure_pool(
         ServiceError: the service refused the spec (the message has its reason).
     """
     model = to_pool_model(dataclasses.replace(spec, metadata=tagged(spec.metadata, run_id)))
-    deadline = anyio.current_time() + deletion_timeout
-
-    def gone() -> Awaitable[object]:
-        return batch.get_pool(spec.id, select=["id"])
-
-    while True:
-        attempts = 0
-
-        async def create() -> None:
-            nonlocal attempts
-            attempts += 1
-            await batch.create_pool(model)
-
-        try:
-            await call(create, policy=policy, resource="pool", resource_id=spec.id, action="create")
-        except ConflictError as exc:
-            if exc.code == "PoolBeingDeleted":
-                await wait_until_deleted(gone, "pool", spec.id, policy, deadline, deletion_timeout)
-                continue
-            if exc.code != "PoolExists":
-                raise
-        else:
-            logger.info("created pool %r (%d dedicated, %d spot nodes)", spec.id, spec.dedicated_nodes, spec.spot_nodes)
-            return PoolRef(id=spec.id, created=True, owned=True)
-
-        try:
-            pool = await call(
-                lambda: batch.get_pool(spec.id, select=["id", "state", "metadata"]),
-                policy=policy,
-                resource="pool",
-                resource_id=spec.id,
-            )
-        except NotFoundError:
-            continue  # deleted between the create and the read: create it again
-        if _text(pool.state) == "deleting":
-            await wait_until_deleted(gone, "pool", spec.id, policy, deadline, deletion_timeout)
-            continue
-        break
-    owner = run_id_of(pool.metadata)
+    found = await create_or_read(
+        lambda: batch.create_pool(model),
+        lambda: batch.get_pool(spec.id, select=["id", "state", "metadata"]),
+        "pool",
+        spec.id,
+        policy=policy,
+        deletion_timeout=deletion_timeout,
+    )
+    if found.existing is None:
+        logger.info("created pool %r (%d dedicated, %d spot nodes)", spec.id, spec.dedicated_nodes, spec.spot_nodes)
+        return PoolRef(id=spec.id, created=True, owned=True)
+    owner = run_id_of(found.existing.metadata)
     if owner == run_id:
         # A retried create that finds our own tag: the first attempt took effect and its answer was lost.
-        created = attempts > 1
+        created = found.attempts > 1
         logger.info("pool %r is this run's (%s); leaving it as it is", spec.id, "created" if created else "exists")
         return PoolRef(id=spec.id, created=created, owned=True)
     if reuse_existing:
@@ -297,6 +270,67 @@ async def ensure_pool(
     )
 
 
+_Entity = TypeVar("_Entity", models.BatchPool, models.BatchJob)
+
+
+@dataclass(frozen=True)
+class Found(Generic[_Entity]):
+    """What `create_or_read` found: nothing (``existing is None``: the create took effect) or the entity there.
+
+    Attributes:
+        existing: the pool or job already holding the id (its id, state and metadata), or ``None``.
+        attempts: how many times the create was sent in the last round (more than one: an earlier attempt,
+            whose answer was lost, may have made *existing*).
+    """
+
+    existing: _Entity | None
+    attempts: int
+
+
+async def create_or_read(
+    create: Callable[[], Awaitable[object]],
+    read: Callable[[], Awaitable[_Entity]],
+    kind: Literal["pool", "job"],
+    entity_id: str,
+    *,
+    policy: RetryPolicy | None,
+    deletion_timeout: float,
+) -> Found[_Entity]:
+    """Create a pool or job; when the id is taken, read what holds it. Shared by `ensure_pool` and ``create_job``.
+
+    A pool or job with the id that is being deleted (the create's ``*BeingDeleted``, or one read in the
+    ``deleting`` state) is waited for, up to *deletion_timeout* in all, and the create is sent again; so is one
+    deleted between the create and the read.
+
+    Raises:
+        ConflictError: a conflict other than the id being taken, or still being deleted after the timeout.
+    """
+    deadline = anyio.current_time() + deletion_timeout
+    being_deleted, exists = f"{kind.capitalize()}BeingDeleted", f"{kind.capitalize()}Exists"
+    while True:
+        attempts = 0
+
+        async def attempt() -> None:
+            nonlocal attempts
+            attempts += 1
+            await create()
+
+        try:
+            await call(attempt, policy=policy, resource=kind, resource_id=entity_id, action="create")
+            return Found(None, attempts)
+        except ConflictError as exc:
+            if exc.code not in (being_deleted, exists):
+                raise
+            if exc.code == exists:
+                try:
+                    entity = await call(read, policy=policy, resource=kind, resource_id=entity_id)
+                except NotFoundError:
+                    continue  # deleted between the create and the read: create it again
+                if _text(entity.state) != "deleting":
+                    return Found(entity, attempts)
+        await wait_until_deleted(read, kind, entity_id, policy, deadline, deletion_timeout)
+
+
 async def wait_until_deleted(
     get: Callable[[], Awaitable[object]],
     kind: Literal["pool", "job"],
@@ -307,7 +341,7 @@ async def wait_until_deleted(
 ) -> None:
     """Wait until a pool or job being deleted is gone (*get* raises 404), polling with backoff until *deadline*.
 
-    Shared by `ensure_pool` and `aiobatch._jobs.create_job`.
+    Used by `create_or_read`.
 
     Raises:
         ConflictError: still there at *deadline* (code ``PoolBeingDeleted`` or ``JobBeingDeleted``).
