@@ -66,7 +66,7 @@ async def test_ctrl_c_during_the_watch_stops_cleanly_and_deletes_everything(pipe
     assert "Traceback" not in output
     async with BatchClient(pipeline.emulator.endpoint, pipeline.emulator.credential) as batch:
         with anyio.fail_after(10):
-            while [p async for p in batch.list_pools()] or [j async for j in batch.list_jobs()]:
+            while [p.id async for p in batch.list_pools()] or [j.id async for j in batch.list_jobs()]:
                 await anyio.sleep(0.1)
     async with BlobServiceClient.from_connection_string(pipeline.azurite.connection_string) as blobs:
         names = [c.name async for c in blobs.list_containers()]

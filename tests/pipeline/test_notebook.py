@@ -19,7 +19,7 @@ NOTEBOOK = ROOT / "examples" / "pets.ipynb"
 def test_the_notebook_runs_and_shows_gifs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AIOBATCH_AZURITE_DIR", str(ROOT / ".azurite"))
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # the notebook's work folder goes under the test's
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb = nbformat.read(NOTEBOOK, as_version=4)  # type: ignore[no-untyped-call]
     [parameters] = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     parameters.source = "width = 64\nfps = 5\npackaged_clips = False\nseconds = 1.0\ngifs_to_show = 2\n"
 
