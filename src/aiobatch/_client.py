@@ -261,6 +261,14 @@ class Client:
         Raises:
             RuntimeError: the client was opened before (a client is opened at most once).
             ConfigurationError: an account URL without a credential.
+
+        Example:
+            >>> async def main():  # doctest: +SKIP
+            ...     client = await Client.from_env().open()  # or: async with Client.from_env() as client:
+            ...     try:
+            ...         print(client.state)
+            ...     finally:
+            ...         await client.aclose()
         """
         if self._state != "unopened":
             raise RuntimeError(
@@ -305,7 +313,16 @@ class Client:
         """Clean up (with ``cleanup=True``) and close both SDK clients. Safe to call twice.
 
         Raises:
-            AiobatchError: cleanup could not delete something (the client is closed anyway).
+            AiobatchError: cleanup could not delete something, or ran out of *cleanup_timeout*; the message names
+                the run id and what is left (the client is closed anyway).
+
+        Example:
+            >>> async def main():  # doctest: +SKIP
+            ...     client = await Client.from_env(cleanup=True).open()
+            ...     try:
+            ...         await client.ensure_container("scratch")
+            ...     finally:
+            ...         await client.aclose()  # deletes "scratch", then closes both SDK clients
         """
         await self._close(raise_cleanup_errors=True)
 
@@ -480,6 +497,11 @@ class Client:
 
         Returns:
             ``True`` if this call created it.
+
+        Example:
+            >>> async def scratch(client):  # doctest: +SKIP
+            ...     if await client.ensure_container("scratch"):
+            ...         print("created, and deleted on cleanup")
         """
         self._check_open()
         with self._creating("container", container):
@@ -545,6 +567,12 @@ class Client:
 
         Returns:
             The URL; it grants read on that blob only.
+
+        Example:
+            >>> async def spec(client):  # doctest: +SKIP
+            ...     url = await client.input_sas_url("inputs", "cat.mp4")
+            ...     return TaskSpec(id="cat", command_line="ffmpeg -i cat.mp4 cat.gif",
+            ...                     resource_files=[resource_file(url)])
         """
         self._check_open()
         return await _storage.input_sas_url(self.blob_service, container, blob, policy=sas_policy or self.sas_policy)
@@ -558,6 +586,11 @@ class Client:
 
         Returns:
             The URL; it grants create and write only (no read, list or delete).
+
+        Example:
+            >>> async def outputs(client):  # doctest: +SKIP
+            ...     url = await client.output_container_sas_url("outputs")
+            ...     return [output_files_to(url, "*.gif", path="gifs")]
         """
         await self.ensure_container(container)
         return await _storage.output_container_sas_url(
@@ -614,6 +647,11 @@ class Client:
 
         Returns:
             The names this call deleted.
+
+        Example:
+            >>> async def tidy(client):  # doctest: +SKIP
+            ...     deleted = await client.delete_containers(["inputs", "outputs"])
+            ...     print("deleted", deleted)
         """
         self._check_open()
         names = [containers] if isinstance(containers, str) else list(containers)
@@ -737,6 +775,10 @@ class Client:
 
         Raises:
             ConflictError: the pool is not this run's and *force* is false.
+
+        Example:
+            >>> async def drop_pool(client):  # doctest: +SKIP
+            ...     await client.delete_pool("pets", wait=True)
         """
         self._check_open()
         if pool_id not in self._pools and not force:
@@ -1019,6 +1061,11 @@ class Client:
 
         Returns:
             ``True`` if this call terminated it, ``False`` if it had already completed or is gone.
+
+        Example:
+            >>> async def stop(client):  # doctest: +SKIP
+            ...     if await client.terminate_job("convert"):
+            ...         print("stopped")
         """
         self._check_open()
         return await _jobs.terminate_job(self.batch, job_id, policy=self.retry_policy)
@@ -1038,6 +1085,10 @@ class Client:
 
         Raises:
             ConflictError: the job is not this run's and *force* is false.
+
+        Example:
+            >>> async def drop_job(client):  # doctest: +SKIP
+            ...     await client.delete_job("convert")
         """
         self._check_open()
         if job_id not in self._jobs and not force:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 import __future__
 
+import ast
+import doctest
 import inspect
 import re
 import types
@@ -11,17 +13,48 @@ import pytest
 
 import aiobatch
 
+#: Every public method of `Client`: each is something a user calls, so each shows how.
 ENTRY_POINTS = [
     "from_env",
+    "open",
+    "aclose",
+    "sweep_run",
+    "ensure_container",
     "upload_files",
+    "input_sas_url",
+    "output_container_sas_url",
+    "download_outputs",
+    "delete_containers",
     "ensure_pool",
     "wait_for_pool_ready",
+    "delete_pool",
     "create_job",
     "submit_tasks",
     "watch_tasks",
     "wait_for_tasks",
-    "download_outputs",
+    "terminate_job",
+    "delete_job",
 ]
+
+#: The public functions of the package (not classes, not constants): each is called directly, so each shows how.
+FUNCTIONS = [n for n in aiobatch.__all__ if inspect.isfunction(getattr(aiobatch, n))]
+
+
+def _client_methods() -> set[str]:
+    return {
+        name
+        for name, member in vars(aiobatch.Client).items()
+        if not name.startswith("_") and (inspect.isfunction(member) or isinstance(member, (classmethod, staticmethod)))
+    }
+
+
+def _assert_example(name: str, doc: str) -> None:
+    """The docstring has an ``Example:`` section whose ``>>>`` lines are valid Python (top-level await allowed)."""
+    assert "Example:" in doc and ">>>" in doc, f"{name} needs an example"
+    examples = doctest.DocTestParser().get_examples(doc.split("Example:", 1)[1])
+    assert examples, f"{name}: the example has no >>> lines"
+    for example in examples:
+        compile(example.source, name, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
 
 
 def test_every_public_name_is_in_all() -> None:
@@ -51,10 +84,22 @@ def test_every_public_name_has_a_docstring(name: str) -> None:
                 assert inspect.getdoc(getattr(value, attr)), f"{name}.{attr} has no docstring"
 
 
+def test_entry_points_are_every_public_method_of_the_client() -> None:
+    assert set(ENTRY_POINTS) == _client_methods()
+
+
 @pytest.mark.parametrize("method", ENTRY_POINTS)
 def test_entry_points_have_an_example(method: str) -> None:
-    doc = inspect.getdoc(getattr(aiobatch.Client, method)) or ""
-    assert "Example:" in doc and ">>>" in doc, f"Client.{method} needs an example"
+    _assert_example(f"Client.{method}", inspect.getdoc(getattr(aiobatch.Client, method)) or "")
+
+
+def test_the_public_functions_are_found() -> None:
+    assert {"command_line", "resource_file", "output_files_to", "task_ids_for", "redact"} <= set(FUNCTIONS)
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_public_functions_have_an_example(name: str) -> None:
+    _assert_example(name, inspect.getdoc(getattr(aiobatch, name)) or "")
 
 
 def test_the_client_and_errors_are_importable_from_the_top() -> None:
