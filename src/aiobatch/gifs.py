@@ -412,6 +412,44 @@ def plural(count: int, noun: str, plural_form: str | None = None) -> str:
     return f"{count} {noun if count == 1 else plural_form or noun + 's'}"
 
 
+def _plan_and_measure(videos: Sequence[Path], out: Path) -> tuple[ConversionPlan, dict[str, int], dict[str, int]]:
+    """`plan_conversions`, plus the bytes of each GIF already there and of each video to convert (blocking).
+
+    Returns:
+        The plan; GIF sizes by video name (present videos); video sizes by video name (videos to convert).
+    """
+    plan = plan_conversions(videos, out)
+    gif_sizes = {v.name: (out / plan.gif_names[v.name]).stat().st_size for v in plan.present}
+    video_sizes = {v.name: v.stat().st_size for v in plan.todo}
+    return plan, gif_sizes, video_sizes
+
+
+def _largest_first(names: Sequence[str], sizes: dict[str, int]) -> list[str]:
+    """*names* by size, largest first (ties by name): the longest conversions start first.
+
+    With more videos than task slots, a big video started last would run alone at the end; started first,
+    it overlaps the small ones, and the run ends sooner.
+
+    Example:
+        >>> _largest_first(["a", "b", "c"], {"a": 1, "b": 3, "c": 3})
+        ['b', 'c', 'a']
+    """
+    return sorted(names, key=lambda name: (-sizes.get(name, 0), name))
+
+
+def _failure_text(event: TaskEvent) -> str:
+    """One line saying why a task failed: its exit code, or the service's failure explained.
+
+    A plain non-zero exit says enough (the stderr tail shows ffmpeg's reason); a failure the service reports
+    (an input it could not download, an output it could not upload) gets `TaskEvent.error`'s explanation, which
+    e.g. says that a SAS URL had expired and what to do about it.
+    """
+    # TaskEvent.error is where that explanation lives today (a plain-explanation attribute is on its way).
+    if event.failure is None or event.failure.code in ("", "FailureExitCode"):
+        return f"exit code {event.exit_code}" if event.exit_code is not None else "did not run"
+    return event.error().message
+
+
 def _tail_lines(text: str, lines: int = 3) -> str:
     kept = [line.rstrip() for line in text.strip().splitlines() if line.strip()]
     return "\n".join(kept[-lines:])
@@ -564,11 +602,11 @@ async def convert_videos(
     app = pool.application_packages[0]
     paths = [Path(v) for v in videos]
     out = Path(output_dir)
-    plan = plan_conversions(paths, out)
+    plan, gif_sizes, video_sizes = await anyio.to_thread.run_sync(_plan_and_measure, paths, out)
     results: dict[str, VideoResult] = {}
     for video in plan.present:
         gif = plan.gif_names[video.name]
-        result = VideoResult(video.name, gif, "present", gif_size=(out / gif).stat().st_size)
+        result = VideoResult(video.name, gif, "present", gif_size=gif_sizes[video.name])
         results[video.name] = result
         reporter.video_done(result)
 
@@ -585,7 +623,7 @@ async def convert_videos(
 
     # Files -> blobs.
     reporter.stage(f"uploading {plural(len(plan.todo), 'video')} to container {input_container!r}")
-    reporter.upload_started(len(plan.todo), sum(p.stat().st_size for p in plan.todo))
+    reporter.upload_started(len(plan.todo), sum(video_sizes.values()))
     await client.upload_files(input_container, plan.todo, progress=reporter.upload_progress)
 
     # A pool with a usable node, and a job on it.
@@ -597,7 +635,7 @@ async def convert_videos(
         job_id, pool_id=pool.id, on_all_tasks_complete="terminatejob", display_name="aiobatch: MP4 to GIF"
     )
 
-    # Blobs -> task specs -> Batch.
+    # Blobs -> task specs -> Batch, the largest video first. Task ids and the report keep the videos' order.
     names = [p.name for p in plan.todo]
     task_ids = task_ids_for(names)
     video_of = {task_ids[name]: name for name in names}
@@ -613,7 +651,7 @@ async def convert_videos(
             max_wall_clock_time=task_timeout,
             display_name=name[:1024],
         )
-        for name in names
+        for name in _largest_first(names, video_sizes)
     ]
     reporter.stage(f"adding {plural(len(specs), 'task')} to job {job_id!r}")
     submitted = await client.submit_tasks(job_id, specs)
@@ -640,13 +678,11 @@ async def convert_videos(
         if event.succeeded:
             try:
                 await client.download_outputs(output_container, out, names=[gif], progress=reporter.download_progress)
-                result = replace(base, gif_size=(out / gif).stat().st_size)
+                result = replace(base, gif_size=(await anyio.Path(out / gif).stat()).st_size)
             except AiobatchError as exc:
                 result = replace(base, outcome="failed", error=f"the GIF could not be downloaded: {exc}")
         else:
-            why = f"exit code {event.exit_code}" if event.exit_code is not None else "did not run"
-            if event.failure is not None and event.failure.code not in ("", "FailureExitCode"):
-                why += f"; {event.failure.code}: {event.failure.message}"
+            why = _failure_text(event)
             try:
                 tail = _tail_lines(await event.stderr_tail(4096))
             except AiobatchError as exc:

@@ -24,6 +24,7 @@ reused) and the sample videos (``videos/``) -- lives in one folder of its own, n
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import logging
 import os
@@ -247,7 +248,7 @@ class LocalBatch:
         self._apps_dir = Path(apps_dir) if apps_dir is not None else None
         self._workdir = Path(workdir) if workdir is not None else None
         self._timings = timings or Timings(allocation_delay=1.0, node_start_delay=0.8, deletion_delay=0.2)
-        self._azurite_dir = azurite_dir if azurite_dir is not None else _azurite_dir()
+        self._azurite_dir = azurite_dir  # None: found on entering (`_azurite_dir` looks at folders)
         self._stack = contextlib.AsyncExitStack()
         self.azurite: AzuriteServer | None = None
         self.emulator: Emulator | None = None
@@ -276,12 +277,18 @@ class LocalBatch:
             apps = self._apps_dir
             if apps is None:
                 apps = Path(await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="aiobatch-apps-")))
-                stack.callback(shutil.rmtree, apps, True)
+                stack.push_async_callback(
+                    anyio.to_thread.run_sync, functools.partial(shutil.rmtree, apps, ignore_errors=True)
+                )
             self.apps_dir = apps
-            version = ffmpeg_version()
+            # Asking ffmpeg its version runs it: a subprocess, like zipping the package, is for a worker thread.
+            version = await anyio.to_thread.run_sync(ffmpeg_version)
             await anyio.to_thread.run_sync(lambda: build_ffmpeg_package(apps, version=version))
             self.ffmpeg_app = AppPackageRef(FFMPEG_APP_ID, version)
-            self.azurite = await stack.enter_async_context(AzuriteServer(directory=self._azurite_dir))
+            azurite_dir = self._azurite_dir
+            if azurite_dir is None:
+                azurite_dir = await anyio.to_thread.run_sync(_azurite_dir)
+            self.azurite = await stack.enter_async_context(AzuriteServer(directory=azurite_dir))
             self.emulator = await stack.enter_async_context(
                 Emulator(apps_dir=apps, workdir=self._workdir, timings=self._timings)
             )
@@ -431,18 +438,21 @@ async def run_demo(
     out = Path(output_dir)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     log = say
-    processes_before = {pid for pid, _ in child_processes()}  # e.g. a test session's own Azurite
+    # Reading /proc, listing folders and running ffmpeg all block: each goes to a worker thread.
+    before = await anyio.to_thread.run_sync(child_processes)  # e.g. a test session's own Azurite
+    processes_before = {pid for pid, _ in before}
     if input_dir is None:
         inputs = cache / "videos"
         log(f"writing sample videos to {inputs}")
         videos = await anyio.to_thread.run_sync(lambda: write_sample_videos(inputs))
     else:
         inputs = Path(input_dir)
-        videos = find_videos(inputs)
+        videos = await anyio.to_thread.run_sync(find_videos, inputs)
     if not videos:
         return DemoResult(2, (), (f"no .mp4 files in {inputs}",))
     problems: list[str] = []
-    log(f"starting the Batch emulator and Azurite, building the ffmpeg {ffmpeg_version()} application package")
+    version = await anyio.to_thread.run_sync(ffmpeg_version)
+    log(f"starting the Batch emulator and Azurite, building the ffmpeg {version} application package")
     # The package is cached: building it zips ~80 MB, and the next run reuses it. Never beside the output,
     # which may be a user's own folder.
     log(f"ffmpeg application package cache: {cache / 'apps'}")
@@ -477,22 +487,22 @@ async def run_demo(
                         await process.wait()
         problems += [f"left behind: {what}" for what in await local.leftovers()]
     gifs: list[Path] = []
+    ffmpeg = await anyio.to_thread.run_sync(ffmpeg_executable)
     for video in videos if exit_code != 130 else ():  # after Ctrl-C, only what was left behind matters
         gif = out / gif_name_for(video.name)
-        if not gif.is_file():
+        if not await anyio.Path(gif).is_file():
             problems.append(f"no GIF for {video.name!r}")
             continue
         try:
-            info = await anyio.to_thread.run_sync(check_gif, gif, ffmpeg_executable())
+            info = await anyio.to_thread.run_sync(check_gif, gif, ffmpeg)
         except ValueError as exc:
             problems.append(str(exc))
             continue
         if info.width > width or info.frames < 2:
             problems.append(f"{gif.name!r} is {info.width}x{info.height} with {info.frames} frames")
         gifs.append(gif)
-    problems += [
-        f"process left running: {pid} {cmd[:80]}" for pid, cmd in child_processes() if pid not in processes_before
-    ]
+    after = await anyio.to_thread.run_sync(child_processes)
+    problems += [f"process left running: {pid} {cmd[:80]}" for pid, cmd in after if pid not in processes_before]
     return DemoResult(exit_code, tuple(gifs), tuple(problems))
 
 
