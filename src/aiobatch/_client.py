@@ -341,11 +341,27 @@ class Client:
             with anyio.CancelScope(shield=True):
                 await self._stack.aclose()
             logger.info("aiobatch client closed (run %s)", self.run_id)
-        if errors and raise_cleanup_errors:
-            raise AiobatchError(
-                f"cleanup of run {self.run_id!r} left something behind: {errors[0]} ({len(errors)} error(s)). "
-                "Delete the remaining resources by hand, or run the cleanup again with the same run_id."
-            ) from errors[0]
+        if not errors:
+            return
+        message = (
+            f"cleanup of run {self.run_id!r} left {self._left_behind()}: {str(errors[0]).rstrip('.')}"
+            f"{f' (and {len(errors) - 1} more error(s))' if len(errors) > 1 else ''}. "
+            f"Delete them by hand, or sweep the run: aiobatch cleanup --run-id {self.run_id}"
+        )
+        if not raise_cleanup_errors:
+            # The block is already raising (an error, a cancellation, Ctrl-C): that exception goes on; this is
+            # the record of what it left.
+            logger.warning("%s", message)
+            return
+        raise AiobatchError(message) from errors[0]
+
+    def _left_behind(self) -> str:
+        """What cleanup did not delete, e.g. ``jobs job-1; pools pool-1`` (or ``something`` when unknown)."""
+        left = [f"{kind} {', '.join(ids)}" for kind, ids in self.created.items() if ids]
+        unsure = [f"{resource_id} ({kind}, created or not)" for kind, resource_id in self._unsure]
+        if unsure:
+            left.append(f"maybe {', '.join(unsure)}")
+        return "; ".join(left) or "something"
 
     async def _cleanup(self) -> list[BaseException]:
         """Delete this run's jobs, pools and containers: shielded from cancellation, bounded by the timeout."""
@@ -377,7 +393,7 @@ class Client:
                 await self._delete(*late, errors)
         if scope.cancelled_caught:
             errors.append(
-                AiobatchError(f"cleanup of run {self.run_id!r} did not finish within {self.cleanup_timeout:g} s.")
+                AiobatchError(f"the cleanup did not finish within {self.cleanup_timeout:g} s (cleanup_timeout)")
             )
         for error in errors:
             logger.warning("cleanup of run %s: %s", self.run_id, error)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,7 @@ from aiobatch import (
 )
 from aiobatch._azurite import AzuriteServer
 from aiobatch._faultproxy import StorageFaultProxy
-from aiobatch.emulator import Emulator
+from aiobatch.emulator import Emulator, FaultPlan
 
 pytestmark = pytest.mark.anyio
 
@@ -242,6 +245,84 @@ async def test_cleanup_is_bounded_by_its_timeout(batch_emulator: Emulator, azuri
         with pytest.raises(AiobatchError, match="did not finish within"):
             await client.aclose()
     assert client.state == "closed"
+
+
+#: How long the hung service takes over each delete: far past any cleanup timeout below.
+HUNG = 30.0
+#: What closing may take beyond *cleanup_timeout*: cancelling the hung request and closing both SDK clients.
+CLOSE_SLACK = 1.5
+
+
+def _serving(task: asyncio.Task[Any]) -> bool:
+    """Whether *task* is the emulator's aiohttp server handling a connection (such as a hung delete)."""
+    return getattr(task.get_coro(), "__qualname__", "").startswith("RequestHandler.")
+
+
+def _pending_since(before: set[asyncio.Task[Any]]) -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() - before if t is not asyncio.current_task() and not t.done()]
+
+
+@pytest.fixture
+async def hung_deletes(batch_emulator: Emulator) -> AsyncIterator[Emulator]:
+    """The emulator, taking `HUNG` seconds over every DELETE of a job or pool (nothing else is slowed).
+
+    Its handlers keep sleeping after the client gives up (as the service would keep working), so they are
+    ended on the way out: the emulator's shutdown need not wait them out.
+    """
+    before = asyncio.all_tasks()
+    batch_emulator.faults.plan = FaultPlan(
+        rates={"latency": 1.0}, latency=HUNG, operations=("DELETE /jobs", "DELETE /pools")
+    )
+    batch_emulator.faults.rng = random.Random(0)
+    yield batch_emulator
+    handlers = [t for t in _pending_since(before) if _serving(t)]
+    for task in handlers:
+        task.cancel()
+    await asyncio.gather(*handlers, return_exceptions=True)
+
+
+async def test_cleanup_is_bounded_when_the_service_hangs_on_deletes(
+    hung_deletes: Emulator, azurite: AzuriteServer
+) -> None:
+    client = make_client(hung_deletes, azurite, cleanup=True, cleanup_timeout=2.0)
+    before = asyncio.all_tasks()
+    with pytest.raises(AiobatchError) as caught:
+        async with client:
+            await _create_everything(client, "hung")
+            started = anyio.current_time()
+    elapsed = anyio.current_time() - started
+    assert 2.0 <= elapsed < 2.0 + CLOSE_SLACK, f"closing took {elapsed:.2f} s"
+    # It says the time ran out, and names the run and all that is still there (the job's delete hung, so the
+    # pool and the container were never reached): enough to finish by hand, or with a sweep.
+    message = str(caught.value)
+    assert "did not finish within 2 s" in message
+    assert f"aiobatch cleanup --run-id {client.run_id}" in message
+    assert "jobs job-hung; pools pool-hung; containers cleanup-hung" in message
+    assert client.state == "closed"
+    assert client.created == {"jobs": ("job-hung",), "pools": ("pool-hung",), "containers": ("cleanup-hung",)}
+    assert hung_deletes.faults.ledger.injected["latency"] == 1  # one delete sent, hung, then abandoned
+    left_running = [t for t in _pending_since(before) if not _serving(t)]
+    assert left_running == [], f"the client left tasks running: {left_running}"
+
+
+async def test_ctrl_c_while_deletes_hang_is_bounded_and_re_raised(
+    hung_deletes: Emulator, azurite: AzuriteServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = make_client(hung_deletes, azurite, cleanup=True, cleanup_timeout=2.0)
+    before = asyncio.all_tasks()
+    with caplog.at_level(logging.WARNING, logger="aiobatch"), pytest.raises(KeyboardInterrupt):
+        async with client:
+            await _create_everything(client, "hungc")
+            started = anyio.current_time()
+            raise KeyboardInterrupt
+    elapsed = anyio.current_time() - started
+    assert 2.0 <= elapsed < 2.0 + CLOSE_SLACK, f"closing took {elapsed:.2f} s"
+    # Ctrl-C goes on (not swapped for a cleanup error); what it left is logged, with the run id.
+    left = [r.getMessage() for r in caplog.records if f"cleanup of run {client.run_id!r} left" in r.getMessage()]
+    assert len(left) == 1 and "jobs job-hungc; pools pool-hungc; containers cleanup-hungc" in left[0]
+    assert client.state == "closed"
+    left_running = [t for t in _pending_since(before) if not _serving(t)]
+    assert left_running == [], f"the client left tasks running: {left_running}"
 
 
 async def test_cleanup_leaves_what_this_run_did_not_create(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
