@@ -18,6 +18,10 @@ The interval adapts: back to *poll_interval* when something changed, doubling up
 nothing does. It runs from the start of one poll to the start of the next, so a task's event comes at most an
 interval plus one poll's requests after the task ends. The watch ends when *expected* tasks have completed, or
 when the job itself has completed (terminated, or all tasks done with ``onAllTasksComplete=terminatejob``).
+Without an expected count it also ends when the job holds no unfinished task: the counts show every task
+complete (none active or running, at least one completed), each of them has been reported, and one further
+poll shows the same -- so a task added between two polls is not missed. A job whose tasks are still being
+added elsewhere, with pauses longer than that, needs the count (or ``terminatejob``) to be watched to its end.
 
 Memory: the reported ids (one lower-cased string each), one page of tasks (at most 1,000) at a time, and the
 watermark -- never the task objects. `TaskWatch` is a plain async iterator, not a generator and not a task
@@ -117,6 +121,9 @@ class TaskEvent:
         task_id: the task.
         kind: ``"completed"``, or ``"running"`` (only with ``include_running=True``; best effort, once per task).
         succeeded: for a completion, whether the task succeeded; ``None`` for a running event.
+        explanation: for a failure, why it failed and what to do, in plain words (e.g. "the SAS URL expired at
+            ...; mint SAS URLs with a longer SasPolicy duration ..."); ``None`` otherwise. `failure` keeps the
+            service's own fields. ``str(event)`` starts with it.
         exit_code: the exit code of its last attempt, if it ran.
         failure: why it failed, when the service reports a failure.
         retry_count: how often it was retried after failing.
@@ -136,6 +143,7 @@ class TaskEvent:
     task_id: str
     kind: EventKind
     succeeded: bool | None
+    explanation: str | None = None
     exit_code: int | None = None
     failure: TaskFailure | None = None
     retry_count: int = 0
@@ -151,26 +159,22 @@ class TaskEvent:
         """Whether this is the completion of a task that failed."""
         return self.kind == "completed" and self.succeeded is False
 
+    def __str__(self) -> str:
+        if self.kind == "running":
+            return f"task {self.task_id!r} of job {self.job_id!r} is running on {self.node_id or 'a node'}"
+        if self.explanation is None:
+            return f"task {self.task_id!r} of job {self.job_id!r} succeeded"
+        return f"task {self.task_id!r} of job {self.job_id!r} failed: {self.explanation}"
+
     def error(self) -> TaskFailedError:
         """Return a `TaskFailedError` describing this failure (to raise, or to collect)."""
-        code = self.failure.code if self.failure else None
-        why = f"exit code {self.exit_code}" if self.exit_code is not None else (code or "no exit code")
-        detail = f" {self.failure.code}: {self.failure.message.rstrip('.')}." if self.failure else ""
-        fix = "Read its stderr (await event.stderr_tail()) and fix the command line or its inputs."
-        expired = self.failure.sas_expired(self.end_time) if self.failure else None
-        if expired is not None:
-            fix = (
-                f"Its SAS URL expired at {expired.isoformat()}, before storage was reached. Mint SAS URLs whose "
-                "expiry covers the queue wait, the run and the output upload (a longer SasPolicy duration), "
-                "and resubmit the task."
-            )
+        explanation = self.explanation or _explain(self.exit_code, self.failure, self.retry_count, self.end_time)
         return TaskFailedError(
-            f"task {self.task_id!r} of job {self.job_id!r} failed ({why}) after {self.retry_count} retries.{detail} "
-            f"{fix}",
+            f"task {self.task_id!r} of job {self.job_id!r} failed: {explanation}",
             job_id=self.job_id,
             task_id=self.task_id,
             exit_code=self.exit_code,
-            failure_code=code,
+            failure_code=self.failure.code if self.failure else None,
         )
 
     async def stderr_tail(self, max_bytes: int = 4096) -> str:
@@ -218,6 +222,23 @@ class TaskEvent:
         return data.decode("utf-8", errors="replace")
 
 
+def _explain(exit_code: int | None, failure: TaskFailure | None, retry_count: int, end_time: dt.datetime | None) -> str:
+    """Say why a task failed and what to do: the plain reading first, the service's code and message after."""
+    expired = failure.sas_expired(end_time) if failure else None
+    if failure is not None and expired is not None:
+        return (
+            f"its SAS URL expired at {expired.isoformat()}, before storage was reached "
+            f"({failure.code}: {failure.message.rstrip('.')}). Mint SAS URLs whose expiry covers the queue wait, "
+            "the run and the output upload (a longer SasPolicy duration), and resubmit the task."
+        )
+    why = f"exit code {exit_code}" if exit_code is not None else (failure.code if failure else "no exit code")
+    detail = f" {failure.code}: {failure.message.rstrip('.')}." if failure else ""
+    return (
+        f"{why} after {retry_count} retries.{detail} Read its stderr (await event.stderr_tail()) and fix the "
+        "command line or its inputs."
+    )
+
+
 def _event(
     job_id: str, task: models.BatchTask, kind: EventKind, batch: BatchClient, policy: RetryPolicy | None
 ) -> TaskEvent:
@@ -238,18 +259,22 @@ def _event(
         # Older answers carry no executionInfo.result: judge by the exit code and failure info.
         fallback = failure is None and info is not None and info.exit_code == 0
         succeeded = result == "success" if result else fallback
+    exit_code = info.exit_code if info is not None else None
+    retry_count = (info.retry_count or 0) if info is not None else 0
+    end_time = info.end_time if info is not None else None
     return TaskEvent(
         job_id=job_id,
         task_id=task.id or "",
         kind=kind,
         succeeded=succeeded,
-        exit_code=info.exit_code if info is not None else None,
+        explanation=_explain(exit_code, failure, retry_count, end_time) if succeeded is False else None,
+        exit_code=exit_code,
         failure=failure,
-        retry_count=(info.retry_count or 0) if info is not None else 0,
+        retry_count=retry_count,
         requeue_count=(info.requeue_count or 0) if info is not None else 0,
         node_id=task.node_info.node_id if task.node_info is not None else None,
         start_time=info.start_time if info is not None else None,
-        end_time=info.end_time if info is not None else None,
+        end_time=end_time,
         _batch=batch,
         _policy=policy,
     )
@@ -326,6 +351,8 @@ class TaskWatch:
         self._counts_completed = 0
         self._last_resync = -float("inf")
         self._job_done = False
+        #: The completed count of the last poll that found no unfinished task (without an expected count).
+        self._settled: int | None = None
         self._final_resync = False
         self._finished = False
 
@@ -449,6 +476,21 @@ class TaskWatch:
             self._interval = min(self._interval * 2, self._max_interval)
             if active == 0 and running == 0:
                 await self._check_job()
+        self._check_settled(completed, running, active)
+
+    def _check_settled(self, completed: int, running: int, active: int) -> None:
+        """Without an expected count, end once two polls in a row find every task complete and all reported.
+
+        The first such poll may come before its listing reported the last tasks; the second, an interval later,
+        finds the same count after they were all reported. A task added in between would have changed it.
+        """
+        if self.expected is not None or self._job_done:
+            return
+        settled = active == 0 and running == 0 and completed > 0
+        if settled and completed == self._settled and len(self._seen) >= completed and not self._queue:
+            self._finish(f"no unfinished task left; {len(self._seen)} tasks completed")
+            return
+        self._settled = completed if settled else None
 
     async def _check_job(self) -> None:
         job: models.BatchJob = await self._request(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import gc
 import inspect
 from collections import Counter
@@ -10,8 +11,10 @@ from typing import Any
 
 import anyio
 import pytest
+from azure.batch import models as m
+from azure.batch.aio import BatchClient
 
-from aiobatch import Client, DeadlineExceededError, TaskFailedError, TaskSpec, TaskWatch
+from aiobatch import Client, DeadlineExceededError, TaskEvent, TaskFailedError, TaskSpec, TaskWatch
 from aiobatch._azurite import AzuriteServer
 from aiobatch.emulator import Emulator
 
@@ -20,7 +23,7 @@ from .test_client import make_client, pool_spec, tasks
 pytestmark = pytest.mark.anyio
 
 FAIL = "/bin/sh -c 'echo broken >&2; exit 3'"
-QUICK = {"poll_interval": 0.05, "max_poll_interval": 0.2}
+QUICK: dict[str, Any] = {"poll_interval": 0.05, "max_poll_interval": 0.2}
 
 
 async def _ready_job(client: Client, job_id: str = "job", *, terminate: bool = False) -> None:
@@ -63,6 +66,38 @@ async def test_the_watch_ends_when_the_job_completes(batch_emulator: Emulator, a
         assert watch.expected is None
         events = [e async for e in watch]
     assert len({e.task_id for e in events}) == 12 == len(events)
+
+
+async def _raw_tasks(batch: BatchClient, ids: list[str], command: str = "/bin/true") -> None:
+    options = [m.BatchTaskCreateOptions(id=task_id, command_line=command) for task_id in ids]
+    result = await batch.create_task_collection("job", m.BatchTaskGroup(task_values=options))
+    assert {r.status.lower() for r in result.result_values or []} == {"success"}
+
+
+async def test_without_a_count_the_watch_ends_when_no_task_is_unfinished(
+    batch_emulator: Emulator, azurite: AzuriteServer
+) -> None:
+    """noaction: the job never completes, so only the tasks can tell the watch it is done."""
+    async with (
+        make_client(batch_emulator, azurite) as client,
+        BatchClient(batch_emulator.endpoint, batch_emulator.credential) as batch,
+    ):
+        await _ready_job(client)  # onAllTasksComplete=noaction
+        await _raw_tasks(batch, [f"raw{i}" for i in range(5)])
+        watch = client.watch_tasks("job", **QUICK)
+        assert watch.expected is None  # this client submitted nothing
+        events: list[TaskEvent] = []
+        with anyio.fail_after(15):
+            async for event in watch:
+                events.append(event)
+                if len(events) == 5:
+                    # Added after the first five were reported and before the watch polls again: the poll that
+                    # would have confirmed "nothing unfinished" finds them instead.
+                    await _raw_tasks(batch, ["late0", "late1"], command="/bin/sh -c 'sleep 0.3'")
+        job = await batch.get_job("job")
+    assert sorted(e.task_id for e in events) == sorted([f"raw{i}" for i in range(5)] + ["late0", "late1"])
+    assert all(e.succeeded for e in events)
+    assert job.state == m.BatchJobState.ACTIVE  # the watch ended on the tasks, not on the job
 
 
 async def test_expected_count_ends_the_watch(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
@@ -214,3 +249,43 @@ async def test_failure_events_carry_no_sas_signature(batch_emulator: Emulator, a
     failure = events[0].failure
     assert failure is not None and failure.code
     assert "TOPSECRETSIGNATURE" not in repr(events[0]) and "TOPSECRETSIGNATURE" not in str(events[0].error())
+
+
+async def test_an_expired_sas_is_explained_on_the_event_itself(
+    batch_emulator: Emulator, azurite: AzuriteServer
+) -> None:
+    from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
+    from aiobatch import resource_file
+
+    expired = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+    sas = generate_blob_sas(
+        azurite.account_name, "inputs", "cat.mp4", account_key=azurite.account_key,
+        permission=BlobSasPermissions(read=True), expiry=expired, start=expired - dt.timedelta(hours=1),
+    )  # fmt: skip
+    url = f"{azurite.blob_endpoint}/inputs/cat.mp4?{sas}"
+    async with make_client(batch_emulator, azurite) as client:
+        await _ready_job(client)
+        await client.submit_tasks(
+            "job", [TaskSpec(id="stale", command_line="cat cat.mp4", resource_files=[resource_file(url)])]
+        )
+        (event,) = [e async for e in client.watch_tasks("job", **QUICK)]
+    assert event.failed and event.failure is not None
+    assert event.failure.code == "BlobAccessDenied"  # the service's own fields stay as they were
+    assert event.explanation is not None
+    assert event.explanation.startswith("its SAS URL expired at 2020-01-01T00:00:00+00:00")
+    assert "longer SasPolicy duration" in event.explanation
+    for shown in (str(event), repr(event), str(event.error())):
+        assert "SAS URL expired at 2020-01-01" in shown and "SasPolicy" in shown
+        assert "sig=" not in shown.replace("sig=***", "")
+    assert str(event).startswith("task 'stale' of job 'job' failed: its SAS URL expired")
+
+
+def test_explanations_of_other_outcomes() -> None:
+    from aiobatch import TaskFailure
+
+    failure = TaskFailure("usererror", "FailureExitCode", "The task exited with an exit code representing a failure")
+    failed = TaskEvent("job", "t1", "completed", False, explanation=None, exit_code=3, failure=failure)
+    assert "exit code 3" in str(failed.error()) and "stderr_tail" in str(failed.error())
+    ok = TaskEvent("job", "t2", "completed", True, exit_code=0)
+    assert ok.explanation is None and str(ok) == "task 't2' of job 'job' succeeded"
