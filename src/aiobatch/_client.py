@@ -93,11 +93,13 @@ class Client:
         cleanup_timeout: seconds cleanup may take in all.
         retry_policy: the retry policy for every request.
         sas_policy: the validity window of the SAS URLs the client mints.
-        credential: an Entra ID credential for both services (by default ``DefaultAzureCredential`` when a
-            setting has no key); the caller keeps ownership of one passed in. A service whose settings carry a
-            key (Batch with an account key, storage with a connection string) signs with the key, so Batch
-            with a key and storage with Entra ID is ``BatchSettings(..., account_key=...)``,
-            ``StorageSettings(account_url=...)`` and ``credential=``.
+        credential: an Entra ID credential for both services. Without one, when a setting has no key, the client
+            makes one ``DefaultAzureCredential``, shares it between the Batch and Blob clients and closes it when
+            it closes (or when opening fails half-way). One passed in is shared the same way but stays the
+            caller's: the client never closes it, so it can outlive the client or serve several; close it
+            yourself. A service whose settings carry a key (Batch with an account key, storage with a connection
+            string) signs with the key, so Batch with a key and storage with Entra ID is
+            ``BatchSettings(..., account_key=...)``, ``StorageSettings(account_url=...)`` and ``credential=``.
         connection_verify: check both services' TLS certificates against the system's authorities (``True``), or
             against this CA file: a private authority, or a local Azurite over HTTPS
             (``str(AzuriteServer.cert_path)``).

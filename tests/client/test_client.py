@@ -13,8 +13,11 @@ import anyio
 import pytest
 from azure.batch import models as m
 from azure.batch.aio import BatchClient
+from azure.core.credentials import AccessToken, AzureNamedKeyCredential
 from azure.storage.blob.aio import BlobServiceClient
 
+import aiobatch._client
+import aiobatch._storage
 from aiobatch import (
     AiobatchError,
     BatchSettings,
@@ -89,11 +92,14 @@ def gone_or_deleting(entities: dict[str, Any], entity_id: str) -> bool:
 
 async def test_lifecycle_unopened_open_closed(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
     client = make_client(batch_emulator, azurite)
-    assert client.state == "unopened"
+    # Each state is read into its own name: asserting on `client.state` would narrow its type for mypy.
+    initial = client.state
+    assert initial == "unopened"
     with pytest.raises(RuntimeError, match="not open yet"):
         await client.ensure_container("never")
     async with client as same:
-        assert same is client and client.state == "open"
+        opened = client.state
+        assert same is client and opened == "open"
         with pytest.raises(RuntimeError, match="opened only once"):
             await client.open()
     assert client.state == "closed"
@@ -129,6 +135,117 @@ async def test_from_env_reaches_the_emulator_and_azurite(
 def test_from_env_names_the_missing_variable() -> None:
     with pytest.raises(ConfigurationError, match="AZURE_BATCH_ENDPOINT"):
         Client.from_env({})
+
+
+class RecordingCredential:
+    """An async token credential that counts its ``close()`` calls; no test here asks it for a token."""
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        raise AssertionError("opening and closing a client must not ask for a token")
+
+    async def close(self) -> None:
+        self.closed += 1
+
+    async def __aenter__(self) -> RecordingCredential:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+@pytest.fixture
+def entra_env(monkeypatch: pytest.MonkeyPatch) -> list[RecordingCredential]:
+    """Both services by URL with no key (Entra ID); returns the default credentials the client makes."""
+    monkeypatch.setenv("AZURE_BATCH_ENDPOINT", "https://pets.westeurope.batch.azure.com")
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_URL", "https://pets.blob.core.windows.net")
+    made: list[RecordingCredential] = []
+
+    def default_credential() -> RecordingCredential:
+        made.append(RecordingCredential())
+        return made[-1]
+
+    # Looked up where `Client.open` calls it: the name `_client` imported from `_config`.
+    monkeypatch.setattr(aiobatch._client, "default_credential", default_credential)
+    return made
+
+
+def credentials_of(client: Client) -> tuple[object, object]:
+    """The credentials the Batch and Blob SDK clients sign with."""
+    return client.batch._config.credential, client.blob_service.credential
+
+
+async def test_without_keys_one_default_credential_serves_both_and_is_closed_once(
+    entra_env: list[RecordingCredential],
+) -> None:
+    async with Client.from_env() as client:
+        assert len(entra_env) == 1
+        (credential,) = entra_env
+        batch_credential, blob_credential = credentials_of(client)
+        assert batch_credential is credential and blob_credential is credential
+        assert credential.closed == 0
+    assert credential.closed == 1
+    await client.aclose()  # a second close closes nothing twice
+    assert credential.closed == 1
+
+
+async def test_the_default_credential_is_closed_when_opening_fails_half_way(
+    entra_env: list[RecordingCredential], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> BlobServiceClient:
+        raise ConfigurationError("storage could not be set up", setting="AZURE_STORAGE_ACCOUNT_URL")
+
+    # The Batch client is open by the time storage fails: both it and the credential must be closed.
+    monkeypatch.setattr(aiobatch._storage, "blob_service_client", broken)
+    client = Client.from_env()
+    with pytest.raises(ConfigurationError, match="storage could not be set up"):
+        await client.open()
+    assert client.state == "closed"
+    assert [c.closed for c in entra_env] == [1]
+
+
+async def test_a_default_credential_for_storage_alone_when_batch_has_a_key(
+    entra_env: list[RecordingCredential], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AZURE_BATCH_ACCOUNT_NAME", "pets")
+    monkeypatch.setenv("AZURE_BATCH_ACCOUNT_KEY", "a2V5a2V5a2V5")
+    async with Client.from_env() as client:
+        batch_credential, blob_credential = credentials_of(client)
+        assert isinstance(batch_credential, AzureNamedKeyCredential)
+        assert entra_env and blob_credential is entra_env[0]
+    assert [c.closed for c in entra_env] == [1]
+
+
+async def test_with_keys_for_both_no_default_credential_is_made(
+    entra_env: list[RecordingCredential], monkeypatch: pytest.MonkeyPatch, azurite: AzuriteServer
+) -> None:
+    monkeypatch.setenv("AZURE_BATCH_ACCOUNT_NAME", "pets")
+    monkeypatch.setenv("AZURE_BATCH_ACCOUNT_KEY", "a2V5a2V5a2V5")
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    async with Client.from_env():
+        pass
+    assert entra_env == []
+
+
+async def test_a_credential_passed_in_serves_both_and_stays_the_callers(
+    entra_env: list[RecordingCredential], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mine = RecordingCredential()
+    async with Client.from_env(credential=mine) as client:
+        batch_credential, blob_credential = credentials_of(client)
+        assert batch_credential is mine and blob_credential is mine
+    assert entra_env == []  # no default credential is made
+    assert mine.closed == 0  # the caller's to close, and still usable
+
+    def broken(*args: Any, **kwargs: Any) -> BlobServiceClient:
+        raise ConfigurationError("storage could not be set up", setting="AZURE_STORAGE_ACCOUNT_URL")
+
+    monkeypatch.setattr(aiobatch._storage, "blob_service_client", broken)
+    with pytest.raises(ConfigurationError):
+        await Client.from_env(credential=mine).open()
+    assert mine.closed == 0  # not even when opening fails
 
 
 async def test_run_id_generated_given_or_refused(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
