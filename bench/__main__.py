@@ -1,9 +1,12 @@
 """``python -m bench``: run the benchmark cases, write ``bench/results/*.json`` and the markdown table.
 
-    python -m bench                 # every case, full size (about 7 minutes on 2 cores)
-    python -m bench --quick         # smaller sizes, fewer rounds (under 2 minutes)
+    python -m bench                 # every case, full size, 3 rounds or more (about 11 minutes on 2 cores)
+    python -m bench --quick         # smaller sizes, fewer rounds (under 2 minutes), into build/bench-quick/
     python -m bench --only submit,monitor
     python -m bench --render        # rewrite the tables from bench/results/*.json
+
+A ``--quick`` pass writes its JSON and ``results.md`` under ``build/bench-quick/`` and leaves the full run's
+results (``bench/results/``, the table in ``docs/benchmarks.md``) as they are.
 
 A case that fails is reported and the others still run; the exit status is then 1.
 """
@@ -23,7 +26,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import case_e2e, case_monitor, case_scale, case_submit, case_upload
-from ._harness import CASE_ORDER, ROOT, CaseResult, MiB, log, machine_info, source_version, write_case, write_tables
+from ._harness import (
+    CASE_ORDER,
+    QUICK_RESULTS_DIR,
+    RESULTS_DIR,
+    ROOT,
+    CaseResult,
+    MiB,
+    log,
+    machine_info,
+    source_version,
+    write_case,
+    write_tables,
+)
 
 
 @dataclass(frozen=True)
@@ -40,14 +55,21 @@ class Sizes:
     submit_slow_rounds: int
     submit_slow_tasks: int
     monitor_tasks: int
+    monitor_rounds: int
     videos: int
     video_seconds: float
     e2e_rounds: int
     scale_tasks: int
+    scale_rounds: int
 
 
-FULL = Sizes(1000, 4, 256 * MiB, 3, 2, 10_000, 11, 2, 2_000, 10_000, 24, 12.0, 2, 100_000)
-QUICK = Sizes(300, 2, 64 * MiB, 1, 1, 10_000, 3, 1, 1_000, 3_000, 24, 6.0, 1, 20_000)
+# The full run: every variant of every case in at least 3 rounds. Per round on 2 cores (from the rounds of a full
+# run): upload 36 s on loopback + 35 s through the relay; submit 18 s while the slow variants run (one call per
+# task is 15 s of it), 1 s after; monitor 35 s a watcher; end to end 57 s; scale 10 s. In all: 215 + 62 + 210
+# + 172 + 30 s, about 11.5 minutes on a quiet machine.
+FULL = Sizes(1000, 4, 256 * MiB, 3, 3, 10_000, 11, 3, 10_000, 10_000, 3, 24, 12.0, 3, 100_000, 3)
+# Quick: one round of each, smaller; one call per task sends 1,000 tasks (the notes say so).
+QUICK = Sizes(300, 2, 64 * MiB, 1, 1, 10_000, 3, 1, 1_000, 3_000, 1, 24, 6.0, 1, 20_000, 1)
 
 
 def _cases(work: Path, sizes: Sizes) -> dict[str, Callable[[], Awaitable[CaseResult]]]:
@@ -63,11 +85,13 @@ def _cases(work: Path, sizes: Sizes) -> dict[str, Callable[[], Awaitable[CaseRes
             rtt=0.02,
         ),
         "submit": lambda: _with_emulator(work / "submit", sizes),
-        "monitor": lambda: case_monitor.run(work / "monitor", tasks=sizes.monitor_tasks, poll=1.0),
+        "monitor": lambda: case_monitor.run(
+            work / "monitor", tasks=sizes.monitor_tasks, rounds=sizes.monitor_rounds, poll=1.0
+        ),
         "e2e": lambda: case_e2e.run(
             work / "e2e", videos=sizes.videos, seconds=sizes.video_seconds, rounds=sizes.e2e_rounds
         ),
-        "scale": lambda: case_scale.run(work / "scale", tasks=sizes.scale_tasks),
+        "scale": lambda: case_scale.run(work / "scale", tasks=sizes.scale_tasks, rounds=sizes.scale_rounds),
     }
 
 
@@ -91,10 +115,17 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer rounds")
     parser.add_argument("--only", default=",".join(CASE_ORDER), help=f"cases to run, of {', '.join(CASE_ORDER)}")
     parser.add_argument("--workdir", type=Path, help="where inputs and services' files go (default: a temp dir)")
-    parser.add_argument("--render", action="store_true", help="only rewrite the tables from bench/results/*.json")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="where the JSON and results.md go (default: bench/results, or build/bench-quick with --quick); "
+        "the docs' table follows bench/results only",
+    )
+    parser.add_argument("--render", action="store_true", help="only rewrite the tables from the results' JSON")
     args = parser.parse_args(argv)
+    results_dir = (args.results or (QUICK_RESULTS_DIR if args.quick else RESULTS_DIR)).resolve()
     if args.render:
-        print(write_tables())
+        print(write_tables(results_dir))
         return 0
     chosen = [c.strip() for c in args.only.split(",") if c.strip()]
     unknown = sorted(set(chosen) - set(CASE_ORDER))
@@ -121,12 +152,14 @@ async def main(argv: list[str]) -> int:
                 continue
             result.seconds = time.perf_counter() - t0
             run["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-            write_case(result, run)
+            write_case(result, run, results_dir)
             log(f"== {name} done in {result.seconds:.0f} s")
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
-    print(write_tables())
+    print(write_tables(results_dir))
+    if results_dir != RESULTS_DIR.resolve():
+        log(f"results in {results_dir}; bench/results/ and the docs' table are unchanged")
     log(f"all done in {time.perf_counter() - started:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 

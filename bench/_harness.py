@@ -30,7 +30,9 @@ from aiobatch.emulator import DEFAULT_ACCOUNT_KEY, DEFAULT_ACCOUNT_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
+QUICK_RESULTS_DIR = ROOT / "build" / "bench-quick"  # a --quick run never overwrites the full run's results
 DOCS_PAGE = ROOT / "docs" / "benchmarks.md"
+MISSED_ANCHOR = "missed"  # the docs' "why, and what would close it" section: `## ... {#missed}`
 TABLE_START = "<!-- bench:table:start -->"
 TABLE_END = "<!-- bench:table:end -->"
 
@@ -81,11 +83,11 @@ class Series:
         """The median of the rounds."""
         return median(self.values)
 
-    def spread(self) -> str:
+    def spread(self, digits: int = 0) -> str:
         """``min-max`` of the rounds, for the table."""
         if len(self.values) < 2:
             return ""
-        return f"{fmt(min(self.values))}-{fmt(max(self.values))}"
+        return f"{fmt(min(self.values), digits)}-{fmt(max(self.values), digits)}"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -120,13 +122,17 @@ class CaseResult:
 
 
 def source_version() -> str:
-    """The commit the code under test is at, with ``+changes`` when ``src/`` differs from it."""
+    """The commit the code under test is at, with ``+changes`` when ``src/`` or ``bench/`` differs from it.
+
+    The benchmark's own code counts (it decides what is measured); its results files do not (a run writes them).
+    """
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
 
     commit = git("rev-parse", "--short", "HEAD") or "?"
-    return commit + ("+changes" if git("status", "--porcelain", "--", "src") else "")
+    dirty = git("status", "--porcelain", "--", "src", "bench", ":(exclude)bench/results")
+    return commit + ("+changes" if dirty else "")
 
 
 def machine_info(version: str | None = None) -> dict[str, Any]:
@@ -142,10 +148,10 @@ def machine_info(version: str | None = None) -> dict[str, Any]:
     }
 
 
-def write_case(result: CaseResult, run: dict[str, Any]) -> Path:
-    """Write ``bench/results/<case>.json``."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{result.case}.json"
+def write_case(result: CaseResult, run: dict[str, Any], results_dir: Path = RESULTS_DIR) -> Path:
+    """Write ``<results_dir>/<case>.json`` (``bench/results/`` by default)."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{result.case}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"run": run, **asdict(result)}, indent=2, default=str) + "\n")
     tmp.replace(path)
@@ -155,10 +161,10 @@ def write_case(result: CaseResult, run: dict[str, Any]) -> Path:
 CASE_ORDER = ("upload", "submit", "monitor", "e2e", "scale")
 
 
-def _load_all() -> list[dict[str, Any]]:
+def _load_all(results_dir: Path) -> list[dict[str, Any]]:
     found = []
     for case in CASE_ORDER:
-        path = RESULTS_DIR / f"{case}.json"
+        path = results_dir / f"{case}.json"
         if path.is_file():
             found.append(json.loads(path.read_text()))
     return found
@@ -170,16 +176,22 @@ def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(out)
 
 
-def render_markdown() -> str:
-    """The results of every case on record (the latest run of each) as markdown."""
-    cases = _load_all()
+def render_markdown(results_dir: Path = RESULTS_DIR, *, docs_link: str = f"#{MISSED_ANCHOR}") -> str:
+    """The results of every case on record (the latest run of each) as markdown.
+
+    Args:
+        results_dir: where the cases' JSON files are.
+        docs_link: where a missed target's verdict points: the docs' section on why, and what would close it.
+    """
+    cases = _load_all(results_dir)
     if not cases:
         return "_No results yet: run `nox -s bench`._\n"
     parts: list[str] = []
     target_rows = []
+    missed = f"**missed** ([why; what would close it]({docs_link}))"
     for data in cases:
         for t in data["targets"]:
-            target_rows.append([t["name"], t["goal"], t["measured"], "met" if t["met"] else "**missed**"])
+            target_rows.append([t["name"], t["goal"], t["measured"], "met" if t["met"] else missed])
     whens = sorted(d["run"]["when"] for d in cases)
     commits = sorted({f"`{d['run'].get('commit') or '?'}`" for d in cases})
     quick = " (--quick)" if any(d["run"].get("quick") for d in cases) else ""
@@ -199,16 +211,22 @@ def render_markdown() -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def write_tables() -> str:
-    """Write ``bench/results/results.md`` and the table between the markers of ``docs/benchmarks.md``."""
-    markdown = render_markdown()
-    (RESULTS_DIR / "results.md").write_text("# Benchmark results\n\n" + markdown)
-    if DOCS_PAGE.is_file():
-        page = DOCS_PAGE.read_text()
+def write_tables(results_dir: Path = RESULTS_DIR) -> str:
+    """Write ``<results_dir>/results.md``; for ``bench/results/``, the table in ``docs/benchmarks.md`` too.
+
+    Returns the markdown of the docs' table (or of the results file, for another *results_dir*).
+    """
+    docs = DOCS_PAGE.resolve()
+    link = os.path.relpath(docs, results_dir.resolve()) + f"#{MISSED_ANCHOR}"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "results.md").write_text("# Benchmark results\n\n" + render_markdown(results_dir, docs_link=link))
+    markdown = render_markdown(results_dir)
+    if results_dir.resolve() == RESULTS_DIR.resolve() and docs.is_file():
+        page = docs.read_text()
         start, end = page.find(TABLE_START), page.find(TABLE_END)
         if start != -1 and end > start:
             page = page[: start + len(TABLE_START)] + "\n\n" + markdown + "\n" + page[end:]
-            DOCS_PAGE.write_text(page)
+            docs.write_text(page)
     return markdown
 
 

@@ -1,9 +1,11 @@
 """End to end: 24 videos to GIFs on 3 nodes, against the ideal that the machine's cores allow.
 
 The pipeline is the example's (`aiobatch.gifs.convert_videos`: upload, pool, job, tasks with ffmpeg from an
-application package, completion events, downloads) on the emulator and Azurite. The ideal is the sum of the
-single ffmpeg runs (the same command line, run one at a time here before the pipeline) divided by the cores
-that can run them: the emulated nodes share this machine's cores, so that is ``min(cpus, nodes x slots)``.
+application package, completion events, downloads) on the emulator and Azurite. The ideal is the issue's: the
+sum of the single ffmpeg runs' wall-clock times (the same command line, run one at a time here before the
+pipeline) divided by the cores that can run them: the emulated nodes share this machine's cores, so that is
+``min(cpus, nodes x slots)``. The verdict uses it. Beside it the table shows a second ideal that counts each run
+as the larger of its wall and CPU time (ffmpeg keeps more than one core busy at times), for what it explains.
 
 Makespan is measured from the moment the tasks are submitted to the last GIF on disk (what the user waits
 for, with event delays and downloads); the service-side span (first task start to last task end) is shown too.
@@ -141,41 +143,71 @@ async def run(work: Path, *, videos: int, seconds: float, rounds: int) -> CaseRe
     load = os.getloadavg()[0]
     clips = make_videos(work / "videos", videos, seconds)
     cores = min(os.cpu_count() or 1, NODES * SLOTS)
-    ideal, makespan, ratio = Series("s"), Series("s"), Series("x")
+    ideal, ideal_cpu, makespan = Series("s"), Series("s"), Series("s")
+    ratio, ratio_cpu = Series("x"), Series("x")
     rounds_raw: list[dict[str, Any]] = []
     for r in range(rounds):
         log(f"e2e round {r + 1}/{rounds}: {videos} single ffmpeg runs")
         walls, cpus = single_runs(clips, work / "scratch", settings)
         log(f"  e2e: single runs {sum(walls):.1f} s wall, {sum(cpus):.1f} s CPU; now the pipeline")
         result = await _pipeline(work, clips, settings, r)
-        # A run's time is its core-seconds: its wall time, or its CPU time when ffmpeg kept more than one core busy.
-        ideal_s = sum(max(w, c) for w, c in zip(walls, cpus, strict=True)) / cores
-        result.update({"single_wall": walls, "single_cpu": cpus, "ideal": ideal_s})
-        ideal.values.append(result["ideal"])
+        # The issue's ideal: the single runs' wall-clock times over the cores. The second one counts a run's
+        # core-seconds instead: its CPU time when ffmpeg kept more than one core busy.
+        ideal_s = sum(walls) / cores
+        ideal_cpu_s = sum(max(w, c) for w, c in zip(walls, cpus, strict=True)) / cores
+        result.update({"single_wall": walls, "single_cpu": cpus, "ideal": ideal_s, "ideal_cpu": ideal_cpu_s})
+        ideal.values.append(ideal_s)
+        ideal_cpu.values.append(ideal_cpu_s)
         makespan.values.append(result["makespan"])
-        ratio.values.append(result["makespan"] / result["ideal"])
+        ratio.values.append(result["makespan"] / ideal_s)
+        ratio_cpu.values.append(result["makespan"] / ideal_cpu_s)
         rounds_raw.append(result)
-        log(f"  e2e: makespan {result['makespan']:.1f} s vs ideal {result['ideal']:.1f} s")
+        log(f"  e2e: makespan {result['makespan']:.1f} s vs ideal {ideal_s:.1f} s ({ideal_cpu_s:.1f} s counting CPU)")
     span = median([x["service_span"] for x in rounds_raw])
     pipeline = median([x["pipeline"] for x in rounds_raw])
     single = median([sum(x["single_wall"]) for x in rounds_raw])
     single_cpu = median([sum(x["single_cpu"]) for x in rounds_raw])
     single_time = median([sum(map(max, x["single_wall"], x["single_cpu"])) for x in rounds_raw])
     rows = [
-        [f"single ffmpeg runs, one at a time: wall {fmt(single, 1)} s, CPU {fmt(single_cpu, 1)} s", "", ""],
-        ["  their run times (each the larger of wall and CPU), summed", fmt(single_time, 1), ""],
-        [f"ideal: that sum / {cores} cores", fmt(ideal.median, 1), "1.00x"],
-        ["makespan: tasks submitted → last GIF on disk", fmt(makespan.median, 1), f"{ratio.median:.2f}x"],
-        ["service side: first task start → last task end", fmt(span, 1), f"{span / ideal.median:.2f}x"],
-        ["whole pipeline (upload, pool, tasks, downloads)", fmt(pipeline, 1), f"{pipeline / ideal.median:.2f}x"],
+        [f"single ffmpeg runs, one at a time: wall {fmt(single, 1)} s, CPU {fmt(single_cpu, 1)} s", "", "", "", ""],
+        [f"ideal: their wall times summed / {cores} cores", fmt(ideal.median, 1), ideal.spread(1), "1.00x", ""],
+        [
+            f"  counting CPU: each run's larger of wall and CPU ({fmt(single_time, 1)} s) / {cores} cores",
+            fmt(ideal_cpu.median, 1),
+            ideal_cpu.spread(1),
+            f"{ideal_cpu.median / ideal.median:.2f}x",
+            "1.00x",
+        ],
+        [
+            "makespan: tasks submitted → last GIF on disk",
+            fmt(makespan.median, 1),
+            makespan.spread(1),
+            f"{ratio.median:.2f}x",
+            f"{ratio_cpu.median:.2f}x",
+        ],
+        [
+            "service side: first task start → last task end",
+            fmt(span, 1),
+            "",
+            f"{span / ideal.median:.2f}x",
+            f"{span / ideal_cpu.median:.2f}x",
+        ],
+        [
+            "whole pipeline (upload, pool, tasks, downloads)",
+            fmt(pipeline, 1),
+            "",
+            f"{pipeline / ideal.median:.2f}x",
+            f"{pipeline / ideal_cpu.median:.2f}x",
+        ],
     ]
     used = median([x["cpu_seconds"] / (x["pipeline"] * cores) for x in rounds_raw])
     split = {k: median([x["cpu_split"][k] for x in rounds_raw]) for k in rounds_raw[0]["cpu_split"]}
     targets = [
         Target(
             "End to end: makespan vs ideal",
-            "≤ 1.2x",
-            f"{ratio.median:.2f}x ({makespan.median:.1f} s vs {ideal.median:.1f} s)",
+            "≤ 1.2x (ideal: single runs' wall times / cores)",
+            f"{ratio.median:.2f}x ({makespan.median:.1f} s vs {ideal.median:.1f} s); counting the runs' CPU time, "
+            f"{ratio_cpu.median:.2f}x (vs {ideal_cpu.median:.1f} s)",
             ratio.median <= 1.2,
         )
     ]
@@ -183,9 +215,12 @@ async def run(work: Path, *, videos: int, seconds: float, rounds: int) -> CaseRe
         f"{videos} generated clips of {seconds * 2 / 3:g}-{seconds * 4 / 3:g} s (320x240, 25 fps) to GIF with the "
         "example's settings "
         f"(`GifSettings()`), {NODES} nodes x {SLOTS} slots on a {os.cpu_count()}-CPU machine; {rounds} round(s), "
-        "medians; each round measures its own single runs just before its pipeline.",
-        "A single run's time counts its CPU time when that is larger than its wall time: ffmpeg keeps more than "
-        "one core busy at times, and a core-second spent there is not available to another task.",
+        "medians and ranges; each round measures its own single runs just before its pipeline, and its ratios are "
+        "against its own ideals (the table's ratios are the medians of those).",
+        "The verdict uses the issue's ideal: the single runs' wall-clock times, summed, over the cores. The second "
+        "ideal counts a run's CPU time when that is larger than its wall time: ffmpeg keeps more than one core busy "
+        "at times, and a core-second spent there is not available to another task; it is the floor the tasks' own "
+        "CPU sets on these cores, so it is larger, and the ratio against it smaller.",
         f"CPU seconds during the pipeline: the tasks {split['tasks']:.1f} (their single runs: {single_cpu:.1f}), "
         f"Azurite {split['azurite']:.1f}, the client {split['client']:.1f}, the emulator {split['emulator']:.1f}: "
         f"{used:.0%} of the {cores} cores over the pipeline's time; the rest went to whatever else the machine ran "
@@ -194,7 +229,7 @@ async def run(work: Path, *, videos: int, seconds: float, rounds: int) -> CaseRe
     return CaseResult(
         case="e2e",
         title=f"End to end: {videos} videos on {NODES} nodes",
-        headers=["Measure", "seconds (median)", "vs ideal"],
+        headers=["Measure", "seconds (median)", "range", "vs ideal", "vs ideal counting CPU"],
         rows=rows,
         targets=targets,
         notes=notes,
