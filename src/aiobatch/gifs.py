@@ -438,16 +438,15 @@ def _largest_first(names: Sequence[str], sizes: dict[str, int]) -> list[str]:
 
 
 def _failure_text(event: TaskEvent) -> str:
-    """One line saying why a task failed: its exit code, or the service's failure explained.
+    """One line saying why a task failed: its exit code, or the service's failure in plain words.
 
-    A plain non-zero exit says enough (the stderr tail shows ffmpeg's reason); a failure the service reports
-    (an input it could not download, an output it could not upload) gets `TaskEvent.error`'s explanation, which
+    A plain non-zero exit says enough (the stderr tail beside it shows ffmpeg's reason); a failure the service
+    reports (an input it could not download, an output it could not upload) gets `TaskEvent.explanation`, which
     e.g. says that a SAS URL had expired and what to do about it.
     """
-    # TaskEvent.error is where that explanation lives today (a plain-explanation attribute is on its way).
     if event.failure is None or event.failure.code in ("", "FailureExitCode"):
         return f"exit code {event.exit_code}" if event.exit_code is not None else "did not run"
-    return event.error().message
+    return event.explanation or event.error().message
 
 
 def _tail_lines(text: str, lines: int = 3) -> str:
