@@ -998,7 +998,9 @@ class Client:
         """Iterate over completion events of a job's tasks: one per task, as each completes.
 
         The watch ends when *expected* tasks have completed (by default, as many as this client submitted to the
-        job), or when the job completes. Each poll costs one small task-counts request; tasks are listed only
+        job), or when the job completes. Without a count it also ends once the job holds no unfinished task (all
+        complete and reported, confirmed on one further poll); pass *expected*, or use ``terminatejob``, when tasks
+        are still being added elsewhere. Each poll costs one small task-counts request; tasks are listed only
         when the counts moved, filtered to those that completed since the last listing and with only the fields
         an event needs. Polls come every *poll_interval* seconds while tasks complete, backing off to
         *max_poll_interval* while nothing changes. Breaking out of the loop stops all work.
@@ -1006,7 +1008,7 @@ class Client:
         Args:
             job_id: the job.
             expected: how many tasks to wait for; by default those this client submitted (if any), else until
-                the job completes.
+                the job completes or holds no unfinished task.
             include_running: also yield a ``"running"`` event the first time a task is seen running.
             poll_interval: seconds between polls while things change.
             max_poll_interval: the longest wait between polls while nothing does.
