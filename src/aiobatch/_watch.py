@@ -15,9 +15,10 @@ fewer tasks seen than the counts report complete, a full listing of completed ta
 gap.
 
 The interval adapts: back to *poll_interval* when something changed, doubling up to *max_poll_interval* while
-nothing does. It runs from the start of one poll to the start of the next, so a task's event comes at most an
-interval plus one poll's requests after the task ends. The watch ends when *expected* tasks have completed, or
-when the job itself has completed (terminated, or all tasks done with ``onAllTasksComplete=terminatejob``).
+nothing does. Polls are spaced so that their answers come an interval apart (each starts early by what a poll
+usually takes), so a task's event comes about one interval after the task ends at the most. The watch ends
+when *expected* tasks have completed, or when the job itself has completed (terminated, or all tasks done with
+``onAllTasksComplete=terminatejob``).
 Without an expected count it also ends when the job holds no unfinished task: the counts show every task
 complete (none active or running, at least one completed), each of them has been reported, and one further
 poll shows the same -- so a task added between two polls is not missed. A job whose tasks are still being
@@ -345,6 +346,7 @@ class TaskWatch:
         self._queue: deque[_Listing] = deque()
         self._polled = False
         self._poll_started = 0.0
+        self._poll_took: float | None = None  # how long a poll and its listing take, smoothed
         self._listing_seconds = 0.0
         self._last_completed = -1
         self._last_running = -1
@@ -415,9 +417,13 @@ class TaskWatch:
             self._finish(f"job completed; {len(self._seen)} tasks completed")
             return
         if self._polled:
-            # Polls start an interval apart (start to start): the time a poll and its listing took is not
-            # added on top, which would stretch every event's delay by it.
-            await anyio.sleep(max(0.0, self._poll_started + self._interval - anyio.current_time()))
+            # Polls are spaced so that their answers, not their starts, come an interval apart: the next one
+            # starts early by what a poll and its listing usually take (smoothed, at most half an interval). A
+            # task's event then comes about one interval after it ends at the most, not an interval plus a poll.
+            took = anyio.current_time() - self._poll_started
+            self._poll_took = took if self._poll_took is None else 0.7 * self._poll_took + 0.3 * took
+            lead = min(self._poll_took, self._interval / 2)
+            await anyio.sleep(max(0.0, self._poll_started + self._interval - lead - anyio.current_time()))
         await self._poll()
 
     def _finish(self, why: str) -> None:
