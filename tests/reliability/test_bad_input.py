@@ -28,7 +28,6 @@ from aiobatch import (
     BatchSettings,
     ConfigurationError,
     PoolResizeError,
-    PoolSpec,
     SasPolicy,
     ServiceError,
     ServiceUnavailableError,
@@ -46,6 +45,7 @@ from aiobatch._apppackage import ffmpeg_executable, ffmpeg_version
 from aiobatch._azurite import AzuriteServer
 from aiobatch.emulator import Emulator, Quotas, Timings
 
+from ._runs import pool_spec
 from .conftest import ClientFactory, LeftoverCheck, Scale
 
 pytestmark = [pytest.mark.anyio, pytest.mark.clause(8)]
@@ -67,19 +67,6 @@ ODD_NAMES = (
 def unique(prefix: str) -> str:
     """A container name of this test's own: Azurite is shared by the session."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def small_pool(pool_id: str, nodes: int = 1, **options: object) -> PoolSpec:
-    return PoolSpec(
-        id=pool_id,
-        vm_size="standard_d2s_v3",
-        image_publisher="canonical",
-        image_offer="ubuntu-24_04-lts",
-        image_sku="server",
-        node_agent_sku_id="batch.node.ubuntu 24.04",
-        dedicated_nodes=nodes,
-        **options,  # type: ignore[arg-type]
-    )
 
 
 @pytest.fixture(scope="session")
@@ -322,7 +309,7 @@ async def round_trip(
 
     async with client_for(emulator, azurite, cleanup=True) as client:
         await client.upload_files(inputs, [files / b for b in blob_names], blob_names=names)
-        await client.ensure_pool(small_pool("names-pool", task_slots_per_node=8))
+        await client.ensure_pool(pool_spec("names-pool", slots=8))
         await client.wait_for_pool_ready("names-pool", timeout=30)
         await client.create_job("names-job", pool_id="names-pool", on_all_tasks_complete="terminatejob")
         out_url = await client.output_container_sas_url(outputs)
@@ -410,7 +397,7 @@ async def test_invalid_ids_are_refused_before_any_request(
     bad: str, client_for: ClientFactory, batch_emulator: Emulator, azurite: AzuriteServer
 ) -> None:
     with pytest.raises(ConfigurationError) as pool_error:
-        small_pool(bad)
+        pool_spec(bad)
     with pytest.raises(ConfigurationError) as task_error:
         TaskSpec(id=bad, command_line="/bin/true")
     async with client_for(batch_emulator, azurite, cleanup=True) as client:
@@ -474,7 +461,7 @@ async def test_a_wrong_batch_key_is_refused_and_names_the_setting(
 ) -> None:
     async with client_for(batch_emulator, azurite, batch_key=real_key, cleanup=True) as client:
         with pytest.raises(AuthenticationError) as caught:
-            await client.ensure_pool(small_pool("wrong-key"))
+            await client.ensure_pool(pool_spec("wrong-key"))
     assert caught.value.status == 403
     assert_clear(str(caught.value), "credentials refused", "AZURE_BATCH_ACCOUNT_KEY")
     assert real_key not in f"{caught.value}{caught.value!r}"
@@ -514,7 +501,7 @@ async def test_an_unreachable_batch_endpoint_fails_within_the_policy_and_names_t
     started = time.monotonic()
     async with client_for(batch_emulator, azurite, batch_endpoint=endpoint, cleanup=True) as client:
         with pytest.raises(ServiceUnavailableError) as caught:
-            await client.ensure_pool(small_pool("nowhere"))
+            await client.ensure_pool(pool_spec("nowhere"))
         failed = time.monotonic() - started
     # No request was ever sent, so nothing can have been created: cleanup does not wait out the retries again.
     closed = time.monotonic() - started
@@ -560,7 +547,7 @@ async def test_an_expired_sas_fails_the_task_and_says_the_sas_expired(
     brief = SasPolicy(duration=0, margin=1, backdate=60)
     async with client_for(batch_emulator, azurite, cleanup=True) as client:
         await client.upload_files(inputs, [tmp_path / "in.txt"])
-        await client.ensure_pool(small_pool("sas-pool"))
+        await client.ensure_pool(pool_spec("sas-pool"))
         await client.wait_for_pool_ready("sas-pool", timeout=30)
         await client.create_job("sas-job", pool_id="sas-pool", on_all_tasks_complete="terminatejob")
         stale_in = await client.input_sas_url(inputs, "in.txt", sas_policy=brief)
@@ -598,7 +585,7 @@ async def test_a_quota_too_small_for_the_pool_fails_fast_and_names_the_fix(
     emulator = Emulator(workdir=tmp_path / "emu", timings=FAST_TIMINGS, quotas=Quotas(dedicated_cores=4))
     async with emulator:
         async with client_for(emulator, azurite, cleanup=True) as client:
-            await client.ensure_pool(small_pool("quota-pool", nodes=3))
+            await client.ensure_pool(pool_spec("quota-pool", dedicated=3))
             started = time.monotonic()
             with pytest.raises(PoolResizeError) as caught:
                 await client.wait_for_pool_ready("quota-pool", timeout=60, poll_interval=0.2, max_poll_interval=0.5)
@@ -622,7 +609,7 @@ async def test_a_missing_application_package_names_the_package_and_the_fix(
         await client.upload_files(container, [tmp_path / "a.mp4"])
         for app in (AppPackageRef("imagemagick", "7.1"), AppPackageRef("ffmpeg", "0.0.0-none")):
             with pytest.raises(ServiceError) as caught:
-                await client.ensure_pool(small_pool("app-pool", application_packages=(app,)))
+                await client.ensure_pool(pool_spec("app-pool", application_packages=(app,)))
             assert caught.value.code == "InvalidApplicationPackageReferences"
             assert_clear(str(caught.value), f"{app.application_id}:{app.version}", "upload the application package")
     assert batch_emulator.account is not None

@@ -47,7 +47,6 @@ from aiobatch import (
     BatchSettings,
     Client,
     ConfigurationError,
-    PoolSpec,
     SasPolicy,
     StorageSettings,
     TaskSpec,
@@ -60,6 +59,7 @@ from aiobatch._azurite import AzuriteServer
 from aiobatch._retry import sdk_client_kwargs
 from aiobatch.emulator import Emulator, Timings
 
+from ._runs import pool_spec
 from .conftest import LeftoverCheck
 
 pytestmark = [pytest.mark.anyio, pytest.mark.clause(9)]
@@ -228,19 +228,6 @@ def settings_for(emulator: Emulator, azurite: AzuriteServer, *, key: str | None 
     return batch, StorageSettings(connection_string=azurite.connection_string)
 
 
-def small_pool(pool_id: str) -> PoolSpec:
-    return PoolSpec(
-        id=pool_id,
-        vm_size="standard_d2s_v3",
-        image_publisher="canonical",
-        image_offer="ubuntu-24_04-lts",
-        image_sku="server",
-        node_agent_sku_id="batch.node.ubuntu 24.04",
-        dedicated_nodes=1,
-        task_slots_per_node=4,
-    )
-
-
 # ----------------------------------------------------------------------------------------------------
 # The full run
 # ----------------------------------------------------------------------------------------------------
@@ -270,7 +257,7 @@ async def test_a_full_run_with_network_tracing_leaks_no_secret(
         reprs.append(("Client", repr(client)))
         uploaded = await client.upload_files(inputs, sorted(files.iterdir()))
         reprs.append(("UploadResult", repr(uploaded)))
-        pool = await client.ensure_pool(small_pool("secret-pool"))
+        pool = await client.ensure_pool(pool_spec("secret-pool"))
         status = await client.wait_for_pool_ready("secret-pool", timeout=30)
         reprs += [("PoolRef", repr(pool)), ("PoolStatus", repr(status)), ("describe", status.describe())]
         job = await client.create_job("secret-job", pool_id="secret-pool", on_all_tasks_complete="terminatejob")
@@ -316,7 +303,7 @@ async def test_a_full_run_with_network_tracing_leaks_no_secret(
     batch_wrong, _ = settings_for(emulator, azurite, key=wrong)
     storage_wrong = StorageSettings(connection_string=azurite.connection_string.replace(azurite.account_key, wrong))
     async with Client(batch_wrong, storage_wrong, retry_policy=fast_retry) as client:
-        for attempt in (client.ensure_pool(small_pool("never")), client.upload_files("never", [files / "a.txt"])):
+        for attempt in (client.ensure_pool(pool_spec("never")), client.upload_files("never", [files / "a.txt"])):
             with pytest.raises(AuthenticationError) as caught:
                 await attempt
             exceptions.append(caught.value)
