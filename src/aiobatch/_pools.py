@@ -328,45 +328,28 @@ async def create_or_read(
                     continue  # deleted between the create and the read: create it again
                 if _text(entity.state) != "deleting":
                     return Found(entity, attempts)
-        await wait_until_deleted(read, kind, entity_id, policy, deadline, deletion_timeout)
-
-
-async def wait_until_deleted(
-    get: Callable[[], Awaitable[object]],
-    kind: Literal["pool", "job"],
-    entity_id: str,
-    policy: RetryPolicy | None,
-    deadline: float,
-    waited_at_most: float,
-) -> None:
-    """Wait until a pool or job being deleted is gone (*get* raises 404), polling with backoff until *deadline*.
-
-    Used by `create_or_read`.
-
-    Raises:
-        ConflictError: still there at *deadline* (code ``PoolBeingDeleted`` or ``JobBeingDeleted``).
-    """
-    logger.info("%s %r is being deleted; waiting for it to go before creating it again", kind, entity_id)
-    interval = 0.2
-    while True:
+        logger.info("%s %r is being deleted; waiting for it to go before creating it again", kind, entity_id)
         try:
-            await call(get, policy=policy, resource=kind, resource_id=entity_id)
-        except NotFoundError:
-            return
-        remaining = deadline - anyio.current_time()
-        if remaining <= 0:
+            await wait_until_gone(
+                read,
+                kind=kind,
+                resource_id=entity_id,
+                poll_interval=0.2,
+                max_poll_interval=10.0,
+                timeout=max(0.0, deadline - anyio.current_time()),
+                policy=policy,
+            )
+        except DeadlineExceededError as exc:
             raise ConflictError(
-                f"{kind} {entity_id!r} was still being deleted after {waited_at_most:g} s, so a new {kind} with "
+                f"{kind} {entity_id!r} was still being deleted after {deletion_timeout:g} s, so a new {kind} with "
                 "this id cannot be created yet. Wait until the deletion finishes (pass a longer "
                 f"deletion_timeout), or choose another {kind} id.",
                 service="batch",
                 status=409,
-                code=f"{kind.capitalize()}BeingDeleted",
+                code=being_deleted,
                 resource_kind=kind,
                 resource_id=entity_id,
-            )
-        await anyio.sleep(min(interval, remaining))
-        interval = min(interval * 1.5, 10.0)
+            ) from exc
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -654,19 +637,25 @@ async def wait_until_gone(
     poll_interval: float,
     timeout: float,  # noqa: ASYNC109 (a typed DeadlineExceededError naming the resource)
     policy: RetryPolicy | None = None,
+    max_poll_interval: float | None = None,
 ) -> None:
-    """Poll ``get()`` until it raises `NotFoundError` (shared by pool and job deletion).
+    """Poll ``get()`` until it raises `NotFoundError` (shared by pool and job deletion, and by `create_or_read`).
+
+    Polls come every *poll_interval* seconds, or, with *max_poll_interval*, back off from it (x1.5 a poll) to it.
 
     Raises:
         DeadlineExceededError: still there after *timeout* seconds.
     """
+    interval = poll_interval
     with anyio.move_on_after(timeout):
         while True:
             try:
                 await call(get, policy=policy, resource=kind, resource_id=resource_id)
             except NotFoundError:
                 return
-            await anyio.sleep(poll_interval)
+            await anyio.sleep(interval)
+            if max_poll_interval is not None:
+                interval = min(interval * 1.5, max_poll_interval)
     raise DeadlineExceededError(
         f"{kind} {resource_id!r} was still being deleted after {timeout:g} s. It will go on its own; check it "
         "later, or wait longer (timeout=).",
