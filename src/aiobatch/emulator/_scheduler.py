@@ -110,6 +110,7 @@ class Scheduler:
         self._dispatcher: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
         self._extracting: dict[tuple[str, str], asyncio.Task[Path]] = {}
+        self._dispatch_failed: set[str] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -192,6 +193,19 @@ class Scheduler:
             pool.set_allocation_state("steady")
 
     async def _allocate(self, pool: Pool) -> None:
+        try:
+            await self._allocate_nodes(pool)
+        except Exception:
+            # A failure of the emulator's own must not leave the pool resizing forever: it settles with a resize
+            # error, and the log names the pool.
+            log.exception("emulator: allocating the nodes of pool %r failed", pool.id)
+            pool.resize_errors = [
+                ResizeError("AllocationFailed", "The aiobatch emulator failed to allocate nodes; see its log.")
+            ]
+            pool.set_allocation_state("steady")
+            pool.allocation = None
+
+    async def _allocate_nodes(self, pool: Pool) -> None:
         await asyncio.sleep(self.timings.allocation_delay)
         errors: list[ResizeError] = []
         for dedicated in (True, False):
@@ -237,6 +251,16 @@ class Scheduler:
         node.boot = self._spawn(self._boot(pool, node), f"boot-{node_id[:12]}")
 
     async def _boot(self, pool: Pool, node: Node) -> None:
+        try:
+            await self._boot_node(pool, node)
+        except Exception:
+            # The node ends unusable (as a node whose boot fails does on Azure), never stuck starting; the other
+            # nodes and the dispatcher go on.
+            log.exception("emulator: booting node %s of pool %r failed", node.id, pool.id)
+            node.set_state("unusable")
+            self.kick()
+
+    async def _boot_node(self, pool: Pool, node: Node) -> None:
         for sub in ("startup", "shared", "applications", "workitems"):
             (node.root / sub).mkdir(parents=True, exist_ok=True)
         await asyncio.sleep(self.timings.node_start_delay / 2)
@@ -449,29 +473,40 @@ class Scheduler:
             key=lambda j: -j.priority,
         )
         for job in jobs:
-            pool = self.account.pools.get((job.pool_id or "").lower())
-            if pool is None or pool.state != "active":
-                continue
-            nodes = [
-                n for n in pool.nodes.values() if n.state in SCHEDULABLE_NODE_STATES and n.scheduling_state == "enabled"
-            ]
-            # Counting running tasks is O(tasks): only pay for it when the job limits parallelism.
-            limited = job.max_parallel_tasks >= 0
-            running = sum(1 for t in job.tasks.values() if t.runner is not None) if limited else 0
-            while job.queue and nodes:
-                if limited and running >= job.max_parallel_tasks:
-                    break
-                key = job.queue[0]
-                task = job.tasks.get(key)
-                if task is None or task.state != "active" or task.runner is not None:
-                    job.queue.popleft()
-                    continue
-                node = self._pick_node(pool, nodes, task.required_slots)
-                if node is None:
-                    break
+            # One job the dispatcher cannot handle must not stop scheduling for every other job: its failure is
+            # logged (once per job, not on every wake-up) with its id, and the loop goes on.
+            try:
+                self._dispatch_job(job)
+            except Exception:
+                if job.id not in self._dispatch_failed:
+                    self._dispatch_failed.add(job.id)
+                    log.exception("emulator: dispatching the tasks of job %r failed; its tasks stay queued", job.id)
+
+    def _dispatch_job(self, job: Job) -> None:
+        """Start as many of one job's queued tasks as its pool's free slots take."""
+        pool = self.account.pools.get((job.pool_id or "").lower())
+        if pool is None or pool.state != "active":
+            return
+        nodes = [
+            n for n in pool.nodes.values() if n.state in SCHEDULABLE_NODE_STATES and n.scheduling_state == "enabled"
+        ]
+        # Counting running tasks is O(tasks): only pay for it when the job limits parallelism.
+        limited = job.max_parallel_tasks >= 0
+        running = sum(1 for t in job.tasks.values() if t.runner is not None) if limited else 0
+        while job.queue and nodes:
+            if limited and running >= job.max_parallel_tasks:
+                break
+            key = job.queue[0]
+            task = job.tasks.get(key)
+            if task is None or task.state != "active" or task.runner is not None:
                 job.queue.popleft()
-                self._start(job, pool, node, task)
-                running += 1
+                continue
+            node = self._pick_node(pool, nodes, task.required_slots)
+            if node is None:
+                break
+            job.queue.popleft()
+            self._start(job, pool, node, task)
+            running += 1
 
     @staticmethod
     def _pick_node(pool: Pool, nodes: list[Node], slots: int) -> Node | None:
@@ -564,16 +599,14 @@ class Scheduler:
                 max_wall_clock_time=task.max_wall_clock_time,
                 retry_count=task.retry_count,
             )
-            try:
-                outcome = await run_task(run, self._session())
-            except OSError as exc:
-                now = utcnow()
-                outcome = TaskOutcome(
-                    task.start_time or now,
-                    now,
-                    None,
-                    FailureInfo("servererror", "NodeError", f"The node could not run the task: {exc.strerror}"),
-                )
+            outcome = await run_task(run, self._session())
+        except OSError as exc:
+            outcome = _node_error(task, f"The node could not run the task: {exc.strerror}")
+        except Exception:
+            # A failure of the emulator's own ends this task (logged with its ids), not the service: the task
+            # completes with a server error instead of staying running forever.
+            log.exception("emulator: running task %r of job %r failed", task.id, job.id)
+            outcome = _node_error(task, "The node could not run the task: the aiobatch emulator failed; see its log.")
         finally:
             node.running.pop(key, None)
             if not node.running and node.state == "running":
@@ -629,6 +662,11 @@ class Scheduler:
     def _session(self) -> aiohttp.ClientSession:
         assert self._http is not None, "scheduler not started"
         return self._http
+
+
+def _node_error(task: Task, message: str) -> TaskOutcome:
+    now = utcnow()
+    return TaskOutcome(task.start_time or now, now, None, FailureInfo("servererror", "NodeError", message))
 
 
 def _may_retry(retry_count: int, max_retries: int) -> bool:
