@@ -3,7 +3,8 @@
 A task is a local process that can leave anything in its directory. Whatever it leaves, the task-file routes
 answer promptly (nothing they do can block the event loop that serves every other request), serve only regular
 files and directories, never reach outside the task directory through a link, and answer a name that cannot be
-a file with the service's 404 ``FileNotFound`` -- never a 500.
+a file with the service's 404 ``FileNotFound`` -- never a 500. (What a retry finds left by an earlier attempt --
+resource files, output patterns -- is tested beside the rest of the runner, in ``test_runner.py``.)
 """
 
 from __future__ import annotations
