@@ -239,17 +239,15 @@ def list_files(root: Path, *, recursive: bool) -> list[tuple[str, os.stat_result
     """
     real_root = os.path.realpath(root)
     entries: list[tuple[str, os.stat_result | None]] = []
-    # Depth first with an explicit stack (a deep tree must not exhaust the interpreter's recursion limit);
-    # children pushed in reverse so that the listing comes out in path order.
+    # An explicit stack: a tree a task made deep must not exhaust the interpreter's recursion limit.
     stack: list[tuple[str, str]] = [(str(root), "")]
     while stack:
         directory, prefix = stack.pop()
         try:
             with os.scandir(directory) as it:
-                children = sorted(it, key=lambda entry: entry.name)
+                children = list(it)
         except OSError:
             continue
-        below: list[tuple[str, str]] = []
         for entry in children:
             found = _entry_status(entry, real_root)
             if found is None:
@@ -259,11 +257,10 @@ def list_files(root: Path, *, recursive: bool) -> list[tuple[str, os.stat_result
             if stat.S_ISDIR(status.st_mode):
                 entries.append((name, None))
                 if recursive and descend:
-                    below.append((entry.path, name + "/"))
+                    stack.append((entry.path, name + "/"))
             else:
                 entries.append((name, status))
-        stack.extend(reversed(below))
-    entries.sort(key=lambda e: e[0].split("/"))
+    entries.sort(key=lambda e: e[0].split("/"))  # path order, as the names' components compare
     return entries
 
 
