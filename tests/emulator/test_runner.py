@@ -10,6 +10,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import os
 import shlex
 import signal
 import uuid
@@ -725,6 +726,54 @@ async def test_output_patterns_do_not_upload_files_through_links_out_of_the_task
         "top/mine.txt",
     ]
     assert store.get("all/alias.txt") == b"mine\n"
+
+
+@pytest.mark.timeout(60)  # before the fix, opening the FIFOs blocked the event loop for good
+async def test_a_retry_writes_its_logs_afresh_not_through_fifos_or_links_left_in_their_place(
+    store: Store, make_run: Callable[..., TaskRun], http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    for name in ("err", "uploaderr"):
+        (outside / name).write_text("precious")
+    run = make_run(
+        bash("echo out; echo err >&2; echo r > r.txt"),
+        output_files=(OutputFile("r.txt", store.container_url(write=True, create=True)),),
+    )
+    run.task_dir.mkdir(parents=True)
+    os.mkfifo(run.task_dir / "stdout.txt")
+    os.mkfifo(run.task_dir / "fileuploadout.txt")
+    (run.task_dir / "stderr.txt").symlink_to(outside / "err")
+    (run.task_dir / "fileuploaderr.txt").symlink_to(outside / "uploaderr")
+
+    outcome = await _runner.run_task(run, http)
+
+    assert outcome.result == "success", outcome.failure_info
+    assert (outside / "err").read_text() == (outside / "uploaderr").read_text() == "precious"
+    assert (run.task_dir / "stdout.txt").read_text() == "out\n"
+    assert (run.task_dir / "stderr.txt").read_text() == "err\n"
+    assert "Uploaded" in (run.task_dir / "fileuploadout.txt").read_text()
+    assert (run.task_dir / "fileuploaderr.txt").read_text() == ""
+    assert store.names() == ["r.txt"]
+
+
+async def test_a_working_directory_replaced_by_a_link_takes_no_resource_files_out(
+    store: Store, make_run: Callable[..., TaskRun], http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    store.put("in.txt", b"from blob")
+    run = make_run(
+        bash("echo r > r.txt"),
+        resource_files=(ResourceFile(http_url=store.blob_url("in.txt"), file_path="in.txt"),),
+    )
+    run.task_dir.mkdir(parents=True)
+    (run.task_dir / "wd").symlink_to(outside)
+
+    outcome = await _runner.run_task(run, http)
+
+    assert outcome.failure_info is not None and outcome.failure_info.code == "ResourceFileCreateFailed"
+    assert list(outside.iterdir()) == []
 
 
 # --- a real conversion --------------------------------------------------------------------------------------

@@ -246,6 +246,8 @@ def _way_to(wd: Path, dest: Path) -> str | None:
     one by one, never through a link. The file's own name is not followed: the download renames the finished
     file over whatever is there, so a link in its place is replaced, not written through.
     """
+    if os.path.islink(wd) or os.path.islink(wd.parent):
+        return "the task's working directory (or the task directory) has been replaced by a link"
     real_wd = Path(os.path.realpath(wd))
     current = wd
     for part in dest.relative_to(wd).parts[:-1]:
@@ -392,7 +394,10 @@ async def _run_process(
 
     # The process writes straight into the files (no pipes through this process), so output of any size
     # streams to disk and stays readable while the task runs.
-    out, err = _open_std_files(run.task_dir)
+    try:
+        out, err = _open_std_files(run.task_dir)
+    except OSError as exc:  # a directory left where a file must go
+        return None, _launch_failure("CommandLaunchFailed", run.command_line, str(exc)), False
     with out, err:
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -442,11 +447,25 @@ async def _run_process(
     return code, failure, False
 
 
+def _fresh_file(path: Path) -> int:
+    """Create a new, empty file at *path* and return a descriptor open for writing to it.
+
+    A task's directory outlives an attempt, and a retry finds whatever the last one left at the names the
+    node agent writes: a FIFO there would make ``open()`` wait, on the event loop, for a reader that never
+    comes; a link would send the truncation and the writes wherever it points. So what is at the name (unless
+    a directory) is removed, and the new file is created exclusively, never through a link.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            os.unlink(path)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+
+
 def _open_std_files(task_dir: Path) -> tuple[IO[bytes], IO[bytes]]:
-    # Truncates what an earlier attempt wrote, as a retried task's stdout.txt starts afresh.
-    out = open(task_dir / "stdout.txt", "wb")  # noqa: SIM115 - closed by the caller's with
+    # New files, so that a retried task's stdout.txt starts afresh (see _fresh_file).
+    out = os.fdopen(_fresh_file(task_dir / "stdout.txt"), "wb")
     try:
-        return out, open(task_dir / "stderr.txt", "wb")
+        return out, os.fdopen(_fresh_file(task_dir / "stderr.txt"), "wb")
     except BaseException:
         out.close()
         raise
@@ -548,7 +567,8 @@ def _matches(pattern: str, wd: Path, task_dir: Path) -> list[tuple[Path, str]]:
     honoured when no link on the way leads elsewhere. Blocking: run it in a worker thread.
     """
     real_task = Path(os.path.realpath(task_dir))
-    real_wd = os.path.realpath(wd)
+    # Paths as written (not resolved), so that `_selectable` can tell a link on the way from none.
+    here = os.path.abspath(wd)
     segments = pattern.split("/")
     fixed: list[str] = []
     for part in segments[:-1]:
@@ -556,7 +576,7 @@ def _matches(pattern: str, wd: Path, task_dir: Path) -> list[tuple[Path, str]]:
             break
         fixed.append(part)
     rest = segments[len(fixed) :]
-    base = os.path.normpath(os.path.join(real_wd, "/".join(fixed) or "."))
+    base = os.path.normpath(os.path.join(here, "/".join(fixed) or "."))
     if not any(_WILDCARD.search(part) for part in rest):
         path = os.path.normpath(os.path.join(base, *rest))
         return [(Path(path), rest[-1])] if _selectable(path, real_task) else []
@@ -636,8 +656,16 @@ class _UploadLog:
     """The two files a node agent writes on every upload: progress (``fileuploadout.txt``) and errors."""
 
     def __init__(self, task_dir: Path) -> None:
-        self._out: IO[str] = open(task_dir / "fileuploadout.txt", "w", encoding="utf-8")  # noqa: SIM115
-        self._err: IO[str] = open(task_dir / "fileuploaderr.txt", "w", encoding="utf-8")  # noqa: SIM115
+        self._out = self._open(task_dir / "fileuploadout.txt")
+        self._err = self._open(task_dir / "fileuploaderr.txt")
+
+    @staticmethod
+    def _open(path: Path) -> IO[str]:
+        try:
+            return os.fdopen(_fresh_file(path), "w", encoding="utf-8")
+        except OSError as exc:  # a directory left in its place: the uploads go on, unlogged
+            log.debug("cannot write %s: %s", path, exc)
+            return open(os.devnull, "w", encoding="utf-8")
 
     def info(self, message: str) -> None:
         stamp = _now().strftime("%Y-%m-%d %H:%M:%S,%f")[:-3]
