@@ -261,6 +261,14 @@ async def test_a_name_that_cannot_be_a_task_file_is_not_found(batch: BatchClient
     assert "stdout.txt" in {f.name async for f in batch.list_task_files("j", "t")}
 
 
+@pytest.mark.parametrize("wanted", ["bytes=" + "9" * 5000 + "-", "bytes=0-" + "9" * 5000, "bytes=-5", "lines=1-2"])
+async def test_an_impossible_byte_range_is_a_400(batch: BatchClient, wanted: str) -> None:
+    await run_task(batch, "echo hi")
+    with pytest.raises(HttpResponseError) as bad:
+        await batch.download_task_file("j", "t", "stdout.txt", ocp_range=wanted)
+    assert bad.value.status_code == 400
+
+
 # --- the workers' bounds ------------------------------------------------------------------------------------
 
 

@@ -652,7 +652,7 @@ async def get_task_file(request: web.Request) -> web.StreamResponse:
             ):
                 offset += len(chunk)
                 await response.write(chunk)
-        except ServiceError as error:
+        except (ServiceError, OSError) as error:
             # The status line is out: all that is left is to cut the answer short, which the client sees.
             log.warning("task %s: reading %s failed half-way: %s", task.id, rel, error)
             if request.transport is not None:
@@ -665,7 +665,9 @@ async def get_task_file(request: web.Request) -> web.StreamResponse:
 
 
 _FILE_CHUNK = 256 * 1024
-_OCP_RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+# At most 18 digits a side: Python refuses to convert a string of more than 4,300 digits (a 500), and no file is
+# that large anyway.
+_OCP_RANGE = re.compile(r"^bytes=(\d{1,18})-(\d{0,18})$")
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int]:
