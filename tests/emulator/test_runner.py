@@ -10,6 +10,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import os
 import shlex
 import signal
 import uuid
@@ -603,6 +604,176 @@ async def test_upload_with_read_only_sas_fails_the_task(
     ]
     no_signature_in(errors[0]["destination"], read_only)
     no_signature_in(json.dumps(details(outcome)), read_only)
+
+
+# --- links an earlier attempt left: files stay inside the task directory ------------------------------------
+
+
+def _leftovers(run: TaskRun, outside: Path) -> None:
+    """What a first attempt might leave in the working directory: links out of it, and one within."""
+    wd = run.task_dir / "wd"
+    (wd / "real").mkdir(parents=True)
+    (outside / "x").write_text("original")
+    (wd / "in.txt").symlink_to(outside / "x")
+    (wd / "sub").symlink_to(outside)
+    (wd / "inner").symlink_to("real")
+
+
+@pytest.mark.parametrize(
+    ("file_path", "reason"),
+    [("sub/y.txt", "sub is a link that leads out"), ("sub/deeper/y.txt", "sub is a link that leads out")],
+)
+async def test_a_resource_file_is_not_written_through_a_link_out_of_the_working_directory(
+    store: Store,
+    make_run: Callable[..., TaskRun],
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+    file_path: str,
+    reason: str,
+) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    store.put("in.txt", b"from blob")
+    run = make_run(
+        bash("touch ran"), resource_files=(ResourceFile(http_url=store.blob_url("in.txt"), file_path=file_path),)
+    )
+    _leftovers(run, outside)
+
+    outcome = await _runner.run_task(run, http)
+
+    assert outcome.failure_info is not None
+    assert (outcome.failure_info.category, outcome.failure_info.code) == ("usererror", "ResourceFileCreateFailed")
+    assert reason in details(outcome)["Reason"]
+    assert sorted(p.name for p in outside.iterdir()) == ["x"], "a file was written outside the working directory"
+    assert not (run.task_dir / "wd" / "ran").exists()
+
+
+async def test_container_resource_files_do_not_go_through_a_link_out_either(
+    store: Store, make_run: Callable[..., TaskRun], http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    store.put("clips/a.txt", b"a")
+    container = store.container_url(read=True, list=True)
+    run = make_run("/bin/true", resource_files=(ResourceFile(storage_container_url=container, file_path="sub"),))
+    _leftovers(run, outside)
+
+    outcome = await _runner.run_task(run, http)
+
+    assert outcome.failure_info is not None and outcome.failure_info.code == "ResourceFileCreateFailed"
+    assert sorted(p.name for p in outside.iterdir()) == ["x"]
+
+
+async def test_resource_files_replace_a_link_in_their_place_and_follow_links_within(
+    store: Store, make_run: Callable[..., TaskRun], http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    store.put("in.txt", b"from blob")
+    url = store.blob_url("in.txt")
+    run = make_run(
+        "/bin/true",
+        resource_files=(
+            ResourceFile(http_url=url, file_path="in.txt"),
+            ResourceFile(http_url=url, file_path="inner/y.txt"),
+        ),
+    )
+    _leftovers(run, outside)
+
+    outcome = await _runner.run_task(run, http)
+
+    assert outcome.result == "success", outcome.failure_info
+    wd = run.task_dir / "wd"
+    assert not (wd / "in.txt").is_symlink() and (wd / "in.txt").read_bytes() == b"from blob"
+    assert (outside / "x").read_text() == "original"
+    assert (wd / "real" / "y.txt").read_bytes() == b"from blob"
+
+
+async def test_output_patterns_do_not_upload_files_through_links_out_of_the_task_directory(
+    store: Store, make_run: Callable[..., TaskRun], http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    outside = tmp_path / "elsewhere"
+    (outside / "deep").mkdir(parents=True)
+    (outside / "secret.txt").write_text("secret")
+    (outside / "deep" / "secret.txt").write_text("secret")
+    (outside / "plain.txt").write_text("named outright")
+    script = (
+        f"ln -s {outside}/secret.txt passwd.txt && ln -s {outside} out && ln -s . loop && ln -s loop loop2"
+        " && echo mine > mine.txt && ln -s mine.txt alias.txt && mkfifo pipe.txt"
+        f" && mkdir d && ln -s {outside} d/o"
+    )
+    write = store.container_url(write=True, create=True)
+    outputs = (
+        OutputFile("**/*.txt", write, path="all"),
+        OutputFile("*.txt", write, path="top"),
+        OutputFile("passwd.txt", write, path="named/passwd.txt"),
+        OutputFile("out/*.txt", write, path="out"),
+        OutputFile("out/secret.txt", write, path="named/out-secret.txt"),
+        OutputFile("d/*/*.txt", write, path="d"),
+        OutputFile(str(outside / "plain.txt"), write, path="named/absolute.txt"),
+    )
+    run = make_run(bash(script), output_files=outputs)
+
+    with anyio.fail_after(30):  # two link loops must not make matching endless (glob did, on the event loop)
+        outcome = await _runner.run_task(run, http)
+
+    assert outcome.result == "success", outcome.failure_info
+    assert store.names() == [
+        "all/alias.txt",
+        "all/mine.txt",
+        "named/absolute.txt",  # spelled out by the pattern, reached through no link: as the service does
+        "top/alias.txt",
+        "top/mine.txt",
+    ]
+    assert store.get("all/alias.txt") == b"mine\n"
+
+
+@pytest.mark.timeout(60)  # before the fix, opening the FIFOs blocked the event loop for good
+async def test_a_retry_writes_its_logs_afresh_not_through_fifos_or_links_left_in_their_place(
+    store: Store, make_run: Callable[..., TaskRun], http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    for name in ("err", "uploaderr"):
+        (outside / name).write_text("precious")
+    run = make_run(
+        bash("echo out; echo err >&2; echo r > r.txt"),
+        output_files=(OutputFile("r.txt", store.container_url(write=True, create=True)),),
+    )
+    run.task_dir.mkdir(parents=True)
+    os.mkfifo(run.task_dir / "stdout.txt")
+    os.mkfifo(run.task_dir / "fileuploadout.txt")
+    (run.task_dir / "stderr.txt").symlink_to(outside / "err")
+    (run.task_dir / "fileuploaderr.txt").symlink_to(outside / "uploaderr")
+
+    outcome = await _runner.run_task(run, http)
+
+    assert outcome.result == "success", outcome.failure_info
+    assert (outside / "err").read_text() == (outside / "uploaderr").read_text() == "precious"
+    assert (run.task_dir / "stdout.txt").read_text() == "out\n"
+    assert (run.task_dir / "stderr.txt").read_text() == "err\n"
+    assert "Uploaded" in (run.task_dir / "fileuploadout.txt").read_text()
+    assert (run.task_dir / "fileuploaderr.txt").read_text() == ""
+    assert store.names() == ["r.txt"]
+
+
+async def test_a_working_directory_replaced_by_a_link_takes_no_resource_files_out(
+    store: Store, make_run: Callable[..., TaskRun], http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    store.put("in.txt", b"from blob")
+    run = make_run(
+        bash("echo r > r.txt"),
+        resource_files=(ResourceFile(http_url=store.blob_url("in.txt"), file_path="in.txt"),),
+    )
+    run.task_dir.mkdir(parents=True)
+    (run.task_dir / "wd").symlink_to(outside)
+
+    outcome = await _runner.run_task(run, http)
+
+    assert outcome.failure_info is not None and outcome.failure_info.code == "ResourceFileCreateFailed"
+    assert list(outside.iterdir()) == []
 
 
 # --- a real conversion --------------------------------------------------------------------------------------

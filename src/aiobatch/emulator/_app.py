@@ -6,15 +6,14 @@ answer through `_wire`.  Errors are `ServiceError`s, rendered by one middleware 
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import logging
 import mimetypes
 import re
-import shutil
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, overload
 from urllib.parse import quote
@@ -22,6 +21,7 @@ from urllib.parse import quote
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from . import _taskfiles as taskfiles
 from . import _wire as wire
 from ._auth import shared_key_middleware
 from ._faults import COLLECTION_FAULTS, CollectionFaults, Faults, fault_middleware
@@ -36,6 +36,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ACCOUNT_KEY: web.AppKey[Account] = web.AppKey("account", Account)
 SCHEDULER_KEY: web.AppKey[Scheduler] = web.AppKey("scheduler", Scheduler)
 FAULTS_KEY: web.AppKey[Faults] = web.AppKey("faults", Faults)
+FILE_WORKERS_KEY: web.AppKey[taskfiles.FileWorkers] = web.AppKey("file_workers", taskfiles.FileWorkers)
 
 
 def _account(request: web.Request) -> Account:
@@ -578,9 +579,14 @@ async def terminate_task(request: web.Request) -> web.Response:
     return wire.empty_response(204, headers=wire.entity_headers(task), data_service_id=_request_url(account, request))
 
 
-def _task_dir(account: Account, job_id: str, task_id: str) -> tuple[Task, Path]:
-    _, task = account.get_task(job_id, task_id)
-    if task.task_dir is None or task.node_info is None or not task.task_dir.exists():
+async def _task_dir(request: web.Request) -> tuple[Task, Path]:
+    """The task the route names and its directory, or the service's 409 when it has no files to show."""
+    _, task = _account(request).get_task(request.match_info["job"], request.match_info["task"])
+    if (
+        task.task_dir is None
+        or task.node_info is None
+        or not await _file_workers(request).run(taskfiles.is_task_dir, task.task_dir)
+    ):
         raise ServiceError(
             409,
             "TaskNotStarted" if task.state == "active" else "TaskFilesUnavailable",
@@ -591,60 +597,77 @@ def _task_dir(account: Account, job_id: str, task_id: str) -> tuple[Task, Path]:
     return task, task.task_dir
 
 
+def _file_workers(request: web.Request) -> taskfiles.FileWorkers:
+    return request.app[FILE_WORKERS_KEY]
+
+
 async def list_task_files(request: web.Request) -> web.Response:
-    """GET /jobs/{jobId}/tasks/{taskId}/files (``recursive`` lists the whole tree)."""
+    """GET /jobs/{jobId}/tasks/{taskId}/files (``recursive`` lists the whole tree; links as `_taskfiles` says)."""
     account = _account(request)
-    task, root = _task_dir(account, request.match_info["job"], request.match_info["task"])
-    assert task.node_info is not None
+    task, root = await _task_dir(request)
     recursive = request.query.get("recursive", "false").lower() == "true"
-    paths = sorted(root.rglob("*") if recursive else root.iterdir())
+    entries = await _file_workers(request).run(partial(taskfiles.list_files, root, recursive=recursive))
     base = f"{account.url}/jobs/{request.match_info['job']}/tasks/{task.id}"
-    entries = [(p.relative_to(root).as_posix(), None if p.is_dir() else p.stat()) for p in paths]
     return _list(request, "files", "files", entries, lambda e: wire.render_file(account, base, e[0], e[1]))
 
 
 async def get_task_file(request: web.Request) -> web.StreamResponse:
-    """GET and HEAD /jobs/{jobId}/tasks/{taskId}/files/{filePath}."""
+    """GET and HEAD /jobs/{jobId}/tasks/{taskId}/files/{filePath}: regular files and directories only."""
     account = _account(request)
-    task, root = _task_dir(account, request.match_info["job"], request.match_info["task"])
+    task, root = await _task_dir(request)
+    workers = _file_workers(request)
     rel = request.match_info["path"]
-    path = _file_in(root, rel)
-    stat = path.stat()
-    headers = wire.base_headers()
-    headers.update(wire.echoed_headers(request))
-    headers.update(
-        {
-            "Last-Modified": wire.http_date(_mtime(stat.st_mtime)),
-            "ocp-creation-time": wire.http_date(_mtime(stat.st_ctime)),
-            "ocp-batch-file-isdirectory": str(path.is_dir()),
-            "ocp-batch-file-url": quote(
-                f"{account.url}/jobs/{request.match_info['job']}/tasks/{task.id}/files/{rel}", safe=""
-            ),
-            "Content-Type": "text/plain"
-            if rel.endswith(".txt")
-            else mimetypes.guess_type(rel)[0] or "application/octet-stream",
-        }
+    opened = await workers.run(
+        partial(taskfiles.open_file, root, rel, for_body=request.method != "HEAD"), discard=taskfiles.close
     )
-    if request.method == "HEAD" or path.is_dir():
-        headers["Content-Length"] = str(0 if path.is_dir() else stat.st_size)
-        return web.Response(status=200, headers=headers)
-    start, stop = _byte_range(request.headers.get("ocp-range"), stat.st_size)
-    # Streamed (chunked) as the service sends it; aiohttp's FileResponse would add an ETag and Accept-Ranges that
-    # the service's file answers do not carry.
-    response = web.StreamResponse(status=200, headers=headers)
-    await response.prepare(request)
-    with path.open("rb") as stream:
-        stream.seek(start)
-        left = stop - start
-        while left > 0 and (chunk := await asyncio.to_thread(stream.read, min(_FILE_CHUNK, left))):
-            left -= len(chunk)
-            await response.write(chunk)
-    await response.write_eof()
-    return response
+    try:
+        stat = opened.stat
+        headers = wire.base_headers()
+        headers.update(wire.echoed_headers(request))
+        headers.update(
+            {
+                "Last-Modified": wire.http_date(_mtime(stat.st_mtime)),
+                "ocp-creation-time": wire.http_date(_mtime(stat.st_ctime)),
+                "ocp-batch-file-isdirectory": str(opened.is_dir),
+                "ocp-batch-file-url": quote(
+                    f"{account.url}/jobs/{request.match_info['job']}/tasks/{task.id}/files/{rel}", safe=""
+                ),
+                "Content-Type": "text/plain"
+                if rel.endswith(".txt")
+                else mimetypes.guess_type(rel)[0] or "application/octet-stream",
+            }
+        )
+        if opened.fd is None:  # HEAD, or a directory
+            headers["Content-Length"] = str(0 if opened.is_dir else stat.st_size)
+            return web.Response(status=200, headers=headers)
+        start, stop = _byte_range(request.headers.get("ocp-range"), stat.st_size)
+        # Streamed (chunked) as the service sends it; aiohttp's FileResponse would add an ETag and Accept-Ranges
+        # that the service's file answers do not carry.
+        response = web.StreamResponse(status=200, headers=headers)
+        await response.prepare(request)
+        offset = start
+        try:
+            while offset < stop and (
+                chunk := await workers.run(taskfiles.read, opened.fd, offset, min(_FILE_CHUNK, stop - offset))
+            ):
+                offset += len(chunk)
+                await response.write(chunk)
+        except (ServiceError, OSError) as error:
+            # The status line is out: all that is left is to cut the answer short, which the client sees.
+            log.warning("task %s: reading %s failed half-way: %s", task.id, rel, error)
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write_eof()
+        return response
+    finally:
+        taskfiles.close(opened)
 
 
 _FILE_CHUNK = 256 * 1024
-_OCP_RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+# At most 18 digits a side: Python refuses to convert a string of more than 4,300 digits (a 500), and no file is
+# that large anyway.
+_OCP_RANGE = re.compile(r"^bytes=(\d{1,18})-(\d{0,18})$")
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int]:
@@ -667,27 +690,14 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int]:
     return start, stop
 
 
-def _file_in(root: Path, rel: str) -> Path:
-    """A path under a task's directory, or the service's FileNotFound (also for paths that leave it)."""
-    path = (root / rel).resolve()
-    if not path.is_relative_to(root.resolve()) or not path.exists() or path == root.resolve():
-        raise ServiceError(404, "FileNotFound", "The specified file does not exist.")
-    return path
-
-
 async def delete_task_file(request: web.Request) -> web.Response:
-    """DELETE /jobs/{jobId}/tasks/{taskId}/files/{filePath}: 200; a directory needs ``recursive=true`` unless empty."""
-    _, root = _task_dir(_account(request), request.match_info["job"], request.match_info["task"])
-    path = _file_in(root, request.match_info["path"])
-    if path.is_dir():
-        if request.query.get("recursive", "false").lower() != "true" and any(path.iterdir()):
-            # The service documents the refusal, not its code; this one is the emulator's.
-            raise ServiceError(
-                409, "DirectoryNotEmpty", "The specified directory is not empty; delete it with recursive=true."
-            )
-        await asyncio.to_thread(shutil.rmtree, path)
-    else:
-        path.unlink()
+    """DELETE /jobs/{jobId}/tasks/{taskId}/files/{filePath}: 200; a directory needs ``recursive=true`` unless empty.
+
+    A link is removed itself, never its target (see `_taskfiles`).
+    """
+    _, root = await _task_dir(request)
+    recursive = request.query.get("recursive", "false").lower() == "true"
+    await _file_workers(request).run(partial(taskfiles.delete, root, request.match_info["path"], recursive=recursive))
     return wire.empty_response(200)
 
 
@@ -723,6 +733,10 @@ def _error_middleware(account: Account) -> Middleware:
     return middleware
 
 
+async def _close_file_workers(app: web.Application) -> None:
+    app[FILE_WORKERS_KEY].close()
+
+
 def build_app(account: Account, scheduler: Scheduler, account_key: str, faults: Faults) -> web.Application:
     """The emulator's aiohttp application for one account.
 
@@ -742,6 +756,8 @@ def build_app(account: Account, scheduler: Scheduler, account_key: str, faults: 
     app[ACCOUNT_KEY] = account
     app[SCHEDULER_KEY] = scheduler
     app[FAULTS_KEY] = faults
+    app[FILE_WORKERS_KEY] = taskfiles.FileWorkers()
+    app.on_cleanup.append(_close_file_workers)
     r = app.router
     r.add_get("/applications", list_applications)
     r.add_get("/applications/{app}", get_application)

@@ -293,7 +293,9 @@ async def download(http: aiohttp.ClientSession, url: str, dest: Path, *, file_mo
 
     The data goes to a hidden temporary file beside *dest* that is renamed into place only once the whole body
     arrived (and matched ``Content-Length`` and, when the server sent one, ``Content-MD5``); on any failure or
-    cancellation the temporary file is removed. Parent directories are created as needed.
+    cancellation the temporary file is removed. Parent directories are created as needed; the caller sees to
+    it that the way to *dest* goes where it should (the runner keeps resource files inside a task's working
+    directory). A link at *dest* itself is replaced by the file, never written through.
 
     Args:
         http: the session to send the request through.
@@ -345,7 +347,8 @@ async def _stream_to(resp: aiohttp.ClientResponse, tmp: Path, url: str) -> int:
     # (which also serves the emulator's HTTP API). Opening and closing happen here, on the loop: a cancelled
     # task never gets back a file a worker thread opened for it, nor closes one through a worker thread (the
     # cancellation strikes first), and the descriptor leaks.
-    with open(tmp, "wb") as f:  # noqa: ASYNC230 (a local create, not a slow read)
+    # "x": a new file or nothing -- never through whatever (a link) might already sit at that name.
+    with open(tmp, "xb") as f:  # noqa: ASYNC230 (a local create, not a slow read)
         out = anyio.wrap_file(f)
         async for chunk in resp.content.iter_chunked(CHUNK_SIZE):
             md5.update(chunk)

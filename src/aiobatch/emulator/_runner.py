@@ -23,13 +23,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import glob
+import fnmatch
 import json
 import logging
 import os
 import re
 import shlex
 import signal
+import stat
 import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -191,15 +192,14 @@ def _file_mode(resource: ResourceFile) -> int:
     return DEFAULT_FILE_MODE
 
 
-def _bad_path(file_path: str) -> FailureInfo:
+def _bad_path(
+    file_path: str, reason: str = "the path must be relative and stay inside the working directory"
+) -> FailureInfo:
     return FailureInfo(
         "usererror",
         "ResourceFileCreateFailed",
         "Failure encountered creating resource file",
-        (
-            ("FilePath", file_path),
-            ("Reason", "the path must be relative and stay inside the working directory"),
-        ),
+        (("FilePath", file_path), ("Reason", reason)),
     )
 
 
@@ -234,13 +234,45 @@ async def _download_http(resource: ResourceFile, wd: Path, http: aiohttp.ClientS
     dest = _inside(wd, file_path)
     if dest is None or dest == wd:
         return _bad_path(file_path)
-    return await _download_one(http, resource.http_url, dest, file_path, _file_mode(resource))
+    return await _download_one(http, resource.http_url, wd, dest, file_path, _file_mode(resource))
+
+
+def _way_to(wd: Path, dest: Path) -> str | None:
+    """Create the directories on the way from *wd* to *dest*; say why not when that way leaves *wd*.
+
+    A task's directory outlives an attempt, so a retry finds what the previous attempt left there, links
+    included (``sub -> /elsewhere``): a resource file must land inside the working directory all the same.
+    A link on the way is followed only when it leads to a directory inside *wd*; missing directories are made
+    one by one, never through a link. The file's own name is not followed: the download renames the finished
+    file over whatever is there, so a link in its place is replaced, not written through.
+    """
+    if os.path.islink(wd) or os.path.islink(wd.parent):
+        return "the task's working directory (or the task directory) has been replaced by a link"
+    real_wd = Path(os.path.realpath(wd))
+    current = wd
+    for part in dest.relative_to(wd).parts[:-1]:
+        current = current / part
+        try:
+            found = os.lstat(current)
+        except FileNotFoundError:
+            os.mkdir(current)
+            continue
+        if stat.S_ISLNK(found.st_mode):
+            target = Path(os.path.realpath(current))
+            if not target.is_relative_to(real_wd) or not target.is_dir():
+                return f"{current.relative_to(wd).as_posix()} is a link that leads out of the working directory"
+        elif not stat.S_ISDIR(found.st_mode):
+            return f"{current.relative_to(wd).as_posix()} is not a directory"
+    return None
 
 
 async def _download_one(
-    http: aiohttp.ClientSession, url: str, dest: Path, file_path: str, mode: int
+    http: aiohttp.ClientSession, url: str, wd: Path, dest: Path, file_path: str, mode: int
 ) -> FailureInfo | None:
     try:
+        refused = await asyncio.to_thread(_way_to, wd, dest)
+        if refused is not None:
+            return _bad_path(file_path, refused)
         size = await _files.download(http, url, dest, file_mode=mode)
     except TransferError as exc:
         return _blob_failure(exc, file_path)
@@ -276,7 +308,7 @@ async def _download_container(
         dest = _inside(base, name)
         if dest is None or dest == base:
             return _bad_path(rel)
-        failure = await _download_one(http, _files.blob_url(container_url, name), dest, rel, mode)
+        failure = await _download_one(http, _files.blob_url(container_url, name), wd, dest, rel, mode)
         if failure is not None:
             return failure
     return None
@@ -362,7 +394,10 @@ async def _run_process(
 
     # The process writes straight into the files (no pipes through this process), so output of any size
     # streams to disk and stays readable while the task runs.
-    out, err = _open_std_files(run.task_dir)
+    try:
+        out, err = _open_std_files(run.task_dir)
+    except OSError as exc:  # a directory left where a file must go
+        return None, _launch_failure("CommandLaunchFailed", run.command_line, str(exc)), False
     with out, err:
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -412,11 +447,25 @@ async def _run_process(
     return code, failure, False
 
 
+def _fresh_file(path: Path) -> int:
+    """Create a new, empty file at *path* and return a descriptor open for writing to it.
+
+    A task's directory outlives an attempt, and a retry finds whatever the last one left at the names the
+    node agent writes: a FIFO there would make ``open()`` wait, on the event loop, for a reader that never
+    comes; a link would send the truncation and the writes wherever it points. So what is at the name (unless
+    a directory) is removed, and the new file is created exclusively, never through a link.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            os.unlink(path)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+
+
 def _open_std_files(task_dir: Path) -> tuple[IO[bytes], IO[bytes]]:
-    # Truncates what an earlier attempt wrote, as a retried task's stdout.txt starts afresh.
-    out = open(task_dir / "stdout.txt", "wb")  # noqa: SIM115 - closed by the caller's with
+    # New files, so that a retried task's stdout.txt starts afresh (see _fresh_file).
+    out = os.fdopen(_fresh_file(task_dir / "stdout.txt"), "wb")
     try:
-        return out, open(task_dir / "stderr.txt", "wb")
+        return out, os.fdopen(_fresh_file(task_dir / "stderr.txt"), "wb")
     except BaseException:
         out.close()
         raise
@@ -504,24 +553,95 @@ def _expand(pattern: str, env: Mapping[str, str]) -> str:
     return _ENV_REF.sub(lambda m: env.get(m.group(1) or m.group(2), m.group(0)), pattern)
 
 
-def _matches(pattern: str, wd: Path) -> Iterator[tuple[Path, str]]:
-    """Yield (file, name relative to the pattern's fixed leading directories) for each file *pattern* matches.
+def _matches(pattern: str, wd: Path, task_dir: Path) -> list[tuple[Path, str]]:
+    """Return (file, name relative to the pattern's fixed leading directories) for each file *pattern* matches.
 
     Relative patterns are relative to *wd* (``../stdout.txt`` reaches the task directory); ``**`` matches any
     number of directories; ``*``, ``?`` and ``[...]`` do not match names starting with ``.`` unless the
-    pattern spells the dot, as the REST spec describes.
+    pattern spells the dot, as the REST spec describes. Only regular files are selected.
+
+    Links are not followed out of the task directory: a file reached through a link counts only when it lies
+    inside *task_dir* (else ``ln -s /etc/passwd x`` would upload that file), and links to directories are not
+    descended into at all (a loop cannot make matching endless; what they point to inside the task directory is
+    reachable by its own path). A path the pattern itself spells out (an absolute one, as the service allows) is
+    honoured when no link on the way leads elsewhere. Blocking: run it in a worker thread.
     """
-    parts = pattern.split("/")
+    real_task = Path(os.path.realpath(task_dir))
+    # Paths as written (not resolved), so that `_selectable` can tell a link on the way from none.
+    here = os.path.abspath(wd)
+    segments = pattern.split("/")
     fixed: list[str] = []
-    for part in parts[:-1]:
+    for part in segments[:-1]:
         if _WILDCARD.search(part):
             break
         fixed.append(part)
-    base = Path(os.path.normpath(Path(wd, "/".join(fixed) or ".")))
-    for found in sorted(glob.glob(pattern, root_dir=wd, recursive=True)):
-        path = Path(os.path.normpath(Path(wd, found)))
-        if path.is_file():
-            yield path, Path(os.path.relpath(path, base)).as_posix()
+    rest = segments[len(fixed) :]
+    base = os.path.normpath(os.path.join(here, "/".join(fixed) or "."))
+    if not any(_WILDCARD.search(part) for part in rest):
+        path = os.path.normpath(os.path.join(base, *rest))
+        return [(Path(path), rest[-1])] if _selectable(path, real_task) else []
+    found: list[tuple[Path, str]] = []
+    depth = None if "**" in rest else len(rest)
+    for path, parts in _walk(base, depth):
+        if _match_parts(rest, parts) and _selectable(path, real_task):
+            found.append((Path(path), "/".join(parts)))
+    return sorted(found, key=lambda item: item[1])
+
+
+def _walk(base: str, depth: int | None) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """Yield every non-directory below *base* (at most *depth* names down) with its names; links not descended."""
+    stack: list[tuple[str, tuple[str, ...]]] = [(base, ())]
+    while stack:
+        directory, parts = stack.pop()
+        try:
+            with os.scandir(directory) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        for entry in entries:
+            names = (*parts, entry.name)
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                continue
+            if not is_dir:
+                yield entry.path, names
+            elif depth is None or len(names) < depth:
+                stack.append((entry.path, names))
+
+
+def _match_parts(segments: list[str], names: tuple[str, ...]) -> bool:
+    """Whether the path *names* matches the pattern *segments*, as glob's recursive matching would."""
+    if not segments:
+        return not names
+    head, tail = segments[0], segments[1:]
+    if head == "**":
+        # Any number of directories (none included), but not through hidden ones; a trailing ** matches files.
+        for taken in range(len(names) + 1):
+            if taken and names[taken - 1].startswith("."):
+                return False
+            if _match_parts(tail, names[taken:]) if tail else taken == len(names) and taken > 0:
+                return True
+        return False
+    return bool(names) and _match_name(head, names[0]) and _match_parts(tail, names[1:])
+
+
+def _match_name(segment: str, name: str) -> bool:
+    # Wildcards do not match a leading dot unless the pattern spells it, as glob has it.
+    if name.startswith(".") and not segment.startswith("."):
+        return False
+    return fnmatch.fnmatchcase(name, segment)
+
+
+def _selectable(path: str, real_task: Path) -> bool:
+    """Whether *path* is a regular file that an output pattern may upload (see `_matches` on links)."""
+    real = os.path.realpath(path)
+    if not Path(real).is_relative_to(real_task) and real != os.path.normpath(path):
+        return False
+    try:
+        return stat.S_ISREG(os.stat(real).st_mode)
+    except OSError:
+        return False
 
 
 def _blob_name(output: OutputFile, pattern: str, relative: str) -> str:
@@ -536,8 +656,16 @@ class _UploadLog:
     """The two files a node agent writes on every upload: progress (``fileuploadout.txt``) and errors."""
 
     def __init__(self, task_dir: Path) -> None:
-        self._out: IO[str] = open(task_dir / "fileuploadout.txt", "w", encoding="utf-8")  # noqa: SIM115
-        self._err: IO[str] = open(task_dir / "fileuploaderr.txt", "w", encoding="utf-8")  # noqa: SIM115
+        self._out = self._open(task_dir / "fileuploadout.txt")
+        self._err = self._open(task_dir / "fileuploaderr.txt")
+
+    @staticmethod
+    def _open(path: Path) -> IO[str]:
+        try:
+            return os.fdopen(_fresh_file(path), "w", encoding="utf-8")
+        except OSError as exc:  # a directory left in its place: the uploads go on, unlogged
+            log.debug("cannot write %s: %s", path, exc)
+            return open(os.devnull, "w", encoding="utf-8")
 
     def info(self, message: str) -> None:
         stamp = _now().strftime("%Y-%m-%d %H:%M:%S,%f")[:-3]
@@ -611,7 +739,7 @@ async def _upload_output_files(
                 f"to {output.container_url}"
             )
             matched = 0
-            for path, relative in _matches(pattern, wd):
+            for path, relative in await asyncio.to_thread(_matches, pattern, wd, run.task_dir):
                 matched += 1
                 url = _files.blob_url(output.container_url, _blob_name(output, pattern, relative))
                 try:
