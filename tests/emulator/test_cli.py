@@ -30,7 +30,7 @@ from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import HttpResponseError
 
 from aiobatch.emulator import DEFAULT_ACCOUNT_KEY, DEFAULT_ACCOUNT_NAME, Timings
-from aiobatch.emulator.__main__ import build_parser, main
+from aiobatch.emulator.__main__ import ACCOUNT_KEY_ENV, account_key, build_parser, main
 from aiobatch.emulator._scheduler import MIN_ALLOCATION_DELAY
 
 LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:(\d+))\b")
@@ -52,8 +52,10 @@ COMMANDS = {
 class Running:
     """A started emulator process and what it printed."""
 
-    def __init__(self, command: list[str], tmp: Path, extra: Sequence[str] = ()) -> None:
-        env = {**os.environ, "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"}
+    def __init__(
+        self, command: list[str], tmp: Path, extra: Sequence[str] = (), env: dict[str, str] | None = None
+    ) -> None:
+        env = {**os.environ, "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1", **(env or {})}
         self.tmp = tmp
         self.process = subprocess.Popen(
             [*command, *FAST, *extra],
@@ -378,3 +380,161 @@ def test_help_names_the_fault_tuning_flags() -> None:
     out = subprocess.run([*COMMANDS["module"], "--help"], capture_output=True, text=True, timeout=30, check=True).stdout
     for option in ("--fault-retry-after", "--fault-latency", "--fault-task-error-rate", "--fault-operation"):
         assert option in out
+
+
+# --- the account key, kept off the command line ---------------------------------------------------------------
+
+
+def _new_key() -> str:
+    return base64.b64encode(os.urandom(64)).decode()
+
+
+def _ready_pool(batch: BatchClient) -> None:
+    batch.create_pool(
+        m.BatchPoolCreateOptions(
+            id="p", vm_size="standard_d2s_v3", virtual_machine_configuration=_image(), target_dedicated_nodes=1
+        )
+    )
+    deadline = time.monotonic() + 15
+    while not [n for n in batch.list_nodes("p") if n.state == m.BatchNodeState.IDLE]:
+        assert time.monotonic() < deadline, "the pool's node never became idle"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("command", ["module", "script"])
+@pytest.mark.parametrize("source", ["file", "environment"])
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads the process's command line from /proc")
+def test_a_key_from_a_file_or_the_environment_stays_out_of_ps(source: str, command: str, tmp_path: Path) -> None:
+    key = _new_key()
+    extra, env = ["--pass-env", "LICENSE_SERVER"], {"LICENSE_SERVER": "lic.example:27000"}
+    if source == "file":
+        key_file = tmp_path / "batch.key"
+        key_file.write_text(f"  {key}  \nthe second line is ignored\n")
+        key_file.chmod(0o600)
+        extra += ["--account-key-file", str(key_file)]
+    else:
+        env[ACCOUNT_KEY_ENV] = key
+    running = Running(COMMANDS[command], tmp_path, extra, env=env)
+    try:
+        cmdline = Path(f"/proc/{running.process.pid}/cmdline").read_bytes()
+        assert key.encode() not in cmdline, "the key is visible in ps"
+        listening = next(line for line in running.lines if LISTENING.search(line))
+        assert "the key you gave" in listening
+        assert not any(key in line for line in running.lines), "a key the user gave is never printed"
+
+        with BatchClient(running.endpoint, AzureNamedKeyCredential(DEFAULT_ACCOUNT_NAME, key)) as batch:
+            _ready_pool(batch)
+            batch.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))
+            batch.create_task("j", m.BatchTaskCreateOptions(id="t", command_line="/usr/bin/env"))
+            deadline = time.monotonic() + 15
+            while batch.get_task("j", "t").state != m.BatchTaskState.COMPLETED:
+                assert time.monotonic() < deadline, "the task never completed"
+                time.sleep(0.05)
+            printed = b"".join(batch.download_task_file("j", "t", "stdout.txt")).decode()
+        # The task sees the variable named with --pass-env, and neither the key nor the variable it came from.
+        assert "LICENSE_SERVER=lic.example:27000" in printed.splitlines()
+        assert key not in printed and ACCOUNT_KEY_ENV not in printed
+
+        with BatchClient(running.endpoint, AzureNamedKeyCredential(DEFAULT_ACCOUNT_NAME, DEFAULT_ACCOUNT_KEY)) as dev:
+            with pytest.raises(HttpResponseError) as refused:
+                dev.get_pool("p")
+            assert refused.value.error is not None and refused.value.error.code == "AuthenticationFailed"
+
+        code, out, err = running.stop(signal.SIGTERM)
+        assert code == 0 and "Traceback" not in err, err
+        assert key not in out and key not in err
+    finally:
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.communicate()
+
+
+def _key_args(argv: list[str]) -> Any:
+    return build_parser().parse_args(argv)
+
+
+def test_the_key_comes_from_the_flag_then_the_file_then_the_environment(tmp_path: Path) -> None:
+    flag, in_file, in_env = _new_key(), _new_key(), _new_key()
+    (tmp_path / "k").write_text(in_file + "\n")
+    environ = {ACCOUNT_KEY_ENV: in_env, "AZURE_BATCH_ACCOUNT_KEY": _new_key()}
+    assert account_key(_key_args(["--account-key", flag]), environ) == (flag, "--account-key")
+    assert account_key(_key_args(["--account-key-file", str(tmp_path / "k")]), environ) == (
+        in_file,
+        "--account-key-file",
+    )
+    assert account_key(_key_args([]), environ) == (in_env, ACCOUNT_KEY_ENV)
+    # A real account's key exported for the client is not the emulator's: the development key it is.
+    assert account_key(_key_args([]), {"AZURE_BATCH_ACCOUNT_KEY": _new_key()}) == (DEFAULT_ACCOUNT_KEY, "default")
+
+
+SECRET_LOOKING = "not-base64-but-maybe-a-secret!"
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, "no such file"),
+        ("", "the first line is empty"),
+        ("   \nYWJj\n", "the first line is empty"),
+        (SECRET_LOOKING + "\n", "the key is not base64"),
+        (b"\xff\xfe\x00key\n", "the first line is not base64 text"),
+        ("folder", "is a folder, not a file"),
+    ],
+)
+def test_a_bad_key_file_exits_2_naming_the_problem_and_the_fix(
+    content: str | bytes | None, problem: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "batch.key"
+    if content == "folder":
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+
+    assert main(["--account-key-file", str(path), *FAST]) == 2
+
+    err = capsys.readouterr().err
+    assert f"--account-key-file {path}: {problem}" in err
+    assert "base64" in err and SECRET_LOOKING not in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")
+def test_an_unreadable_key_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "batch.key"
+    path.write_text(_new_key())
+    path.chmod(0)
+    assert main(["--account-key-file", str(path)]) == 2
+    assert "cannot read it (Permission denied)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "message"),
+    [
+        (["--account-key", "x", "--account-key-file", "k"], {}, "give --account-key or --account-key-file, not both"),
+        ([], {ACCOUNT_KEY_ENV: SECRET_LOOKING}, f"{ACCOUNT_KEY_ENV}: the key is not base64"),
+        ([], {ACCOUNT_KEY_ENV: "  "}, f"{ACCOUNT_KEY_ENV}: the key is empty"),
+        (["--pass-env", "TOKEN=abc"], {}, "--pass-env 'TOKEN=abc' is not an environment variable name"),
+        (["--pass-env", "AZ_BATCH_TASK_ID"], {}, "--pass-env AZ_BATCH_TASK_ID is a variable the node sets"),
+    ],
+)
+def test_key_and_pass_env_mistakes_exit_2(
+    argv: list[str],
+    environ: dict[str, str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert SECRET_LOOKING not in err
+
+
+def test_help_prefers_the_key_file_and_says_the_flag_shows_in_ps() -> None:
+    out = subprocess.run([*COMMANDS["script"], "--help"], capture_output=True, text=True, timeout=30, check=True).stdout
+    flat = " ".join(out.split())
+    assert "--account-key-file PATH" in flat and ACCOUNT_KEY_ENV in flat and "--pass-env NAME" in flat
+    assert "visible in ps" in flat

@@ -611,6 +611,90 @@ async def test_application_packages_reach_the_task(batch: BatchClient) -> None:
     assert await download(batch, "j", "t", "stdout.txt") == b"hello 2.0\n"
 
 
+#: What a shell adds to the environment it prints; everything else was given to the process.
+SHELL_ADDED = {"PWD", "OLDPWD", "SHLVL", "_"}
+
+
+def parse_env(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+async def test_tasks_get_a_nodes_environment_with_the_jobs_and_their_own_settings(
+    batch: BatchClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the caller's environment holds never reaches a task: not its credentials, not its PATH.
+    monkeypatch.setenv("AZURE_BATCH_ACCOUNT_KEY", "Y2FuYXJ5LWJhdGNoLWtleQ==")
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", "AccountName=a;AccountKey=Y2FuYXJ5")
+    monkeypatch.setenv("SOME_API_TOKEN", "canary-token")
+    start = m.BatchStartTask(command_line=sh("env > $AZ_BATCH_NODE_SHARED_DIR/start.env"), wait_for_success=True)
+    apps = [m.BatchApplicationPackageReference(application_id="hello", version="1.0")]
+    await ready_pool(batch, "p", start_task=start, application_package_references=apps)
+    settings = [m.EnvironmentSetting(name="SHARED", value="job"), m.EnvironmentSetting(name="OVERRIDDEN", value="job")]
+    await batch.create_job(
+        m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p"), common_environment_settings=settings)
+    )
+    own = [m.EnvironmentSetting(name="OVERRIDDEN", value="task")]
+    command = sh("env; echo ---; cat $AZ_BATCH_NODE_SHARED_DIR/start.env")
+    await batch.create_task("j", m.BatchTaskCreateOptions(id="t", command_line=command, environment_settings=own))
+    task = await finished(batch, "j", "t")
+    assert task.execution_info is not None and task.execution_info.exit_code == 0, task.execution_info
+    printed, started = (await download(batch, "j", "t", "stdout.txt")).decode().split("---\n")
+
+    env = parse_env(printed)
+    assert (env["SHARED"], env["OVERRIDDEN"]) == ("job", "task")  # the task's own settings win over the job's
+    assert env["AZ_BATCH_APP_PACKAGE_hello_1_0"].endswith("hello_1.0")
+    assert (env["AZ_BATCH_JOB_ID"], env["AZ_BATCH_TASK_ID"], env["AZ_BATCH_POOL_ID"]) == ("j", "t", "p")
+    assert env["PATH"].startswith("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:")
+    assert env["HOME"] == env["AZ_BATCH_TASK_WORKING_DIR"]
+    assert {k for k in env if not k.startswith("AZ_BATCH_")} - SHELL_ADDED == {"PATH", "HOME", "SHARED", "OVERRIDDEN"}
+
+    # The start task: the pool's packages are there for it to install; no job, no task id, no caller's variables.
+    start_env = parse_env(started)
+    assert start_env["AZ_BATCH_APP_PACKAGE_hello_1_0"] == env["AZ_BATCH_APP_PACKAGE_hello_1_0"]
+    assert start_env["AZ_BATCH_TASK_WORKING_DIR"] == start_env["AZ_BATCH_NODE_STARTUP_WORKING_DIR"]
+    assert start_env["AZ_BATCH_TASK_USER_IDENTITY"] == "PoolNonAdmin"
+    assert not {"AZ_BATCH_JOB_ID", "AZ_BATCH_TASK_ID", "SHARED"} & set(start_env)
+    assert {k for k in start_env if not k.startswith("AZ_BATCH_")} - SHELL_ADDED == {"PATH", "HOME"}
+
+
+async def test_common_environment_settings_outlive_job_updates(batch: BatchClient) -> None:
+    await ready_pool(batch, "p")
+    settings = [m.EnvironmentSetting(name="STAGE", value="one")]
+    await batch.create_job(
+        m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p"), common_environment_settings=settings)
+    )
+    await batch.update_job("j", m.BatchJobUpdateOptions(priority=7))
+    job = await batch.get_job("j")
+    await batch.replace_job("j", m.BatchJob(pool_info=job.pool_info, priority=8))
+    assert [(s.name, s.value) for s in (await batch.get_job("j")).common_environment_settings or []] == [
+        ("STAGE", "one")
+    ]
+    await batch.create_task("j", m.BatchTaskCreateOptions(id="t", command_line=sh("echo stage=$STAGE")))
+    await finished(batch, "j", "t")
+    assert await download(batch, "j", "t", "stdout.txt") == b"stage=one\n"
+
+
+async def test_pass_env_gives_tasks_only_the_variables_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LICENSE_SERVER", "lic.example:27000")
+    monkeypatch.setenv("AZURE_BATCH_ACCOUNT_KEY", "Y2FuYXJ5LWJhdGNoLWtleQ==")
+    timings = Timings(allocation_delay=0.05, node_start_delay=0.0)
+    emulator = Emulator(workdir=tmp_path, timings=timings, pass_env=["LICENSE_SERVER", "NOT_SET_ANYWHERE"])
+    async with emulator as emu, BatchClient(emu.endpoint, emu.credential) as batch:
+        await ready_pool(batch, "p")
+        await batch.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))
+        await batch.create_task("j", m.BatchTaskCreateOptions(id="t", command_line="/usr/bin/env"))
+        await finished(batch, "j", "t")
+        env = parse_env((await download(batch, "j", "t", "stdout.txt")).decode())
+    assert env["LICENSE_SERVER"] == "lic.example:27000"
+    assert "AZURE_BATCH_ACCOUNT_KEY" not in env and "NOT_SET_ANYWHERE" not in env
+
+
+@pytest.mark.parametrize("name", ["", "A=1", "AZ_BATCH_TASK_ID", "az_batch_node_id", "NUL\0"])
+def test_pass_env_refuses_what_is_not_a_name_it_may_pass(name: str) -> None:
+    with pytest.raises(ValueError, match="pass_env"):
+        Emulator(pass_env=[name])
+
+
 # --- errors -------------------------------------------------------------------------------------------------
 
 

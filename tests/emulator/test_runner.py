@@ -212,6 +212,115 @@ async def test_start_task_has_no_job_or_task_id(
     assert out == f"job=unset task=unset {run.node_root / 'startup' / 'wd'}\n"
 
 
+# --- the environment ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def developer_shell(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """The emulator's environment as a developer's shell has it: credentials, a token and a virtualenv on PATH.
+
+    Returns the virtualenv's bin folder, which holds an executable ``mytool``.
+    """
+    venv_bin = tmp_path / "venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "mytool").write_text("#!/bin/sh\necho found\n")
+    (venv_bin / "mytool").chmod(0o755)
+    monkeypatch.setenv("AZURE_BATCH_ACCOUNT_KEY", "Y2FuYXJ5LWJhdGNoLWtleQ==")
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", "AccountName=a;AccountKey=Y2FuYXJ5LXN0b3JhZ2Uta2V5")
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_canarytoken")
+    monkeypatch.setenv("AZ_BATCH_TASK_ID", "from-the-caller")
+    monkeypatch.setenv("PATH", f"{venv_bin}:{os.environ.get('PATH', '')}")
+    return venv_bin
+
+
+def _printed_env(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines())
+
+
+async def test_a_task_gets_a_node_environment_never_the_emulators(
+    make_run: Callable[..., TaskRun], http: aiohttp.ClientSession, developer_shell: Path
+) -> None:
+    # /usr/bin/env run directly (no shell adding PWD or SHLVL) prints exactly what the process was given.
+    run = make_run(
+        "/usr/bin/env",
+        job_environment={"SHARED": "from the job", "OVERRIDDEN": "from the job"},
+        environment={"OVERRIDDEN": "from the task", "MINE": "1"},
+        app_package_environment={"AZ_BATCH_APP_PACKAGE_tool_1_0": "/apps/tool_1.0"},
+        node_is_dedicated=False,
+    )
+
+    outcome = await _runner.run_task(run, http)
+
+    assert outcome.result == "success", outcome.failure_info
+    root, wd = run.node_root, run.task_dir / "wd"
+    assert _printed_env(run.task_dir / "stdout.txt") == {
+        "PATH": f"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{root / 'shared'}:{wd}",
+        "HOME": str(wd),
+        "AZ_BATCH_ACCOUNT_NAME": "acct",
+        "AZ_BATCH_ACCOUNT_URL": "http://127.0.0.1:1/",
+        "AZ_BATCH_POOL_ID": "pool-1",
+        "AZ_BATCH_NODE_ID": "tvmps_node_0",
+        "AZ_BATCH_NODE_IS_DEDICATED": "false",
+        "AZ_BATCH_NODE_ROOT_DIR": str(root),
+        "AZ_BATCH_NODE_SHARED_DIR": str(root / "shared"),
+        "AZ_BATCH_NODE_STARTUP_DIR": str(root / "startup"),
+        "AZ_BATCH_NODE_STARTUP_WORKING_DIR": str(root / "startup" / "wd"),
+        "AZ_BATCH_NODE_MOUNTS_DIR": str(root / "fsmounts"),
+        "AZ_BATCH_TASK_DIR": str(run.task_dir),
+        "AZ_BATCH_TASK_WORKING_DIR": str(wd),
+        "AZ_BATCH_TASK_USER": "_azbatch",
+        "AZ_BATCH_TASK_USER_IDENTITY": "PoolNonAdmin",
+        "AZ_BATCH_JOB_ID": "job-1",
+        "AZ_BATCH_TASK_ID": "task-1",
+        "AZ_BATCH_APP_PACKAGE_tool_1_0": "/apps/tool_1.0",
+        "SHARED": "from the job",
+        "OVERRIDDEN": "from the task",
+        "MINE": "1",
+    }
+
+
+async def test_programs_are_found_on_the_nodes_path_not_the_callers(
+    make_run: Callable[..., TaskRun], http: aiohttp.ClientSession, developer_shell: Path
+) -> None:
+    # On the caller's PATH only: a node would not find it.
+    missing = await _runner.run_task(make_run("mytool", task_id="venv-tool"), http)
+    assert missing.exit_code is None
+    assert missing.failure_info is not None and missing.failure_info.code == "CommandProgramNotFound"
+
+    # A system program by its bare name, and one the task brought into its working directory (on a node's PATH).
+    run = make_run("env", task_id="own-tool")
+    (run.task_dir / "wd").mkdir(parents=True)
+    found = await _runner.run_task(run, http)
+    assert found.result == "success", found.failure_info
+    assert "GITHUB_TOKEN" not in (run.task_dir / "stdout.txt").read_text()
+    (run.task_dir / "wd" / "mine").write_text("#!/bin/sh\necho mine\n")
+    (run.task_dir / "wd" / "mine").chmod(0o755)
+    run.command_line = "mine"
+    assert (await _runner.run_task(run, http)).result == "success"
+    assert (run.task_dir / "stdout.txt").read_text() == "mine\n"
+
+
+async def test_only_the_variables_named_to_pass_through_reach_the_task(
+    make_run: Callable[..., TaskRun], http: aiohttp.ClientSession, developer_shell: Path
+) -> None:
+    run = make_run(
+        "/usr/bin/env",
+        passed_environment={"PATH": f"{developer_shell}:/usr/bin:/bin", "LICENSE_SERVER": "lic.example:27000"},
+        environment={"LICENSE_SERVER": "task wins"},
+        is_start_task=True,
+    )
+    run.task_dir = run.node_root / "startup"
+
+    assert (await _runner.run_task(run, http)).result == "success"
+
+    env = _printed_env(run.task_dir / "stdout.txt")
+    assert env["PATH"] == f"{developer_shell}:/usr/bin:/bin"  # asked for, so it replaces the node's
+    assert env["LICENSE_SERVER"] == "task wins"
+    assert env["HOME"] == str(run.node_root / "startup" / "wd")
+    assert "AZ_BATCH_TASK_ID" not in env and "AZ_BATCH_JOB_ID" not in env
+    assert not {"AZURE_BATCH_ACCOUNT_KEY", "AZURE_STORAGE_CONNECTION_STRING", "GITHUB_TOKEN"} & set(env)
+
+
 async def test_container_download_with_prefix_paging_and_odd_names(
     store: Store,
     make_run: Callable[..., TaskRun],

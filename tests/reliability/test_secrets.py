@@ -414,7 +414,7 @@ class CliEmulator:
         selector.register(self.process.stdout, selectors.EVENT_READ)
         deadline = time.monotonic() + 30
         lines = []
-        while time.monotonic() < deadline and selector.select(timeout=1.0):
+        while time.monotonic() < deadline and selector.select(timeout=max(0.0, deadline - time.monotonic())):
             line = self.process.stdout.readline()
             lines.append(line)
             if "listening on" in line:

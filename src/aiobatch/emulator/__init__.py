@@ -8,15 +8,19 @@ Blob Storage, or in code::
             await batch.create_pool(...)
 
 Tasks run as local processes on emulated nodes, each node a directory tree in the Batch layout with
-``taskSlotsPerNode`` slots.  Application packages are zip files under ``apps_dir/<application id>/<version>.zip``.
+``taskSlotsPerNode`` slots, with a node's environment rather than the emulator's own (see ``pass_env``); they are
+not sandboxed: run only code you trust.  Application packages are zip files under
+``apps_dir/<application id>/<version>.zip``.
 Only the wire is shared with the client: nothing here imports the rest of aiobatch.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
@@ -37,6 +41,7 @@ __all__ = [
     "FaultPlan",
     "Quotas",
     "Timings",
+    "check_pass_env",
     "load_applications",
 ]
 
@@ -79,6 +84,25 @@ def load_applications(apps_dir: Path | None) -> dict[str, Application]:
     return apps
 
 
+def check_pass_env(names: Iterable[str]) -> tuple[str, ...]:
+    """Check the names of variables to pass through to tasks; return them as a tuple, in order, without repeats.
+
+    Raises:
+        ValueError: a name is not a string, is empty, holds ``=`` or a NUL, or starts with ``AZ_BATCH_`` (those are
+            the node's own).
+    """
+    if isinstance(names, str):
+        names = (names,)  # one name, not its characters
+    checked: dict[str, None] = {}
+    for name in names:
+        if not isinstance(name, str) or not name or "=" in name or "\0" in name:
+            raise ValueError(f"pass_env: {name!r} is not an environment variable name (give names, not NAME=VALUE)")
+        if name.upper().startswith("AZ_BATCH_"):
+            raise ValueError(f"pass_env: {name} is a variable the node sets for tasks; it cannot be passed through")
+        checked[name] = None
+    return tuple(checked)
+
+
 class Emulator:
     """An Azure Batch account on loopback, as an async context manager.
 
@@ -93,6 +117,13 @@ class Emulator:
         quotas: Core quotas; a pool beyond them gets the service's resize error instead of nodes.
         faults: Faults to inject (seeded); none by default. A single request can also ask for one with the
             ``x-aiobatch-fault`` header.
+        pass_env: Names of variables of this process's environment that every task (and start task) also gets,
+            read when the emulator starts. None by default: a task gets a node's environment (the ``AZ_BATCH_*``
+            variables, its job's and its own environment settings, a node's ``PATH``), never the caller's
+            credentials or tokens. ``AZ_BATCH_*`` names are the node's and cannot be passed through.
+
+    Raises:
+        ValueError: a ``pass_env`` name is empty, holds ``=`` or a NUL, or starts with ``AZ_BATCH_``.
 
     Example:
         >>> async with Emulator() as emu:  # doctest: +SKIP
@@ -111,7 +142,9 @@ class Emulator:
         timings: Timings | None = None,
         quotas: Quotas | None = None,
         faults: FaultPlan | None = None,
+        pass_env: Iterable[str] = (),
     ) -> None:
+        self.pass_env = check_pass_env(pass_env)
         self.host = host
         self.port = port
         self.account_name = account_name
@@ -159,7 +192,12 @@ class Emulator:
         self.workdir.mkdir(parents=True, exist_ok=True)
         account = Account(name=self.account_name, url="", applications=load_applications(self.apps_dir))
         scheduler = Scheduler(
-            account, workdir=self.workdir, timings=self.timings, quotas=self.quotas, faults=self.faults
+            account,
+            workdir=self.workdir,
+            timings=self.timings,
+            quotas=self.quotas,
+            faults=self.faults,
+            passed_environment=self._passed_environment(),
         )
         runner = web.AppRunner(build_app(account, scheduler, self._account_key, self.faults), access_log=None)
         await runner.setup()
@@ -175,6 +213,13 @@ class Emulator:
         await scheduler.start()
         log.info("Batch emulator for account %s listening on %s", self.account_name, self.endpoint)
         return self
+
+    def _passed_environment(self) -> dict[str, str]:
+        passed = {name: os.environ[name] for name in self.pass_env if name in os.environ}
+        missing = [name for name in self.pass_env if name not in passed]
+        if missing:
+            log.warning("pass_env: %s not set in the emulator's environment; tasks will not have it", missing)
+        return passed
 
     @property
     def ledger(self) -> FaultLedger:

@@ -1,20 +1,95 @@
-"""``python -m aiobatch.emulator``: run the Batch emulator until interrupted."""
+"""``python -m aiobatch.emulator``: run the Batch emulator until interrupted.
+
+The account key comes, first found first, from ``--account-key`` (visible to every user of the machine in
+``ps``: kept for compatibility), ``--account-key-file`` (its first line), the ``AIOBATCH_EMULATOR_ACCOUNT_KEY``
+environment variable, or else the well-known development key. The variable is the emulator's own, not
+``AZURE_BATCH_ACCOUNT_KEY``: a developer who exported a real account's key for the client must not have the
+emulator quietly adopt it. A key other than the development key is never printed.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
+import os
 import random
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from . import DEFAULT_ACCOUNT_KEY, DEFAULT_ACCOUNT_NAME, Emulator, FaultPlan, Quotas, Timings
+from . import DEFAULT_ACCOUNT_KEY, DEFAULT_ACCOUNT_NAME, Emulator, FaultPlan, Quotas, Timings, check_pass_env
 from ._faults import ALL_KINDS
 from ._scheduler import MIN_ALLOCATION_DELAY
+
+#: The environment variable the account key may come from (kept out of ``ps``, unlike ``--account-key``).
+ACCOUNT_KEY_ENV = "AIOBATCH_EMULATOR_ACCOUNT_KEY"
+#: How much of a key file is read: one line of a key, never a whole device or log by mistake.
+_KEY_FILE_LIMIT = 4096
+
+
+class AccountKeyError(ValueError):
+    """The account key could not be had from where the user pointed; the message says why and what to do."""
+
+
+def _checked_key(key: str, source: str) -> str:
+    if not key:
+        raise AccountKeyError(f"{source}: the key is empty; give the account's base64 key")
+    try:
+        base64.b64decode(key, validate=True)
+    except (binascii.Error, ValueError):
+        # The text itself is never echoed: it may be a real secret with a typo.
+        raise AccountKeyError(
+            f"{source}: the key is not base64 (a Batch account key is base64 text, like the one the Azure portal shows)"
+        ) from None
+    return key
+
+
+def _read_key_file(path: Path) -> str:
+    """The first line of *path*, stripped; read with a bound, so ``/dev/stdin`` or a pipe works too."""
+    source = f"--account-key-file {path}"
+    fix = f"write the base64 key on its first line, readable only by you (umask 077; cat > {path})"
+    try:
+        with open(path, "rb") as f:
+            raw = f.readline(_KEY_FILE_LIMIT)
+    except FileNotFoundError:
+        raise AccountKeyError(f"{source}: no such file; {fix}") from None
+    except IsADirectoryError:
+        raise AccountKeyError(f"{source}: is a folder, not a file; {fix}") from None
+    except OSError as exc:
+        raise AccountKeyError(f"{source}: cannot read it ({exc.strerror or exc}); {fix}") from None
+    try:
+        line = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise AccountKeyError(f"{source}: the first line is not base64 text; {fix}") from None
+    if not line:
+        raise AccountKeyError(f"{source}: the first line is empty; {fix}")
+    return _checked_key(line, source)
+
+
+def account_key(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """The account key and where it came from, first found first.
+
+    ``--account-key``, then ``--account-key-file``, then ``AIOBATCH_EMULATOR_ACCOUNT_KEY``, then the development
+    key. Giving both flags is an error rather than a silent choice: one of them is a mistake.
+
+    Raises:
+        AccountKeyError: both flags were given, or the key found is empty, unreadable or not base64.
+    """
+    env = os.environ if environ is None else environ
+    if args.account_key is not None and args.account_key_file is not None:
+        raise AccountKeyError("give --account-key or --account-key-file, not both (prefer the file: it is not in ps)")
+    if args.account_key is not None:
+        return _checked_key(args.account_key.strip(), "--account-key"), "--account-key"
+    if args.account_key_file is not None:
+        return _read_key_file(args.account_key_file), "--account-key-file"
+    if ACCOUNT_KEY_ENV in env:
+        return _checked_key(env[ACCOUNT_KEY_ENV].strip(), ACCOUNT_KEY_ENV), ACCOUNT_KEY_ENV
+    return DEFAULT_ACCOUNT_KEY, "default"
 
 
 def _seconds(minimum: float) -> Callable[[str], float]:
@@ -49,13 +124,33 @@ def build_parser(prog: str = "python -m aiobatch.emulator") -> argparse.Argument
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, loopback only)")
     parser.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one (default)")
     parser.add_argument("--account-name", default=DEFAULT_ACCOUNT_NAME, help="Batch account name")
-    parser.add_argument(
+    key = parser.add_argument_group(
+        "account key",
+        f"First found: --account-key, --account-key-file, ${ACCOUNT_KEY_ENV}, else the well-known development "
+        "key. Prefer the file or the variable: a key on the command line is visible to every user in ps.",
+    )
+    key.add_argument(
+        "--account-key-file",
+        type=Path,
+        metavar="PATH",
+        help="read the base64 account key from the first line of PATH (/dev/stdin works)",
+    )
+    key.add_argument(
         "--account-key",
-        default=DEFAULT_ACCOUNT_KEY,
-        help="base64 account key (default: the well-known dev key)",
+        metavar="KEY",
+        help="base64 account key; visible in ps to every user of the machine: kept for compatibility, prefer "
+        f"--account-key-file or ${ACCOUNT_KEY_ENV}",
     )
     parser.add_argument("--apps", type=Path, help="application packages: DIR/<application id>/<version>.zip")
     parser.add_argument("--workdir", type=Path, help="where node directories live (default: a temporary folder)")
+    parser.add_argument(
+        "--pass-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="give tasks this variable of the emulator's environment, repeatable (default: none; a task gets a "
+        "node's environment, never the emulator's)",
+    )
     parser.add_argument(
         "--allocation-delay",
         type=_seconds(MIN_ALLOCATION_DELAY),
@@ -112,26 +207,30 @@ def build_parser(prog: str = "python -m aiobatch.emulator") -> argparse.Argument
     return parser
 
 
-async def serve(args: argparse.Namespace, faults: FaultPlan | None) -> None:
+async def serve(
+    args: argparse.Namespace, faults: FaultPlan | None, key: str = DEFAULT_ACCOUNT_KEY, key_source: str = "default"
+) -> None:
     """Run until cancelled, printing one line with the endpoint once listening."""
     emulator = Emulator(
         faults=faults,
         host=args.host,
         port=args.port,
         account_name=args.account_name,
-        account_key=args.account_key,
+        account_key=key,
+        pass_env=args.pass_env,
         apps_dir=args.apps,
         workdir=args.workdir,
         timings=Timings(allocation_delay=args.allocation_delay, node_start_delay=args.node_start_delay),
         quotas=Quotas(dedicated_cores=args.dedicated_core_quota, low_priority_cores=args.spot_core_quota),
     )
     async with emulator:
-        key_note = "the well-known dev key" if args.account_key == DEFAULT_ACCOUNT_KEY else "the key you gave"
+        # Only the development key is ever printed: it is public. Any other key is the user's secret.
+        key_note = "the well-known dev key" if key == DEFAULT_ACCOUNT_KEY else f"the key you gave, from {key_source}"
         print(
             f"aiobatch emulator listening on {emulator.endpoint} (account {emulator.account_name}, {key_note})",
             flush=True,
         )
-        if args.account_key == DEFAULT_ACCOUNT_KEY:
+        if key == DEFAULT_ACCOUNT_KEY:
             print(f"account key: {DEFAULT_ACCOUNT_KEY}", flush=True)
         if faults is not None:
             rates = ", ".join(f"{k}={v}" for k, v in faults.rates.items())
@@ -169,6 +268,22 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m aiobatch.emul
     if tuned and not args.fault:
         print(f"error: {', '.join(tuned)} tune(s) injected faults: give --fault KIND=RATE too", file=sys.stderr)
         return 2
+    try:
+        key, key_source = account_key(args)
+    except AccountKeyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        check_pass_env(args.pass_env)
+    except ValueError as exc:
+        # NAME=VALUE is refused on purpose: a value on the command line shows in ps, and a value every task
+        # needs belongs in the job's commonEnvironmentSettings.
+        print(
+            f"error: --pass-env {exc.args[0].removeprefix('pass_env: ')}; export the variable and give its name, "
+            "or set it for every task of a job with commonEnvironmentSettings",
+            file=sys.stderr,
+        )
+        return 2
     faults = None
     if args.fault:
         seed = args.fault_seed if args.fault_seed is not None else random.randrange(2**31)
@@ -185,7 +300,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m aiobatch.emul
             print(f"error: {exc}", file=sys.stderr)
             return 2
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args, faults))
+        asyncio.run(serve(args, faults, key, key_source))
     return 0
 
 

@@ -279,6 +279,8 @@ class Job(Entity):
     start_time: dt.datetime = field(default_factory=utcnow)
     end_time: dt.datetime | None = None
     terminate_reason: str | None = None
+    #: ``commonEnvironmentSettings``: every task of the job gets them, under its own settings.
+    environment: dict[str, str] = field(default_factory=dict)
     tasks: dict[str, Task] = field(default_factory=dict)
     #: Active tasks waiting for a slot, in the order they will run.
     queue: deque[str] = field(default_factory=deque)

@@ -44,7 +44,7 @@ from . import _files
 from ._files import TransferError, mask_sas
 from ._types import FailureInfo, OutputFile, ResourceFile, TaskOutcome, TaskRun
 
-__all__ = ["KILL_GRACE", "run_task", "task_environment"]
+__all__ = ["KILL_GRACE", "NODE_PATH", "run_task", "task_environment"]
 
 log = logging.getLogger("aiobatch.emulator")
 
@@ -141,35 +141,71 @@ def _wall_clock_failure(limit: float | None) -> FailureInfo:
 # --- environment --------------------------------------------------------------------------------------------
 
 
-def task_environment(run: TaskRun) -> dict[str, str]:
-    """Return the environment of a task's process: the emulator's own, the ``AZ_BATCH_*`` set, the task's.
+#: The directories a Linux node's task process finds programs in before Batch adds the node's own (Ubuntu's
+#: default PATH, as tasks on real nodes print it).
+NODE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-    The variables and their availability follow Microsoft's "Azure Batch runtime environment variables" page:
-    ``AZ_BATCH_JOB_ID`` and ``AZ_BATCH_TASK_ID`` are set for every task except the start task. ``AZ_BATCH_*``
-    variables inherited from the emulator's own environment are dropped so that they cannot leak into tasks.
-    ``run.environment`` (the task's environment settings and the application package variables) comes last.
+
+def task_environment(run: TaskRun) -> dict[str, str]:
+    """Return the environment of a task's process: a Linux node's, never the emulator's own.
+
+    A node gives a task an environment of its own, not its submitter's: the sources are Microsoft's "Azure Batch
+    runtime environment variables" page and the environment tasks print on real Ubuntu nodes (Microsoft's
+    quickstarts show one). Built in this order, a later layer winning over an earlier one:
+
+    1. The node's base: ``PATH`` is `NODE_PATH` followed by ``AZ_BATCH_NODE_SHARED_DIR`` and
+       ``AZ_BATCH_TASK_WORKING_DIR``, and ``HOME`` is ``AZ_BATCH_TASK_WORKING_DIR``, both as on a node. There is
+       no ``LANG`` or ``LC_ALL``, as a node sets none: a command that needs a UTF-8 locale must ask for one in
+       its environment settings here as there. There is no ``USER`` or ``LOGNAME``: the process runs as the
+       emulator's own user, and naming the node's would mislead programs that trust those variables.
+    2. ``run.passed_environment``: variables of the emulator's own environment that its user named
+       (``Emulator(pass_env=...)``, ``--pass-env``); none by default.
+    3. The ``AZ_BATCH_*`` variables. Every task, the start task included, gets ``AZ_BATCH_ACCOUNT_NAME``,
+       ``AZ_BATCH_ACCOUNT_URL``, ``AZ_BATCH_POOL_ID``, ``AZ_BATCH_NODE_ID``, ``AZ_BATCH_NODE_IS_DEDICATED``,
+       ``AZ_BATCH_NODE_ROOT_DIR``, ``AZ_BATCH_NODE_SHARED_DIR``, ``AZ_BATCH_NODE_STARTUP_DIR``,
+       ``AZ_BATCH_NODE_STARTUP_WORKING_DIR`` (the start task's ``wd``), ``AZ_BATCH_NODE_MOUNTS_DIR``,
+       ``AZ_BATCH_TASK_DIR``, ``AZ_BATCH_TASK_WORKING_DIR``, ``AZ_BATCH_TASK_USER`` and
+       ``AZ_BATCH_TASK_USER_IDENTITY``; every task but the start task gets ``AZ_BATCH_JOB_ID`` and
+       ``AZ_BATCH_TASK_ID``. Not set, because what they describe does not exist here: the multi-instance
+       variables (``AZ_BATCH_HOST_LIST``, ``AZ_BATCH_NODE_LIST``, ``AZ_BATCH_MASTER_NODE``,
+       ``AZ_BATCH_IS_CURRENT_NODE_MASTER``, ``AZ_BATCH_TASK_SHARED_DIR``, ``CCP_NODES``: MPI tasks are refused),
+       ``AZ_BATCH_JOB_PREP_DIR`` and ``AZ_BATCH_JOB_PREP_WORKING_DIR`` (job preparation tasks are refused),
+       ``AZ_BATCH_AUTHENTICATION_TOKEN`` (retired), ``AZ_BATCH_CERTIFICATES_DIR`` (certificates are retired and
+       the emulator has none) and ``AZ_BATCH_TASK_RESERVED_EPHEMERAL_DISK_SPACE_BYTES`` (no disk-full state).
+    4. ``run.app_package_environment``: ``AZ_BATCH_APP_PACKAGE_<id>_<version>`` (and ``AZ_BATCH_APP_PACKAGE_<id>``
+       for a package referenced without a version) for each package of the pool and of the task.
+    5. ``run.job_environment``: the job's ``commonEnvironmentSettings``.
+    6. ``run.environment``: the task's own ``environmentSettings``, which override the job's, as on Azure.
     """
     root = run.node_root
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AZ_BATCH_")}
+    wd = run.task_dir / "wd"
+    shared = root / "shared"
+    env = {"PATH": f"{NODE_PATH}:{shared}:{wd}", "HOME": str(wd)}
+    env.update(run.passed_environment)
     env.update(
         {
             "AZ_BATCH_ACCOUNT_NAME": run.account_name,
             "AZ_BATCH_ACCOUNT_URL": run.account_url,
             "AZ_BATCH_POOL_ID": run.pool_id,
             "AZ_BATCH_NODE_ID": run.node_id,
-            "AZ_BATCH_NODE_IS_DEDICATED": "true",
+            "AZ_BATCH_NODE_IS_DEDICATED": "true" if run.node_is_dedicated else "false",
             "AZ_BATCH_NODE_ROOT_DIR": str(root),
-            "AZ_BATCH_NODE_SHARED_DIR": str(root / "shared"),
+            "AZ_BATCH_NODE_SHARED_DIR": str(shared),
             "AZ_BATCH_NODE_STARTUP_DIR": str(root / "startup"),
+            "AZ_BATCH_NODE_STARTUP_WORKING_DIR": str(root / "startup" / "wd"),
             "AZ_BATCH_NODE_MOUNTS_DIR": str(root / "fsmounts"),
             "AZ_BATCH_TASK_DIR": str(run.task_dir),
-            "AZ_BATCH_TASK_WORKING_DIR": str(run.task_dir / "wd"),
+            "AZ_BATCH_TASK_WORKING_DIR": str(wd),
+            "AZ_BATCH_TASK_USER": run.task_user,
+            "AZ_BATCH_TASK_USER_IDENTITY": run.task_user_identity,
         }
     )
     if not run.is_start_task:
         env["AZ_BATCH_TASK_ID"] = run.task_id
         if run.job_id is not None:
             env["AZ_BATCH_JOB_ID"] = run.job_id
+    env.update(run.app_package_environment)
+    env.update(run.job_environment)
     env.update(run.environment)
     return env
 

@@ -13,6 +13,7 @@ import os
 import shutil
 import stat
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from ._model import (
 )
 from ._runner import run_task
 from ._types import FailureInfo, TaskOutcome, TaskRun
-from ._wire import app_package_env, timestamp
+from ._wire import app_package_env, task_user, timestamp
 
 log = logging.getLogger("aiobatch.emulator")
 
@@ -99,8 +100,11 @@ class Scheduler:
         timings: Timings,
         quotas: Quotas,
         faults: Faults | None = None,
+        passed_environment: Mapping[str, str] | None = None,
     ) -> None:
         self.account = account
+        #: Variables of the emulator's environment its user asked tasks to see (`Emulator` ``pass_env``).
+        self.passed_environment = dict(passed_environment or {})
         self.faults = faults or Faults()
         self.workdir = workdir
         self.timings = timings
@@ -277,10 +281,12 @@ class Scheduler:
         else:
             node.set_state("idle")
             self.kick()
+        # The pool's application packages are on the node before its start task runs (it may install them).
+        apps = await self._app_package_environment(pool.app_packages)
         retry = 0
         while True:
             node.start_task_info = {"state": "running", "startTime": timestamp(utcnow()), "retryCount": retry}
-            outcome = await run_task(self._start_task_run(pool, node, retry), self._session())
+            outcome = await run_task(self._start_task_run(pool, node, retry, apps), self._session())
             node.start_task_info = {
                 "state": "completed",
                 "startTime": timestamp(outcome.start_time),
@@ -298,9 +304,9 @@ class Scheduler:
         log.info("node %s of pool %s is %s", node.id[:16], pool.id, node.state)
         self.kick()
 
-    def _start_task_run(self, pool: Pool, node: Node, retry: int) -> TaskRun:
+    def _start_task_run(self, pool: Pool, node: Node, retry: int, apps: dict[str, str]) -> TaskRun:
         assert pool.start_task is not None
-        env = dict(pool.start_task.environment)
+        user, identity = task_user((pool.spec.get("startTask") or {}).get("userIdentity"))
         return TaskRun(
             account_name=self.account.name,
             account_url=self.account.url,
@@ -311,7 +317,12 @@ class Scheduler:
             command_line=pool.start_task.command_line,
             task_dir=node.root / "startup",
             resource_files=pool.start_task.resource_files,
-            environment=env,
+            environment=dict(pool.start_task.environment),
+            app_package_environment=apps,
+            passed_environment=self.passed_environment,
+            task_user=user,
+            task_user_identity=identity,
+            node_is_dedicated=node.is_dedicated,
             retry_count=retry,
             is_start_task=True,
         )
@@ -579,9 +590,8 @@ class Scheduler:
         key = (job.id.lower(), task.id.lower())
         runner = asyncio.current_task()
         try:
-            env = dict(task.environment)
-            for ref in _unique(pool.app_packages + task.app_packages):
-                env.update(app_package_env(ref, str(await self._extract(ref))))
+            apps = await self._app_package_environment(pool.app_packages + task.app_packages)
+            user, identity = task_user(task.spec.get("userIdentity"))
             assert task.task_dir is not None
             run = TaskRun(
                 account_name=self.account.name,
@@ -595,7 +605,13 @@ class Scheduler:
                 task_dir=task.task_dir,
                 resource_files=task.resource_files,
                 output_files=task.output_files,
-                environment=env,
+                environment=dict(task.environment),
+                job_environment=dict(job.environment),
+                app_package_environment=apps,
+                passed_environment=self.passed_environment,
+                task_user=user,
+                task_user_identity=identity,
+                node_is_dedicated=node.is_dedicated,
                 max_wall_clock_time=task.max_wall_clock_time,
                 retry_count=task.retry_count,
             )
@@ -647,6 +663,13 @@ class Scheduler:
         log.debug("task %s/%s completed: %s", job.id, task.id, task.result)
 
     # -- application packages -------------------------------------------------------------------------------------
+
+    async def _app_package_environment(self, refs: tuple[AppPackageRef, ...]) -> dict[str, str]:
+        """The ``AZ_BATCH_APP_PACKAGE_*`` variables of *refs*, each package extracted (once) first."""
+        env: dict[str, str] = {}
+        for ref in _unique(refs):
+            env.update(app_package_env(ref, str(await self._extract(ref))))
+        return env
 
     async def _extract(self, ref: AppPackageRef) -> Path:
         """Extract a package once, shared by every node; concurrent callers wait for the same extraction."""

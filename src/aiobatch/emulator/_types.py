@@ -61,8 +61,18 @@ class TaskRun:
     job_id: str | None = None
     resource_files: tuple[ResourceFile, ...] = ()
     output_files: tuple[OutputFile, ...] = ()
-    #: environmentSettings of the task, plus the ``AZ_BATCH_APP_PACKAGE_*`` variables the scheduler resolved.
+    #: The task's own ``environmentSettings`` (the start task's, for a start task); they win over all else.
     environment: dict[str, str] = field(default_factory=dict)
+    #: The job's ``commonEnvironmentSettings``; the task's own settings override them, as on Azure.
+    job_environment: dict[str, str] = field(default_factory=dict)
+    #: ``AZ_BATCH_APP_PACKAGE_*`` variables of the pool's and the task's application packages.
+    app_package_environment: dict[str, str] = field(default_factory=dict)
+    #: Variables of the emulator's own environment that its user named to pass through (none by default).
+    passed_environment: dict[str, str] = field(default_factory=dict)
+    #: ``AZ_BATCH_TASK_USER`` and ``AZ_BATCH_TASK_USER_IDENTITY``: the task's ``userIdentity`` as a node names it.
+    task_user: str = "_azbatch"
+    task_user_identity: str = "PoolNonAdmin"
+    node_is_dedicated: bool = True
     max_wall_clock_time: float | None = None
     retry_count: int = 0
     is_start_task: bool = False

@@ -482,6 +482,7 @@ def parse_job(account: Account, body: dict[str, Any]) -> tuple[Job, dict[str, An
         max_task_retry_count=max_retry,
         max_parallel_tasks=_int(spec, "maxParallelTasks", -1, -1, 100_000),
         pool_id=pool_info.get("poolId"),
+        environment=_environment(body.get("commonEnvironmentSettings"), "commonEnvironmentSettings"),
     )
     auto = pool_info.get("autoPoolSpecification")
     if auto is None:
@@ -1005,3 +1006,23 @@ def app_package_env(ref: AppPackageRef, path: str) -> dict[str, str]:
     if ref.default:
         env[f"AZ_BATCH_APP_PACKAGE_{norm(ref.application_id)}"] = path
     return env
+
+
+def task_user(user_identity: object) -> tuple[str, str]:
+    """``AZ_BATCH_TASK_USER`` and ``AZ_BATCH_TASK_USER_IDENTITY`` for a task's ``userIdentity``.
+
+    The pool's non-admin auto user (the default) is ``_azbatch`` with identity ``PoolNonAdmin``, as tasks on real
+    Linux nodes print them. Another auto user's identity follows the same pattern (scope, then elevation, e.g.
+    ``TaskAdmin``) and keeps the name ``_azbatch``: the emulator creates no accounts per scope. A named user
+    account is its name. Whatever this says, every task runs as the emulator's own operating-system user.
+    """
+    if isinstance(user_identity, dict):
+        name = user_identity.get("username")
+        if isinstance(name, str) and name:
+            return name, name
+        auto = user_identity.get("autoUser")
+        if isinstance(auto, dict):
+            scope = "Task" if str(auto.get("scope") or "pool").lower() == "task" else "Pool"
+            elevation = "Admin" if str(auto.get("elevationLevel") or "nonadmin").lower() == "admin" else "NonAdmin"
+            return "_azbatch", scope + elevation
+    return "_azbatch", "PoolNonAdmin"
