@@ -47,6 +47,7 @@ from ._client import Client
 from ._errors import AiobatchError, ConfigurationError, ConflictError
 from ._pools import PoolStatus, get_pool_status
 from ._retry import call
+from ._specs import IMAGES as _POOL_IMAGES
 from ._specs import (
     AppPackageRef,
     EnvRef,
@@ -96,15 +97,10 @@ DEFAULT_INPUT_CONTAINER = "pets-input"
 DEFAULT_OUTPUT_CONTAINER = "pets-output"
 VIDEO_SUFFIX = ".mp4"
 
-#: Marketplace image and node agent per OS: (publisher, offer, sku, node agent SKU id).
+#: Marketplace image and node agent per OS: (publisher, offer, sku, node agent SKU id), from `PoolSpec`'s presets.
 IMAGES: dict[OsFamily, tuple[str, str, str, str]] = {
-    "linux": ("canonical", "ubuntu-24_04-lts", "server", "batch.node.ubuntu 24.04"),
-    "windows": (
-        "microsoftwindowsserver",
-        "windowsserver",
-        "2022-datacenter-core-smalldisk",
-        "batch.node.windows amd64",
-    ),
+    "linux": _POOL_IMAGES["ubuntu-24.04"].as_tuple(),
+    "windows": _POOL_IMAGES["windows-2022"].as_tuple(),
 }
 
 
