@@ -6,13 +6,14 @@ The commands are plain shell (``wc``, ``cat``, ``sh -c``): tasks get the node's 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
-from aiobatch import ConfigurationError, PoolSpec
+from aiobatch import Client, ConfigurationError, FileResult, MapReport, PoolSpec
 from aiobatch._azurite import AzuriteServer
 from aiobatch._fanout import MapPlan, build_task_specs, plan_inputs
 from aiobatch.emulator import Emulator
@@ -278,3 +279,189 @@ def test_pool_presets() -> None:
     )
     with pytest.raises(ConfigurationError, match="unknown image"):
         PoolSpec.from_image("ubuntu-18.04", "p")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stopping: a cancellation in each stage, or a break, leaves nothing running and (with cleanup) nothing behind
+# ----------------------------------------------------------------------------------------------------
+
+STAGES = ("uploading", "waiting for the pool", "submitting", "watching", "downloading")
+
+
+def hold(client: Client, stage: str, entered: anyio.Event) -> None:
+    """Make *client* signal when the fan-out reaches *stage*, and stay there (so the cancellation lands in it).
+
+    Only the timing is shaped: each stage's real work is done first (the blobs are up, the pool exists, the tasks
+    are added) -- that is what a cancellation must then clean up.
+    """
+    method = {
+        "uploading": "upload_files",
+        "waiting for the pool": "wait_for_pool_ready",
+        "submitting": "submit_tasks",
+        "downloading": "download_outputs",
+    }.get(stage)
+    if stage == "watching":
+        original_watch = client.watch_tasks
+
+        def watch(*args: Any, **kwargs: Any) -> Any:
+            entered.set()
+            return original_watch(*args, **kwargs)
+
+        client.watch_tasks = watch  # type: ignore[method-assign]
+        return
+    assert method is not None
+    original: Callable[..., Awaitable[Any]] = getattr(client, method)
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        result = await original(*args, **kwargs)
+        entered.set()
+        await anyio.sleep_forever()
+        return result
+
+    setattr(client, method, held)
+
+
+async def stock(emulator: Emulator, azurite: AzuriteServer) -> tuple[set[str], set[str], set[str]]:
+    """Pools, jobs and containers that exist now (the servers' own view)."""
+    from azure.storage.blob.aio import BlobServiceClient
+
+    assert emulator.account is not None
+    async with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+        names = {c.name async for c in service.list_containers()}
+    return set(emulator.account.pools), set(emulator.account.jobs), names
+
+
+async def no_task_running(emulator: Emulator) -> bool:
+    with anyio.move_on_after(5):
+        while running_tasks(emulator):
+            await anyio.sleep(0.02)
+    return not running_tasks(emulator)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+async def test_a_cancellation_in_any_stage_leaves_nothing(
+    batch_emulator: Emulator, azurite: AzuriteServer, tmp_path: Path, stage: str
+) -> None:
+    inputs = write_inputs(tmp_path / "in", [f"clip {i}.txt" for i in range(6)])
+    slow = stage in ("submitting", "watching")
+    command = ("sleep 30; " if slow else "") + "wc -w < {input} > {output}"
+    where = containers()
+    before = await stock(batch_emulator, azurite)
+    entered = anyio.Event()
+    seen: dict[str, Any] = {}
+    with anyio.fail_after(30), anyio.CancelScope() as outer:
+        async with anyio.create_task_group() as tg:
+
+            async def cancel_in_stage() -> None:
+                await entered.wait()
+                await anyio.sleep(0.3 if stage == "watching" else 0.05)
+                outer.cancel()
+
+            tg.start_soon(cancel_in_stage)
+            async with make_client(batch_emulator, azurite, cleanup=True) as client:
+                hold(client, stage, entered)
+                run = client.map_files(
+                    inputs, command, "{stem}.n", pool=pool(), output_dir=tmp_path / "out", **where, **QUICK
+                )
+                try:
+                    await run
+                finally:
+                    # Before the client's cleanup: the fan-out itself has stopped its job.
+                    with anyio.CancelScope(shield=True):
+                        seen["idle"] = await no_task_running(batch_emulator)
+                        seen["created"] = client.created
+                        account = batch_emulator.account
+                        assert account is not None
+                        job = account.jobs.get(run.job_id.lower())
+                        seen["job state"] = job.state if job is not None else None
+    assert outer.cancelled_caught
+    assert seen["idle"], f"tasks still running after a cancellation while {stage}"
+    if stage in ("submitting", "watching", "downloading"):
+        assert seen["job state"] in ("terminating", "completed"), seen
+        assert run.job_id in seen["created"]["jobs"]
+    assert not run.report.complete
+    # The client's cleanup took the rest: nothing this run created is left.
+    with anyio.fail_after(5):
+        while (left := [a - b for a, b in zip(await stock(batch_emulator, azurite), before, strict=True)]) != [
+            set(),
+            set(),
+            set(),
+        ]:
+            await anyio.sleep(0.02)
+    assert left == [set(), set(), set()]
+
+
+async def test_breaking_out_stops_the_job(batch_emulator: Emulator, azurite: AzuriteServer, tmp_path: Path) -> None:
+    names = ["quick.txt", *(f"slow {i}.txt" for i in range(5))]
+    inputs = write_inputs(tmp_path / "in", names, lambda i, n: "a b" if n == "quick.txt" else "slow")
+    command = "grep -q slow {input} && sleep 30; wc -w < {input} > {output}"
+    where = containers()
+    async with make_client(batch_emulator, azurite) as client:  # no cleanup: the fan-out stops its own job
+        async with client.map_files(
+            inputs, command, "{stem}.n", pool=pool(), output_dir=tmp_path / "out", **where, **QUICK
+        ) as run:
+            async for result in run:
+                assert result.name == "quick.txt" and result.status == "succeeded"
+                break
+        assert await no_task_running(batch_emulator)
+        assert batch_emulator.account is not None
+        assert batch_emulator.account.jobs[run.job_id.lower()].state in ("terminating", "completed")
+        assert [r.name for r in run.report.results] == ["quick.txt"] and not run.report.complete
+        assert [r async for r in run] == []  # the iteration is over
+        await client.delete_job(run.job_id)
+        await client.delete_pool("fan")
+        await client.delete_containers(list(where.values()))
+
+
+async def test_an_existing_pool_by_id_and_a_folder_with_a_glob(
+    batch_emulator: Emulator, azurite: AzuriteServer, tmp_path: Path
+) -> None:
+    write_inputs(tmp_path / "in" / "a", ["one.txt", "two.txt"])
+    write_inputs(tmp_path / "in" / "b", ["one.txt", "skip.md"])
+    async with make_client(batch_emulator, azurite, cleanup=True) as client:
+        await client.ensure_pool(pool("existing"))
+        seen: list[FileResult] = []
+        report = await client.map_files(
+            tmp_path / "in",
+            "wc -w < {input} > {output}",
+            "{stem}.n",
+            pool="existing",
+            output_dir=tmp_path / "out",
+            glob="**/*.txt",
+            **containers(),
+            **QUICK,
+        ).run(on_result=seen.append)
+    assert isinstance(report, MapReport) and report.ok
+    assert [r.name for r in report.results] == ["a/one.txt", "a/two.txt", "b/one.txt"]
+    assert sorted(r.name for r in seen) == ["a/one.txt", "a/two.txt", "b/one.txt"]
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.n")) == [
+        "a/one.n",
+        "a/two.n",
+        "b/one.n",
+    ]
+
+
+@pytest.mark.slow
+async def test_a_thousand_small_inputs_with_awkward_names(
+    batch_emulator: Emulator, azurite: AzuriteServer, tmp_path: Path
+) -> None:
+    names = [f"{i:04d} {AWKWARD[i % len(AWKWARD)]}" for i in range(1000)]
+    write_inputs(tmp_path / "in", names, lambda i, n: "w " * (i % 7 + 1))
+    out = tmp_path / "out"
+    async with make_client(batch_emulator, azurite, cleanup=True) as client:
+        report = await client.map_files(
+            tmp_path / "in",
+            "wc -w < {input} > {output} && printf %s {name} > {outputs[1]}",
+            ["{stem}.n", "names/{stem}.name"],
+            pool=pool(nodes=4, task_slots_per_node=16),
+            output_dir=out,
+            download_concurrency=16,
+            **containers(),
+            **QUICK,
+        )
+    assert report.succeeded == 1000 and report.ok, report.format()
+    for i, name in enumerate(sorted(names)):
+        stem = name.rsplit(".", 1)[0] if "." in name else name
+        assert (out / f"{stem}.n").read_text().strip() == str(int(name[:4]) % 7 + 1)
+        assert (out / "names" / f"{stem}.name").read_text(encoding="utf-8") == name
+        assert report.results[i].name == name
