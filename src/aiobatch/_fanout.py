@@ -891,13 +891,15 @@ class FileMap:
             timeout=self._pool_timeout,
             poll_interval=min(self._poll_interval, 2.0),
         )
-        self._job_created = True  # from here on, a stop terminates the job (an unsure create included)
         await client.create_job(
             self.job_id,
             pool_id=self.pool_id,
             on_all_tasks_complete="terminatejob",
             display_name="aiobatch: map_files",
         )
+        # This run's job (create_job refuses another's): from here on, stopping early terminates it. A create
+        # cancelled before its answer added no task, so nothing can run there; the client's cleanup checks it.
+        self._job_created = True
         # Blobs -> task specs -> Batch.
         output_url = await client.output_container_sas_url(self._output_container)
         urls = {name: await client.input_sas_url(self._input_container, name) for name in todo}
@@ -1004,7 +1006,15 @@ class FileMap:
                 return replace(
                     base, status="failed", outputs=tuple(placed), error=f"output {rel!r} could not be downloaded: {exc}"
                 )
-            await anyio.to_thread.run_sync(_move_into_place, self._staging.joinpath(*blob.split("/")), final)
+            try:
+                await anyio.to_thread.run_sync(_move_into_place, self._staging.joinpath(*blob.split("/")), final)
+            except OSError as exc:
+                return replace(
+                    base,
+                    status="failed",
+                    outputs=tuple(placed),
+                    error=f"output {rel!r} could not be put in place: {exc}",
+                )
             placed.append(final)
         if missing:
             nodes = dict(zip(plan.outputs[name], _node_outputs(plan.outputs[name]), strict=True))

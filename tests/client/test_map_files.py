@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from aiobatch import Client, ConfigurationError, FileResult, MapReport, PoolSpec
+from aiobatch import Client, ConfigurationError, ConflictError, FileResult, MapReport, PoolSpec, TaskSpec
 from aiobatch._azurite import AzuriteServer
 from aiobatch._fanout import MapPlan, build_task_specs, plan_inputs
 from aiobatch.emulator import Emulator
@@ -465,3 +465,32 @@ async def test_a_thousand_small_inputs_with_awkward_names(
         assert (out / f"{stem}.n").read_text().strip() == str(int(name[:4]) % 7 + 1)
         assert (out / "names" / f"{stem}.name").read_text(encoding="utf-8") == name
         assert report.results[i].name == name
+
+
+async def test_a_job_id_taken_by_another_run_is_refused_and_left_running(
+    batch_emulator: Emulator, azurite: AzuriteServer, tmp_path: Path
+) -> None:
+    inputs = write_inputs(tmp_path / "in", ["a.txt"])
+    async with make_client(batch_emulator, azurite, cleanup=True) as other:
+        await other.ensure_pool(pool("theirs"))
+        await other.wait_for_pool_ready("theirs", poll_interval=0.05, timeout=10)
+        await other.create_job("shared", pool_id="theirs")
+        await other.submit_tasks("shared", [TaskSpec(id="busy", command_line="/bin/sh -c 'sleep 30'")])
+        async with make_client(batch_emulator, azurite, cleanup=True) as client:
+            run = client.map_files(
+                inputs,
+                "wc -w < {input} > {output}",
+                "{stem}.n",
+                pool="theirs",
+                job_id="shared",
+                output_dir=tmp_path / "out",
+                **containers(),
+                **QUICK,
+            )
+            with pytest.raises(ConflictError):
+                await run
+        assert batch_emulator.account is not None
+        assert batch_emulator.account.jobs["shared"].state == "active"  # not terminated by the refused run
+        with anyio.fail_after(5):
+            while "shared/busy" not in running_tasks(batch_emulator):
+                await anyio.sleep(0.02)
