@@ -45,7 +45,7 @@ from ._errors import (
     TaskFailedError,
     redact,
 )
-from ._fanout import FileMap, FileResult, MapReport
+from ._fanout import FileMap, FileResult, MapObserver, MapReport
 from ._jobs import JobRef
 from ._pools import RUN_ID_KEY, PoolRef, PoolStatus
 from ._retry import RetryPolicy
@@ -89,6 +89,7 @@ __all__ = [
     "IntegrityError",
     "JobError",
     "JobRef",
+    "MapObserver",
     "MapReport",
     "NotFoundError",
     "OutputFileSpec",

@@ -1125,7 +1125,7 @@ class Client:
         self,
         inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
         command: str,
-        outputs: str | Sequence[str],
+        outputs: _fanout.OutputName | Sequence[_fanout.OutputName],
         *,
         pool: PoolSpec | str,
         output_dir: str | os.PathLike[str],
@@ -1143,6 +1143,7 @@ class Client:
         upload_concurrency: int = 8,
         download_concurrency: int = 8,
         poll_interval: float = 1.0,
+        observer: _fanout.MapObserver | None = None,
     ) -> _fanout.FileMap:
         """Run a command once per local file on a pool, one task each, and yield one result per file as it ends.
 
@@ -1164,7 +1165,7 @@ class Client:
         Args:
             inputs: a folder (its files matching *glob*) or a list of files.
             command: the command template.
-            outputs: the output name template(s), relative to *output_dir*.
+            outputs: the output name template(s), relative to *output_dir* (or functions of the input's name).
             pool: a pool spec to ensure, or the id of an existing pool.
             output_dir: where the outputs go (created if missing).
             glob: the pattern under a folder (``*`` by default; ``**/*.txt`` reaches into subfolders).
@@ -1181,13 +1182,16 @@ class Client:
             upload_concurrency: most uploads at once.
             download_concurrency: most inputs whose outputs download at once.
             poll_interval: seconds between polls while tasks complete.
+            observer: receives progress (stages, bytes, pool nodes, task events, results).
 
         Returns:
             The fan-out, not started yet: nothing happens until it is iterated or awaited.
 
         Raises:
             ConfigurationError: a bad template (now); two inputs with one name or two outputs with one path (on
-                the first iteration, before anything is created).
+                the first iteration, before anything is created); the pool exists and is not this run's (without
+                *reuse_pool*), or the reused pool lacks an application package of the spec (``setting`` is
+                ``"reuse_pool"`` for the last two).
 
         Example:
             >>> async def count_words(client):  # doctest: +SKIP
@@ -1218,6 +1222,7 @@ class Client:
             upload_concurrency=upload_concurrency,
             download_concurrency=download_concurrency,
             poll_interval=poll_interval,
+            observer=observer,
         )
 
 

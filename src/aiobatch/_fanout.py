@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 import anyio.to_thread
 
-from ._errors import AiobatchError, ConfigurationError, NotFoundError
+from ._errors import AiobatchError, ConfigurationError, ConflictError, NotFoundError
+from ._pools import PoolStatus, get_pool_status
 from ._retry import call
 from ._specs import (
     AppPackageRef,
@@ -56,7 +57,7 @@ from ._specs import (
     resource_file,
     task_ids_for,
 )
-from ._storage import _unwrapped_task_group
+from ._storage import TransferProgress, _unwrapped_task_group
 from ._watch import TaskEvent, TaskWatch
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ __all__ = [
     "PLACEHOLDERS",
     "FileMap",
     "FileResult",
+    "MapObserver",
     "MapPlan",
     "MapReport",
     "build_task_specs",
@@ -104,6 +106,9 @@ STDERR_LINES = 5
 _ABANDON_TIMEOUT = 30.0
 
 Status = Literal["succeeded", "failed", "skipped"]
+StageKind = Literal["upload", "pool", "pool-reused", "submit", "run"]
+#: An output name: a template (``"{stem}.txt"``), or a function of the input's name.
+OutputName = str | Callable[[str], str]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -203,7 +208,7 @@ def _name_parts(name: str) -> dict[str, str]:
     return {"name": name, "stem": name[: len(name) - len(suffix)] if suffix else name, "suffix": suffix}
 
 
-def render_output_name(template: str, name: str) -> str:
+def render_output_name(template: OutputName, name: str) -> str:
     """An output's local path (relative, ``/``-separated) for input *name*: ``{stem}.txt`` -> ``a b.txt``.
 
     Raises:
@@ -213,8 +218,12 @@ def render_output_name(template: str, name: str) -> str:
         >>> render_output_name("logs/{stem}.log", "my cat.txt")
         'logs/my cat.log'
     """
-    values = _name_parts(name)
-    rendered = "".join(lit + (values[f] if f else "") for lit, f in _parse(template, OUTPUT_PLACEHOLDERS, "output"))
+    if callable(template):
+        rendered = template(name)
+    else:
+        values = _name_parts(name)
+        parsed = _parse(template, OUTPUT_PLACEHOLDERS, "output")
+        rendered = "".join(lit + (values[f] if f else "") for lit, f in parsed)
     parts = rendered.split("/")
     if not rendered or rendered.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in rendered:
         raise ConfigurationError(
@@ -228,10 +237,11 @@ def node_name(base: str, local: str) -> str:
     """A fixed, safe file name on the node: *base* plus *local*'s suffix when it is plain (``input.txt``).
 
     Example:
-        >>> node_name("input", "it's 100%.txt"), node_name("output1", "a.b c")
+        >>> node_name("input", "it's 100%.TXT"), node_name("output1", "a.b c")
         ('input.txt', 'output1')
     """
-    suffix = PurePosixPath(local).suffix
+    # Lower case: a tool that goes by the extension knows ".mp4" if any; the real name keeps its case.
+    suffix = PurePosixPath(local).suffix.lower()
     return base + (suffix if _PLAIN_SUFFIX.match(suffix) else "")
 
 
@@ -322,7 +332,7 @@ def _collect_inputs(
 
 def plan_inputs(
     inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
-    outputs: Sequence[str],
+    outputs: Sequence[OutputName],
     output_dir: str | os.PathLike[str],
     *,
     glob: str | None = None,
@@ -331,7 +341,7 @@ def plan_inputs(
 
     Args:
         inputs: a folder (its files matching *glob*, ``*`` by default) or a list of files.
-        outputs: output name templates (see `render_output_name`).
+        outputs: output name templates, or functions of the input's name (see `render_output_name`).
         output_dir: where the outputs go.
         glob: the pattern under a folder (``**/*.txt`` reaches into subfolders).
 
@@ -652,6 +662,77 @@ async def _pool_os(client: Client, pool_id: str) -> OsFamily:
     return "windows" if agent.lower().startswith("batch.node.windows") else "linux"
 
 
+class MapObserver:
+    """Receives a fan-out's progress; every method does nothing here. Subclass and override what you show.
+
+    Pass one as ``observer=`` to `Client.map_files`. Its methods are called on the event loop, between two
+    requests: keep them quick (update a display, append to a list), never blocking.
+    """
+
+    def stage(self, kind: StageKind, text: str, count: int) -> None:
+        """A stage begins; *text* says which in a line.
+
+        *kind* is ``"upload"`` (of *count* files), ``"pool"``, ``"pool-reused"``, ``"submit"`` (of *count* tasks)
+        or ``"run"`` (*count* tasks).
+        """
+
+    def upload_started(self, files: int, total_bytes: int) -> None:
+        """The upload of *files* inputs, *total_bytes* in all, begins."""
+
+    def upload_progress(self, progress: TransferProgress) -> None:
+        """Bytes of one input went up (or it was already there: ``progress.skipped``)."""
+
+    def pool_status(self, status: PoolStatus) -> None:
+        """The pool's allocation and node states, as last seen while waiting for it."""
+
+    def tasks_submitted(self, names_by_task: dict[str, str]) -> None:
+        """These tasks (task id -> input name) are in the job."""
+
+    def task_event(self, event: TaskEvent, name: str) -> None:
+        """The task of input *name* started running or completed."""
+
+    def download_progress(self, progress: TransferProgress) -> None:
+        """Bytes of one output came down."""
+
+    def result(self, result: FileResult) -> None:
+        """An input's result is final (also a skipped one)."""
+
+    def finished(self, report: MapReport) -> None:
+        """The run reached its end; the report is final."""
+
+
+def _same_package(ref: AppPackageRef, application_id: str | None, version: str | None) -> bool:
+    # Application ids are case-insensitive in Batch; the version decides the AZ_BATCH_APP_PACKAGE_* variable a
+    # command line reads, so it must match exactly (None: the application's default version).
+    return (application_id or "").lower() == ref.application_id.lower() and (version or None) == ref.version
+
+
+async def _check_packages(client: Client, spec: PoolSpec) -> None:
+    """Refuse a reused pool that lacks an application package *spec* references: every task needing it would fail."""
+    if not spec.application_packages:
+        return
+    existing = await call(
+        lambda: client.batch.get_pool(spec.id, select=["id", "applicationPackageReferences"]),
+        policy=client.retry_policy,
+        resource="pool",
+        resource_id=spec.id,
+    )
+    refs = [(r.application_id, r.version) for r in existing.application_package_references or []]
+    for app in spec.application_packages:
+        if any(_same_package(app, app_id, version) for app_id, version in refs):
+            continue
+        has = ", ".join(f"{a}" + (f" {v}" if v else " (default version)") for a, v in refs)
+        wanted = app.version or "(default version)"
+        raise ConfigurationError(
+            f"pool {spec.id!r} lacks the {app.application_id} application package {wanted} (it has "
+            f"{has or 'no application package'}), so every task would fail to find its program. Run without "
+            "reusing it (choose another pool id, and a new pool with the package is created), or add the package "
+            "to the pool's applicationPackageReferences (the pool's nodes must then be rebooted or re-created to "
+            "install it).",
+            setting="reuse_pool",
+        )
+
+
 def _move_into_place(staged: Path, final: Path) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staged, final)
@@ -682,7 +763,7 @@ class FileMap:
         client: Client,
         inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
         command: str,
-        outputs: str | Sequence[str],
+        outputs: OutputName | Sequence[OutputName],
         *,
         pool: PoolSpec | str,
         output_dir: str | os.PathLike[str],
@@ -700,15 +781,21 @@ class FileMap:
         upload_concurrency: int = 8,
         download_concurrency: int = 8,
         poll_interval: float = 1.0,
+        observer: MapObserver | None = None,
     ) -> None:
         self._client = client
+        self._observer = observer or MapObserver()
+        self._watch_running = observer is not None
         self._inputs = inputs if isinstance(inputs, (str, os.PathLike)) else list(inputs)
         self._command = command
-        self._output_names = (outputs,) if isinstance(outputs, str) else tuple(outputs)
+        self._output_names: tuple[OutputName, ...] = (
+            (outputs,) if isinstance(outputs, str) or callable(outputs) else tuple(outputs)
+        )
         # Templates are checked now, before anything is read or created.
         _parse(command, PLACEHOLDERS, "command")
         for template in self._output_names:
-            _parse(template, OUTPUT_PLACEHOLDERS, "output")
+            if not callable(template):
+                _parse(template, OUTPUT_PLACEHOLDERS, "output")
         self._pool = pool
         self.pool_id = check_id("pool", pool.id if isinstance(pool, PoolSpec) else pool)
         self.job_id = check_id("job", job_id) if job_id is not None else _default_job_id(client)
@@ -842,6 +929,7 @@ class FileMap:
     def _done(self, result: FileResult) -> None:
         self._results[result.name] = result
         self._ready.append(result)
+        self._observer.result(result)
 
     async def _step(self) -> None:
         if self._plan is None:
@@ -873,24 +961,27 @@ class FileMap:
         assert plan is not None
         # Files -> blobs.
         todo = list(plan.todo)
+        observer = self._observer
+        files = f"{len(todo)} file{'' if len(todo) == 1 else 's'}"
+        observer.stage("upload", f"uploading {files} to container {self._input_container!r}", len(todo))
+        observer.upload_started(len(todo), sum(plan.sizes[n] for n in todo))
         await client.upload_files(
             self._input_container,
             [plan.inputs[n] for n in todo],
             blob_names=todo,
             concurrency=self._upload_concurrency,
+            progress=observer.upload_progress,
         )
         # A usable pool, and a job on it.
         if isinstance(self._pool, PoolSpec):
-            await client.ensure_pool(self._pool, reuse_existing=self._reuse_pool)
+            size = f" ({self._pool.vm_size})"
+            observer.stage("pool", f"making sure pool {self.pool_id!r} has a usable node{size}", 0)
+            await self._ensure_pool(self._pool)
             os_family: OsFamily = self._pool.os
         else:
+            observer.stage("pool", f"making sure pool {self.pool_id!r} has a usable node", 0)
             os_family = await _pool_os(client, self.pool_id)
-        await client.wait_for_pool_ready(
-            self.pool_id,
-            min_nodes=self._min_nodes,
-            timeout=self._pool_timeout,
-            poll_interval=min(self._poll_interval, 2.0),
-        )
+        await self._wait_for_pool()
         await client.create_job(
             self.job_id,
             pool_id=self.pool_id,
@@ -917,18 +1008,69 @@ class FileMap:
         )
         names = {s.id: n for s, n in zip(specs, largest_first(plan.todo, plan.sizes), strict=True)}
         self._input_of = {task_id.lower(): name for task_id, name in names.items()}
+        tasks = f"{len(specs)} task{'' if len(specs) == 1 else 's'}"
+        observer.stage("submit", f"adding {tasks} to job {self.job_id!r}", len(specs))
         submitted = await client.submit_tasks(self.job_id, specs)
         for task_id, why in submitted.failed.items():
             name = names[task_id]
             self._done(FileResult(name, plan.inputs[name], "failed", task_id=task_id, error=f"not submitted: {why}"))
-        running = len(submitted.added) + len(submitted.existing)
+        in_job = [*submitted.added, *submitted.existing]
+        observer.tasks_submitted({t: names[t] for t in in_job})
         self._set_up = True
-        if running:
+        if in_job:
+            observer.stage("run", f"running {len(in_job)} tasks on pool {self.pool_id!r}", len(in_job))
             self._watch = client.watch_tasks(
-                self.job_id, expected=running, poll_interval=self._poll_interval, max_poll_interval=15.0
+                self.job_id,
+                expected=len(in_job),
+                include_running=self._watch_running,
+                poll_interval=self._poll_interval,
+                max_poll_interval=15.0,
             )
         else:
             self._watch_done = True
+
+    async def _ensure_pool(self, spec: PoolSpec) -> None:
+        """Create the pool, or -- only when asked -- run on an existing one that has the spec's packages."""
+        try:
+            ref = await self._client.ensure_pool(spec, reuse_existing=self._reuse_pool)
+        except ConflictError as exc:
+            if exc.code != "PoolExists":
+                raise
+            raise ConfigurationError(
+                f"pool {spec.id!r} already exists and this run did not create it. Choose another pool id, or pass "
+                "reuse_pool=True to run on it as it is (it must reference the application packages the tasks "
+                "need; it is not deleted afterwards).",
+                setting="reuse_pool",
+            ) from exc
+        if ref.owned:  # created now, or by an earlier attempt of this same run: built from *spec*
+            return
+        text = f"reusing existing pool {spec.id!r} (not created by this run; it will be left as it is)"
+        self._observer.stage("pool-reused", text, 0)
+        await _check_packages(self._client, spec)
+
+    async def _wait_for_pool(self) -> None:
+        """`Client.wait_for_pool_ready`, with the pool's node states shown to the observer while it waits."""
+        client, observer = self._client, self._observer
+
+        async def show() -> None:
+            while True:
+                try:
+                    observer.pool_status(await get_pool_status(client.batch, self.pool_id, policy=client.retry_policy))
+                except AiobatchError as exc:  # the display only; the wait below reports real trouble
+                    logger.debug("pool status for the display failed: %s", exc)
+                await anyio.sleep(1.0)
+
+        async with _unwrapped_task_group() as tg:
+            if self._watch_running:
+                tg.start_soon(show)
+            status = await client.wait_for_pool_ready(
+                self.pool_id,
+                min_nodes=self._min_nodes,
+                timeout=self._pool_timeout,
+                poll_interval=min(self._poll_interval, 2.0),
+            )
+            tg.cancel_scope.cancel()
+        observer.pool_status(status)
 
     async def _round(self) -> None:
         """Watch and download until some results are ready; then stop the watch (between polls) and return.
@@ -960,7 +1102,11 @@ class FileMap:
         async def watch_events() -> None:
             with watcher:
                 async for event in watch:
-                    if event.kind == "completed" and event.task_id.lower() in self._input_of:
+                    name = self._input_of.get(event.task_id.lower())
+                    if name is None:
+                        continue
+                    self._observer.task_event(event, name)
+                    if event.kind == "completed":
                         self._pending.append(event)
                         start_more()
                 self._watch_done = True
@@ -998,7 +1144,9 @@ class FileMap:
             blob = output_blob(self.job_id, event.task_id, node)
             final = self._output_dir.joinpath(*rel.split("/"))
             try:
-                await self._client.download_outputs(self._output_container, self._staging, names=[blob])
+                await self._client.download_outputs(
+                    self._output_container, self._staging, names=[blob], progress=self._observer.download_progress
+                )
             except NotFoundError:
                 missing.append(rel)
                 continue
@@ -1037,3 +1185,4 @@ class FileMap:
         await self._remove_staging()
         report = self.report
         logger.info("map_files: %s", report.summary())
+        self._observer.finished(report)
