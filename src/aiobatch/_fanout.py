@@ -75,9 +75,13 @@ __all__ = [
     "build_task_specs",
     "failure_line",
     "largest_first",
+    "node_name",
+    "output_blob",
     "output_present",
     "plan_inputs",
     "render_command",
+    "render_output_name",
+    "seconds_between",
     "tail_lines",
 ]
 

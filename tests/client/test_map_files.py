@@ -6,6 +6,7 @@ The commands are plain shell (``wc``, ``cat``, ``sh -c``): tasks get the node's 
 from __future__ import annotations
 
 import uuid
+import zipfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,17 @@ from typing import Any
 import anyio
 import pytest
 
-from aiobatch import Client, ConfigurationError, ConflictError, FileResult, MapReport, PoolSpec, TaskSpec
+from aiobatch import (
+    AppPackageRef,
+    Client,
+    ConfigurationError,
+    ConflictError,
+    FileResult,
+    MapObserver,
+    MapReport,
+    PoolSpec,
+    TaskSpec,
+)
 from aiobatch._azurite import AzuriteServer
 from aiobatch._fanout import MapPlan, build_task_specs, plan_inputs
 from aiobatch.emulator import Emulator
@@ -56,6 +67,16 @@ AWKWARD = [
     "star*.txt",
 ]
 QUICK: dict[str, Any] = {"poll_interval": 0.05}
+
+
+@pytest.fixture(scope="module")
+def emulator_apps_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The emulator's packages: one tiny application, ``tool`` 1.0 (so a pool may reference it)."""
+    apps = tmp_path_factory.mktemp("apps")
+    (apps / "tool").mkdir()
+    with zipfile.ZipFile(apps / "tool" / "1.0.zip", "w") as package:
+        package.writestr("tool.sh", "echo tool\n")
+    return apps
 
 
 def pool(pool_id: str = "fan", **options: Any) -> PoolSpec:
@@ -494,3 +515,84 @@ async def test_a_job_id_taken_by_another_run_is_refused_and_left_running(
         with anyio.fail_after(5):
             while "shared/busy" not in running_tasks(batch_emulator):
                 await anyio.sleep(0.02)
+
+
+class Recorder(MapObserver):
+    """Everything an observer is told, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def stage(self, kind: str, text: str, count: int) -> None:  # type: ignore[override]
+        self.calls.append(("stage", (kind, count)))
+
+    def upload_started(self, files: int, total_bytes: int) -> None:
+        self.calls.append(("upload_started", (files, total_bytes)))
+
+    def tasks_submitted(self, names_by_task: dict[str, str]) -> None:
+        self.calls.append(("tasks_submitted", sorted(names_by_task.values())))
+
+    def task_event(self, event: Any, name: str) -> None:
+        self.calls.append(("task_event", (event.kind, name)))
+
+    def result(self, result: FileResult) -> None:
+        self.calls.append(("result", (result.name, result.status)))
+
+    def finished(self, report: MapReport) -> None:
+        self.calls.append(("finished", report.succeeded))
+
+
+async def test_an_observer_hears_every_stage_event_and_result(
+    batch_emulator: Emulator, azurite: AzuriteServer, tmp_path: Path
+) -> None:
+    names = ["a b.txt", "c.txt"]
+    inputs = write_inputs(tmp_path / "in", names)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "done.n").write_text("1")
+    write_inputs(tmp_path / "in", ["done.txt"])
+    seen = Recorder()
+    async with make_client(batch_emulator, azurite, cleanup=True) as client:
+        await client.map_files(
+            [*inputs, tmp_path / "in" / "done.txt"],
+            "sleep 0.2; wc -w < {input} > {output}",
+            "{stem}.n",
+            pool=pool(),
+            output_dir=tmp_path / "out",
+            observer=seen,
+            **containers(),
+            **QUICK,
+        )
+    kinds = [what for call, what in seen.calls if call == "stage"]
+    assert kinds == [("upload", 2), ("pool", 0), ("submit", 2), ("run", 2)]
+    assert ("upload_started", (2, sum(p.stat().st_size for p in inputs))) in seen.calls
+    assert ("tasks_submitted", names) in seen.calls
+    events = [what for call, what in seen.calls if call == "task_event"]
+    assert sorted(events) == sorted([("running", n) for n in names] + [("completed", n) for n in names])
+    results = [what for call, what in seen.calls if call == "result"]
+    assert results[0] == ("done.txt", "skipped") and sorted(results[1:]) == [(n, "succeeded") for n in names]
+    assert seen.calls[-1] == ("finished", 2)
+
+
+async def test_a_pool_of_another_run_is_refused_unless_reused_and_then_needs_the_packages(
+    batch_emulator: Emulator, azurite: AzuriteServer, tmp_path: Path
+) -> None:
+    inputs = write_inputs(tmp_path / "in", ["a.txt"])
+    async with make_client(batch_emulator, azurite, cleanup=True) as other:
+        await other.ensure_pool(pool("theirs"))
+        async with make_client(batch_emulator, azurite, cleanup=True) as client:
+            args: dict[str, Any] = {"output_dir": tmp_path / "out", **containers(), **QUICK}
+            with pytest.raises(ConfigurationError, match="already exists") as refused:
+                await client.map_files(inputs, "wc -w < {input} > {output}", "{stem}.n", pool=pool("theirs"), **args)
+            assert refused.value.setting == "reuse_pool"
+            needs_app = pool("theirs", application_packages=[AppPackageRef("tool", "1.0")])
+            with pytest.raises(ConfigurationError, match=r"lacks the tool application package 1\.0") as lacking:
+                await client.map_files(
+                    inputs, "wc -w < {input} > {output}", "{stem}.n", pool=needs_app, reuse_pool=True, **args
+                )
+            assert "has no application package" in str(lacking.value)
+            assert client.created["jobs"] == ()  # refused before any job
+            report = await client.map_files(
+                inputs, "wc -w < {input} > {output}", "{stem}.n", pool=pool("theirs"), reuse_pool=True, **args
+            )
+            assert report.ok and client.created["pools"] == ()  # used, not taken over
+        assert batch_emulator.account is not None and "theirs" in batch_emulator.account.pools
