@@ -831,6 +831,7 @@ class FileMap:
         self._results: dict[str, FileResult] = {}
         self._ready: deque[FileResult] = deque()
         self._input_of: dict[str, str] = {}  # task id (lower case) -> input name
+        self._task_of: dict[str, str] = {}  # input name -> task id
         self._job_created = False
         self._set_up = False
         self._watch: TaskWatch | None = None
@@ -1012,6 +1013,7 @@ class FileMap:
         )
         names = {s.id: n for s, n in zip(specs, largest_first(plan.todo, plan.sizes), strict=True)}
         self._input_of = {task_id.lower(): name for task_id, name in names.items()}
+        self._task_of = {name: task_id for task_id, name in names.items()}
         tasks = f"{len(specs)} task{'' if len(specs) == 1 else 's'}"
         observer.stage("submit", f"adding {tasks} to job {self.job_id!r}", len(specs))
         submitted = await client.submit_tasks(self.job_id, specs)
@@ -1144,20 +1146,28 @@ class FileMap:
             return replace(base, status="failed", error=event.explanation or str(event), stderr_tail=tail)
         placed: list[Path] = []
         missing: list[str] = []
-        for rel, node in zip(plan.outputs[name], _node_outputs(plan.outputs[name]), strict=True):
-            blob = output_blob(self.job_id, event.task_id, node)
+        pairs = list(zip(plan.outputs[name], _node_outputs(plan.outputs[name]), strict=True))
+        blobs = [output_blob(self.job_id, event.task_id, node) for _, node in pairs]
+        try:
+            # All of an input's outputs at once; only when one is missing, one by one to say which.
+            await self._download(blobs)
+            missing_blobs: set[str] = set()
+        except NotFoundError:
+            missing_blobs = set()
+            for blob in blobs:
+                try:
+                    await self._download([blob])
+                except NotFoundError:
+                    missing_blobs.add(blob)
+                except AiobatchError as exc:
+                    return replace(base, status="failed", error=f"an output could not be downloaded: {exc}")
+        except AiobatchError as exc:
+            return replace(base, status="failed", error=f"an output could not be downloaded: {exc}")
+        for (rel, _), blob in zip(pairs, blobs, strict=True):
             final = self._output_dir.joinpath(*rel.split("/"))
-            try:
-                await self._client.download_outputs(
-                    self._output_container, self._staging, names=[blob], progress=self._observer.download_progress
-                )
-            except NotFoundError:
+            if blob in missing_blobs:
                 missing.append(rel)
                 continue
-            except AiobatchError as exc:
-                return replace(
-                    base, status="failed", outputs=tuple(placed), error=f"output {rel!r} could not be downloaded: {exc}"
-                )
             try:
                 await anyio.to_thread.run_sync(_move_into_place, self._staging.joinpath(*blob.split("/")), final)
             except OSError as exc:
@@ -1183,7 +1193,30 @@ class FileMap:
             )
         return replace(base, outputs=tuple(placed))
 
+    async def _download(self, blobs: list[str]) -> None:
+        await self._client.download_outputs(
+            self._output_container,
+            self._staging,
+            names=blobs,
+            concurrency=len(blobs),
+            progress=self._observer.download_progress,
+        )
+
     async def _finish(self) -> None:
+        plan = self._plan
+        assert plan is not None
+        for name in plan.todo:
+            if name not in self._results:  # the job ended (terminated by someone?) before this task completed
+                task_id = self._task_of.get(name)
+                self._done(
+                    FileResult(
+                        name,
+                        plan.inputs[name],
+                        "failed",
+                        task_id=task_id,
+                        error=f"job {self.job_id!r} ended before this input's task completed (was it terminated?)",
+                    )
+                )
         self._finished = self._complete = True
         self._ended = time.monotonic()
         await self._remove_staging()
