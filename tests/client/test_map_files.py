@@ -26,7 +26,7 @@ from aiobatch import (
     TaskSpec,
 )
 from aiobatch._azurite import AzuriteServer
-from aiobatch._fanout import MapPlan, build_task_specs, plan_inputs
+from aiobatch._fanout import MapPlan, build_task_specs, plan_inputs, render_command
 from aiobatch.emulator import Emulator
 
 from .test_client import make_client
@@ -262,17 +262,32 @@ def test_windows_specs_quote_every_name_for_cmd(tmp_path: Path) -> None:
 
 
 def test_templates_and_plans_refuse_what_cannot_work(tmp_path: Path) -> None:
-    client: Any = object()
     inputs = write_inputs(tmp_path / "in", ["a.txt", "b.txt"])
     with pytest.raises(ConfigurationError, match="placeholder"):
         plan_inputs(inputs, ["{nope}.txt"], tmp_path / "out")
     with pytest.raises(ConfigurationError, match="both write"):
         plan_inputs(inputs, ["same.txt"], tmp_path / "out")
+    with pytest.raises(ConfigurationError, match="same file"):
+        plan_inputs(inputs, ["{stem}.txt", "{stem}.TXT"], tmp_path / "out")
     with pytest.raises(ConfigurationError, match="relative path"):
         plan_inputs(inputs, ["../{stem}.txt"], tmp_path / "out")
     with pytest.raises(ConfigurationError, match=r"called 'a\.txt'"):
         plan_inputs([*inputs, tmp_path / "a.txt"], ["{stem}.n"], tmp_path / "out")
-    del client
+    with pytest.raises(ConfigurationError, match="not a folder"):
+        plan_inputs(tmp_path / "missing", ["{stem}.n"], tmp_path / "out")
+    plan = plan_inputs(tmp_path / "in", [lambda name: name.upper()], tmp_path / "out")  # a function names it
+    assert plan.outputs == {"a.txt": ("A.TXT",), "b.txt": ("B.TXT",)}
+    with pytest.raises(ConfigurationError, match=r"outputs\[1\]"):
+        render_command("cp {input} {outputs[1]}", os="linux", input_file="i", output_files=["o"], name="a")
+    with pytest.raises(ConfigurationError, match="format specs"):
+        render_command("echo {name!r}", os="linux", input_file="i", output_files=["o"], name="a")
+
+
+async def test_a_bad_template_is_refused_at_the_call(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
+    async with make_client(batch_emulator, azurite) as client:
+        with pytest.raises(ConfigurationError, match="placeholder"):
+            client.map_files([], "cat {file}", "{stem}.n", pool=pool(), output_dir="out")
+        assert client.created == {"jobs": (), "pools": (), "containers": ()}
 
 
 def test_pool_presets() -> None:
