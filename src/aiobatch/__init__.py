@@ -45,6 +45,7 @@ from ._errors import (
     TaskFailedError,
     redact,
 )
+from ._fanout import FileMap, FileResult, MapObserver, MapReport
 from ._jobs import JobRef
 from ._pools import RUN_ID_KEY, PoolRef, PoolStatus
 from ._retry import RetryPolicy
@@ -83,9 +84,13 @@ __all__ = [
     "DeadlineExceededError",
     "DownloadResult",
     "EnvRef",
+    "FileMap",
+    "FileResult",
     "IntegrityError",
     "JobError",
     "JobRef",
+    "MapObserver",
+    "MapReport",
     "NotFoundError",
     "OutputFileSpec",
     "PoolError",

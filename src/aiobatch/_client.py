@@ -21,7 +21,7 @@ from azure.batch import models
 from azure.batch.aio import BatchClient
 from azure.storage.blob.aio import BlobServiceClient
 
-from . import _cleanup, _jobs, _pools, _storage, _submit, _watch
+from . import _cleanup, _fanout, _jobs, _pools, _storage, _submit, _watch
 from ._cleanup import SweepReport
 from ._config import BatchSettings, Settings, StorageSettings, default_credential
 from ._errors import (
@@ -35,7 +35,7 @@ from ._errors import (
 from ._jobs import JobRef, OnAllTasksComplete, OnTaskFailure
 from ._pools import PoolRef, PoolStatus, not_ours, run_id_of
 from ._retry import RetryPolicy, call, sdk_client_kwargs
-from ._specs import PoolSpec, TaskSpec
+from ._specs import AppPackageRef, PoolSpec, TaskSpec
 from ._storage import DownloadResult, ProgressCallback, SasPolicy, UploadResult
 from ._submit import SubmissionLedger, SubmitResult
 from ._watch import TaskEvent, TaskSummary, TaskWatch
@@ -1116,6 +1116,114 @@ class Client:
         deleted = await _jobs.delete_job(self.batch, job_id, wait=wait, policy=self.retry_policy)
         self._jobs.pop(job_id, None)
         return deleted
+
+    # ------------------------------------------------------------------------------------------------
+    # Fan-out
+    # ------------------------------------------------------------------------------------------------
+
+    def map_files(
+        self,
+        inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+        command: str,
+        outputs: _fanout.OutputName | Sequence[_fanout.OutputName],
+        *,
+        pool: PoolSpec | str,
+        output_dir: str | os.PathLike[str],
+        glob: str | None = None,
+        job_id: str | None = None,
+        input_container: str = _fanout.DEFAULT_INPUT_CONTAINER,
+        output_container: str = _fanout.DEFAULT_OUTPUT_CONTAINER,
+        reuse_pool: bool = False,
+        min_nodes: int = 1,
+        pool_timeout: float = 1800.0,
+        application_packages: Sequence[AppPackageRef] = (),
+        environment: Mapping[str, str] | None = None,
+        retries: int = 0,
+        timeout: float | None = None,
+        upload_concurrency: int = 8,
+        download_concurrency: int = 8,
+        poll_interval: float = 1.0,
+        observer: _fanout.MapObserver | None = None,
+    ) -> _fanout.FileMap:
+        """Run a command once per local file on a pool, one task each, and yield one result per file as it ends.
+
+        Uploads the inputs (skipping blobs that hold the same bytes), makes sure the pool is usable (created from
+        a `PoolSpec`, or an existing pool's id), creates a job, adds one task per input (the largest first), and
+        downloads each task's outputs into *output_dir* as it completes. Inputs whose outputs are all there
+        already are skipped, so a re-run does only what is missing. Each `FileResult` names its input and holds
+        the local outputs, exit code, node and times -- or, for a failure, the explanation and the stderr tail.
+
+        The command template's placeholders are quoted for the pool's OS: ``{input}`` (the input on the node,
+        under a fixed safe name such as ``input.txt``), ``{output}`` and ``{outputs}`` / ``{outputs[N]}`` (the
+        files the command must write), ``{name}``, ``{stem}`` and ``{suffix}`` (the input's real name); it runs
+        in ``/bin/bash -c`` on Linux and ``cmd /c`` on Windows. Output names may use ``{name}``, ``{stem}`` and
+        ``{suffix}`` and may hold folders (``logs/{stem}.log``).
+
+        Iterate it (``async for``), use it as ``async with`` (leaving early terminates the job), or ``await`` it
+        for the `MapReport` (also ``.report`` after the loop). See `aiobatch.FileMap` for the details.
+
+        Args:
+            inputs: a folder (its files matching *glob*) or a list of files.
+            command: the command template.
+            outputs: the output name template(s), relative to *output_dir* (or functions of the input's name).
+            pool: a pool spec to ensure, or the id of an existing pool.
+            output_dir: where the outputs go (created if missing).
+            glob: the pattern under a folder (``*`` by default; ``**/*.txt`` reaches into subfolders).
+            job_id: the job id; ``map-<run id>`` by default (``-2``, ``-3`` ... for later calls).
+            input_container: the container the inputs go to.
+            output_container: the container the tasks write to.
+            reuse_pool: run on an existing pool with the spec's id that this run did not create.
+            min_nodes: usable nodes to wait for before adding tasks.
+            pool_timeout: seconds to wait for them.
+            application_packages: packages every task needs (beyond the pool's).
+            environment: environment variables for every task.
+            retries: retries of a failed task (``-1``: unlimited).
+            timeout: seconds one task may run per attempt.
+            upload_concurrency: most uploads at once.
+            download_concurrency: most inputs whose outputs download at once.
+            poll_interval: seconds between polls while tasks complete.
+            observer: receives progress (stages, bytes, pool nodes, task events, results).
+
+        Returns:
+            The fan-out, not started yet: nothing happens until it is iterated or awaited.
+
+        Raises:
+            ConfigurationError: a bad template (now); two inputs with one name or two outputs with one path (on
+                the first iteration, before anything is created); the pool exists and is not this run's (without
+                *reuse_pool*), or the reused pool lacks an application package of the spec (``setting`` is
+                ``"reuse_pool"`` for the last two).
+
+        Example:
+            >>> async def count_words(client):  # doctest: +SKIP
+            ...     pool = PoolSpec.ubuntu_24_04("words", "standard_d2s_v3", dedicated_nodes=2)
+            ...     async for result in client.map_files("texts", "wc -w < {input} > {output}", "{stem}.count",
+            ...                                          pool=pool, output_dir="counts"):
+            ...         print(result.name, result.status, result.error or "")
+        """
+        self._check_open()
+        return _fanout.FileMap(
+            self,
+            inputs,
+            command,
+            outputs,
+            pool=pool,
+            output_dir=output_dir,
+            glob=glob,
+            job_id=job_id,
+            input_container=input_container,
+            output_container=output_container,
+            reuse_pool=reuse_pool,
+            min_nodes=min_nodes,
+            pool_timeout=pool_timeout,
+            application_packages=application_packages,
+            environment=environment,
+            retries=retries,
+            timeout=timeout,
+            upload_concurrency=upload_concurrency,
+            download_concurrency=download_concurrency,
+            poll_interval=poll_interval,
+            observer=observer,
+        )
 
 
 class _Creating:

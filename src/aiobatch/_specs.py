@@ -30,8 +30,10 @@ from azure.batch import models
 from ._errors import ConfigurationError, redact
 
 __all__ = [
+    "IMAGES",
     "AppPackageRef",
     "EnvRef",
+    "ImagePreset",
     "OsFamily",
     "OutputFileSpec",
     "PoolSpec",
@@ -661,6 +663,121 @@ class PoolSpec:
 
     def __repr__(self) -> str:
         return _safe_repr(self)
+
+    @classmethod
+    def from_image(
+        cls, image: str, id: str, vm_size: str = "standard_d2s_v3", *, dedicated_nodes: int = 1, **options: Any
+    ) -> PoolSpec:
+        """A pool of a common marketplace image by its short name (see `IMAGES`): an id, a size and node counts.
+
+        Args:
+            image: ``"ubuntu-22.04"``, ``"ubuntu-24.04"`` or ``"windows-2022"``.
+            id: the pool id.
+            vm_size: the VM size.
+            dedicated_nodes: dedicated nodes wanted.
+            **options: any other `PoolSpec` field (``spot_nodes``, ``task_slots_per_node``, ``start_task``, ...).
+
+        Raises:
+            ConfigurationError: an unknown image name, or an invalid spec.
+
+        Example:
+            >>> PoolSpec.from_image("ubuntu-22.04", "words").image_offer
+            '0001-com-ubuntu-server-jammy'
+        """
+        preset = IMAGES.get(image)
+        if preset is None:
+            raise ConfigurationError(f"unknown image {image!r}: use one of {', '.join(sorted(IMAGES))}.")
+        return cls(
+            id=id,
+            vm_size=vm_size,
+            image_publisher=preset.publisher,
+            image_offer=preset.offer,
+            image_sku=preset.sku,
+            node_agent_sku_id=preset.node_agent_sku_id,
+            os=preset.os,
+            dedicated_nodes=dedicated_nodes,
+            **options,
+        )
+
+    @classmethod
+    def ubuntu_22_04(
+        cls, id: str, vm_size: str = "standard_d2s_v3", *, dedicated_nodes: int = 1, **options: Any
+    ) -> PoolSpec:
+        """A Linux pool on Canonical's Ubuntu Server 22.04 LTS (node agent ``batch.node.ubuntu 22.04``).
+
+        Batch ends its support of this node agent on 30 June 2027; prefer `ubuntu_24_04` for new pools.
+
+        Example:
+            >>> PoolSpec.ubuntu_22_04("words", dedicated_nodes=2).node_agent_sku_id
+            'batch.node.ubuntu 22.04'
+        """
+        return cls.from_image("ubuntu-22.04", id, vm_size, dedicated_nodes=dedicated_nodes, **options)
+
+    @classmethod
+    def ubuntu_24_04(
+        cls, id: str, vm_size: str = "standard_d2s_v3", *, dedicated_nodes: int = 1, **options: Any
+    ) -> PoolSpec:
+        """A Linux pool on Canonical's Ubuntu Server 24.04 LTS (node agent ``batch.node.ubuntu 24.04``).
+
+        Example:
+            >>> spec = PoolSpec.ubuntu_24_04("words", "standard_d4s_v3", dedicated_nodes=2, task_slots_per_node=4)
+            >>> spec.image_offer, spec.os
+            ('ubuntu-24_04-lts', 'linux')
+        """
+        return cls.from_image("ubuntu-24.04", id, vm_size, dedicated_nodes=dedicated_nodes, **options)
+
+    @classmethod
+    def windows_server_2022(
+        cls, id: str, vm_size: str = "standard_d2s_v3", *, dedicated_nodes: int = 1, **options: Any
+    ) -> PoolSpec:
+        """A Windows pool on Windows Server 2022 Datacenter, Server Core, small disk (``batch.node.windows amd64``).
+
+        Command lines are quoted for ``cmd /c`` on it (``os="windows"``).
+
+        Example:
+            >>> PoolSpec.windows_server_2022("win").os
+            'windows'
+        """
+        return cls.from_image("windows-2022", id, vm_size, dedicated_nodes=dedicated_nodes, **options)
+
+
+@dataclass(frozen=True)
+class ImagePreset:
+    """A marketplace image and the Batch node agent that runs on it.
+
+    Attributes:
+        publisher: e.g. ``"canonical"``.
+        offer: e.g. ``"ubuntu-24_04-lts"``.
+        sku: e.g. ``"server"``.
+        node_agent_sku_id: e.g. ``"batch.node.ubuntu 24.04"``.
+        os: ``"linux"`` or ``"windows"``.
+    """
+
+    publisher: str
+    offer: str
+    sku: str
+    node_agent_sku_id: str
+    os: OsFamily
+
+    def as_tuple(self) -> tuple[str, str, str, str]:
+        """``(publisher, offer, sku, node_agent_sku_id)``."""
+        return (self.publisher, self.offer, self.sku, self.node_agent_sku_id)
+
+
+#: The images `PoolSpec.from_image` knows, by short name (as Batch's list of supported images names them).
+IMAGES: Mapping[str, ImagePreset] = {
+    "ubuntu-22.04": ImagePreset(
+        "canonical", "0001-com-ubuntu-server-jammy", "22_04-lts", "batch.node.ubuntu 22.04", "linux"
+    ),
+    "ubuntu-24.04": ImagePreset("canonical", "ubuntu-24_04-lts", "server", "batch.node.ubuntu 24.04", "linux"),
+    "windows-2022": ImagePreset(
+        "microsoftwindowsserver",
+        "windowsserver",
+        "2022-datacenter-core-smalldisk",
+        "batch.node.windows amd64",
+        "windows",
+    ),
+}
 
 
 # ----------------------------------------------------------------------------------------------------

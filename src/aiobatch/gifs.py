@@ -3,15 +3,18 @@ r"""The pet-video pipeline: MP4s in, animated GIFs out, one Batch task per video
 `examples/convert_pets.py`, the example notebook and the demo all run `convert_videos`; this module holds what
 they share, so the script stays a thin edge (arguments, logging, progress display) and the logic is tested here.
 
-The flow follows the data: find the videos that have no GIF yet (`plan_conversions`), upload them, make sure
-the pool exists and has a usable node, create a job, add one task per video, and, as each task completes,
-download its GIF (or fetch the tail of its stderr when it failed). Every step reports to a `Reporter`, which
+`convert_videos` is `Client.map_files` with GIF specifics: it finds the videos that have no GIF yet
+(`plan_conversions`), then the general fan-out uploads them, makes sure the pool exists and has a usable node,
+creates a job, adds one task per video, and, as each task completes, downloads its GIF (or fetches the tail of
+its stderr when it failed). What is GIF's own is here: the ffmpeg command (`ffmpeg_arguments`), the GIF names
+(`gif_name_for`), the pool with the ffmpeg package (`gif_pool_spec`), the results in the words of videos
+(`VideoResult`) and the check of a GIF (`check_gif`). Every step reports to a `Reporter`, which
 `aiobatch.progress` renders as rich progress bars, plain lines or a notebook display.
 
-On the node each task sees its video as ``input.mp4`` and writes ``output.gif``; the blob names keep the real
-names. So a video may be called anything -- spaces, quotes, ``$``, ``%``, ``[`` or letters of any script --
-without that name ever reaching a shell, a glob (``outputFiles`` patterns are globs) or a file system that
-refuses some characters (Windows nodes).
+On the node each task sees its video as ``input.mp4`` and writes ``output.gif`` (the fan-out's fixed names); the
+input blobs keep the real names. So a video may be called anything -- spaces, quotes, ``$``, ``%``, ``[`` or
+letters of any script -- without that name ever reaching a shell, a glob (``outputFiles`` patterns are globs) or
+a file system that refuses some characters (Windows nodes).
 
 The conversion is the standard good-GIF recipe in one filter graph: ``fps`` and ``scale`` (lanczos) *before*
 ``split`` so that ``palettegen`` buffers only small frames, then ``palettegen``/``paletteuse``::
@@ -29,7 +32,6 @@ Example:
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import struct
@@ -44,20 +46,18 @@ import anyio
 import anyio.to_thread
 
 from ._client import Client
-from ._errors import AiobatchError, ConfigurationError, ConflictError
-from ._pools import PoolStatus, get_pool_status
-from ._retry import call
+from ._errors import ConfigurationError
+from ._fanout import FileResult, MapObserver, StageKind, failure_line, node_name, output_present, tail_lines
+from ._pools import PoolStatus
+from ._specs import IMAGES as _POOL_IMAGES
 from ._specs import (
     AppPackageRef,
     EnvRef,
     OsFamily,
     PoolSpec,
-    TaskSpec,
     app_package_dir,
     command_line,
-    output_files_to,
-    resource_file,
-    task_ids_for,
+    quote_arg,
 )
 from ._storage import TransferProgress
 from ._watch import TaskEvent
@@ -88,23 +88,20 @@ __all__ = [
 
 logger = logging.getLogger("aiobatch")
 
-#: The video's file name on the node (the blob keeps its real name).
-INPUT_FILE = "input.mp4"
-#: The GIF's file name on the node (uploaded under its real name).
-OUTPUT_FILE = "output.gif"
+VIDEO_SUFFIX = ".mp4"
+#: The video's file name on the node, as the fan-out names it (the blob keeps its real name).
+INPUT_FILE = node_name("input", "video" + VIDEO_SUFFIX)
+#: The GIF's file name on the node, as the fan-out names it (downloaded under the GIF's real name).
+OUTPUT_FILE = node_name("output", "video.gif")
+#: Lines of ffmpeg's stderr a failed video's result keeps.
+_STDERR_LINES = 3
 DEFAULT_INPUT_CONTAINER = "pets-input"
 DEFAULT_OUTPUT_CONTAINER = "pets-output"
-VIDEO_SUFFIX = ".mp4"
 
-#: Marketplace image and node agent per OS: (publisher, offer, sku, node agent SKU id).
+#: Marketplace image and node agent per OS: (publisher, offer, sku, node agent SKU id), from `PoolSpec`'s presets.
 IMAGES: dict[OsFamily, tuple[str, str, str, str]] = {
-    "linux": ("canonical", "ubuntu-24_04-lts", "server", "batch.node.ubuntu 24.04"),
-    "windows": (
-        "microsoftwindowsserver",
-        "windowsserver",
-        "2022-datacenter-core-smalldisk",
-        "batch.node.windows amd64",
-    ),
+    "linux": _POOL_IMAGES["ubuntu-24.04"].as_tuple(),
+    "windows": _POOL_IMAGES["windows-2022"].as_tuple(),
 }
 
 
@@ -287,7 +284,7 @@ def plan_conversions(videos: Sequence[Path], output_dir: str | os.PathLike[str])
     present: list[Path] = []
     for video in videos:
         target = out / gif_names[video.name]
-        (present if target.is_file() and target.stat().st_size > 0 else todo).append(video)
+        (present if output_present(target) else todo).append(video)
     return ConversionPlan(todo=tuple(todo), present=tuple(present), gif_names=gif_names)
 
 
@@ -424,118 +421,74 @@ def _plan_and_measure(videos: Sequence[Path], out: Path) -> tuple[ConversionPlan
     return plan, gif_sizes, video_sizes
 
 
-def _largest_first(names: Sequence[str], sizes: dict[str, int]) -> list[str]:
-    """*names* by size, largest first (ties by name): the longest conversions start first.
+class _Relay(MapObserver):
+    """Passes a fan-out's progress on to a `Reporter`, in the words of videos and GIFs."""
 
-    With more videos than task slots, a big video started last would run alone at the end; started first,
-    it overlaps the small ones, and the run ends sooner.
+    def __init__(self, reporter: Reporter, pool: PoolSpec, input_container: str, job_id: str) -> None:
+        self._reporter = reporter
+        self._pool = pool
+        self._input_container = input_container
+        self._job_id = job_id
 
-    Example:
-        >>> _largest_first(["a", "b", "c"], {"a": 1, "b": 3, "c": 3})
-        ['b', 'c', 'a']
-    """
-    return sorted(names, key=lambda name: (-sizes.get(name, 0), name))
+    def stage(self, kind: StageKind, text: str, count: int) -> None:
+        if kind == "upload":
+            text = f"uploading {plural(count, 'video')} to container {self._input_container!r}"
+        elif kind == "pool":
+            text = f"making sure pool {self._pool.id!r} has a usable node ({self._pool.vm_size})"
+        elif kind == "submit":
+            text = f"adding {plural(count, 'task')} to job {self._job_id!r}"
+        elif kind == "run":
+            text = f"converting {plural(count, 'video')} on pool {self._pool.id!r}"
+        self._reporter.stage(text)
 
+    def upload_started(self, files: int, total_bytes: int) -> None:
+        self._reporter.upload_started(files, total_bytes)
 
-def _failure_text(event: TaskEvent) -> str:
-    """One line saying why a task failed: its exit code, or the service's failure in plain words.
+    def upload_progress(self, progress: TransferProgress) -> None:
+        self._reporter.upload_progress(progress)
 
-    A plain non-zero exit says enough (the stderr tail beside it shows ffmpeg's reason); a failure the service
-    reports (an input it could not download, an output it could not upload) gets `TaskEvent.explanation`, which
-    e.g. says that a SAS URL had expired and what to do about it.
-    """
-    if event.failure is None or event.failure.code in ("", "FailureExitCode"):
-        return f"exit code {event.exit_code}" if event.exit_code is not None else "did not run"
-    return event.explanation or event.error().message
+    def pool_status(self, status: PoolStatus) -> None:
+        self._reporter.pool_status(status)
 
+    def tasks_submitted(self, names_by_task: dict[str, str]) -> None:
+        self._reporter.tasks_submitted(names_by_task)
 
-def _tail_lines(text: str, lines: int = 3) -> str:
-    kept = [line.rstrip() for line in text.strip().splitlines() if line.strip()]
-    return "\n".join(kept[-lines:])
+    def task_event(self, event: TaskEvent, name: str) -> None:
+        self._reporter.task_event(event, name)
 
-
-def _seconds(start: dt.datetime | None, end: dt.datetime | None) -> float | None:
-    if start is None or end is None:
-        return None
-    return max(0.0, (end - start).total_seconds())
-
-
-async def _wait_for_pool(
-    client: Client,
-    pool_id: str,
-    reporter: Reporter,
-    *,
-    min_nodes: int,
-    timeout: float,  # noqa: ASYNC109 (passed on)
-) -> PoolStatus:
-    """`Client.wait_for_pool_ready`, with the pool's node states shown while it waits."""
-
-    async def show() -> None:
-        while True:
-            try:
-                reporter.pool_status(await get_pool_status(client.batch, pool_id, policy=client.retry_policy))
-            except AiobatchError as exc:  # the display only; the wait below reports real trouble
-                logger.debug("pool status for the display failed: %s", exc)
-            await anyio.sleep(1.0)
-
-    error: Exception | None = None
-    status: PoolStatus | None = None
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(show)
-        try:
-            status = await client.wait_for_pool_ready(pool_id, min_nodes=min_nodes, timeout=timeout)
-        except Exception as exc:  # re-raised below, outside the task group (which would wrap it)
-            error = exc
-        finally:
-            tg.cancel_scope.cancel()
-    if error is not None:
-        raise error
-    assert status is not None
-    reporter.pool_status(status)
-    return status
+    def download_progress(self, progress: TransferProgress) -> None:
+        self._reporter.download_progress(progress)
 
 
-def _same_package(ref: AppPackageRef, application_id: str | None, version: str | None) -> bool:
-    # Application ids are case-insensitive in Batch; the version decides the AZ_BATCH_APP_PACKAGE_* variable
-    # the command line reads, so it must match exactly (None: the application's default version).
-    return (application_id or "").lower() == ref.application_id.lower() and (version or None) == ref.version
+def _command_template(app: AppPackageRef, settings: GifSettings, os: OsFamily) -> str:
+    """`gif_command_line`'s program and arguments as a `Client.map_files` template: ``{input}`` to ``{output}``."""
+    folder = app_package_dir(app.application_id, app.version, os=os)
+    program = EnvRef(folder, "/ffmpeg" if os == "linux" else "\\ffmpeg.exe")
+    placeholders = ("{input}", "{output}")
+    words = [quote_arg(program, os=os)]
+    words += [a if a in placeholders else quote_arg(a, os=os) for a in ffmpeg_arguments(settings, *placeholders)]
+    # A literal brace in a quoted argument would read as a placeholder: double it.
+    return " ".join(w if w in placeholders else w.replace("{", "{{").replace("}", "}}") for w in words)
 
 
-async def _ensure_gif_pool(
-    client: Client, pool: PoolSpec, app: AppPackageRef, reporter: Reporter, *, reuse: bool
-) -> None:
-    """Create the pool, or -- only when asked -- run on an existing one that has the ffmpeg package."""
-    try:
-        ref = await client.ensure_pool(pool, reuse_existing=reuse)
-    except ConflictError as exc:
-        if exc.code != "PoolExists":
-            raise
-        raise ConfigurationError(
-            f"pool {pool.id!r} already exists and this run did not create it. Choose another pool id, or pass "
-            "reuse_pool=True to run on it as it is (it must reference the ffmpeg application package; it is "
-            "not deleted afterwards).",
-            setting="reuse_pool",
-        ) from exc
-    if ref.owned:  # created now, or by an earlier attempt of this same run: ours, built from *pool*
-        return
-    reporter.stage(f"reusing existing pool {pool.id!r} (not created by this run; it will be left as it is)")
-    existing = await call(
-        lambda: client.batch.get_pool(pool.id, select=["id", "applicationPackageReferences"]),
-        policy=client.retry_policy,
-        resource="pool",
-        resource_id=pool.id,
+async def _video_result(result: FileResult, gif: str) -> VideoResult:
+    """A video's result from its fan-out result (``gif`` is its GIF's file name)."""
+    base = VideoResult(
+        result.name,
+        gif,
+        "converted",
+        seconds=result.seconds,
+        node_id=result.node_id,
+        task_id=result.task_id,
+        exit_code=result.exit_code,
     )
-    refs = [(r.application_id, r.version) for r in existing.application_package_references or []]
-    if any(_same_package(app, app_id, version) for app_id, version in refs):
-        return
-    has = ", ".join(f"{a}" + (f" {v}" if v else " (default version)") for a, v in refs) or "no application package"
-    wanted = app.application_id + (f" {app.version}" if app.version else " (default version)")
-    raise ConfigurationError(
-        f"pool {pool.id!r} lacks the ffmpeg application package {wanted} (it has {has}), so every task would "
-        "fail with 'ffmpeg: No such file or directory'. Run without reusing it (choose another pool id, and a "
-        "new pool with the package is created), or add the package to the pool's applicationPackageReferences "
-        "(the pool's nodes must then be rebooted or re-created to install it).",
-        setting="reuse_pool",
+    if result.status != "failed":
+        size = (await anyio.Path(result.outputs[0]).stat()).st_size
+        return replace(base, outcome="converted" if result.status == "succeeded" else "present", gif_size=size)
+    event = result.event
+    why = failure_line(event) if event is not None and not event.succeeded else None
+    return replace(
+        base, outcome="failed", error=why or result.error, stderr_tail=tail_lines(result.stderr_tail, _STDERR_LINES)
     )
 
 
@@ -601,7 +554,7 @@ async def convert_videos(
     app = pool.application_packages[0]
     paths = [Path(v) for v in videos]
     out = Path(output_dir)
-    plan, gif_sizes, video_sizes = await anyio.to_thread.run_sync(_plan_and_measure, paths, out)
+    plan, gif_sizes, _ = await anyio.to_thread.run_sync(_plan_and_measure, paths, out)
     results: dict[str, VideoResult] = {}
     for video in plan.present:
         gif = plan.gif_names[video.name]
@@ -620,86 +573,31 @@ async def convert_videos(
         reporter.finished(final)
         return final
 
-    # Files -> blobs.
-    reporter.stage(f"uploading {plural(len(plan.todo), 'video')} to container {input_container!r}")
-    reporter.upload_started(len(plan.todo), sum(video_sizes.values()))
-    await client.upload_files(input_container, plan.todo, progress=reporter.upload_progress)
-
-    # A pool with a usable node, and a job on it.
-    reporter.stage(f"making sure pool {pool.id!r} has a usable node ({pool.vm_size})")
-    await _ensure_gif_pool(client, pool, app, reporter, reuse=reuse_pool)
-    await _wait_for_pool(client, pool.id, reporter, min_nodes=min_nodes, timeout=pool_timeout)
+    # The general fan-out does the work -- upload, pool, job, one task per video (the largest first), each GIF
+    # downloaded as its task ends; what is GIF-specific is the command, the names and the words shown.
     job_id = job_id or f"gifs-{client.run_id}"
-    await client.create_job(
-        job_id, pool_id=pool.id, on_all_tasks_complete="terminatejob", display_name="aiobatch: MP4 to GIF"
+    conversions = client.map_files(
+        plan.todo,
+        _command_template(app, settings, pool.os),
+        gif_name_for,
+        pool=pool,
+        output_dir=out,
+        job_id=job_id,
+        input_container=input_container,
+        output_container=output_container,
+        reuse_pool=reuse_pool,
+        min_nodes=min_nodes,
+        pool_timeout=pool_timeout,
+        retries=task_retries,
+        timeout=task_timeout,
+        observer=_Relay(reporter, pool, input_container, job_id),
     )
-
-    # Blobs -> task specs -> Batch, the largest video first. Task ids and the report keep the videos' order.
-    names = [p.name for p in plan.todo]
-    task_ids = task_ids_for(names)
-    video_of = {task_ids[name]: name for name in names}
-    outputs_url = await client.output_container_sas_url(output_container)
-    command = gif_command_line(app, settings, os=pool.os)
-    specs = [
-        TaskSpec(
-            id=task_ids[name],
-            command_line=command,
-            resource_files=[resource_file(await client.input_sas_url(input_container, name), INPUT_FILE)],
-            output_files=[output_files_to(outputs_url, OUTPUT_FILE, path=plan.gif_names[name])],
-            max_task_retry_count=task_retries,
-            max_wall_clock_time=task_timeout,
-            display_name=name[:1024],
-        )
-        for name in _largest_first(names, video_sizes)
-    ]
-    reporter.stage(f"adding {plural(len(specs), 'task')} to job {job_id!r}")
-    submitted = await client.submit_tasks(job_id, specs)
-    for task_id, why in submitted.failed.items():
-        name = video_of[task_id]
-        result = VideoResult(name, plan.gif_names[name], "failed", task_id=task_id, error=f"not submitted: {why}")
-        results[name] = result
-        reporter.video_done(result)
-    reporter.tasks_submitted({t: video_of[t] for t in (*submitted.added, *submitted.existing)})
-
-    # Completion events -> outputs.
-    async def collect(event: TaskEvent) -> None:
-        name = video_of[event.task_id]
-        gif = plan.gif_names[name]
-        base = VideoResult(
-            name,
-            gif,
-            "converted",
-            seconds=_seconds(event.start_time, event.end_time),
-            node_id=event.node_id,
-            task_id=event.task_id,
-            exit_code=event.exit_code,
-        )
-        if event.succeeded:
-            try:
-                await client.download_outputs(output_container, out, names=[gif], progress=reporter.download_progress)
-                result = replace(base, gif_size=(await anyio.Path(out / gif).stat()).st_size)
-            except AiobatchError as exc:
-                result = replace(base, outcome="failed", error=f"the GIF could not be downloaded: {exc}")
-        else:
-            why = _failure_text(event)
-            try:
-                tail = _tail_lines(await event.stderr_tail(4096))
-            except AiobatchError as exc:
-                tail = f"(stderr could not be read: {exc})"
-            result = replace(base, outcome="failed", error=why, stderr_tail=tail)
-        results[name] = result
-        reporter.video_done(result)
-
-    reporter.stage(f"converting {plural(len(video_of), 'video')} on pool {pool.id!r}")
-    async with anyio.create_task_group() as tg:
-        async for event in client.watch_tasks(job_id, include_running=True):
-            watched = video_of.get(event.task_id)
-            if watched is None:
-                continue
-            reporter.task_event(event, watched)
-            if event.kind == "completed":
-                tg.start_soon(collect, event)
-    final = report(job_id)
+    async with conversions:
+        async for converted in conversions:
+            result = await _video_result(converted, plan.gif_names[converted.name])
+            results[result.video] = result
+            reporter.video_done(result)
+    final = report(conversions.report.job_id)
     reporter.finished(final)
     logger.info(
         "converted %s, %d failed, %d already there, in %.1f s",
@@ -743,7 +641,9 @@ def check_gif(path: str | os.PathLike[str], ffmpeg: str | os.PathLike[str]) -> G
         check=False,
     )
     if proc.returncode != 0 or proc.stderr.strip():
-        raise ValueError(f"{os.fspath(path)!r} does not decode: {_tail_lines(proc.stderr) or proc.returncode}")
+        raise ValueError(
+            f"{os.fspath(path)!r} does not decode: {tail_lines(proc.stderr, _STDERR_LINES) or proc.returncode}"
+        )
     frames = data.count(b"\x21\xf9\x04") or 1  # graphic control extensions: one per frame
     return GifInfo(width=width, height=height, frames=frames, size=len(data))
 

@@ -34,6 +34,7 @@ ENTRY_POINTS = [
     "wait_for_tasks",
     "terminate_job",
     "delete_job",
+    "map_files",
 ]
 
 #: The public functions of the package (not classes, not constants): each is called directly, so each shows how.
