@@ -773,6 +773,13 @@ class _Run:
 
     def value(self, node: _Node) -> Value:
         """Evaluate one expression."""
+        try:
+            return self._value(node)
+        except (OverflowError, ValueError):
+            # Infinite or NaN doubles met where a whole number is needed, or times beyond year 9999.
+            _fail("A value is out of range", node.pos)
+
+    def _value(self, node: _Node) -> Value:
         if isinstance(node, _Number):
             return node.value
         if isinstance(node, _String):
@@ -847,7 +854,11 @@ class _Run:
             elif op in ("<", "<=", "==", ">=", ">", "!="):
                 result = _compare(op, result, self.value(operand), pos)
             else:
-                result = _arithmetic(op, result, self.value(operand), pos)
+                right = self.value(operand)
+                try:
+                    result = _arithmetic(op, result, right, pos)
+                except (OverflowError, ValueError):
+                    _fail("A value is out of range", pos)
         return result
 
     @staticmethod
