@@ -397,7 +397,10 @@ def test_short_circuit_and_lazy_branches_skip_failing_parts() -> None:
 
 
 def test_targets_must_be_non_negative_doubles_and_the_option_one_of_four() -> None:
-    assert error_of("$TargetDedicatedNodes = -1")[0] == EVALUATION_ERROR_CODE
+    assert error_of("$TargetDedicatedNodes = -1") == (
+        EVALUATION_ERROR_CODE,
+        "Line 1, Col 25: $TargetDedicatedNodes must be a non-negative double, not double -1",
+    )
     assert error_of("$TargetLowPriorityNodes = time()")[0] == EVALUATION_ERROR_CODE
     assert error_of('$NodeDeallocationOption = "later"')[0] == EVALUATION_ERROR_CODE
     assert run('$NodeDeallocationOption = "Terminate"').node_deallocation_option == "terminate"

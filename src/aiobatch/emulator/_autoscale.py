@@ -68,7 +68,8 @@ TARGET_DEDICATED = "$TargetDedicatedNodes"
 TARGET_LOW_PRIORITY = "$TargetLowPriorityNodes"
 NODE_DEALLOCATION_OPTION = "$NodeDeallocationOption"
 _ALIASES = {"$TargetDedicated": TARGET_DEDICATED, "$TargetLowPriority": TARGET_LOW_PRIORITY}
-_READ_WRITE = (TARGET_DEDICATED, TARGET_LOW_PRIORITY, NODE_DEALLOCATION_OPTION, *_ALIASES)
+_LISTED_FIRST = (TARGET_DEDICATED, TARGET_LOW_PRIORITY, NODE_DEALLOCATION_OPTION)
+_READ_WRITE = (*_LISTED_FIRST, *_ALIASES)
 
 #: Read-only service variables that are sample histories: objects read through GetSample and the other methods.
 SAMPLED_METRICS = (
@@ -687,16 +688,15 @@ def evaluate(formula: Formula | str, context: EvaluationContext) -> AutoScaleRun
     now = context.now if context.now.tzinfo else context.now.replace(tzinfo=dt.timezone.utc)
     run = _Run(context, now)
     try:
-        for statement in parsed.statements:
-            value = run.value(statement.expr)
-            if statement.target is not None:
-                run.variables[statement.target] = value
-        targets = run.targets()
-    except _Stop:
         try:
-            targets = run.targets()
-        except _RunFailure as exc:
-            return _failed(context, now, exc)
+            for statement in parsed.statements:
+                value = run.value(statement.expr)
+                if statement.target is not None:
+                    run.variables[statement.target] = value
+                    run.assigned_at[statement.target] = statement.expr.pos
+        except _Stop:
+            pass  # stop(): what was assigned so far stands
+        targets = run.targets()
     except _RunFailure as exc:
         return _failed(context, now, exc)
     dedicated, low_priority, option = targets
@@ -704,7 +704,7 @@ def evaluate(formula: Formula | str, context: EvaluationContext) -> AutoScaleRun
     shown = {TARGET_DEDICATED: float(dedicated), TARGET_LOW_PRIORITY: float(low_priority), **run.variables}
     results = [(name, _format(shown[name])) for name in (TARGET_DEDICATED, TARGET_LOW_PRIORITY)]
     results.append((NODE_DEALLOCATION_OPTION, option))
-    results += sorted((name, _format(value)) for name, value in run.variables.items() if name not in _READ_WRITE[:3])
+    results += sorted((name, _format(value)) for name, value in run.variables.items() if name not in _LISTED_FIRST)
     return AutoScaleRun(
         timestamp=now,
         results=";".join(f"{name}={text}" for name, text in results),
@@ -738,6 +738,7 @@ class _Run:
         self.context = context
         self.now = now
         self.variables: dict[str, Value] = {}
+        self.assigned_at: dict[str, tuple[int, int]] = {}
 
     # -- the end of a run
 
@@ -749,7 +750,7 @@ class _Run:
         if not isinstance(option, str) or option.lower() not in DEALLOCATION_OPTIONS:
             _fail(
                 f"{NODE_DEALLOCATION_OPTION} must be one of {', '.join(DEALLOCATION_OPTIONS)}, not {_format(option)}",
-                (0, 0),
+                self.assigned_at[NODE_DEALLOCATION_OPTION],
             )
         return dedicated, low_priority, option.lower()
 
@@ -758,14 +759,14 @@ class _Run:
         # named variable will take precedence."
         alias = next(a for a, full in _ALIASES.items() if full == name)
         if name in self.variables:
-            value = self.variables[name]
+            value, pos = self.variables[name], self.assigned_at[name]
         elif alias in self.variables:
-            value = self.variables[alias]
+            value, pos = self.variables[alias], self.assigned_at[alias]
         else:
             return current
         if not isinstance(value, float) or not math.isfinite(value) or value < 0:
             # Emulator's reading: the page's examples all clamp with max(0, ...), and a target must be a count.
-            _fail(f"{name} must be a non-negative double, not {_type_name(value)} {_format(value)}", (0, 0))
+            _fail(f"{name} must be a non-negative double, not {_type_name(value)} {_format(value)}", pos)
         # The page's Example 3 rounds up with "(x + 3) / 4", so a fractional target is truncated.
         return math.trunc(value)
 
