@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import gc
 import inspect
+import logging
 from collections import Counter
 from typing import Any
 
@@ -335,3 +336,47 @@ def test_a_refused_input_blob_advises_checking_the_sas() -> None:
     assert "'/mnt/batch/tasks/workitems/job/job-1/t1/wd/cat 1.mp4'" in explanation
     assert "Check the SAS URL" in explanation and "read permission" in explanation
     assert "stderr" not in explanation
+
+
+class _Collect(logging.Handler):
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+async def test_the_sdks_failsafe_deserialization_warning_stays_out_of_the_users_output(
+    batch_emulator: Emulator, azurite: AzuriteServer
+) -> None:
+    """The SDK logs a traceback at WARNING for each error answer without a body (a HEAD); the error is raised anyway."""
+    from aiobatch import resource_file
+
+    root = logging.getLogger()
+    user = _Collect(logging.WARNING)  # a user's handler: warnings and worse on stderr
+    root.addHandler(user)
+    sdk = logging.getLogger("azure.batch._utils.model_base")
+    try:
+        async with make_client(batch_emulator, azurite) as client:
+            await _ready_job(client)
+            url = f"{azurite.blob_endpoint}/inputs/absent.txt"
+            spec = TaskSpec(id="never-ran", command_line="cat absent.txt", resource_files=[resource_file(url)])
+            await client.submit_tasks("job", [spec])
+            (event,) = [e async for e in client.watch_tasks("job", **QUICK)]
+            assert await event.stderr_tail() == ""  # the task never ran: HEAD stderr.txt is a 404 without a body
+            sdk.warning("a different problem")  # the same logger's other records still reach the user
+            previous = sdk.level
+            sdk.setLevel(logging.DEBUG)  # and whoever asks for the SDK's DEBUG records still gets this one
+            debug = _Collect(logging.DEBUG)
+            sdk.addHandler(debug)
+            try:
+                assert await event.stderr_tail() == ""
+            finally:
+                sdk.removeHandler(debug)
+                sdk.setLevel(previous)
+    finally:
+        root.removeHandler(user)
+    assert "a different problem" in user.messages
+    assert not [m for m in user.messages if "failsafe deserialization" in m], user.messages
+    assert [m for m in debug.messages if "failsafe deserialization" in m]
