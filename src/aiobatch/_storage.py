@@ -508,7 +508,7 @@ async def upload_files(
     policy: RetryPolicy | None = None,
     create_container: bool = True,
 ) -> UploadResult:
-    """Upload files to a container concurrently, skipping those whose blob already holds the same bytes.
+    r"""Upload files to a container concurrently, skipping those whose blob already holds the same bytes.
 
     The container is created if missing. A file is skipped when its blob exists with the same size and
     ``Content-MD5``. Files up to *single_put_size* go up in one request; larger ones in blocks of *block_size*,
@@ -518,7 +518,7 @@ async def upload_files(
         service: the blob service (see `blob_service_client`).
         container: the container name.
         paths: the local files.
-        blob_names: a blob name per path, in order; defaults to each file's name. A ``\\`` in a name becomes
+        blob_names: a blob name per path, in order; defaults to each file's name. A ``\`` in a name becomes
             ``/``, as the service stores it (`stored_blob_name`); the results carry the stored names.
         concurrency: most requests in flight (and files being worked on) at once.
         block_size: bytes per staged block (at most 4000 MiB).

@@ -170,7 +170,7 @@ async def test_names_that_the_service_stores_alike_are_duplicates(
     service: BlobServiceClient, container: str, tmp_path: Path
 ) -> None:
     a, b = write_files(tmp_path, {"a\\b.txt": 1, "c.txt": 2})
-    with pytest.raises(ConfigurationError, match="would both become blob 'a/b.txt'"):
+    with pytest.raises(ConfigurationError, match=r"would both become blob 'a/b\.txt'"):
         await upload_files(service, container, [a, b], blob_names=["a\\b.txt", "a/b.txt"])
 
 
