@@ -33,7 +33,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +40,10 @@ from types import TracebackType
 
 import anyio
 import anyio.to_thread
-from azure.batch.aio import BatchClient
-from azure.storage.blob.aio import BlobServiceClient
 
 from ._apppackage import FFMPEG_APP_ID, build_ffmpeg_package, ffmpeg_executable, ffmpeg_version
-from ._azurite import AZURITE_DIR_ENV, AzuriteServer
+from ._azurite import AzuriteServer
+from ._services import INTERACTIVE_TIMINGS, LocalServices
 from ._specs import AppPackageRef
 from .emulator import Emulator, Timings
 from .gifs import check_gif, find_videos, gif_name_for, plural
@@ -203,38 +201,28 @@ def write_sample_videos(
 # ----------------------------------------------------------------------------------------------------
 
 
-def _azurite_dir() -> Path | None:
-    """Find where Azurite is installed: ``$AIOBATCH_AZURITE_DIR``, else the nearest ``.azurite`` folder up.
-
-    A notebook runs in ``examples/`` while the project's copy is at its root. None means ``./.azurite``.
-    """
-    if os.environ.get(AZURITE_DIR_ENV, "").strip():
-        return None
-    here = Path.cwd()
-    for folder in (here, *here.parents):
-        if (folder / ".azurite").is_dir():
-            return folder / ".azurite"
-    return None
-
-
 class LocalBatch:
-    """The Batch emulator and Azurite on loopback, with the ffmpeg application package registered.
+    """The Batch emulator and Azurite on loopback, and the ffmpeg application package when asked.
 
     An async context manager: entering builds ``ffmpeg/<version>.zip`` from the pip-installed binary into the
-    apps folder (skipped when it is there), starts Azurite's Blob service (installing it with npm on first
-    use) and starts the emulator serving that folder; leaving stops both and removes temporary folders.
+    apps folder when *ffmpeg* is true (skipped when it is there), then starts Azurite's Blob service (installing
+    it with npm on first use) and the emulator serving that folder, through `aiobatch._services.LocalServices`
+    (the starter ``aiobatch local`` and the test fixtures share); leaving stops both and removes temporary
+    folders.
 
     Args:
-        apps_dir: the application packages folder; a temporary one by default.
+        apps_dir: the application packages folder; none (or, with *ffmpeg*, a temporary one) by default.
         workdir: where the emulator keeps node directories; a temporary folder by default.
         timings: the emulator's allocation and boot delays (about a second by default, so progress shows).
-        azurite_dir: where Azurite is installed (see `aiobatch._azurite.default_azurite_dir`).
+        azurite_dir: where Azurite is installed (see `aiobatch._services.find_azurite_dir`).
+        ffmpeg: build the ffmpeg application package (~80 MB zipped, once per apps folder) and serve it; the
+            GIF pipeline needs it, other work does not.
 
     Example:
         >>> async def main():  # doctest: +SKIP
-        ...     async with LocalBatch() as local:
+        ...     async with LocalBatch(ffmpeg=True) as local:
         ...         async with Client.from_env(local.environ, cleanup=True) as client:
-        ...             ...
+        ...             pool = gifs.gif_pool_spec("pets", app=local.ffmpeg_app)
     """
 
     def __init__(
@@ -244,20 +232,34 @@ class LocalBatch:
         workdir: str | os.PathLike[str] | None = None,
         timings: Timings | None = None,
         azurite_dir: str | os.PathLike[str] | None = None,
+        ffmpeg: bool = False,
     ) -> None:
         self._apps_dir = Path(apps_dir) if apps_dir is not None else None
         self._workdir = Path(workdir) if workdir is not None else None
-        self._timings = timings or Timings(allocation_delay=1.0, node_start_delay=0.8, deletion_delay=0.2)
-        self._azurite_dir = azurite_dir  # None: found on entering (`_azurite_dir` looks at folders)
+        self._timings = timings or INTERACTIVE_TIMINGS
+        self._azurite_dir = azurite_dir
+        self._ffmpeg = ffmpeg
         self._stack = contextlib.AsyncExitStack()
+        self.services: LocalServices | None = None
         self.azurite: AzuriteServer | None = None
         self.emulator: Emulator | None = None
         self.apps_dir: Path | None = None
-        self.ffmpeg_app = AppPackageRef(FFMPEG_APP_ID, None)
+        self._ffmpeg_app: AppPackageRef | None = None
 
     def __repr__(self) -> str:
         endpoint = self.emulator.endpoint if self.emulator is not None and self.emulator.account else None
         return f"LocalBatch(batch={endpoint!r}, apps_dir={str(self.apps_dir) if self.apps_dir else None!r})"
+
+    @property
+    def ffmpeg_app(self) -> AppPackageRef:
+        """The ffmpeg application package served, with its version.
+
+        Raises:
+            RuntimeError: not entered, or entered without ``ffmpeg=True``.
+        """
+        if self._ffmpeg_app is None:
+            raise RuntimeError("no ffmpeg package: use LocalBatch(ffmpeg=True) to build and serve it")
+        return self._ffmpeg_app
 
     async def start(self) -> LocalBatch:
         """Start everything (``async with`` does this); for a notebook, where a block cannot span cells.
@@ -275,28 +277,27 @@ class LocalBatch:
         stack = self._stack
         try:
             apps = self._apps_dir
-            if apps is None:
+            if apps is None and self._ffmpeg:
                 apps = Path(await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="aiobatch-apps-")))
                 stack.push_async_callback(
                     anyio.to_thread.run_sync, functools.partial(shutil.rmtree, apps, ignore_errors=True)
                 )
             self.apps_dir = apps
-            # Asking ffmpeg its version runs it: a subprocess, like zipping the package, is for a worker thread.
-            version = await anyio.to_thread.run_sync(ffmpeg_version)
-            await anyio.to_thread.run_sync(lambda: build_ffmpeg_package(apps, version=version))
-            self.ffmpeg_app = AppPackageRef(FFMPEG_APP_ID, version)
-            azurite_dir = self._azurite_dir
-            if azurite_dir is None:
-                azurite_dir = await anyio.to_thread.run_sync(_azurite_dir)
-            self.azurite = await stack.enter_async_context(AzuriteServer(directory=azurite_dir))
-            self.emulator = await stack.enter_async_context(
-                Emulator(apps_dir=apps, workdir=self._workdir, timings=self._timings)
+            if self._ffmpeg:
+                assert apps is not None
+                # Asking ffmpeg its version runs it: a subprocess, like zipping the package, is for a worker thread.
+                version = await anyio.to_thread.run_sync(ffmpeg_version)
+                await anyio.to_thread.run_sync(lambda: build_ffmpeg_package(apps, version=version))
+                self._ffmpeg_app = AppPackageRef(FFMPEG_APP_ID, version)
+            services = LocalServices(
+                apps_dir=apps, workdir=self._workdir, timings=self._timings, azurite_dir=self._azurite_dir
             )
+            self.services = await stack.enter_async_context(services)
+            self.azurite, self.emulator = services.azurite, services.emulator
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await stack.aclose()
             raise
-        logger.info("local Batch emulator on %s, Azurite on %s", self.emulator.endpoint, self.azurite.blob_endpoint)
         return self
 
     async def __aexit__(
@@ -312,14 +313,9 @@ class LocalBatch:
         Raises:
             RuntimeError: not entered yet.
         """
-        if self.emulator is None or self.azurite is None:
+        if self.services is None or self.services.emulator is None:
             raise RuntimeError("LocalBatch is not running; use `async with LocalBatch() as local:`")
-        return {
-            "AZURE_BATCH_ENDPOINT": self.emulator.endpoint,
-            "AZURE_BATCH_ACCOUNT_NAME": self.emulator.account_name,
-            "AZURE_BATCH_ACCOUNT_KEY": self.emulator.credential.named_key.key,
-            "AZURE_STORAGE_CONNECTION_STRING": self.azurite.connection_string,
-        }
+        return self.services.environ
 
     async def leftovers(self, *, wait: float = 10.0) -> list[str]:
         """What is still in the Batch account and the storage account: pools, jobs and containers.
@@ -330,20 +326,9 @@ class LocalBatch:
         Returns:
             One description per resource left, e.g. ``"pool 'pets' (deleting)"``; empty when all is gone.
         """
-        if self.emulator is None or self.azurite is None:
+        if self.services is None:
             raise RuntimeError("LocalBatch is not running")
-        deadline = time.monotonic() + wait
-        async with (
-            BatchClient(self.emulator.endpoint, self.emulator.credential) as batch,
-            BlobServiceClient.from_connection_string(self.azurite.connection_string) as blobs,
-        ):
-            while True:
-                left = [f"pool {p.id!r} ({p.state})" async for p in batch.list_pools()]
-                left += [f"job {j.id!r} ({j.state})" async for j in batch.list_jobs()]
-                left += [f"container {c.name!r}" async for c in blobs.list_containers()]
-                if not left or time.monotonic() >= deadline:
-                    return left
-                await anyio.sleep(0.2)
+        return await self.services.leftovers(wait=wait)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -456,7 +441,7 @@ async def run_demo(
     # The package is cached: building it zips ~80 MB, and the next run reuses it. Never beside the output,
     # which may be a user's own folder.
     log(f"ffmpeg application package cache: {cache / 'apps'}")
-    async with LocalBatch(apps_dir=cache / "apps") as local:
+    async with LocalBatch(apps_dir=cache / "apps", ffmpeg=True) as local:
         assert local.ffmpeg_app.version is not None
         command = [
             sys.executable,
