@@ -25,8 +25,7 @@ from azure.storage.blob.aio import BlobServiceClient
 
 import aiobatch.local
 from aiobatch import Client, PoolSpec, TaskSpec
-from aiobatch._services import LocalServices
-from aiobatch.local import LocalBatch, child_processes
+from aiobatch.local import LocalBatch, LocalServices, child_processes
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table (Linux)")
 

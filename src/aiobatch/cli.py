@@ -185,8 +185,7 @@ async def _run_local(options: argparse.Namespace, command: list[str] | None) -> 
     import anyio.abc
 
     from ._errors import AiobatchError
-    from ._services import CONFLICTING_VARIABLES
-    from .local import LocalBatch
+    from .local import CONFLICTING_VARIABLES, LocalBatch
 
     def say(line: str) -> None:
         print(f"aiobatch local: {line}", file=sys.stderr, flush=True)

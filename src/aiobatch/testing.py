@@ -33,7 +33,7 @@ Fixtures:
         application packages found in the ``emulator_apps_dir`` fixture. Use ``batch_emulator.endpoint`` and
         ``batch_emulator.credential`` with ``azure.batch.aio.BatchClient``.
     ``local_services`` (function)
-        A :class:`~aiobatch._services.LocalServices`: an emulator for the test and the session's ``azurite``,
+        A :class:`~aiobatch.local.LocalServices`: an emulator for the test and the session's ``azurite``,
         started the way ``aiobatch local`` starts them; ``local_services.environ`` holds the ``AZURE_*`` variables
         for ``Client.from_env``.
     ``emulator_apps_dir`` (function)
@@ -64,8 +64,8 @@ from ._apppackage import build_ffmpeg_package
 from ._azurite import AzuriteError, AzuriteServer
 from ._faultproxy import KINDS as STORAGE_FAULT_KINDS
 from ._faultproxy import StorageFaultProxy
-from ._services import TEST_TIMINGS, LocalServices, find_azurite_dir
 from .emulator import Emulator
+from .local import TEST_TIMINGS, LocalServices, find_azurite_dir
 
 __all__ = [
     "anyio_backend",
