@@ -162,6 +162,16 @@ def test_export_lines_reach_both_services_and_a_signal_stops_everything(
         assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
         dotenv = dict(shlex.split(line)[0].split("=", 1) for line in env_file.read_text().splitlines())
         assert dotenv == exports
+        sourced = subprocess.run(
+            ["sh", "-c", f"set -a; . {shlex.quote(str(env_file))}; set +a; env"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PATH": os.environ["PATH"]},
+        ).stdout
+        assert {k: v for k, v in (line.split("=", 1) for line in sourced.splitlines() if "=" in line)}.items() >= (
+            exports.items()
+        ), "a shell sourcing the file gets the same values"
 
         pid_file = tmp_path / "task.pid"
         anyio.run(_use_both_services, exports, tmp_path, pid_file)

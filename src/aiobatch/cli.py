@@ -118,8 +118,8 @@ LOCAL_HELP = """\
 Start the Batch emulator and Azurite (Blob Storage) on loopback for your own code; stop both on the way out.
 
 Without a command: print the AZURE_* variables that aiobatch.Client.from_env reads as `export` lines on stdout
-(status lines go to stderr), so `eval "$(aiobatch local)"` -- or a second terminal -- points a shell at them,
-then run until Ctrl-C or SIGTERM.
+(status lines go to stderr) -- paste them into another shell, or give --env-file PATH and source that file
+(`set -a; . PATH; set +a`) -- then run until Ctrl-C or SIGTERM.
 
 With `-- COMMAND [ARGS...]`: run the command with those variables set (the rest of the environment kept), stop
 both services when it ends, and exit with its status (128 + the signal's number if a signal ended it). SIGTERM,
@@ -241,7 +241,7 @@ async def _run_local(options: argparse.Namespace, command: list[str] | None) -> 
             say("stopping")
             await local.stop()
 
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, *_HANGUP) as signals:
         async with anyio.create_task_group() as group:
 
             async def listen() -> None:
@@ -263,6 +263,10 @@ async def _run_local(options: argparse.Namespace, command: list[str] | None) -> 
     if command is not None and process is None and received:
         return 128 + received[0]  # stopped before the command started
     return status
+
+
+#: SIGHUP where the platform has it: a closed terminal is passed on to the command like SIGTERM.
+_HANGUP = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
 
 
 def _terminal_sends_sigint_to(group: int) -> bool:
