@@ -243,6 +243,19 @@ def test_sigterm_reaches_the_command_and_leaves_nothing_running(tmp_path: Path, 
     assert _all_gone(started) == [], "the command or a service outlived aiobatch local"
 
 
+def test_what_the_command_leaves_running_in_the_background_is_ended(tmp_path: Path, reaper: list[int]) -> None:
+    pid_file = tmp_path / "background.pid"
+    script = f"sleep 100 & echo $! > {shlex.quote(str(pid_file))}"  # the shell exits, its sleep would live on
+    process = _start(["--", "sh", "-c", script], tmp_path)
+    reaper.append(process.pid)
+    _, err = process.communicate(timeout=120)
+    background = int(pid_file.read_text())
+    reaper.append(background)
+    assert process.returncode == 0, err.decode()
+    assert _all_gone([background]) == [], "the command's background process outlived aiobatch local"
+    assert b"left running" in err
+
+
 def test_a_command_that_cannot_be_found_is_127_and_no_command_is_a_usage_error(tmp_path: Path) -> None:
     missing = subprocess.run(
         [_aiobatch(), "local", "--", str(tmp_path / "no-such-program")], capture_output=True, timeout=120, cwd=tmp_path

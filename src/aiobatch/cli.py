@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shlex
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 USAGE = """usage: aiobatch <command> [options]
@@ -183,6 +184,7 @@ def local_main(argv: Sequence[str]) -> int:
 async def _run_local(options: argparse.Namespace, command: list[str] | None) -> int:
     import anyio
     import anyio.abc
+    import anyio.to_thread
 
     from ._errors import AiobatchError
     from .local import CONFLICTING_VARIABLES, LocalBatch
@@ -191,6 +193,7 @@ async def _run_local(options: argparse.Namespace, command: list[str] | None) -> 
         print(f"aiobatch local: {line}", file=sys.stderr, flush=True)
 
     local = LocalBatch(apps_dir=options.apps, workdir=options.workdir, ffmpeg=options.with_ffmpeg)
+    _adopt_orphans()
     received: list[int] = []
     process: anyio.abc.Process | None = None
     status = 0
@@ -240,6 +243,8 @@ async def _run_local(options: argparse.Namespace, command: list[str] | None) -> 
                     await process.wait()
             say("stopping")
             await local.stop()
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_end_leftovers, say)
 
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, *_HANGUP) as signals:
         async with anyio.create_task_group() as group:
@@ -263,6 +268,51 @@ async def _run_local(options: argparse.Namespace, command: list[str] | None) -> 
     if command is not None and process is None and received:
         return 128 + received[0]  # stopped before the command started
     return status
+
+
+def _adopt_orphans() -> bool:
+    """On Linux, become the parent of orphaned descendants (``PR_SET_CHILD_SUBREAPER``); tell whether it worked.
+
+    A command that leaves something running in the background (``sh -c 'server & ...'``, a killed shell's
+    children) would leave it to init; as their subreaper, `_end_leftovers` can still find and end it.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(36, 1, 0, 0, 0) == 0)  # 36: PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def _end_leftovers(say: Callable[[str], None], *, grace: float = 5.0) -> None:
+    """End what still runs below this process once the services have stopped: SIGTERM, then SIGKILL (blocking)."""
+    import time
+
+    from .local import child_processes
+
+    left = [pid for pid, _ in child_processes()]
+    if left:
+        say(f"ending {len(left)} process(es) left running: {', '.join(map(str, left))}")
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while {pid for pid, _ in child_processes()} & set(left) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid, _ in child_processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    # Reap the orphans adopted meanwhile (ours alone now: the command and the services were waited for already).
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 #: SIGHUP where the platform has it: a closed terminal is passed on to the command like SIGTERM.
