@@ -127,7 +127,8 @@ both services when it ends, and exit with its status (128 + the signal's number 
 SIGHUP, and SIGINT not sent by the terminal (which sends Ctrl-C to the command itself) are passed on to the
 command; a second signal kills it.
 
-Either way nothing is left running: the emulator's task processes and Azurite stop with it. Nothing is built
+Either way nothing is left running: the emulator's task processes and Azurite stop with it, and (on Linux) what
+the command left running in the background is ended too (SIGTERM, then SIGKILL). Nothing is built
 unless asked: application packages come from --apps DIR (DIR/<application id>/<version>.zip); --with-ffmpeg
 adds the demo's ffmpeg package (built from the pip-installed binary, ~80 MB, once per folder).
 """
