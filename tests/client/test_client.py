@@ -121,7 +121,7 @@ async def test_aclose_of_unopened_client_is_a_no_op(batch_emulator: Emulator, az
 
 
 async def test_an_unclosed_client_that_created_resources_warns_with_the_cleanup_command(
-    batch_emulator: Emulator, azurite: AzuriteServer
+    batch_emulator: Emulator, azurite: AzuriteServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = await make_client(batch_emulator, azurite, run_id="forgotten", cleanup=True).open()
     await client.ensure_pool(pool_spec("forgotten-pool"))
@@ -138,6 +138,10 @@ async def test_an_unclosed_client_that_created_resources_warns_with_the_cleanup_
     assert "unclosed aiobatch Client (run 'forgotten')" in message
     assert "pools forgotten-pool" in message and "containers forgotten-box" in message
     assert message.endswith("aiobatch cleanup --run-id forgotten")
+    # ResourceWarning is hidden outside tests: a leak that costs money is logged as well.
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "aiobatch"] == [
+        message
+    ]
     # Only a warning: nothing was deleted behind the user's back (a finalizer does no I/O).
     assert batch_emulator.account is not None and "forgotten-pool" in batch_emulator.account.pools
 
