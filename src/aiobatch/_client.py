@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import secrets
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal
@@ -223,6 +224,29 @@ class Client:
             f"Client(run_id={self.run_id!r}, batch_endpoint={self._batch_settings.endpoint!r}, "
             f"storage={self._storage_settings.blob_endpoint!r}, state={self._state!r}, cleanup={self.cleanup})"
         )
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn, _log: Callable[..., None] = logger.warning) -> None:
+        # Only a warning: a finalizer runs wherever the garbage collector happens to be (maybe with no event loop
+        # left), so it must not call the services -- what the run created can only be named, with the command that
+        # deletes it. (Default arguments keep both callables reachable during interpreter shutdown.)
+        if getattr(self, "_state", None) != "open":
+            return
+        message = f"unclosed aiobatch Client (run {self.run_id!r}): use `async with` or `await client.aclose()`"
+        if not (self._pools or self._jobs or self._containers or self._unsure):
+            _warn(message, ResourceWarning, source=self, stacklevel=2)
+            return
+        message += (
+            f". It created {self._left_behind()}, which stay (and a pool's nodes cost money) until deleted: "
+            f"aiobatch cleanup --run-id {self.run_id}"
+        )
+        _warn(message, ResourceWarning, source=self, stacklevel=2)
+        # Python hides ResourceWarning outside tests and development mode; a leak that costs money is also logged
+        # (as aiohttp reports an unclosed session through the loop's exception handler), so it is never silent.
+        # Not contextlib.suppress: at interpreter exit the module's globals may already be gone.
+        try:  # noqa: SIM105
+            _log("%s", message)
+        except Exception:  # logging torn down at interpreter exit: the warning above still stands
+            pass
 
     # ------------------------------------------------------------------------------------------------
     # Lifecycle

@@ -176,8 +176,32 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class _FailsafeDeserializationFilter(logging.Filter):
+    """Demote the SDK's "failsafe deserialization" warning to DEBUG; pass every other record as it is.
+
+    azure-batch logs it, with a traceback, at WARNING whenever an error answer has no JSON body to read -- every
+    ``HEAD`` that fails (a task file's properties, ``stderr_tail`` of a task that never ran), a 503 from a proxy
+    -- and then raises the ``HttpResponseError`` all the same, which aiobatch translates (and retries when
+    transient). So the record reports nothing the caller does not get as an exception; at WARNING it only reaches
+    the user's stderr, once per such answer. Demoted, it shows only where its logger is enabled for DEBUG.
+    """
+
+    MESSAGE = "Ran into a deserialization error. Ignoring since this is failsafe deserialization"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Pass the record, demoted to DEBUG if it is that one message (dropped if DEBUG is not wanted)."""
+        if record.levelno <= logging.DEBUG or record.getMessage() != self.MESSAGE:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        # The logger's level was checked at WARNING before filters ran; ask again as for a DEBUG record, since
+        # handlers below a WARNING-level root often have no level of their own.
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
 #: The one filter `guard_loggers` attaches (one instance, so attaching twice is a no-op).
 _GUARD = RedactingFilter()
+#: And the one that keeps the SDK's failsafe-deserialization warning out of the user's output.
+_QUIET = _FailsafeDeserializationFilter()
 #: Logger namespaces whose records can carry secrets: the Azure SDKs' (azure-core's network trace prints
 #: Authorization headers, SAS URLs and task bodies verbatim) and aiobatch's own. The emulator is a service of
 #: its own and must keep its logs clean by itself; it is left alone.
@@ -196,6 +220,10 @@ def guard_loggers() -> int:
     is imported, so `Client` calls this when it opens (after the SDKs are loaded); calling it again is cheap and
     guards loggers created since.
 
+    The ``azure.*`` loggers also get a filter that demotes one SDK record to DEBUG: "Ran into a deserialization
+    error. Ignoring since this is failsafe deserialization", logged with a traceback for every error answer
+    without a JSON body although the error itself is raised (and handled) anyway.
+
     Returns:
         The number of loggers carrying the filter.
     """
@@ -207,6 +235,8 @@ def guard_loggers() -> int:
             continue
         if _GUARD not in logger.filters:
             logger.addFilter(_GUARD)
+        if name.startswith("azure.") and _QUIET not in logger.filters:
+            logger.addFilter(_QUIET)
         guarded += 1
     return guarded
 

@@ -191,8 +191,11 @@ def not_ours(
     *code* is the service's answer that revealed it (``PoolExists``, ``JobExists``), if one did.
     """
     whose = f"run {owner!r}" if owner else "something other than aiobatch"
+    # Another aiobatch run's leftover (a client killed, or never closed) is what a user meets most: name the
+    # command that deletes everything that run left.
+    sweep = f" If run {owner!r} is over, delete what it left: aiobatch cleanup --run-id {owner}" if owner else ""
     return ConflictError(
-        f"{kind} {resource_id!r} was created by {whose}, not by this run ({run_id!r}). {fix}",
+        f"{kind} {resource_id!r} was created by {whose}, not by this run ({run_id!r}). {fix}{sweep}",
         service="batch",
         status=409 if code else None,
         code=code,

@@ -88,6 +88,7 @@ __all__ = [
     "input_sas_url",
     "output_container_sas_url",
     "sas_expiry",
+    "stored_blob_name",
     "upload_files",
     "user_delegation_key",
 ]
@@ -115,7 +116,7 @@ class BlobFile:
     """A local file and the blob that holds the same bytes.
 
     Attributes:
-        name: the blob name.
+        name: the blob name, as the service stores it.
         path: the local file.
         size: bytes.
         md5: hex MD5 of the bytes.
@@ -401,6 +402,20 @@ def _content_settings(name: str, md5_hex: str) -> ContentSettings:
     return ContentSettings(content_type=content_type, content_md5=bytearray(bytes.fromhex(md5_hex)))
 
 
+def stored_blob_name(name: str) -> str:
+    r"""The name Blob Storage stores a blob under when asked for *name*: each ``\`` becomes ``/``.
+
+    Azure Blob Storage and Azurite treat a backslash in a blob's URL as a path separator, so a file called
+    ``back\slash.txt`` is stored (and listed) as ``back/slash.txt``. Comparing with what a listing returns, or
+    telling two names apart, must use this form, or a file would be uploaded again on every run.
+
+    Example:
+        >>> stored_blob_name("back\\slash.txt")
+        'back/slash.txt'
+    """
+    return name.replace("\\", "/")
+
+
 def _check_blob_name(name: str) -> str:
     if not name or len(name) > 1024 or name.endswith((".", "/")) or any(ord(c) < 32 for c in name):
         raise ConfigurationError(
@@ -493,7 +508,7 @@ async def upload_files(
     policy: RetryPolicy | None = None,
     create_container: bool = True,
 ) -> UploadResult:
-    """Upload files to a container concurrently, skipping those whose blob already holds the same bytes.
+    r"""Upload files to a container concurrently, skipping those whose blob already holds the same bytes.
 
     The container is created if missing. A file is skipped when its blob exists with the same size and
     ``Content-MD5``. Files up to *single_put_size* go up in one request; larger ones in blocks of *block_size*,
@@ -503,7 +518,8 @@ async def upload_files(
         service: the blob service (see `blob_service_client`).
         container: the container name.
         paths: the local files.
-        blob_names: a blob name per path, in order; defaults to each file's name.
+        blob_names: a blob name per path, in order; defaults to each file's name. A ``\`` in a name becomes
+            ``/``, as the service stores it (`stored_blob_name`); the results carry the stored names.
         concurrency: most requests in flight (and files being worked on) at once.
         block_size: bytes per staged block (at most 4000 MiB).
         single_put_size: largest file, in bytes, sent in one request (at most 1 MiB).
@@ -529,7 +545,10 @@ async def upload_files(
     if not 0 < block_size <= 4000 * MiB or not 0 <= single_put_size <= MiB:
         raise ConfigurationError("block_size must be 1 byte to 4000 MiB, and single_put_size 0 to 1 MiB.")
     files = [Path(p) for p in paths]
-    names = [Path(p).name for p in files] if blob_names is None else list(blob_names)
+    # Named as the service will store them, once, here: the skip check, the duplicate check and the results
+    # (`BlobFile.name`, from which callers build URLs) all then speak of the blob that is really there.
+    given = [Path(p).name for p in files] if blob_names is None else list(blob_names)
+    names = [stored_blob_name(name) for name in given]
     if len(names) != len(files):
         raise ConfigurationError(f"blob_names has {len(names)} names for {len(files)} paths; give one per path.")
     seen: dict[str, Path] = {}

@@ -39,6 +39,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
+from urllib.parse import unquote
 
 import anyio
 from azure.batch import models
@@ -223,6 +224,43 @@ class TaskEvent:
         return data.decode("utf-8", errors="replace")
 
 
+#: Resource-file failures (the task's inputs were not downloaded, so its command never ran) -> what went wrong.
+_INPUT_REFUSALS = {
+    "blobnotfound": "missing",
+    "resourcecontainernotfound": "missing",
+    "blobaccessdenied": "refused",
+    "resourcecontaineraccessdenied": "refused",
+}
+
+
+def _explain_input(failure: TaskFailure) -> str:
+    """Explain a resource file that could not be downloaded: which blob, to which path, and what to check.
+
+    The service puts the blob's URL in the failure's details (``BlobSource`` on Azure, ``Url`` in the emulator;
+    the SAS signature is masked by then) and the file's path on the node in ``FilePath``. The command never ran,
+    so the task has no stderr worth reading: the advice is about the upload and the SAS instead.
+    """
+    details = dict(failure.details)
+    url = next((v for _, v in failure.details if v.lower().startswith(("http://", "https://"))), "")
+    # The URL without its query (the SAS): the blob's address, percent-decoded so the name reads as uploaded.
+    blob = unquote(url.split("?", 1)[0]) if url else ""
+    container = "container" in failure.code.lower()
+    what = f"{'input container' if container else 'input blob'} {blob!r}" if blob else "an input blob"
+    into = f" (for {details['FilePath']!r})" if details.get("FilePath") else ""
+    service = f"({failure.code}: {failure.message.rstrip('.')})"
+    if _INPUT_REFUSALS[failure.code.lower()] == "missing":
+        return (
+            f"{what}{into} does not exist, so the task's command never ran {service}. Check that the file was "
+            "uploaded under that name to that container before the task was submitted (upload_files), and that "
+            "the container was not deleted meanwhile; then resubmit the task."
+        )
+    return (
+        f"storage refused to let the node read {what}{into}, so the task's command never ran {service}. Check "
+        "the SAS URL: minted for this storage account and this blob or container, with read permission, and a "
+        "start time already passed (input_sas_url mints one); then resubmit the task."
+    )
+
+
 def _explain(exit_code: int | None, failure: TaskFailure | None, retry_count: int, end_time: dt.datetime | None) -> str:
     """Say why a task failed and what to do: the plain reading first, the service's code and message after."""
     expired = failure.sas_expired(end_time) if failure else None
@@ -232,6 +270,8 @@ def _explain(exit_code: int | None, failure: TaskFailure | None, retry_count: in
             f"({failure.code}: {failure.message.rstrip('.')}). Mint SAS URLs whose expiry covers the queue wait, "
             "the run and the output upload (a longer SasPolicy duration), and resubmit the task."
         )
+    if failure is not None and failure.code.lower() in _INPUT_REFUSALS:
+        return _explain_input(failure)
     why = f"exit code {exit_code}" if exit_code is not None else (failure.code if failure else "no exit code")
     detail = f" {failure.code}: {failure.message.rstrip('.')}." if failure else ""
     return (

@@ -5,6 +5,10 @@ The demo (``nox -s demo``), the example notebook and the pipeline tests use this
 never learns where it is: `LocalBatch.environ` holds the same ``AZURE_*`` variables a real account would
 (`aiobatch.Client.from_env` reads them), pointing at the emulator and Azurite.
 
+`LocalServices` is the one way the emulator and Azurite are started together: ``aiobatch local``, `LocalBatch`
+(which adds the ffmpeg package when asked) and the ``local_services`` test fixture all use it, so where Azurite
+is found, how both start and stop, and the variables that point a client at them are decided once.
+
     async with LocalBatch() as local:
         async with Client.from_env(local.environ, cleanup=True) as client:
             ...
@@ -46,24 +50,37 @@ from azure.storage.blob.aio import BlobServiceClient
 
 from ._apppackage import FFMPEG_APP_ID, build_ffmpeg_package, ffmpeg_executable, ffmpeg_version
 from ._azurite import AZURITE_DIR_ENV, AzuriteServer
+from ._config import (
+    ENV_BATCH_ACCOUNT_KEY,
+    ENV_BATCH_ACCOUNT_NAME,
+    ENV_BATCH_ENDPOINT,
+    ENV_STORAGE_ACCOUNT_URL,
+    ENV_STORAGE_CONNECTION_STRING,
+)
 from ._specs import AppPackageRef
 from .emulator import Emulator, Timings
 from .gifs import check_gif, find_videos, gif_name_for, plural
 
 __all__ = [
     "CACHE_DIR_ENV",
+    "CONFLICTING_VARIABLES",
     "FFMPEG_APP_ID",
     "GENERATED_CLIPS",
+    "INTERACTIVE_TIMINGS",
     "PACKAGED_CLIPS",
+    "TEST_TIMINGS",
     "DemoResult",
     "LocalBatch",
+    "LocalServices",
     "build_ffmpeg_package",
     "child_processes",
     "default_cache_dir",
     "ffmpeg_executable",
     "ffmpeg_version",
+    "find_azurite_dir",
     "packaged_clips",
     "run_demo",
+    "services_environ",
     "write_sample_videos",
 ]
 
@@ -203,37 +220,67 @@ def write_sample_videos(
 # ----------------------------------------------------------------------------------------------------
 
 
-def _azurite_dir() -> Path | None:
-    """Find where Azurite is installed: ``$AIOBATCH_AZURITE_DIR``, else the nearest ``.azurite`` folder up.
+#: Delays for a person watching (``aiobatch local``, the demo, notebooks): about a second, so progress shows.
+INTERACTIVE_TIMINGS = Timings(allocation_delay=1.0, node_start_delay=0.8, deletion_delay=0.2)
+#: Delays for tests: real waits for readiness, but brief.
+TEST_TIMINGS = Timings(allocation_delay=0.2, node_start_delay=0.1, deletion_delay=0.05)
+#: Variables that would contradict `services_environ` if left in an environment it is laid over:
+#: `aiobatch.Client.from_env` refuses a connection string and an account URL together.
+CONFLICTING_VARIABLES = (ENV_STORAGE_ACCOUNT_URL,)
 
-    A notebook runs in ``examples/`` while the project's copy is at its root. None means ``./.azurite``.
+
+def find_azurite_dir(start: str | os.PathLike[str] | None = None) -> Path | None:
+    """Where Azurite is (or will be) installed for work started in *start* (the current folder by default).
+
+    None when ``$AIOBATCH_AZURITE_DIR`` is set (`AzuriteServer` reads it); else the nearest ``.azurite`` folder in
+    *start* or above it (a notebook runs in ``examples/`` while the project's copy is at its root); else
+    ``<start>/.azurite``, where it is installed on first use.
+
+    Example:
+        >>> find_azurite_dir("/nonexistent/project").as_posix()  # doctest: +SKIP
+        '/nonexistent/project/.azurite'
     """
     if os.environ.get(AZURITE_DIR_ENV, "").strip():
         return None
-    here = Path.cwd()
+    here = Path(start) if start is not None else Path.cwd()
     for folder in (here, *here.parents):
         if (folder / ".azurite").is_dir():
             return folder / ".azurite"
-    return None
+    return here / ".azurite"
 
 
-class LocalBatch:
-    """The Batch emulator and Azurite on loopback, with the ffmpeg application package registered.
+def services_environ(emulator: Emulator, azurite: AzuriteServer) -> dict[str, str]:
+    """The ``AZURE_*`` variables `aiobatch.Client.from_env` reads, pointing at a running emulator and Azurite.
 
-    An async context manager: entering builds ``ffmpeg/<version>.zip`` from the pip-installed binary into the
-    apps folder (skipped when it is there), starts Azurite's Blob service (installing it with npm on first
-    use) and starts the emulator serving that folder; leaving stops both and removes temporary folders.
+    Both carry development keys only: the emulator's and Azurite's well-known ones unless they were given others.
+    """
+    return {
+        ENV_BATCH_ENDPOINT: emulator.endpoint,
+        ENV_BATCH_ACCOUNT_NAME: emulator.account_name,
+        ENV_BATCH_ACCOUNT_KEY: emulator.credential.named_key.key,
+        ENV_STORAGE_CONNECTION_STRING: azurite.connection_string,
+    }
+
+
+class LocalServices:
+    """The Batch emulator and Azurite's Blob service on loopback, as one async context manager.
+
+    Entering starts Azurite (installing it with npm on first use; unless a running *azurite* is given, which is
+    used and left running), then the emulator serving *apps_dir*; leaving stops what it started, shielded from
+    cancellation: the emulator kills its task processes and removes its temporary folder, Azurite's process
+    group is ended. A failure or cancellation half-way stops what was already started.
 
     Args:
-        apps_dir: the application packages folder; a temporary one by default.
+        apps_dir: application packages, ``<id>/<version>.zip``; none by default.
         workdir: where the emulator keeps node directories; a temporary folder by default.
-        timings: the emulator's allocation and boot delays (about a second by default, so progress shows).
-        azurite_dir: where Azurite is installed (see `aiobatch._azurite.default_azurite_dir`).
+        timings: the emulator's delays; `INTERACTIVE_TIMINGS` by default.
+        azurite_dir: where Azurite is installed; `find_azurite_dir` by default.
+        azurite: an Azurite already running (e.g. a test session's) to use instead of starting one.
 
     Example:
         >>> async def main():  # doctest: +SKIP
-        ...     async with LocalBatch() as local:
-        ...         async with Client.from_env(local.environ, cleanup=True) as client:
+        ...     async with LocalServices() as services:
+        ...         async with Client.from_env(services.environ) as client:
         ...             ...
     """
 
@@ -244,20 +291,159 @@ class LocalBatch:
         workdir: str | os.PathLike[str] | None = None,
         timings: Timings | None = None,
         azurite_dir: str | os.PathLike[str] | None = None,
+        azurite: AzuriteServer | None = None,
     ) -> None:
-        self._apps_dir = Path(apps_dir) if apps_dir is not None else None
+        self.apps_dir = Path(apps_dir) if apps_dir is not None else None
         self._workdir = Path(workdir) if workdir is not None else None
-        self._timings = timings or Timings(allocation_delay=1.0, node_start_delay=0.8, deletion_delay=0.2)
-        self._azurite_dir = azurite_dir  # None: found on entering (`_azurite_dir` looks at folders)
+        self.timings = timings or INTERACTIVE_TIMINGS
+        self._azurite_dir = azurite_dir
+        self._given_azurite = azurite
         self._stack = contextlib.AsyncExitStack()
         self.azurite: AzuriteServer | None = None
         self.emulator: Emulator | None = None
+
+    def __repr__(self) -> str:
+        running = self.emulator is not None and self.azurite is not None
+        where = f" batch={self.emulator.endpoint!r}" if running and self.emulator is not None else ""
+        return f"<LocalServices{where} {'running' if running else 'stopped'}>"
+
+    async def start(self) -> LocalServices:
+        """Start both (``async with`` does this); for a notebook, where a block cannot span cells.
+
+        Returns:
+            self.
+        """
+        return await self.__aenter__()
+
+    async def stop(self) -> None:
+        """Stop what was started (``async with`` does this); safe to call twice."""
+        await self.__aexit__(None, None, None)
+
+    async def __aenter__(self) -> LocalServices:
+        stack = self._stack
+        try:
+            if self._given_azurite is not None:
+                self.azurite = self._given_azurite
+            else:
+                directory = self._azurite_dir
+                if directory is None:
+                    directory = await anyio.to_thread.run_sync(find_azurite_dir)  # looks at folders: off the loop
+                self.azurite = await stack.enter_async_context(AzuriteServer(directory=directory))
+            self.emulator = await stack.enter_async_context(
+                Emulator(apps_dir=self.apps_dir, workdir=self._workdir, timings=self.timings)
+            )
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await stack.aclose()
+            self.azurite = self.emulator = None
+            raise
+        logger.info("local Batch emulator on %s, Azurite on %s", self.emulator.endpoint, self.azurite.blob_endpoint)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._stack.aclose()
+
+    @property
+    def environ(self) -> dict[str, str]:
+        """The ``AZURE_*`` variables `aiobatch.Client.from_env` reads, pointing here (see `services_environ`).
+
+        Raises:
+            RuntimeError: not started.
+        """
+        if self.emulator is None or self.azurite is None:
+            raise RuntimeError("the local services are not running; use `async with LocalServices() as services:`")
+        return services_environ(self.emulator, self.azurite)
+
+    async def leftovers(self, *, wait: float = 10.0) -> list[str]:
+        """What is still in the Batch account and the storage account: pools, jobs and containers.
+
+        Deletions take a moment on the service side, so this asks again for up to *wait* seconds while
+        something is still there (being deleted).
+
+        Returns:
+            One description per resource left, e.g. ``"pool 'pets' (deleting)"``; empty when all is gone.
+
+        Raises:
+            RuntimeError: not started.
+        """
+        if self.emulator is None or self.azurite is None:
+            raise RuntimeError("the local services are not running")
+        deadline = time.monotonic() + wait
+        async with (
+            BatchClient(self.emulator.endpoint, self.emulator.credential) as batch,
+            BlobServiceClient.from_connection_string(self.azurite.connection_string) as blobs,
+        ):
+            while True:
+                left = [f"pool {p.id!r} ({p.state})" async for p in batch.list_pools()]
+                left += [f"job {j.id!r} ({j.state})" async for j in batch.list_jobs()]
+                left += [f"container {c.name!r}" async for c in blobs.list_containers()]
+                if not left or time.monotonic() >= deadline:
+                    return left
+                await anyio.sleep(0.2)
+
+
+class LocalBatch:
+    """The Batch emulator and Azurite on loopback, and the ffmpeg application package when asked.
+
+    An async context manager: entering builds ``ffmpeg/<version>.zip`` from the pip-installed binary into the
+    apps folder when *ffmpeg* is true (skipped when it is there), then starts Azurite's Blob service (installing
+    it with npm on first use) and the emulator serving that folder, through `LocalServices`
+    (the starter ``aiobatch local`` and the test fixtures share); leaving stops both and removes temporary
+    folders.
+
+    Args:
+        apps_dir: the application packages folder; none (or, with *ffmpeg*, a temporary one) by default.
+        workdir: where the emulator keeps node directories; a temporary folder by default.
+        timings: the emulator's allocation and boot delays (about a second by default, so progress shows).
+        azurite_dir: where Azurite is installed (see `find_azurite_dir`).
+        ffmpeg: build the ffmpeg application package (~80 MB zipped, once per apps folder) and serve it; the
+            GIF pipeline needs it, other work does not.
+
+    Example:
+        >>> async def main():  # doctest: +SKIP
+        ...     async with LocalBatch(ffmpeg=True) as local:
+        ...         async with Client.from_env(local.environ, cleanup=True) as client:
+        ...             pool = gifs.gif_pool_spec("pets", app=local.ffmpeg_app)
+    """
+
+    def __init__(
+        self,
+        *,
+        apps_dir: str | os.PathLike[str] | None = None,
+        workdir: str | os.PathLike[str] | None = None,
+        timings: Timings | None = None,
+        azurite_dir: str | os.PathLike[str] | None = None,
+        ffmpeg: bool = False,
+    ) -> None:
+        self._apps_dir = Path(apps_dir) if apps_dir is not None else None
+        self._workdir = Path(workdir) if workdir is not None else None
+        self._timings = timings or INTERACTIVE_TIMINGS
+        self._azurite_dir = azurite_dir
+        self._ffmpeg = ffmpeg
+        self._stack = contextlib.AsyncExitStack()
+        self.services: LocalServices | None = None
+        self.azurite: AzuriteServer | None = None
+        self.emulator: Emulator | None = None
         self.apps_dir: Path | None = None
-        self.ffmpeg_app = AppPackageRef(FFMPEG_APP_ID, None)
+        self._ffmpeg_app: AppPackageRef | None = None
 
     def __repr__(self) -> str:
         endpoint = self.emulator.endpoint if self.emulator is not None and self.emulator.account else None
         return f"LocalBatch(batch={endpoint!r}, apps_dir={str(self.apps_dir) if self.apps_dir else None!r})"
+
+    @property
+    def ffmpeg_app(self) -> AppPackageRef:
+        """The ffmpeg application package served, with its version.
+
+        Raises:
+            RuntimeError: not entered, or entered without ``ffmpeg=True``.
+        """
+        if self._ffmpeg_app is None:
+            raise RuntimeError("no ffmpeg package: use LocalBatch(ffmpeg=True) to build and serve it")
+        return self._ffmpeg_app
 
     async def start(self) -> LocalBatch:
         """Start everything (``async with`` does this); for a notebook, where a block cannot span cells.
@@ -275,28 +461,27 @@ class LocalBatch:
         stack = self._stack
         try:
             apps = self._apps_dir
-            if apps is None:
+            if apps is None and self._ffmpeg:
                 apps = Path(await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="aiobatch-apps-")))
                 stack.push_async_callback(
                     anyio.to_thread.run_sync, functools.partial(shutil.rmtree, apps, ignore_errors=True)
                 )
             self.apps_dir = apps
-            # Asking ffmpeg its version runs it: a subprocess, like zipping the package, is for a worker thread.
-            version = await anyio.to_thread.run_sync(ffmpeg_version)
-            await anyio.to_thread.run_sync(lambda: build_ffmpeg_package(apps, version=version))
-            self.ffmpeg_app = AppPackageRef(FFMPEG_APP_ID, version)
-            azurite_dir = self._azurite_dir
-            if azurite_dir is None:
-                azurite_dir = await anyio.to_thread.run_sync(_azurite_dir)
-            self.azurite = await stack.enter_async_context(AzuriteServer(directory=azurite_dir))
-            self.emulator = await stack.enter_async_context(
-                Emulator(apps_dir=apps, workdir=self._workdir, timings=self._timings)
+            if self._ffmpeg:
+                assert apps is not None
+                # Asking ffmpeg its version runs it: a subprocess, like zipping the package, is for a worker thread.
+                version = await anyio.to_thread.run_sync(ffmpeg_version)
+                await anyio.to_thread.run_sync(lambda: build_ffmpeg_package(apps, version=version))
+                self._ffmpeg_app = AppPackageRef(FFMPEG_APP_ID, version)
+            services = LocalServices(
+                apps_dir=apps, workdir=self._workdir, timings=self._timings, azurite_dir=self._azurite_dir
             )
+            self.services = await stack.enter_async_context(services)
+            self.azurite, self.emulator = services.azurite, services.emulator
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await stack.aclose()
             raise
-        logger.info("local Batch emulator on %s, Azurite on %s", self.emulator.endpoint, self.azurite.blob_endpoint)
         return self
 
     async def __aexit__(
@@ -312,14 +497,9 @@ class LocalBatch:
         Raises:
             RuntimeError: not entered yet.
         """
-        if self.emulator is None or self.azurite is None:
+        if self.services is None or self.services.emulator is None:
             raise RuntimeError("LocalBatch is not running; use `async with LocalBatch() as local:`")
-        return {
-            "AZURE_BATCH_ENDPOINT": self.emulator.endpoint,
-            "AZURE_BATCH_ACCOUNT_NAME": self.emulator.account_name,
-            "AZURE_BATCH_ACCOUNT_KEY": self.emulator.credential.named_key.key,
-            "AZURE_STORAGE_CONNECTION_STRING": self.azurite.connection_string,
-        }
+        return self.services.environ
 
     async def leftovers(self, *, wait: float = 10.0) -> list[str]:
         """What is still in the Batch account and the storage account: pools, jobs and containers.
@@ -330,20 +510,9 @@ class LocalBatch:
         Returns:
             One description per resource left, e.g. ``"pool 'pets' (deleting)"``; empty when all is gone.
         """
-        if self.emulator is None or self.azurite is None:
+        if self.services is None:
             raise RuntimeError("LocalBatch is not running")
-        deadline = time.monotonic() + wait
-        async with (
-            BatchClient(self.emulator.endpoint, self.emulator.credential) as batch,
-            BlobServiceClient.from_connection_string(self.azurite.connection_string) as blobs,
-        ):
-            while True:
-                left = [f"pool {p.id!r} ({p.state})" async for p in batch.list_pools()]
-                left += [f"job {j.id!r} ({j.state})" async for j in batch.list_jobs()]
-                left += [f"container {c.name!r}" async for c in blobs.list_containers()]
-                if not left or time.monotonic() >= deadline:
-                    return left
-                await anyio.sleep(0.2)
+        return await self.services.leftovers(wait=wait)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -456,7 +625,7 @@ async def run_demo(
     # The package is cached: building it zips ~80 MB, and the next run reuses it. Never beside the output,
     # which may be a user's own folder.
     log(f"ffmpeg application package cache: {cache / 'apps'}")
-    async with LocalBatch(apps_dir=cache / "apps") as local:
+    async with LocalBatch(apps_dir=cache / "apps", ffmpeg=True) as local:
         assert local.ffmpeg_app.version is not None
         command = [
             sys.executable,

@@ -32,6 +32,10 @@ Fixtures:
         A running :class:`~aiobatch.emulator.Emulator` (a Batch account on loopback) for one test, with the
         application packages found in the ``emulator_apps_dir`` fixture. Use ``batch_emulator.endpoint`` and
         ``batch_emulator.credential`` with ``azure.batch.aio.BatchClient``.
+    ``local_services`` (function)
+        A :class:`~aiobatch.local.LocalServices`: an emulator for the test and the session's ``azurite``,
+        started the way ``aiobatch local`` starts them; ``local_services.environ`` holds the ``AZURE_*`` variables
+        for ``Client.from_env``.
     ``emulator_apps_dir`` (function)
         The folder of application packages the emulator serves; None by default. Override it in your
         ``conftest.py`` to give your own.
@@ -57,10 +61,11 @@ from pathlib import Path
 import pytest
 
 from ._apppackage import build_ffmpeg_package
-from ._azurite import AZURITE_DIR_ENV, AzuriteError, AzuriteServer
+from ._azurite import AzuriteError, AzuriteServer
 from ._faultproxy import KINDS as STORAGE_FAULT_KINDS
 from ._faultproxy import StorageFaultProxy
-from .emulator import Emulator, Timings
+from .emulator import Emulator
+from .local import TEST_TIMINGS, LocalServices, find_azurite_dir
 
 __all__ = [
     "anyio_backend",
@@ -71,6 +76,7 @@ __all__ = [
     "clean_azure_env",
     "emulator_apps_dir",
     "ffmpeg_apps_dir",
+    "local_services",
     "self_signed_certificate",
     "storage_faults",
 ]
@@ -92,7 +98,7 @@ def anyio_backend() -> str:
 
 
 def _azurite_dir(request: pytest.FixtureRequest) -> Path | None:
-    return None if os.environ.get(AZURITE_DIR_ENV, "").strip() else request.config.rootpath / ".azurite"
+    return find_azurite_dir(request.config.rootpath)
 
 
 @pytest.fixture(scope="session")
@@ -289,13 +295,35 @@ async def batch_emulator(emulator_apps_dir: Path | None, tmp_path: Path) -> Asyn
         ...     async with BatchClient(batch_emulator.endpoint, batch_emulator.credential) as batch:
         ...         ...
     """
-    emulator = Emulator(
-        apps_dir=emulator_apps_dir,
-        workdir=tmp_path / "emulator",
-        timings=Timings(allocation_delay=0.2, node_start_delay=0.1, deletion_delay=0.05),
-    )
-    async with emulator:
+    async with Emulator(apps_dir=emulator_apps_dir, workdir=tmp_path / "emulator", timings=TEST_TIMINGS) as emulator:
         yield emulator
+
+
+@pytest.fixture
+async def local_services(
+    azurite: AzuriteServer, emulator_apps_dir: Path | None, tmp_path: Path
+) -> AsyncIterator[LocalServices]:
+    """Yield a Batch emulator for one test and the session's Azurite, started as ``aiobatch local`` starts them.
+
+    ``local_services.environ`` holds the ``AZURE_*`` variables `aiobatch.Client.from_env` reads, pointing at both;
+    the emulator is stopped (its task processes killed) when the test ends, Azurite when the session does.
+
+    Args:
+        azurite: The session's Azurite.
+        emulator_apps_dir: Application packages to serve.
+        tmp_path: The test's folder; node directories go under ``tmp_path / "emulator"``.
+
+    Example:
+        >>> @pytest.mark.anyio  # doctest: +SKIP
+        ... async def test_my_job(local_services):
+        ...     async with Client.from_env(local_services.environ, cleanup=True) as client:
+        ...         ...
+    """
+    services = LocalServices(
+        azurite=azurite, apps_dir=emulator_apps_dir, workdir=tmp_path / "emulator", timings=TEST_TIMINGS
+    )
+    async with services:
+        yield services
 
 
 #: Set this environment variable to replay a ``storage_faults`` run with the seed it printed.

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import random
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -116,6 +118,42 @@ async def test_aclose_of_unopened_client_is_a_no_op(batch_emulator: Emulator, az
     client = make_client(batch_emulator, azurite)
     await client.aclose()
     assert client.state == "closed"
+
+
+async def test_an_unclosed_client_that_created_resources_warns_with_the_cleanup_command(
+    batch_emulator: Emulator, azurite: AzuriteServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await make_client(batch_emulator, azurite, run_id="forgotten", cleanup=True).open()
+    await client.ensure_pool(pool_spec("forgotten-pool"))
+    await client.ensure_container("forgotten-box")
+    stack = client._stack  # the SDK clients, closed by hand below once the warning is seen
+    try:
+        with pytest.warns(ResourceWarning) as caught:
+            del client
+            gc.collect()
+    finally:
+        await stack.aclose()
+    [warning] = [w for w in caught if "aiobatch Client" in str(w.message)]
+    message = str(warning.message)
+    assert "unclosed aiobatch Client (run 'forgotten')" in message
+    assert "pools forgotten-pool" in message and "containers forgotten-box" in message
+    assert message.endswith("aiobatch cleanup --run-id forgotten")
+    # ResourceWarning is hidden outside tests: a leak that costs money is logged as well.
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "aiobatch"] == [
+        message
+    ]
+    # Only a warning: nothing was deleted behind the user's back (a finalizer does no I/O).
+    assert batch_emulator.account is not None and "forgotten-pool" in batch_emulator.account.pools
+
+
+async def test_a_closed_or_never_opened_client_does_not_warn(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
+    async with make_client(batch_emulator, azurite) as client:
+        await client.ensure_container("closed-properly")
+    never = make_client(batch_emulator, azurite)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        del client, never
+        gc.collect()
 
 
 async def test_from_env_reaches_the_emulator_and_azurite(

@@ -122,6 +122,7 @@ async def test_another_runs_pool_is_a_conflict_unless_reused(batch_emulator: Emu
         with pytest.raises(ConflictError) as caught:
             await client.ensure_pool(pool_spec("shared"))
         assert "run 'first'" in str(caught.value) and "reuse_existing=True" in str(caught.value)
+        assert "aiobatch cleanup --run-id first" in str(caught.value), "names the command that sweeps the old run"
         assert caught.value.code == "PoolExists" and caught.value.resource_id == "shared"
         ref = await client.ensure_pool(pool_spec("shared"), reuse_existing=True)
         assert (ref.created, ref.owned) == (False, False)
@@ -131,8 +132,9 @@ async def test_another_runs_pool_is_a_conflict_unless_reused(batch_emulator: Emu
 async def test_a_pool_aiobatch_did_not_create_is_a_conflict(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
     await _foreign_pool(batch_emulator, "handmade")
     async with make_client(batch_emulator, azurite) as client:
-        with pytest.raises(ConflictError, match="something other than aiobatch"):
+        with pytest.raises(ConflictError, match="something other than aiobatch") as caught:
             await client.ensure_pool(pool_spec("handmade"))
+        assert "aiobatch cleanup" not in str(caught.value), "no run to sweep: the pool was not made by aiobatch"
         with pytest.raises(ConflictError, match="force=True"):
             await client.delete_pool("handmade")
         assert await client.delete_pool("handmade", force=True)

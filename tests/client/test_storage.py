@@ -150,6 +150,31 @@ async def test_reupload_sends_nothing_for_identical_files(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("extra", [0, 10], ids=["checked-file-by-file", "checked-by-one-listing"])
+async def test_a_backslash_name_is_compared_as_the_service_stores_it(
+    service: BlobServiceClient, container: str, tmp_path: Path, extra: int
+) -> None:
+    sizes = {"back\\slash.txt": 11, "dir\\sub\\deep.txt": 12, **{f"other-{i}.txt": i for i in range(extra)}}
+    paths = write_files(tmp_path / "in", sizes)
+    first = await upload(service, container, paths)
+    listed = {b.name async for b in service.get_container_client(container).list_blobs()}
+    assert {"back/slash.txt", "dir/sub/deep.txt"} <= listed, "Azurite stores a backslash as a slash"
+    assert {f.name for f in first.uploaded} >= {"back/slash.txt", "dir/sub/deep.txt"}, "results name the stored blob"
+    again = await upload(service, container, paths)
+    assert again.uploaded == (), f"uploaded again: {[f.name for f in again.uploaded]}"
+    assert len(again.skipped) == len(sizes)
+
+
+@pytest.mark.anyio
+async def test_names_that_the_service_stores_alike_are_duplicates(
+    service: BlobServiceClient, container: str, tmp_path: Path
+) -> None:
+    a, b = write_files(tmp_path, {"a\\b.txt": 1, "c.txt": 2})
+    with pytest.raises(ConfigurationError, match=r"would both become blob 'a/b\.txt'"):
+        await upload_files(service, container, [a, b], blob_names=["a\\b.txt", "a/b.txt"])
+
+
+@pytest.mark.anyio
 async def test_blob_names_and_bad_inputs(service: BlobServiceClient, container: str, tmp_path: Path) -> None:
     a, b = write_files(tmp_path / "x", {"same.txt": 3}) + write_files(tmp_path / "y", {"same.txt": 4})
     with pytest.raises(ConfigurationError, match="blob_names"):

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import gc
 import inspect
+import logging
 from collections import Counter
 from typing import Any
 
@@ -289,3 +290,93 @@ def test_explanations_of_other_outcomes() -> None:
     assert "exit code 3" in str(failed.error()) and "stderr_tail" in str(failed.error())
     ok = TaskEvent("job", "t2", "completed", True, exit_code=0)
     assert ok.explanation is None and str(ok) == "task 't2' of job 'job' succeeded"
+
+
+async def test_a_missing_input_blob_is_named_with_advice_that_fits(
+    batch_emulator: Emulator, azurite: AzuriteServer
+) -> None:
+    from aiobatch import resource_file
+
+    async with make_client(batch_emulator, azurite) as client:
+        await _ready_job(client)
+        await client.ensure_container("inputs")
+        url = await client.input_sas_url("inputs", "never uploaded.txt")  # a valid SAS for a blob that is not there
+        spec = TaskSpec(id="orphan", command_line="cat data/in.txt", resource_files=[resource_file(url, "data/in.txt")])
+        await client.submit_tasks("job", [spec])
+        (event,) = [e async for e in client.watch_tasks("job", **QUICK)]
+    assert event.failed and event.failure is not None and event.failure.code == "BlobNotFound"
+    explanation = event.explanation or ""
+    assert f"input blob '{azurite.blob_endpoint}/inputs/never uploaded.txt'" in explanation, explanation
+    assert "'data/in.txt'" in explanation and "does not exist" in explanation
+    assert "uploaded under that name" in explanation and "BlobNotFound" in explanation
+    assert "stderr" not in explanation, "the command never ran: its stderr is empty, reading it helps nobody"
+    assert "sig=" not in explanation and "?" not in explanation, "the blob is named without its SAS"
+    assert str(event.error()).endswith(explanation)
+
+
+def test_a_refused_input_blob_advises_checking_the_sas() -> None:
+    from aiobatch import TaskFailure
+
+    # The real service's details for a refused resource file: the URL (signature masked) and the path on the node.
+    failure = TaskFailure(
+        "usererror",
+        "BlobAccessDenied",
+        "Access for one of the specified Azure Blob(s) is denied",
+        (
+            (
+                "BlobSource",
+                "https://acct.blob.core.windows.net/inputs/cat%201.mp4?sv=2024-11-04&sp=r&se=2099-01-01T00%3A00%3A00Z&sig=***",
+            ),
+            ("FilePath", "/mnt/batch/tasks/workitems/job/job-1/t1/wd/cat 1.mp4"),
+        ),
+    )
+    event = TaskEvent("job", "t1", "completed", False, failure=failure)
+    explanation = str(event.error())
+    assert "input blob 'https://acct.blob.core.windows.net/inputs/cat 1.mp4'" in explanation
+    assert "'/mnt/batch/tasks/workitems/job/job-1/t1/wd/cat 1.mp4'" in explanation
+    assert "Check the SAS URL" in explanation and "read permission" in explanation
+    assert "stderr" not in explanation
+
+
+class _Collect(logging.Handler):
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+async def test_the_sdks_failsafe_deserialization_warning_stays_out_of_the_users_output(
+    batch_emulator: Emulator, azurite: AzuriteServer
+) -> None:
+    """The SDK logs a traceback at WARNING for each error answer without a body (a HEAD); the error is raised anyway."""
+    from aiobatch import resource_file
+
+    root = logging.getLogger()
+    user = _Collect(logging.WARNING)  # a user's handler: warnings and worse on stderr
+    root.addHandler(user)
+    sdk = logging.getLogger("azure.batch._utils.model_base")
+    try:
+        async with make_client(batch_emulator, azurite) as client:
+            await _ready_job(client)
+            url = f"{azurite.blob_endpoint}/inputs/absent.txt"
+            spec = TaskSpec(id="never-ran", command_line="cat absent.txt", resource_files=[resource_file(url)])
+            await client.submit_tasks("job", [spec])
+            (event,) = [e async for e in client.watch_tasks("job", **QUICK)]
+            assert await event.stderr_tail() == ""  # the task never ran: HEAD stderr.txt is a 404 without a body
+            sdk.warning("a different problem")  # the same logger's other records still reach the user
+            previous = sdk.level
+            sdk.setLevel(logging.DEBUG)  # and whoever asks for the SDK's DEBUG records still gets this one
+            debug = _Collect(logging.DEBUG)
+            sdk.addHandler(debug)
+            try:
+                assert await event.stderr_tail() == ""
+            finally:
+                sdk.removeHandler(debug)
+                sdk.setLevel(previous)
+    finally:
+        root.removeHandler(user)
+    assert "a different problem" in user.messages
+    assert not [m for m in user.messages if "failsafe deserialization" in m], user.messages
+    assert [m for m in debug.messages if "failsafe deserialization" in m]

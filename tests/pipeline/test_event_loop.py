@@ -194,7 +194,7 @@ async def test_local_batch_blocks_nothing_on_the_way_in_or_out(
     monkeypatch.setattr(aiobatch.local, "build_ffmpeg_package", link_package)
     guard = LoopGuard(monkeypatch)  # after the stand-in, so that calling it on the loop is caught too
 
-    async with LocalBatch() as local:  # a temporary apps folder, removed on the way out
+    async with LocalBatch(ffmpeg=True) as local:  # a temporary apps folder, removed on the way out
         apps = local.apps_dir
         assert apps is not None and (apps / "ffmpeg" / f"{local.ffmpeg_app.version}.zip").is_file()
         assert await local.leftovers() == []
