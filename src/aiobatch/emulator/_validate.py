@@ -28,6 +28,7 @@ import json
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -112,8 +113,8 @@ _PROPERTY_RULES: Mapping[tuple[str, str], tuple[re.Pattern[str], str]] = {
 
 _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,7})?)?(?:Z|[+-]\d{2}:\d{2})$", re.I)
 
-#: Where the middleware leaves the checked body for the handler.
-_BODY_KEY = "aiobatch.body"
+#: The checked body of the request being handled, from the middleware to its handler (both run in one task).
+_BODY: ContextVar[dict[str, Any]] = ContextVar("aiobatch_emulator_body")
 
 
 def invalid_body(reason: str) -> ServiceError:
@@ -314,8 +315,8 @@ def check_query(request: web.Request) -> None:
 
 def body_of(request: web.Request) -> dict[str, Any]:
     """The request's body, as the validation middleware parsed and checked it."""
-    body: dict[str, Any] = request[_BODY_KEY]
-    return body
+    del request  # the body travels in a context variable: aiohttp before 3.12 has no typed request keys
+    return _BODY.get()
 
 
 def body_model(request: web.Request) -> str | None:
@@ -345,7 +346,11 @@ def validation_middleware() -> Middleware:
                     "RequestBodyTooLarge",
                     "The request body is too large and exceeds the maximum permissible limit.",
                 )
-            request[_BODY_KEY] = schema().check(model, parse_json(raw))
+            token = _BODY.set(schema().check(model, parse_json(raw)))
+            try:
+                return await handler(request)
+            finally:
+                _BODY.reset(token)
         return await handler(request)
 
     return middleware
