@@ -238,9 +238,8 @@ async def test_an_unexpected_error_is_a_logged_500_with_a_batch_error_body(
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(_app.wire, "render_task_counts", broken)
-    with caplog.at_level(logging.ERROR, logger="aiobatch.emulator"):
-        with pytest.raises(HttpResponseError) as caught:
-            await batch.get_job_task_counts("j", retry_total=0)
+    with caplog.at_level(logging.ERROR, logger="aiobatch.emulator"), pytest.raises(HttpResponseError) as caught:
+        await batch.get_job_task_counts("j", retry_total=0)
     assert caught.value.status_code == 500 and caught.value.error is not None
     assert caught.value.error.code == "InternalServerError"
     assert any("a bug" in (r.exc_text or "") or r.exc_info for r in caplog.records)
