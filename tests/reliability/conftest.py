@@ -21,7 +21,8 @@ Fixtures:
 
 Marker (registered in pyproject.toml, so ``--strict-markers`` accepts it anywhere):
     ``@pytest.mark.clause(N)`` says which clause a test proves: 1-10 are issue 8's, 11 is issue 11's (hostile
-    input). A clause holds when it had tests and every one of them passed: a skip or an expected failure (xfail, a known gap) does not count.
+    input). A clause holds when it had tests and every one of them passed: a skip or an expected failure
+    (xfail, a known gap) does not count.
 
 In soak mode the terminal summary prints a table of injected faults (kind, count), a table of clauses 1-11
 (held or not, with counts), and ends with ``soak: H/C clauses held (seed S)``. The session's exit status is
