@@ -436,16 +436,20 @@ def check_one(target: Target, method: str, path: str, query: str, extra: tuple[b
     status, raw, ping, before, after = target.loop.run(exchange())
     # An accepted request may set things moving (a deletion, a resize): the next example waits for them to end.
     target.unsettled = status < 400
-    target.outcomes[f"{status} {json.loads(raw).get('code') if status >= 400 and raw else ''}".strip()] += 1
     shown = f"{method} {path[:200]}?{query[:200]} body={(body or b'')[:200]!r} headers={sent_headers}"
     assert status < 500, f"{status} for {shown}: {raw[:500]!r}"
     assert ping == 200, f"GET /pools answered {ping} after {shown}"
     if status >= 400:
+        try:
+            error = json.loads(raw) if method != "HEAD" else {}
+        except ValueError:
+            raise AssertionError(f"{status} without a Batch error body for {shown}: {raw[:300]!r}") from None
+        target.outcomes[f"{status} {error.get('code', '')}".strip()] += 1
         if method != "HEAD":
-            error = json.loads(raw)
             assert isinstance(error.get("code"), str) and isinstance(error["message"]["value"], str), raw[:300]
         assert before == after, f"a refused request changed the account: {shown}"
     else:
+        target.outcomes[str(status)] += 1
         assert status in (200, 201, 202, 204, 304), f"{status} for {shown}"
 
 
