@@ -276,6 +276,8 @@ def hostile_text() -> st.SearchStrategy[str]:
     return st.one_of(
         st.text(max_size=24),
         st.sampled_from(["", "\x00", "a\x00b", "\x1b[2J", "\t\n\r", "\ud800", "=", "a=b", "../..", "/etc/passwd"]),
+        # Digits that are not ASCII: "²" passes str.isdigit() but not int(); a fullwidth one passes both.
+        st.sampled_from(["\u00b2", "1\u00b2", "\uff11", "\u0663", "-1", "0", "1e3", "2147483648", "9" * 20]),
         st.integers(min_value=65, max_value=6000).map(lambda n: "x" * n),
     )
 

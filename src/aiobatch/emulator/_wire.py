@@ -90,7 +90,7 @@ def api_version_of(request: web.Request) -> str:
             "A query parameter that's mandatory for this request is not specified.",
             [("QueryParameterName", "api-version")],
         )
-    if not re.match(r"^\d{4}-\d{2}-\d{2}(\.\d+\.\d+)?$", version) or version[:10] < OLDEST_API_VERSION[:10]:
+    if not re.match(r"^\d{4}-\d{2}-\d{2}(\.\d+\.\d+)?$", version, re.ASCII) or version[:10] < OLDEST_API_VERSION[:10]:
         raise ServiceError(
             400,
             "InvalidQueryParameterValue",
@@ -231,11 +231,12 @@ def page_request(request: web.Request) -> tuple[int, int]:
     raw_max = request.query.get("maxresults")
     size = MAX_PAGE_SIZE
     if raw_max is not None:
-        if not raw_max.isdigit() or not 1 <= int(raw_max) <= MAX_PAGE_SIZE:
+        # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+        if not (raw_max.isascii() and raw_max.isdigit()) or not 1 <= int(raw_max) <= MAX_PAGE_SIZE:
             raise bad_query("maxresults", raw_max, f"maxresults must be between 1 and {MAX_PAGE_SIZE}.")
         size = int(raw_max)
     token = request.query.get("$skiptoken", "0")
-    if not token.isdigit():
+    if not (token.isascii() and token.isdigit()):
         raise bad_query("$skiptoken", token, "The skip token is not one this service issued.")
     return int(token), size
 
