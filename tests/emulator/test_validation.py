@@ -8,6 +8,8 @@ the service's 400 naming the property by its full path, and the account is left 
 
 from __future__ import annotations
 
+import datetime as dt
+import io
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,7 +23,7 @@ from azure.core.exceptions import HttpResponseError
 from aiobatch.emulator import Emulator, _app, _schema_gen, _validate
 
 from ._routes import app_routes
-from ._shared_key import send
+from ._shared_key import JSON_TYPE, rfc1123, send, signature
 
 pytestmark = pytest.mark.anyio
 
@@ -204,6 +206,19 @@ async def test_json_nested_50000_deep_is_an_invalid_request_body(batch_emulator:
         status, _, body = await send(session, "POST", url, account=batch_emulator.account_name, key=key, body=nan)
         assert status == 400 and body["code"] == "InvalidRequestBody"
     assert state(batch_emulator) == ([], [], [])
+
+
+async def test_a_body_over_the_size_limit_is_a_413_with_a_batch_error_body(batch_emulator: Emulator) -> None:
+    """aiohttp refused it itself, with a plain-text answer no Batch client can read as an error."""
+    big = b'{"id": "p", "displayName": "' + b"x" * (5 * 1024 * 1024) + b'"}'
+    url = f"{batch_emulator.endpoint}/pools?api-version=2025-06-01"
+    headers = {"ocp-date": rfc1123(dt.datetime.now(dt.timezone.utc)), "Content-Type": JSON_TYPE}
+    to_sign = {**headers, "Content-Length": str(len(big))}
+    key = batch_emulator.credential.named_key.key
+    headers["Authorization"] = signature("POST", url, to_sign, batch_emulator.account_name, key)
+    async with aiohttp.ClientSession() as session, session.post(url, data=io.BytesIO(big), headers=headers) as answer:
+        status, body = answer.status, await answer.json(content_type=None)
+    assert status == 413 and body["code"] == "RequestBodyTooLarge"
 
 
 async def test_enumerations_compare_without_case_and_refuse_unknown_values(batch: BatchClient) -> None:
