@@ -37,7 +37,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from ._model import ID_PATTERN, ServiceError, invalid_property, missing_property
+from ._model import ID_PATTERN, ServiceError, invalid_body, invalid_property, missing_property
 from ._wire import MAX_COLLECTION_BODY_BYTES, bad_query, parse_duration
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -115,13 +115,6 @@ _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,7})?)?
 
 #: The checked body of the request being handled, from the middleware to its handler (both run in one task).
 _BODY: ContextVar[dict[str, Any]] = ContextVar("aiobatch_emulator_body")
-
-
-def invalid_body(reason: str) -> ServiceError:
-    """The service's 400 ``InvalidRequestBody``."""
-    return ServiceError(
-        400, "InvalidRequestBody", "The specified Request Body is not syntactically valid.", [("Reason", reason)]
-    )
 
 
 def _shown(value: object) -> str:
@@ -362,7 +355,6 @@ __all__ = [
     "body_model",
     "body_of",
     "check_query",
-    "invalid_body",
     "parse_json",
     "schema",
     "validation_middleware",
