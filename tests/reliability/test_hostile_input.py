@@ -479,11 +479,11 @@ def run_property(
 def test_hostile_requests_to_every_route_get_a_4xx_and_change_nothing(target: Target, scale: Scale, seed: int) -> None:
     routes = [route for route in app_routes() if "/files" not in route[1]]
     assert len(routes) >= 25, routes
-    run_property(scale, seed, routes, target, ci=300, soak=5000)
+    run_property(scale, seed, routes, target, ci=500, soak=5000)
 
 
 def test_hostile_file_paths_get_a_4xx(files_target: Target, scale: Scale, seed: int) -> None:
     """The task-file routes, with traversal, NUL, very long and odd names (hardened in their own branch)."""
     routes = [route for route in app_routes() if "/files" in route[1]]
     assert routes
-    run_property(scale, seed, routes, files_target, ci=150, soak=2000)
+    run_property(scale, seed, routes, files_target, ci=200, soak=2000)
