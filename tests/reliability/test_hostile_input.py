@@ -29,6 +29,7 @@ import asyncio
 import copy
 import datetime as dt
 import json
+import re
 import threading
 from collections import Counter
 from collections.abc import Awaitable, Iterator
@@ -394,14 +395,17 @@ def headers() -> st.SearchStrategy[dict[str, str]]:
 def requests(draw: st.DrawFn, routes: list[tuple[str, str]], known: dict[str, str]) -> tuple[str, str, str, Any]:
     """(method, path, query, body-and-headers) for one of ``routes``."""
     method, template = draw(st.sampled_from(routes))
-    path = template
-    for placeholder in ("pool", "job", "task", "node", "app"):
-        if "{" + placeholder + "}" in path:
-            use_known = placeholder in known and draw(st.booleans())
-            segment = known[placeholder] if use_known else draw(hostile_ids())
-            path = path.replace("{" + placeholder + "}", segment)
-    if "{path:.+}" in path:
-        path = path.replace("{path:.+}", draw(file_paths()))
+    # Every placeholder of the template, whatever its name (a new route's too): a file path for {path}, else an
+    # id that exists (half the time, when there is one) or a hostile one.
+    segments: dict[str, str] = {}
+    for name in re.findall(r"\{(\w+)[^}]*\}", template):
+        if name == "path":
+            segments[name] = draw(file_paths())
+        elif name in known and draw(st.booleans()):
+            segments[name] = known[name]
+        else:
+            segments[name] = draw(hostile_ids())
+    path = re.sub(r"\{(\w+)[^}]*\}", lambda match: segments[match.group(1)], template)
     # GET and HEAD go without a body (as every client sends them); any other method may carry one it ignores.
     body = None if method in ("GET", "HEAD") else draw(bodies(REQUEST_BODIES.get((method, template))))
     return method, path, draw(queries()), (body, draw(headers()))
