@@ -20,10 +20,11 @@ Fixtures:
         server's view, not the client's.
 
 Marker (registered in pyproject.toml, so ``--strict-markers`` accepts it anywhere):
-    ``@pytest.mark.clause(N)`` says which clause of issue 8 (1-10) a test proves. A clause holds when it had
-    tests and every one of them passed: a skip or an expected failure (xfail, a known gap) does not count.
+    ``@pytest.mark.clause(N)`` says which clause a test proves: 1-10 are issue 8's, 11 is issue 11's (hostile
+    input). A clause holds when it had tests and every one of them passed: a skip or an expected failure
+    (xfail, a known gap) does not count.
 
-In soak mode the terminal summary prints a table of injected faults (kind, count), a table of clauses 1-10
+In soak mode the terminal summary prints a table of injected faults (kind, count), a table of clauses 1-11
 (held or not, with counts), and ends with ``soak: H/C clauses held (seed S)``. The session's exit status is
 non-zero if any clause that ran did not hold, or, in a complete run of ``tests/reliability`` (no selection), if
 any clause had no tests at all.
@@ -50,8 +51,9 @@ from aiobatch.local import child_processes
 
 SEED_ENV = "AIOBATCH_SEED"
 SOAK_ENV = "AIOBATCH_SOAK"
-CLAUSES = range(1, 11)
-#: What each clause of issue 8 asserts, as the soak table names it.
+#: Clauses 1-10 are issue 8's; clause 11 is issue 11's (the emulator survives hostile input).
+CLAUSES = range(1, 12)
+#: What each clause asserts, as the soak table names it.
 CLAUSE_TITLES = {
     1: "submission: N tasks under mixed faults exist once each; a foreign task is a conflict",
     2: "bounded: faults that never clear end typed, by the deadline, within the attempts",
@@ -63,6 +65,7 @@ CLAUSE_TITLES = {
     8: "bad input: each refused with the problem and the fix; nothing lost or left running",
     9: "secrets: no key, sig or Authorization in any log, error, repr or CLI line; SAS probed",
     10: "emulator: bad and stale signatures refused; case-insensitive ids; loopback by default",
+    11: "hostile input: no 500, no stall, state unchanged",
 }
 
 T = TypeVar("T")
@@ -156,7 +159,9 @@ def _clauses(item: pytest.Item) -> tuple[int, ...]:
     for marker in item.iter_markers("clause"):
         for arg in marker.args:
             if not isinstance(arg, int) or arg not in CLAUSES:
-                raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.clause({arg!r}) must name a clause 1-10")
+                raise pytest.UsageError(
+                    f"{item.nodeid}: @pytest.mark.clause({arg!r}) must name a clause {CLAUSES[0]}-{CLAUSES[-1]}"
+                )
             found.append(arg)
     return tuple(sorted(set(found)))
 
@@ -239,7 +244,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatu
         tr.write_line(f"{'total':<{width}}  {sum(harness.faults.values()):>8}")
     else:
         tr.write_line("(no faults recorded)")
-    tr.section("soak: clauses of issue 8")
+    tr.section("soak: clauses of issues 8 (1-10) and 11 (11)")
     tallies = harness.tally()
     header = f"{'clause':>6}  {'verdict':<8}  {'passed':>6}  {'failed':>6}  {'skipped':>7}  {'xfailed':>7}  what"
     tr.write_line(header)

@@ -7,7 +7,6 @@ answer through `_wire`.  Errors are `ServiceError`s, rendered by one middleware 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import mimetypes
 import re
@@ -25,9 +24,10 @@ from . import _taskfiles as taskfiles
 from . import _wire as wire
 from ._auth import shared_key_middleware
 from ._faults import COLLECTION_FAULTS, CollectionFaults, Faults, fault_middleware
-from ._model import Account, Job, Pool, ServiceError, Task, check_id, invalid_property, missing_property
+from ._model import Account, Job, Pool, ServiceError, Task, check_id, invalid_property
 from ._odata import parse_filter
 from ._scheduler import Scheduler
+from ._validate import body_of, validation_middleware
 
 log = logging.getLogger("aiobatch.emulator")
 
@@ -50,22 +50,6 @@ def _scheduler(request: web.Request) -> Scheduler:
 def _request_url(account: Account, request: web.Request) -> str:
     """The URL a request went to, without its query (the ``DataServiceId`` of updates and actions)."""
     return f"{account.url}{request.path}"
-
-
-async def _body(request: web.Request, *, limit: int | None = None) -> Any:
-    raw = await request.read()
-    if limit is not None and len(raw) > limit:
-        raise ServiceError(
-            413,
-            "RequestBodyTooLarge",
-            "The request body is too large and exceeds the maximum permissible limit.",
-        )
-    try:
-        return json.loads(raw or b"{}")
-    except ValueError:
-        raise ServiceError(
-            400, "InvalidRequestBody", "The specified Request Body is not syntactically valid."
-        ) from None
 
 
 def _check_conditions(request: web.Request, entity: Pool | Job | Task) -> None:
@@ -154,7 +138,7 @@ async def get_application(request: web.Request) -> web.Response:
 async def create_pool(request: web.Request) -> web.Response:
     """POST /pools."""
     account = _account(request)
-    pool = wire.parse_pool(account, await _body(request))
+    pool = wire.parse_pool(account, body_of(request))
     existing = account.pools.get(pool.id.lower())
     if existing is not None:
         if existing.state == "deleting":
@@ -219,7 +203,7 @@ async def patch_pool(request: web.Request) -> web.Response:
     """PATCH /pools/{poolId}: metadata, start task and application package references (what is sent)."""
     account = _account(request)
     pool = _live_pool(request)
-    _update_pool(account, pool, await _body(request), replace=False)
+    _update_pool(account, pool, body_of(request), replace=False)
     return wire.empty_response(200, headers=wire.entity_headers(pool), data_service_id=_request_url(account, request))
 
 
@@ -227,11 +211,8 @@ async def replace_pool_properties(request: web.Request) -> web.Response:
     """POST /pools/{poolId}/updateproperties: 204; what the body leaves out is removed (start task included)."""
     account = _account(request)
     pool = _live_pool(request)
-    body = await _body(request)
-    for required in ("applicationPackageReferences", "metadata"):
-        if not isinstance(body.get(required), list):
-            raise missing_property(required)
-    _update_pool(account, pool, body, replace=True)
+    # The layer has checked that applicationPackageReferences and metadata (both required) are lists.
+    _update_pool(account, pool, body_of(request), replace=True)
     return wire.empty_response(204, headers=wire.entity_headers(pool), data_service_id=_request_url(account, request))
 
 
@@ -266,13 +247,15 @@ async def resize_pool(request: web.Request) -> web.Response:
     """POST /pools/{poolId}/resize."""
     account = _account(request)
     pool = _live_pool(request)
-    body = await _body(request)
+    body = body_of(request)
     if pool.allocation_state != "steady":
         raise ServiceError(409, "PoolNotSteady", "The specified pool is not in a steady state.")
-    dedicated = body.get("targetDedicatedNodes", pool.target_dedicated)
-    low = body.get("targetLowPriorityNodes", pool.target_low_priority)
+    dedicated = body.get("targetDedicatedNodes")
+    dedicated = pool.target_dedicated if dedicated is None else dedicated
+    low = body.get("targetLowPriorityNodes")
+    low = pool.target_low_priority if low is None else low
     for name, value in (("targetDedicatedNodes", dedicated), ("targetLowPriorityNodes", low)):
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 10_000:
+        if not 0 <= value <= 10_000:
             raise invalid_property(name, value, "The value must be an integer between 0 and 10000.")
     _scheduler(request).resize_pool(pool, dedicated, low)
     pool.touch()
@@ -320,7 +303,7 @@ async def get_node(request: web.Request) -> web.Response:
 async def create_job(request: web.Request) -> web.Response:
     """POST /jobs (with poolInfo.poolId or an autoPoolSpecification)."""
     account = _account(request)
-    job, auto = wire.parse_job(account, await _body(request))
+    job, auto = wire.parse_job(account, body_of(request))
     existing = account.jobs.get(job.id.lower())
     if existing is not None:
         if existing.state == "deleting":
@@ -382,7 +365,7 @@ async def update_job(request: web.Request) -> web.Response:
             else "JobBeingDeleted",
             f"The specified job is {job.state}.",
         )
-    wire.parse_job_update(job, await _body(request), replace=request.method == "PUT")
+    wire.parse_job_update(job, body_of(request), replace=request.method == "PUT")
     job.touch()
     _scheduler(request).check_job_complete(job)
     return wire.empty_response(200, headers=wire.entity_headers(job), data_service_id=_request_url(account, request))
@@ -403,7 +386,7 @@ async def terminate_job(request: web.Request) -> web.Response:
     account = _account(request)
     job = account.get_job(request.match_info["job"])
     _check_conditions(request, job)
-    body = await _body(request)
+    body = body_of(request)
     if job.state == "completed":
         raise ServiceError(409, "JobCompleted", "The specified job is already in a completed state.")
     if job.state == "deleting":
@@ -445,7 +428,7 @@ async def create_task(request: web.Request) -> web.Response:
     """POST /jobs/{jobId}/tasks."""
     account = _account(request)
     job = _job_accepting_tasks(account, request.match_info["job"])
-    task = wire.parse_task(account, job, await _body(request))
+    task = wire.parse_task(account, job, body_of(request))
     if task.id.lower() in job.tasks:
         raise _task_exists()
     job.add_task(task)
@@ -460,9 +443,9 @@ async def add_task_collection(request: web.Request) -> web.Response:
     """POST /jobs/{jobId}/addtaskcollection: up to 100 tasks, one result each."""
     account = _account(request)
     job = _job_accepting_tasks(account, request.match_info["job"])
-    body = await _body(request, limit=wire.MAX_COLLECTION_BODY_BYTES)
-    tasks = body.get("value") if isinstance(body, dict) else None
-    if not isinstance(tasks, list) or not tasks:
+    body = body_of(request)
+    tasks = body["value"]  # a list of objects: the layer has checked the body against BatchTaskGroup
+    if not tasks:
         raise invalid_property("value", "(empty)", "The task collection must hold between 1 and 100 tasks.")
     if len(tasks) > wire.MAX_TASKS_PER_COLLECTION:
         raise invalid_property(
@@ -481,8 +464,7 @@ async def add_task_collection(request: web.Request) -> web.Response:
     for index, item in enumerate(tasks):
         if index >= commit_limit:
             break
-        raw_id = item.get("id") if isinstance(item, dict) else None
-        task_id = raw_id if isinstance(raw_id, str) else ""
+        task_id = item["id"]
         try:
             task = wire.parse_task(account, job, item)
             if task.id.lower() in job.tasks:
@@ -726,6 +708,18 @@ def _error_middleware(account: Account) -> Middleware:
                 account.url,
                 ServiceError(405, "UnsupportedHttpVerb", "The resource doesn't support the specified HTTP verb."),
             )
+        except web.HTTPException as http_error:  # aiohttp's own refusals (a body over the size limit, ...)
+            response = wire.error_response(
+                account.url, ServiceError(http_error.status, http_error.reason.replace(" ", ""), http_error.reason)
+            )
+        except Exception:
+            # A bug, not a refusal: logged with its traceback, answered as the service answers its own failures,
+            # so that the client sees a Batch error (and may retry) instead of a dropped connection.
+            log.exception("unexpected error in %s %s", request.method, request.path)
+            response = wire.error_response(
+                account.url,
+                ServiceError(500, "InternalServerError", "The server encountered an internal error. Please retry."),
+            )
         if not response.prepared:  # a streamed file answer set its headers itself
             response.headers.update(wire.echoed_headers(request))
         return response
@@ -741,7 +735,8 @@ def build_app(account: Account, scheduler: Scheduler, account_key: str, faults: 
     """The emulator's aiohttp application for one account.
 
     Middlewares, outermost first: errors rendered as OData bodies, Shared Key verification (so a request without
-    a valid signature changes nothing), then injected faults (only authenticated requests are eligible).
+    a valid signature changes nothing), injected faults (only authenticated requests are eligible), then the
+    validation layer (a body of the wrong types is refused before any handler sees it).
     """
     app = web.Application(
         middlewares=[
@@ -750,6 +745,7 @@ def build_app(account: Account, scheduler: Scheduler, account_key: str, faults: 
                 account.name, account_key, lambda request, error: wire.error_response(account.url, error)
             ),
             fault_middleware(faults),
+            validation_middleware(),
         ],
         client_max_size=4 * 1024 * 1024,
     )

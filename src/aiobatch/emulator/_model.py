@@ -78,6 +78,13 @@ def invalid_property(name: str, value: object, reason: str) -> ServiceError:
     )
 
 
+def invalid_body(reason: str) -> ServiceError:
+    """The service's 400 ``InvalidRequestBody``: not JSON, or not the JSON shape the operation takes."""
+    return ServiceError(
+        400, "InvalidRequestBody", "The specified Request Body is not syntactically valid.", [("Reason", reason)]
+    )
+
+
 def missing_property(name: str) -> ServiceError:
     """The service's 400 ``MissingRequiredProperty``."""
     return ServiceError(

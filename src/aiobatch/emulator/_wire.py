@@ -90,7 +90,7 @@ def api_version_of(request: web.Request) -> str:
             "A query parameter that's mandatory for this request is not specified.",
             [("QueryParameterName", "api-version")],
         )
-    if not re.match(r"^\d{4}-\d{2}-\d{2}(\.\d+\.\d+)?$", version) or version[:10] < OLDEST_API_VERSION[:10]:
+    if not re.match(r"^\d{4}-\d{2}-\d{2}(\.\d+\.\d+)?$", version, re.ASCII) or version[:10] < OLDEST_API_VERSION[:10]:
         raise ServiceError(
             400,
             "InvalidQueryParameterValue",
@@ -231,11 +231,12 @@ def page_request(request: web.Request) -> tuple[int, int]:
     raw_max = request.query.get("maxresults")
     size = MAX_PAGE_SIZE
     if raw_max is not None:
-        if not raw_max.isdigit() or not 1 <= int(raw_max) <= MAX_PAGE_SIZE:
+        # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+        if not (raw_max.isascii() and raw_max.isdigit()) or not 1 <= int(raw_max) <= MAX_PAGE_SIZE:
             raise bad_query("maxresults", raw_max, f"maxresults must be between 1 and {MAX_PAGE_SIZE}.")
         size = int(raw_max)
     token = request.query.get("$skiptoken", "0")
-    if not token.isdigit():
+    if not (token.isascii() and token.isdigit()):
         raise bad_query("$skiptoken", token, "The skip token is not one this service issued.")
     return int(token), size
 
@@ -264,30 +265,29 @@ def parse_select(request: web.Request) -> list[str] | None:
 
 
 # -- parsing request bodies ------------------------------------------------------------------------------------
+#
+# Bodies reach these functions checked against the API's types by `_validate` (a property is absent, null or of
+# its type; required ones are there); what is left here are the rules of values: ranges, one source of several,
+# what the emulator does not simulate.
 
 
 def _int(body: Mapping[str, Any], name: str, default: int, lo: int, hi: int) -> int:
-    value = body.get(name, default)
+    value = body.get(name)
     if value is None:
         return default
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+    if not lo <= value <= hi:
         raise invalid_property(name, value, f"The value must be an integer between {lo} and {hi}.")
-    return value
+    return int(value)
 
 
-def _environment(items: object, prop: str) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for item in items or []:  # type: ignore[attr-defined]
-        if not isinstance(item, dict) or not item.get("name"):
-            raise missing_property(f"{prop}.name")
-        env[str(item["name"])] = str(item.get("value") or "")
-    return env
+def _environment(items: list[dict[str, Any]] | None) -> dict[str, str]:
+    return {item["name"]: item.get("value") or "" for item in items or []}
 
 
-def parse_resource_files(items: object, prop: str = "resourceFiles") -> tuple[ResourceFile, ...]:
+def parse_resource_files(items: list[dict[str, Any]] | None, prop: str = "resourceFiles") -> tuple[ResourceFile, ...]:
     """``resourceFiles`` into `ResourceFile` values, with the service's one-source rule checked."""
     files = []
-    for item in items or []:  # type: ignore[attr-defined]
+    for item in items or []:
         sources = [k for k in ("httpUrl", "storageContainerUrl", "autoStorageContainerName") if item.get(k)]
         if len(sources) != 1:
             raise invalid_property(
@@ -310,20 +310,18 @@ def parse_resource_files(items: object, prop: str = "resourceFiles") -> tuple[Re
     return tuple(files)
 
 
-def parse_output_files(items: object) -> tuple[OutputFile, ...]:
+def parse_output_files(items: list[dict[str, Any]] | None) -> tuple[OutputFile, ...]:
     """``outputFiles`` into `OutputFile` values."""
     files = []
-    for item in items or []:  # type: ignore[attr-defined]
-        pattern = item.get("filePattern")
-        container = ((item.get("destination") or {}).get("container")) or {}
-        condition = ((item.get("uploadOptions") or {}).get("uploadCondition")) or "tasksuccess"
+    for item in items or []:
+        pattern = item["filePattern"]
+        container = item["destination"].get("container") or {}
+        condition = item["uploadOptions"]["uploadCondition"]
         if not pattern:
             raise missing_property("outputFiles.filePattern")
         if not container.get("containerUrl"):
             raise missing_property("outputFiles.destination.container.containerUrl")
-        if condition.lower() not in ("tasksuccess", "taskfailure", "taskcompletion"):
-            raise invalid_property("uploadCondition", condition, "Use tasksuccess, taskfailure or taskcompletion.")
-        headers = tuple((str(h.get("name")), str(h.get("value") or "")) for h in container.get("uploadHeaders") or [])
+        headers = tuple((h["name"], h.get("value") or "") for h in container.get("uploadHeaders") or [])
         files.append(
             OutputFile(
                 file_pattern=pattern,
@@ -361,8 +359,8 @@ def parse_pool(account: Account, body: dict[str, Any], *, prop_prefix: str = "")
         ServiceError: a 400 naming the first invalid property.
     """
     pool_id = check_id("pool", body.get("id"))
-    vm_size = body.get("vmSize")
-    if not isinstance(vm_size, str) or not vm_size:
+    vm_size = body["vmSize"]
+    if not vm_size:
         raise missing_property(prop_prefix + "vmSize")
     if body.get("cloudServiceConfiguration"):
         raise invalid_property(
@@ -371,7 +369,7 @@ def parse_pool(account: Account, body: dict[str, Any], *, prop_prefix: str = "")
             "Cloud service pools are retired; use virtualMachineConfiguration.",
         )
     vm_config = body.get("virtualMachineConfiguration")
-    if not isinstance(vm_config, dict):
+    if vm_config is None:
         raise missing_property(prop_prefix + "virtualMachineConfiguration")
     if not vm_config.get("nodeAgentSKUId"):
         raise missing_property(prop_prefix + "virtualMachineConfiguration.nodeAgentSKUId")
@@ -390,8 +388,6 @@ def parse_pool(account: Account, body: dict[str, Any], *, prop_prefix: str = "")
     dedicated = _int(body, "targetDedicatedNodes", 0, 0, 10_000)
     low_priority = _int(body, "targetLowPriorityNodes", 0, 0, 10_000)
     fill = ((body.get("taskSchedulingPolicy") or {}).get("nodeFillType") or "spread").lower()
-    if fill not in ("spread", "pack"):
-        raise invalid_property("taskSchedulingPolicy.nodeFillType", fill, "Use spread or pack.")
     start_task = None
     if body.get("startTask"):
         st = body["startTask"]
@@ -400,9 +396,9 @@ def parse_pool(account: Account, body: dict[str, Any], *, prop_prefix: str = "")
         start_task = StartTask(
             command_line=st["commandLine"],
             resource_files=parse_resource_files(st.get("resourceFiles"), "startTask.resourceFiles"),
-            environment=_environment(st.get("environmentSettings"), "startTask.environmentSettings"),
+            environment=_environment(st.get("environmentSettings")),
             max_task_retry_count=_int(st, "maxTaskRetryCount", 0, -1, 100),
-            wait_for_success=bool(st.get("waitForSuccess", True)),
+            wait_for_success=st.get("waitForSuccess") is not False,
         )
     apps = account.resolve_app_packages(body.get("applicationPackageReferences") or [], "pool")
     parse_duration(body.get("resizeTimeout"), "resizeTimeout")
@@ -415,7 +411,7 @@ def parse_pool(account: Account, body: dict[str, Any], *, prop_prefix: str = "")
     spec["taskSlotsPerNode"] = slots
     spec["taskSchedulingPolicy"] = {
         "nodeFillType": fill.capitalize(),
-        "jobDefaultOrder": (body.get("taskSchedulingPolicy") or {}).get("jobDefaultOrder", "none"),
+        "jobDefaultOrder": (body.get("taskSchedulingPolicy") or {}).get("jobDefaultOrder") or "none",
     }
     spec.setdefault("enableAutoScale", False)
     spec.setdefault("enableInterNodeCommunication", False)
@@ -446,8 +442,8 @@ def parse_job(account: Account, body: dict[str, Any]) -> tuple[Job, dict[str, An
         ServiceError: a 400 naming the first invalid property.
     """
     job_id = check_id("job", body.get("id"))
-    pool_info = body.get("poolInfo")
-    if not isinstance(pool_info, dict) or not (pool_info.get("poolId") or pool_info.get("autoPoolSpecification")):
+    pool_info = body["poolInfo"]
+    if not (pool_info.get("poolId") or pool_info.get("autoPoolSpecification")):
         raise missing_property("poolInfo")
     if pool_info.get("poolId") and pool_info.get("autoPoolSpecification"):
         raise invalid_property("poolInfo", "poolId,autoPoolSpecification", "Specify poolId or autoPoolSpecification.")
@@ -487,10 +483,8 @@ def parse_job(account: Account, body: dict[str, Any]) -> tuple[Job, dict[str, An
     auto = pool_info.get("autoPoolSpecification")
     if auto is None:
         return job, None
-    lifetime = (auto.get("poolLifetimeOption") or "").lower()
-    if lifetime not in ("job", "jobschedule"):
-        raise invalid_property("poolLifetimeOption", lifetime, "Use job (or jobschedule for job schedules).")
-    if not isinstance(auto.get("pool"), dict):
+    lifetime = auto["poolLifetimeOption"].lower()
+    if auto.get("pool") is None:
         raise missing_property("poolInfo.autoPoolSpecification.pool")
     job.auto_pool = True
     job.auto_pool_lifetime = lifetime
@@ -513,10 +507,11 @@ def auto_pool_spec_for_render(pool: Pool, auto: Mapping[str, Any]) -> dict[str, 
 
 
 def _enum(body: Mapping[str, Any], name: str, allowed: tuple[str, ...]) -> str:
+    """An enumeration's value, lower-cased, or its default (the first of ``allowed``)."""
     value = body.get(name) or allowed[0]
-    if not isinstance(value, str) or value.lower() not in allowed:
-        raise invalid_property(name, value, f"Use one of: {', '.join(allowed)}.")
-    return value.lower()
+    if value.lower() not in allowed:  # a value of the API the emulator does not act on
+        raise invalid_property(name, value, f"The aiobatch emulator supports: {', '.join(allowed)}.")
+    return str(value.lower())
 
 
 def parse_job_update(job: Job, body: Mapping[str, Any], *, replace: bool) -> None:
@@ -564,22 +559,20 @@ def parse_job_update(job: Job, body: Mapping[str, Any], *, replace: bool) -> Non
             job.spec["metadata"] = body["metadata"]
         else:
             job.spec.pop("metadata", None)
-    if body.get("poolInfo", {}).get("poolId"):
+    if (body.get("poolInfo") or {}).get("poolId"):
         job.pool_id = body["poolInfo"]["poolId"]
         job.spec["poolInfo"] = {"poolId": job.pool_id}
 
 
-def parse_task(account: Account, job: Job, body: object) -> Task:
+def parse_task(account: Account, job: Job, body: dict[str, Any]) -> Task:
     """A task create body into a new `Task` of ``job`` (not yet added).
 
     Raises:
         ServiceError: a 400 naming the first invalid property.
     """
-    if not isinstance(body, dict):
-        raise invalid_property("value", type(body).__name__, "Each task must be a JSON object.")
     task_id = check_id("task", body.get("id"))
-    command = body.get("commandLine")
-    if not isinstance(command, str) or not command.strip():
+    command = body["commandLine"]
+    if not command.strip():
         raise missing_property("commandLine")
     if body.get("multiInstanceSettings"):
         raise invalid_property("multiInstanceSettings", "(set)", "The aiobatch emulator does not run MPI tasks.")
@@ -595,7 +588,7 @@ def parse_task(account: Account, job: Job, body: object) -> Task:
         command_line=command,
         resource_files=parse_resource_files(body.get("resourceFiles")),
         output_files=parse_output_files(body.get("outputFiles")),
-        environment=_environment(body.get("environmentSettings"), "environmentSettings"),
+        environment=_environment(body.get("environmentSettings")),
         app_packages=account.resolve_app_packages(body.get("applicationPackageReferences") or [], "task"),
         max_wall_clock_time=parse_duration(constraints.get("maxWallClockTime"), "constraints.maxWallClockTime"),
         max_task_retry_count=_int(constraints, "maxTaskRetryCount", 0, -1, 100),
