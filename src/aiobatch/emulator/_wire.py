@@ -478,7 +478,7 @@ def parse_job(account: Account, body: dict[str, Any]) -> tuple[Job, dict[str, An
         max_task_retry_count=max_retry,
         max_parallel_tasks=_int(spec, "maxParallelTasks", -1, -1, 100_000),
         pool_id=pool_info.get("poolId"),
-        environment=_environment(body.get("commonEnvironmentSettings"), "commonEnvironmentSettings"),
+        environment=_environment(body.get("commonEnvironmentSettings")),
     )
     auto = pool_info.get("autoPoolSpecification")
     if auto is None:
