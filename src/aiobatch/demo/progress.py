@@ -1,6 +1,6 @@
 """Progress people can see: rich bars in a terminal, plain lines elsewhere (and in CI), a live notebook display.
 
-Each is a `aiobatch.gifs.Reporter`; `auto_reporter` picks one for a stream. All three share `ProgressState`,
+Each is a `aiobatch.demo.gifs.Reporter`; `auto_reporter` picks one for a stream. All three share `ProgressState`,
 which turns the pipeline's callbacks into counts (bytes up and down, node states, tasks running, done and
 failed), so they differ only in how they draw it. The summary table -- video, result, GIF size, seconds,
 node, and for a failure its exit code and the tail of ffmpeg's stderr -- is `summary_rows`, drawn by
@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from ._pools import PoolStatus
-from ._storage import TransferProgress
-from ._watch import TaskEvent
+from .._pools import PoolStatus
+from .._storage import TransferProgress
+from .._watch import TaskEvent
 from .gifs import ConversionReport, Reporter, VideoResult
 
 __all__ = [
@@ -120,7 +120,7 @@ def summary_rows(report: ConversionReport) -> list[tuple[str, str, str, str, str
     """The summary table's rows: video, result, GIF size, seconds, node.
 
     Example:
-        >>> from aiobatch.gifs import ConversionReport, VideoResult
+        >>> from aiobatch.demo.gifs import ConversionReport, VideoResult
         >>> r = ConversionReport((VideoResult("a.mp4", "a.gif", "converted", 1200, 2.5, "node-1"),), "run", "j", "p", 3)
         >>> summary_rows(r)
         [('a.mp4', 'converted', '1.2 KB', '2.5', 'node-1')]
@@ -147,7 +147,7 @@ def format_summary(report: ConversionReport) -> str:
     """The summary as a plain-text table, failures' stderr tails under it, and the totals.
 
     Example:
-        >>> from aiobatch.gifs import ConversionReport, VideoResult
+        >>> from aiobatch.demo.gifs import ConversionReport, VideoResult
         >>> r = ConversionReport((VideoResult("a.mp4", "a.gif", "converted", 1200, 2.5, "node-1"),), "run", "j", "p", 3)
         >>> print(format_summary(r).splitlines()[0])
         video  result     GIF size  seconds  node
