@@ -1,6 +1,6 @@
 """End to end: 24 videos to GIFs on 3 nodes, against the ideal that the machine's cores allow.
 
-The pipeline is the example's (`aiobatch.gifs.convert_videos`: upload, pool, job, tasks with ffmpeg from an
+The pipeline is the example's (`aiobatch.demo.gifs.convert_videos`: upload, pool, job, tasks with ffmpeg from an
 application package, completion events, downloads) on the emulator and Azurite. The ideal is the issue's: the
 sum of the single ffmpeg runs' wall-clock times (the same command line, run one at a time here before the
 pipeline) divided by the cores that can run them: the emulated nodes share this machine's cores, so that is
@@ -24,9 +24,9 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]
 
 from aiobatch import AppPackageRef, BatchSettings, Client, StorageSettings
-from aiobatch._apppackage import build_ffmpeg_package, ffmpeg_executable
 from aiobatch._azurite import AzuriteServer
-from aiobatch.gifs import GifSettings, Reporter, VideoResult, convert_videos, ffmpeg_arguments, gif_pool_spec
+from aiobatch.demo.ffmpeg import build_ffmpeg_package, ffmpeg_executable
+from aiobatch.demo.gifs import GifSettings, Reporter, VideoResult, convert_videos, ffmpeg_arguments, gif_pool_spec
 
 from ._harness import ROOT, CaseResult, EmulatorProcess, Series, Target, fmt, log, median
 

@@ -35,8 +35,8 @@ from pathlib import Path
 from azure.core.exceptions import ServiceRequestError
 
 import aiobatch
-from aiobatch import gifs
-from aiobatch.progress import auto_reporter
+from aiobatch.demo import gifs
+from aiobatch.demo.progress import auto_reporter
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 

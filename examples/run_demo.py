@@ -22,8 +22,8 @@ from pathlib import Path
 
 import anyio
 
-from aiobatch.gifs import plural
-from aiobatch.local import run_demo
+from aiobatch.demo.gifs import plural
+from aiobatch.demo.run import run_demo
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE.parent / "build" / "demo"

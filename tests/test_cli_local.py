@@ -25,7 +25,8 @@ from azure.storage.blob.aio import BlobServiceClient
 
 import aiobatch.local
 from aiobatch import Client, PoolSpec, TaskSpec
-from aiobatch.local import LocalBatch, LocalServices, child_processes
+from aiobatch._processes import child_processes
+from aiobatch.local import LocalBatch, LocalServices
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table (Linux)")
 

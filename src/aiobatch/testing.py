@@ -60,10 +60,10 @@ from pathlib import Path
 
 import pytest
 
-from ._apppackage import build_ffmpeg_package
 from ._azurite import AzuriteError, AzuriteServer
 from ._faultproxy import KINDS as STORAGE_FAULT_KINDS
 from ._faultproxy import StorageFaultProxy
+from .demo.ffmpeg import build_ffmpeg_package
 from .emulator import Emulator
 from .local import TEST_TIMINGS, LocalServices, find_azurite_dir
 

@@ -119,3 +119,18 @@ def test_the_client_never_imports_the_emulator_nor_runs_a_loop() -> None:
         text = path.read_text(encoding="utf-8")
         assert not imports_emulator.search(text), path.name
         assert "asyncio.run(" not in text, path.name
+
+
+def test_the_pet_example_is_outside_the_core() -> None:
+    import subprocess
+    import sys
+
+    import aiobatch.local
+
+    pipeline_helpers = {"gifs", "plural", "child_processes", "convert_videos", "run_demo", "write_sample_videos"}
+    assert not pipeline_helpers & set(aiobatch.__all__)
+    assert not pipeline_helpers & set(aiobatch.local.__all__)
+    # Importing the library and its progress displays loads none of the example's modules.
+    probe = "import sys, aiobatch, aiobatch.progress; print([m for m in sys.modules if 'demo' in m or 'gifs' in m])"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]", loaded

@@ -15,8 +15,8 @@ from azure.batch.aio import BatchClient
 from azure.storage.blob import BlobSasPermissions, ContainerSasPermissions, generate_blob_sas, generate_container_sas
 from azure.storage.blob.aio import BlobServiceClient
 
-from aiobatch._apppackage import ffmpeg_executable, ffmpeg_version
 from aiobatch._azurite import AzuriteServer
+from aiobatch.demo.ffmpeg import ffmpeg_executable, ffmpeg_version
 from aiobatch.emulator import Emulator
 
 pytestmark = pytest.mark.anyio

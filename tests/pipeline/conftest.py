@@ -13,8 +13,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from aiobatch._apppackage import ffmpeg_executable, ffmpeg_version
 from aiobatch._azurite import AzuriteServer
+from aiobatch.demo.ffmpeg import ffmpeg_executable, ffmpeg_version
 from aiobatch.emulator import Emulator
 
 ROOT = Path(__file__).resolve().parents[2]

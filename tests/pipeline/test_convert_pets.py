@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from azure.batch.aio import BatchClient
 
-from aiobatch._apppackage import ffmpeg_executable
-from aiobatch.gifs import check_gif
+from aiobatch.demo.ffmpeg import ffmpeg_executable
+from aiobatch.demo.gifs import check_gif
 
 from .conftest import Pipeline, make_clips
 

@@ -10,8 +10,8 @@ from types import ModuleType
 
 import pytest
 
-from aiobatch._apppackage import ffmpeg_version
-from aiobatch.local import default_cache_dir
+from aiobatch.demo.ffmpeg import ffmpeg_version
+from aiobatch.demo.run import default_cache_dir
 
 from .conftest import ROOT, make_clips
 

@@ -2,7 +2,7 @@
 
 Blocking is caught where it happens rather than timed: the file-system, subprocess and sleep calls that block
 (and the ffmpeg helpers, which run ffmpeg or zip it) are wrapped so that a call made on the event loop's own
-thread from `aiobatch.gifs` or `aiobatch.local` code is recorded -- also through the standard library, e.g. a
+thread from `aiobatch.demo` or `aiobatch.local` code is recorded -- also through the standard library, e.g. a
 sync exit callback. A worker thread (`anyio.to_thread`) is where such calls belong, and is not recorded; nor is
 blocking inside a module they await (the emulator, Azurite's launcher), which those modules answer for. Unlike a
 slow-callback or ticker check, this cannot flake on a loaded machine, and it names the line at fault.
@@ -26,11 +26,12 @@ import anyio
 import pytest
 
 import aiobatch
-import aiobatch.gifs
+import aiobatch.demo.gifs
+import aiobatch.demo.run
 import aiobatch.local
 from aiobatch import AppPackageRef, SasPolicy, SubmitResult, TaskSpec
-from aiobatch._apppackage import ffmpeg_version
-from aiobatch.gifs import convert_videos, gif_pool_spec
+from aiobatch.demo.ffmpeg import ffmpeg_version
+from aiobatch.demo.gifs import convert_videos, gif_pool_spec
 from aiobatch.local import LocalBatch
 
 from .conftest import ROOT, Pipeline, make_clips
@@ -39,7 +40,7 @@ from .test_convert_pets import assert_gif, assert_nothing_left
 pytestmark = pytest.mark.anyio
 
 PACKAGE = os.path.dirname(aiobatch.__file__) + os.sep
-WATCHED_FILES = {aiobatch.gifs.__file__, aiobatch.local.__file__}
+WATCHED_FILES = {aiobatch.demo.gifs.__file__, aiobatch.demo.run.__file__, aiobatch.local.__file__}
 
 BLOCKING: list[tuple[object, str]] = [
     (Path, "stat lstat exists is_file is_dir iterdir glob rglob open read_text read_bytes write_text write_bytes"),
@@ -50,12 +51,13 @@ BLOCKING: list[tuple[object, str]] = [
     (subprocess.Popen, "wait communicate"),
     (time, "sleep"),
     # Each of these runs ffmpeg, reads /proc or zips ~80 MB.
-    (aiobatch.local, "ffmpeg_version ffmpeg_executable build_ffmpeg_package child_processes"),
+    (aiobatch.local, "ffmpeg_version build_ffmpeg_package"),
+    (aiobatch.demo.run, "ffmpeg_version ffmpeg_executable child_processes"),
 ]
 
 
 class LoopGuard:
-    """Records blocking calls made on the event loop's thread directly from gifs.py or local.py."""
+    """Records blocking calls made on the event loop's thread directly from the demo (gifs.py, run.py) or local.py."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[str] = []

@@ -1,4 +1,4 @@
-"""aiobatch.gifs and aiobatch.progress without services: names, plans, command lines, reports."""
+"""aiobatch.demo.gifs and aiobatch.demo.progress without services: names, plans, command lines, reports."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from aiobatch import AppPackageRef, ConfigurationError
-from aiobatch.gifs import (
+from aiobatch.demo.gifs import (
     ConversionReport,
     GifSettings,
     VideoResult,
@@ -19,7 +19,7 @@ from aiobatch.gifs import (
     gif_pool_spec,
     plan_conversions,
 )
-from aiobatch.progress import PlainReporter, auto_reporter, format_size, format_summary
+from aiobatch.demo.progress import PlainReporter, auto_reporter, format_size, format_summary
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,8 @@ import pytest
 from azure.batch.aio import BatchClient
 from azure.storage.blob.aio import BlobServiceClient
 
-from aiobatch._apppackage import ffmpeg_version
-from aiobatch.local import child_processes
+from aiobatch._processes import child_processes
+from aiobatch.demo.ffmpeg import ffmpeg_version
 
 from .conftest import Pipeline, make_clips
 

@@ -10,8 +10,8 @@ from azure.batch.aio import BatchClient
 
 import aiobatch
 from aiobatch import AppPackageRef, PoolSpec
-from aiobatch._apppackage import ffmpeg_version
-from aiobatch.gifs import IMAGES, Reporter, convert_videos, gif_pool_spec
+from aiobatch.demo.ffmpeg import ffmpeg_version
+from aiobatch.demo.gifs import IMAGES, Reporter, convert_videos, gif_pool_spec
 
 from .conftest import Pipeline, make_clips
 from .test_convert_pets import assert_gif, assert_nothing_left

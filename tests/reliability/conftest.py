@@ -46,8 +46,8 @@ from azure.storage.blob.aio import BlobServiceClient
 
 from aiobatch import BatchSettings, Client, RetryPolicy, StorageSettings
 from aiobatch._azurite import AzuriteServer
+from aiobatch._processes import child_processes
 from aiobatch.emulator import Emulator
-from aiobatch.local import child_processes
 
 SEED_ENV = "AIOBATCH_SEED"
 SOAK_ENV = "AIOBATCH_SOAK"

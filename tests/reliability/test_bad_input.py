@@ -36,13 +36,13 @@ from aiobatch import (
     TaskFailure,
     TaskSpec,
     command_line,
-    gifs,
     output_files_to,
     resource_file,
     task_ids_for,
 )
-from aiobatch._apppackage import ffmpeg_executable, ffmpeg_version
 from aiobatch._azurite import AzuriteServer
+from aiobatch.demo import gifs
+from aiobatch.demo.ffmpeg import ffmpeg_executable, ffmpeg_version
 from aiobatch.emulator import Emulator, Quotas, Timings
 
 from ._runs import pool_spec

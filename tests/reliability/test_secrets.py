@@ -54,9 +54,9 @@ from aiobatch import (
     output_files_to,
     resource_file,
 )
-from aiobatch._apppackage import ffmpeg_version
 from aiobatch._azurite import AzuriteServer
 from aiobatch._retry import sdk_client_kwargs
+from aiobatch.demo.ffmpeg import ffmpeg_version
 from aiobatch.emulator import Emulator, Timings
 
 from ._runs import pool_spec

@@ -9,7 +9,7 @@ creates a job, adds one task per video, and, as each task completes, downloads i
 its stderr when it failed). What is GIF's own is here: the ffmpeg command (`ffmpeg_arguments`), the GIF names
 (`gif_name_for`), the pool with the ffmpeg package (`gif_pool_spec`), the results in the words of videos
 (`VideoResult`) and the check of a GIF (`check_gif`). Every step reports to a `Reporter`, which
-`aiobatch.progress` renders as rich progress bars, plain lines or a notebook display.
+`aiobatch.demo.progress` renders as rich progress bars, plain lines or a notebook display.
 
 On the node each task sees its video as ``input.mp4`` and writes ``output.gif`` (the fan-out's fixed names); the
 input blobs keep the real names. So a video may be called anything -- spaces, quotes, ``$``, ``%``, ``[`` or
@@ -22,7 +22,7 @@ The conversion is the standard good-GIF recipe in one filter graph: ``fps`` and 
     fps=12,scale=min(480\,iw):-1:flags=lanczos,split[a][b];[a]palettegen[p];[b][p]paletteuse
 
 Example:
-    >>> import aiobatch, aiobatch.gifs as gifs  # doctest: +SKIP
+    >>> import aiobatch; from aiobatch.demo import gifs  # doctest: +SKIP
     >>> async def main():  # doctest: +SKIP
     ...     pool = gifs.gif_pool_spec("pets", app=aiobatch.AppPackageRef("ffmpeg", "9.0.2"))
     ...     async with aiobatch.Client.from_env(cleanup=True) as client:
@@ -45,12 +45,12 @@ from typing import Literal
 import anyio
 import anyio.to_thread
 
-from ._client import Client
-from ._errors import ConfigurationError
-from ._fanout import FileResult, MapObserver, StageKind, failure_line, node_name, output_present, tail_lines
-from ._pools import PoolStatus
-from ._specs import IMAGES as _POOL_IMAGES
-from ._specs import (
+from .._client import Client
+from .._errors import ConfigurationError
+from .._fanout import FileResult, MapObserver, StageKind, failure_line, node_name, output_present, tail_lines
+from .._pools import PoolStatus
+from .._specs import IMAGES as _POOL_IMAGES
+from .._specs import (
     AppPackageRef,
     EnvRef,
     OsFamily,
@@ -59,8 +59,8 @@ from ._specs import (
     command_line,
     quote_arg,
 )
-from ._storage import TransferProgress
-from ._watch import TaskEvent
+from .._storage import TransferProgress
+from .._watch import TaskEvent
 
 __all__ = [
     "DEFAULT_INPUT_CONTAINER",
@@ -360,7 +360,7 @@ class ConversionReport:
 class Reporter:
     """Receives the pipeline's progress; every method does nothing here. Subclass and override what you show.
 
-    `aiobatch.progress` has three: rich progress bars, plain lines, and a notebook display.
+    `aiobatch.demo.progress` has three: rich progress bars, plain lines, and a notebook display.
     """
 
     def stage(self, text: str) -> None:
@@ -535,7 +535,7 @@ async def convert_videos(
         pool_timeout: seconds to wait for them.
         task_retries: retries of a failed conversion (a corrupt video fails every time).
         task_timeout: seconds one conversion may run.
-        reporter: receives progress (see `aiobatch.progress`).
+        reporter: receives progress (see `aiobatch.demo.progress`).
 
     Returns:
         One result per video, in the order given.

@@ -1,0 +1,218 @@
+"""The pet pipeline's progress, in the words of videos and GIFs, drawn by `aiobatch.progress`'s displays.
+
+Each class here is a `aiobatch.demo.gifs.Reporter` over one of the general displays -- `PlainReporter` over
+`aiobatch.progress.PlainProgress`, `RichReporter` over `aiobatch.progress.RichProgress`, `NotebookReporter` over
+`aiobatch.progress.NotebookProgress` -- and `auto_reporter` picks one for a stream as `aiobatch.progress.auto_observer`
+does (plain lines in a pipe and in CI). What is the pipeline's own is the wording: a video's line
+(``converted -> NAME.gif (size, seconds)``) and the summary table -- video, result, GIF size, seconds, node, and
+for a failure its exit code and the tail of ffmpeg's stderr -- built by `gif_summary` and printed as text by
+`format_summary`.
+
+rich is optional (``pip install 'aiobatch[demo]'``); without it `auto_reporter` falls back to plain lines.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import IO, Any
+
+from .._fanout import Status
+from .._pools import PoolStatus
+from .._storage import TransferProgress
+from .._watch import TaskEvent
+from ..progress import (
+    NotebookProgress,
+    PlainProgress,
+    ProgressDisplay,
+    ProgressState,
+    RichProgress,
+    Summary,
+    _short,
+    format_size,
+    use_rich,
+)
+from .gifs import ConversionReport, Outcome, Reporter, VideoResult
+
+__all__ = [
+    "NotebookReporter",
+    "PlainReporter",
+    "RichReporter",
+    "auto_reporter",
+    "format_size",
+    "format_summary",
+    "gif_summary",
+    "summary_rows",
+]
+
+_RESULT_TEXT = {"converted": "converted", "failed": "FAILED", "present": "already there"}
+#: A video's outcome as the general displays count it.
+_STATUS: dict[Outcome, Status] = {"converted": "succeeded", "failed": "failed", "present": "skipped"}
+#: The pipeline's words for the tasks and the downloads.
+_LABELS = {"task_label": "convert", "download_label": "GIFs"}
+
+
+def summary_rows(report: ConversionReport) -> list[tuple[str, str, str, str, str]]:
+    """The summary table's rows: video, result, GIF size, seconds, node.
+
+    Example:
+        >>> from aiobatch.demo.gifs import ConversionReport, VideoResult
+        >>> r = ConversionReport((VideoResult("a.mp4", "a.gif", "converted", 1200, 2.5, "node-1"),), "run", "j", "p", 3)
+        >>> summary_rows(r)
+        [('a.mp4', 'converted', '1.2 KB', '2.5', 'node-1')]
+    """
+    rows = []
+    for r in report.results:
+        result = _RESULT_TEXT[r.outcome]
+        if r.outcome == "failed" and r.error:
+            result = f"FAILED ({r.error})"
+        seconds = f"{r.seconds:.1f}" if r.seconds is not None else "-"
+        rows.append((r.video, result, format_size(r.gif_size), seconds, _short(r.node_id)))
+    return rows
+
+
+def _totals(report: ConversionReport) -> str:
+    parts = [f"{report.count('converted')} converted"]
+    if report.count("present"):
+        parts.append(f"{report.count('present')} already there")
+    parts.append(f"{report.count('failed')} failed")
+    return ", ".join(parts) + f" in {report.elapsed:.1f} s"
+
+
+def gif_summary(report: ConversionReport) -> Summary:
+    """The pipeline's report as a `aiobatch.progress.Summary`: the rows above, ffmpeg's stderr tails, the totals.
+
+    Example:
+        >>> from aiobatch.demo.gifs import ConversionReport, VideoResult
+        >>> r = ConversionReport((VideoResult("a.mp4", "a.gif", "present", 1200),), "run", None, "p", 3)
+        >>> gif_summary(r).totals
+        '0 converted, 1 already there, 0 failed in 3.0 s'
+    """
+    return Summary(
+        title=f"run {report.run_id}",
+        columns=("video", "result", "GIF size", "seconds", "node"),
+        rows=tuple(summary_rows(report)),
+        statuses=tuple(_STATUS[r.outcome] for r in report.results),
+        notes=tuple(
+            (f"{r.video}: ffmpeg said:", r.stderr_tail)
+            for r in report.results
+            if r.outcome == "failed" and r.stderr_tail
+        ),
+        totals=_totals(report),
+        right=frozenset({2, 3}),
+    )
+
+
+def format_summary(report: ConversionReport) -> str:
+    """The summary as a plain-text table, failures' stderr tails under it, and the totals.
+
+    Example:
+        >>> from aiobatch.demo.gifs import ConversionReport, VideoResult
+        >>> r = ConversionReport((VideoResult("a.mp4", "a.gif", "converted", 1200, 2.5, "node-1"),), "run", "j", "p", 3)
+        >>> print(format_summary(r).splitlines()[0])
+        video  result     GIF size  seconds  node
+    """
+    return gif_summary(report).format()
+
+
+def _video_line(result: VideoResult) -> tuple[str | None, str]:
+    """A video's progress line (none for one whose GIF was there already) and, for a failure, ffmpeg's stderr."""
+    if result.outcome == "present":
+        return None, ""
+    if result.outcome == "converted":
+        seconds = f"{result.seconds:.1f} s" if result.seconds is not None else "-"
+        return f"{result.video}: converted -> {result.gif} ({format_size(result.gif_size)}, {seconds})", ""
+    return f"{result.video}: FAILED ({result.error})", result.stderr_tail
+
+
+class _Relay(Reporter):
+    """A `Reporter` that words the pipeline's progress for one of `aiobatch.progress`'s displays."""
+
+    def __init__(self, display: ProgressDisplay) -> None:
+        self.display = display
+
+    @property
+    def state(self) -> ProgressState:
+        """The display's counts."""
+        return self.display.state
+
+    def stage(self, text: str) -> None:
+        self.display.show_stage(text)
+
+    def upload_started(self, files: int, total_bytes: int) -> None:
+        self.display.upload_started(files, total_bytes)
+
+    def upload_progress(self, progress: TransferProgress) -> None:
+        self.display.upload_progress(progress)
+
+    def pool_status(self, status: PoolStatus) -> None:
+        self.display.pool_status(status)
+
+    def tasks_submitted(self, videos_by_task: dict[str, str]) -> None:
+        self.display.tasks_submitted(videos_by_task)
+
+    def task_event(self, event: TaskEvent, video: str) -> None:
+        self.display.task_event(event, video)
+
+    def download_progress(self, progress: TransferProgress) -> None:
+        self.display.download_progress(progress)
+
+    def video_done(self, result: VideoResult) -> None:
+        text, detail = _video_line(result)
+        self.display.show_done(result.video, _STATUS[result.outcome], text, detail=detail)
+
+    def finished(self, report: ConversionReport) -> None:
+        self.display.show_summary(gif_summary(report))
+
+    def close(self) -> None:
+        self.display.close()
+
+
+class PlainReporter(_Relay):
+    """Readable lines, one per notable event, with a timestamp: for logs, pipes and CI.
+
+    Args:
+        stream: where to write (standard output by default).
+    """
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        super().__init__(PlainProgress(stream, **_LABELS))
+
+
+class RichReporter(_Relay):
+    """Live rich progress bars (upload, pool nodes, conversions, downloads) and a summary table.
+
+    Args:
+        console: a ``rich.console.Console``; one on standard output by default.
+    """
+
+    def __init__(self, console: Any = None) -> None:
+        super().__init__(RichProgress(console, **_LABELS))
+
+
+class NotebookReporter(_Relay):
+    """One live display in a Jupyter notebook (updated in place) and an HTML summary table at the end.
+
+    Args:
+        refresh: the fewest seconds between two updates of the display.
+    """
+
+    def __init__(self, *, refresh: float = 0.25) -> None:
+        super().__init__(NotebookProgress(refresh=refresh, **_LABELS))
+
+
+def auto_reporter(stream: IO[str] | None = None, *, plain: bool | None = None) -> Reporter:
+    """Rich progress bars on a terminal; plain lines when *stream* is not one, in CI (``CI`` set), or without rich.
+
+    Args:
+        stream: where progress goes (standard output by default).
+        plain: force plain lines (``True``) or rich (``False``); by default decided as above.
+
+    Returns:
+        A reporter; call its ``close()`` when done (also after an error).
+    """
+    stream = stream or sys.stdout
+    if use_rich(stream, plain):
+        from rich.console import Console
+
+        return RichReporter(Console(file=stream, log_path=False))
+    return PlainReporter(stream)
