@@ -220,8 +220,9 @@ class PoolAutoScale:
     def update(self, now: dt.datetime, formula: str | None = None, interval: dt.timedelta | None = None) -> None:
         """``enableautoscale`` on a pool that already autoscales: replace what is given, keep the rest.
 
-        A new interval restarts the schedule from ``now``; a new formula alone keeps it.  Both are checked before
-        either changes.
+        A new interval restarts the schedule from ``now``; a new formula alone keeps it but is due at once (the
+        next `tick` runs it, as the service runs a formula when it is enabled).  Both are checked before either
+        changes.
 
         Raises:
             FormulaError: The new formula or interval is refused; nothing changed.
