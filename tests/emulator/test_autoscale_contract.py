@@ -343,3 +343,18 @@ async def test_enable_on_an_existing_pool_re_evaluates_every_interval(fast_batch
 
     pool = await until(two)
     assert pool.auto_scale_run is not None and pool.auto_scale_run.timestamp is not None
+
+
+async def test_an_auto_pool_with_a_formula_is_sized_by_it(batch: BatchClient) -> None:
+    spec = m.BatchPoolSpecification(
+        vm_size="standard_d2_v2",
+        virtual_machine_configuration=UBUNTU,
+        enable_auto_scale=True,
+        auto_scale_formula="$TargetDedicatedNodes = 1;",
+    )
+    auto = m.BatchAutoPoolSpecification(pool_lifetime_option=m.BatchPoolLifetimeOption.JOB, pool=spec)
+    await batch.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(auto_pool_specification=auto)))
+    pool_id = (await batch.get_job("j")).execution_info
+    pools = [p async for p in batch.list_pools()]
+    assert len(pools) == 1 and pools[0].enable_auto_scale is True and pools[0].target_dedicated_nodes == 1
+    assert pool_id is not None and pool_id.pool_id == pools[0].id
