@@ -11,7 +11,7 @@ import pytest
 
 from aiobatch.emulator._autoscale import FormulaSyntaxError
 from aiobatch.emulator._autoscale_runs import (
-    InvalidAutoScalingSettingsError,
+    IntervalOutOfRangeError,
     PoolAutoScale,
     PoolCounts,
     SampleHistory,
@@ -66,9 +66,9 @@ def test_evaluation_interval_range(interval: dt.timedelta | None, ok: bool) -> N
     if ok:
         assert check_interval(interval) == (interval or dt.timedelta(minutes=15))
     else:
-        with pytest.raises(InvalidAutoScalingSettingsError) as caught:
+        with pytest.raises(IntervalOutOfRangeError) as caught:
             check_interval(interval)
-        assert (caught.value.status, caught.value.code) == (400, "InvalidAutoScalingSettings")
+        assert (caught.value.status, caught.value.code) == (400, "InvalidPropertyValue")
 
 
 def test_runs_at_enable_then_every_interval() -> None:
@@ -106,7 +106,7 @@ def test_enable_again_replaces_what_is_given() -> None:
     # A refused change leaves everything as it was.
     with pytest.raises(FormulaSyntaxError):
         scale.update(later, formula="$TargetDedicatedNodes = (", interval=dt.timedelta(minutes=30))
-    with pytest.raises(InvalidAutoScalingSettingsError):
+    with pytest.raises(IntervalOutOfRangeError):
         scale.update(later, formula="$TargetDedicatedNodes = 9", interval=dt.timedelta(minutes=1))
     assert (scale.formula, scale.interval) == ("$TargetDedicatedNodes = 4", dt.timedelta(minutes=10))
 
@@ -139,5 +139,27 @@ def test_evaluate_reads_the_pool_and_stores_nothing() -> None:
 def test_a_refused_formula_or_interval_refuses_the_pool() -> None:
     with pytest.raises(FormulaSyntaxError):
         PoolAutoScale("nonsense(", None, T0, SampleHistory(T0))
-    with pytest.raises(InvalidAutoScalingSettingsError):
+    with pytest.raises(IntervalOutOfRangeError):
         PoolAutoScale(QUEUE, dt.timedelta(minutes=1), T0, SampleHistory(T0))
+
+
+def test_a_scaled_schedule_runs_sooner_and_the_run_at_enable_can_go_unreported() -> None:
+    scale = PoolAutoScale(QUEUE, dt.timedelta(minutes=5), T0, SampleHistory(T0), scale=0.01)
+    assert scale.interval == dt.timedelta(minutes=5)  # what the pool reports
+    first = scale.tick(T0, PoolCounts(), record=False)
+    assert first is not None and scale.last_run is None
+    assert scale.next_evaluation == T0 + dt.timedelta(seconds=3)
+    assert not scale.due(T0 + dt.timedelta(seconds=1))
+    assert scale.tick(T0 + dt.timedelta(seconds=3), PoolCounts()) is not None
+    assert scale.last_run is not None
+
+
+def test_a_new_formula_alone_runs_at_once_and_keeps_the_schedule() -> None:
+    scale = PoolAutoScale(QUEUE, dt.timedelta(minutes=5), T0, SampleHistory(T0))
+    scale.tick(T0, PoolCounts())
+    later = T0 + dt.timedelta(minutes=1)
+    scale.update(later, "$TargetDedicatedNodes = 4;")
+    assert scale.due(later)
+    run = scale.tick(later, PoolCounts(), record=False)
+    assert run is not None and run.target_dedicated_nodes == 4
+    assert scale.next_evaluation == T0 + dt.timedelta(minutes=5)

@@ -68,6 +68,11 @@ TEMPLATES: dict[str, dict[str, Any]] = {
     "BatchPoolUpdateOptions": {"metadata": [{"name": "a", "value": "b"}]},
     "BatchPoolReplaceOptions": {"applicationPackageReferences": [], "metadata": []},
     "BatchPoolResizeOptions": {"targetDedicatedNodes": 0},
+    "BatchPoolEnableAutoScaleOptions": {
+        "autoScaleFormula": "$TargetDedicatedNodes = 0;",
+        "autoScaleEvaluationInterval": "PT5M",
+    },
+    "BatchPoolEvaluateAutoScaleOptions": {"autoScaleFormula": "$TargetDedicatedNodes = 0;"},
     "BatchJobCreateOptions": {"id": "fz", "poolInfo": {"poolId": "p"}},
     "BatchJobUpdateOptions": {"priority": 1},
     "BatchJob": {"poolInfo": {"poolId": "p"}},

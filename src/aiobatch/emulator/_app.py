@@ -23,6 +23,7 @@ from aiohttp.typedefs import Middleware
 from . import _taskfiles as taskfiles
 from . import _wire as wire
 from ._auth import shared_key_middleware
+from ._autoscale import FormulaError
 from ._faults import COLLECTION_FAULTS, CollectionFaults, Faults, fault_middleware
 from ._model import Account, Job, Pool, ServiceError, Task, check_id, invalid_property
 from ._odata import parse_filter
@@ -248,6 +249,8 @@ async def resize_pool(request: web.Request) -> web.Response:
     account = _account(request)
     pool = _live_pool(request)
     body = body_of(request)
+    if pool.autoscale is not None:
+        raise _autoscale_enabled()
     if pool.allocation_state != "steady":
         raise ServiceError(409, "PoolNotSteady", "The specified pool is not in a steady state.")
     dedicated = body.get("targetDedicatedNodes")
@@ -260,6 +263,73 @@ async def resize_pool(request: web.Request) -> web.Response:
     _scheduler(request).resize_pool(pool, dedicated, low)
     pool.touch()
     return wire.empty_response(202, headers=wire.entity_headers(pool), data_service_id=_request_url(account, request))
+
+
+# -- pool autoscale -------------------------------------------------------------------------------------------------
+#
+# The REST reference documents the 409s of resize (autoscale on) and enable (a resize under way) and the 503 for
+# enabling twice within 30 seconds, but not every code: OperationNotValidOnPool and PoolBeingResized are taken from
+# the service's error-code table, where their messages fit; the codes for these three cases are guesses.
+
+
+def _autoscale_enabled() -> ServiceError:
+    return ServiceError(
+        409,
+        "OperationNotValidOnPool",
+        "The specified operation is not valid on the pool.",
+        [("Reason", "The pool has autoscale enabled: its formula sets the targets. Disable autoscale to resize it.")],
+    )
+
+
+async def enable_pool_autoscale(request: web.Request) -> web.Response:
+    """POST /pools/{poolId}/enableautoscale: 200; the formula runs at once, then every evaluation interval."""
+    account = _account(request)
+    pool = _live_pool(request)
+    body = body_of(request)
+    formula = body.get("autoScaleFormula")
+    if pool.autoscale is None or formula is not None:
+        formula = wire.parse_formula(formula, "autoScaleFormula")
+    raw_interval = body.get("autoScaleEvaluationInterval")
+    interval = None if raw_interval is None else wire.parse_interval(raw_interval, "autoScaleEvaluationInterval")
+    if pool.autoscale is None and pool.allocation_state != "steady":
+        raise ServiceError(409, "PoolBeingResized", "The specified pool is being resized.")
+    try:
+        _scheduler(request).enable_autoscale(pool, formula, interval)
+    except FormulaError as error:
+        raise wire.autoscale_error(error) from None
+    pool.touch()
+    return wire.empty_response(200, headers=wire.entity_headers(pool), data_service_id=_request_url(account, request))
+
+
+async def disable_pool_autoscale(request: web.Request) -> web.Response:
+    """POST /pools/{poolId}/disableautoscale: 200; the pool keeps the targets the formula last set."""
+    account = _account(request)
+    pool = _live_pool(request)
+    _scheduler(request).disable_autoscale(pool)
+    pool.touch()
+    return wire.empty_response(200, headers=wire.entity_headers(pool), data_service_id=_request_url(account, request))
+
+
+async def evaluate_pool_autoscale(request: web.Request) -> web.Response:
+    """POST /pools/{poolId}/evaluateautoscale: the ``autoScaleRun`` of a formula; nothing is applied or stored."""
+    account = _account(request)
+    pool = account.get_pool(request.match_info["pool"])
+    if pool.autoscale is None:
+        # "The Pool must have auto scaling enabled in order to evaluate a formula." (the code is a guess, above)
+        raise ServiceError(
+            409,
+            "OperationNotValidOnPool",
+            "The specified operation is not valid on the pool.",
+            [("Reason", "The pool does not have autoscale enabled; enable it before evaluating a formula.")],
+        )
+    formula = wire.parse_formula(body_of(request).get("autoScaleFormula"), "autoScaleFormula")
+    try:
+        run = _scheduler(request).evaluate_autoscale(pool, formula)
+    except FormulaError as error:
+        raise wire.autoscale_error(error) from None
+    body = wire.metadata(account.url, "Microsoft.Azure.Batch.Protocol.Entities.AutoScaleRun")
+    body.update(wire.render_autoscale_run(run))
+    return wire.json_response(body, headers={"DataServiceId": _request_url(account, request)})
 
 
 async def stop_resize_pool(request: web.Request) -> web.Response:
@@ -767,6 +837,9 @@ def build_app(account: Account, scheduler: Scheduler, account_key: str, faults: 
     r.add_post("/pools/{pool}/resize", resize_pool)
     r.add_post("/pools/{pool}/stopresize", stop_resize_pool)
     r.add_post("/pools/{pool}/updateproperties", replace_pool_properties)
+    r.add_post("/pools/{pool}/enableautoscale", enable_pool_autoscale)
+    r.add_post("/pools/{pool}/disableautoscale", disable_pool_autoscale)
+    r.add_post("/pools/{pool}/evaluateautoscale", evaluate_pool_autoscale)
     r.add_get("/pools/{pool}/nodes", list_nodes)
     r.add_get("/pools/{pool}/nodes/{node}", get_node)
     r.add_post("/jobs", create_job)

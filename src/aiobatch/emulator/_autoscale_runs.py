@@ -10,9 +10,13 @@ What the service does and this copies:
 * samples every 30 seconds, published about a minute after they are taken (so ``GetSample`` right after a pool
   is created finds nothing, as on Azure -- see the page's advice to look back further than a minute);
 * ``autoScaleEvaluationInterval`` from 5 minutes to 168 hours, 15 minutes when not given; outside that range a 400
-  ``InvalidAutoScalingSettings``;
+  ``InvalidPropertyValue`` (the REST reference: "rejects the request with an invalid property value error"; the
+  .NET SDK's integration test expects that code for a 1-minute interval);
 * the formula runs when autoscale is enabled, then once per interval; enabling again with a new interval restarts
   the schedule from that request, with only a new formula it keeps the schedule;
+* the run at enable sets the targets at once but is not reported as the pool's ``autoScaleRun`` (the recorded
+  ``scale_pools`` exchange: the pool's targets change with the enable request, and for the 40 seconds it was
+  watched afterwards the pool showed no ``autoScaleRun``); scheduled runs are;
 * ``evaluateautoscale`` runs a formula against the same samples without applying or storing anything.
 
 Emulator's reading, where the documentation is silent: samples are kept for 24 hours; a sample the emulator's loop
@@ -48,16 +52,17 @@ PUBLISH_DELAY = dt.timedelta(minutes=1)
 RETENTION = dt.timedelta(hours=24)
 
 
-class InvalidAutoScalingSettingsError(FormulaError):
-    """An ``autoScaleEvaluationInterval`` outside 5 minutes to 168 hours (the service's 400)."""
+class IntervalOutOfRangeError(FormulaError):
+    """An ``autoScaleEvaluationInterval`` outside 5 minutes to 168 hours: the service's 400 ``InvalidPropertyValue``."""
 
     def __init__(self, interval: dt.timedelta) -> None:
         super().__init__(
-            "InvalidAutoScalingSettings",
-            "The specified auto-scaling settings are not valid.",
+            "InvalidPropertyValue",
+            "The value provided for one of the properties in the request body is invalid.",
             [
                 ("PropertyName", "autoScaleEvaluationInterval"),
-                ("Reason", f"The interval must be from 5 minutes to 168 hours, not {interval}."),
+                ("PropertyValue", str(interval)),
+                ("Reason", "The interval must be from 5 minutes to 168 hours."),
             ],
         )
 
@@ -66,12 +71,12 @@ def check_interval(interval: dt.timedelta | None) -> dt.timedelta:
     """The evaluation interval to use: ``interval`` if the service accepts it, 15 minutes if None.
 
     Raises:
-        InvalidAutoScalingSettingsError: The interval is shorter than 5 minutes or longer than 168 hours.
+        IntervalOutOfRangeError: The interval is shorter than 5 minutes or longer than 168 hours.
     """
     if interval is None:
         return DEFAULT_INTERVAL
     if not MIN_INTERVAL <= interval <= MAX_INTERVAL:
-        raise InvalidAutoScalingSettingsError(interval)
+        raise IntervalOutOfRangeError(interval)
     return interval
 
 
@@ -142,6 +147,15 @@ class SampleHistory:
         self._keep = max(1, retention // period)
         self._taken: deque[tuple[dt.datetime, dict[str, float]]] = deque(maxlen=self._keep)
 
+    @property
+    def period(self) -> dt.timedelta:
+        """The time between samples."""
+        return self._period
+
+    def due(self, now: dt.datetime) -> bool:
+        """Whether a sample is due by ``now`` (so that a caller builds `PoolCounts` only when one is)."""
+        return now >= self._next
+
     def observe(self, now: dt.datetime, counts: PoolCounts) -> None:
         """Take every sample due by ``now`` from ``counts`` (several when the loop fell behind); cheap otherwise."""
         if now < self._next:
@@ -175,6 +189,9 @@ class PoolAutoScale:
         now: When autoscale was enabled: the first evaluation is due then.
         history: The pool's samples (kept across disable/enable).
         rng: The source of ``rand()``.
+        scale: How much shorter than the interval the emulator waits between evaluations (1: as the service;
+            0.01: a 5-minute interval runs every 3 seconds).  The interval itself, as the pool reports it, is
+            unchanged.
 
     Raises:
         FormulaError: The formula is refused (syntax, length) or the interval is out of range: the request's 400.
@@ -187,20 +204,25 @@ class PoolAutoScale:
         now: dt.datetime,
         history: SampleHistory,
         rng: random.Random | None = None,
+        *,
+        scale: float = 1.0,
     ) -> None:
         self.interval = check_interval(interval)
+        self._scale = scale
         self.formula = formula
         self._parsed: Formula = parse(formula)
         self.history = history
         self.next_evaluation = now
         self.last_run: AutoScaleRun | None = None
+        self._pending_now = False
         self._rng = rng or random.Random(0)
 
     def update(self, now: dt.datetime, formula: str | None = None, interval: dt.timedelta | None = None) -> None:
         """``enableautoscale`` on a pool that already autoscales: replace what is given, keep the rest.
 
-        A new interval restarts the schedule from ``now``; a new formula alone keeps it.  Both are checked before
-        either changes.
+        A new interval restarts the schedule from ``now``; a new formula alone keeps it but is due at once (the
+        next `tick` runs it, as the service runs a formula when it is enabled).  Both are checked before either
+        changes.
 
         Raises:
             FormulaError: The new formula or interval is refused; nothing changed.
@@ -212,6 +234,9 @@ class PoolAutoScale:
         if interval is not None:
             self.interval = checked
             self.next_evaluation = now
+        if formula is not None:
+            # The new formula runs at once (the request's own run); the schedule stays as it was.
+            self._pending_now = True
 
     def evaluate(self, now: dt.datetime, counts: PoolCounts, formula: str | None = None) -> AutoScaleRun:
         """Run a formula (the pool's own by default) against the pool as it is now; nothing is applied or stored.
@@ -223,20 +248,34 @@ class PoolAutoScale:
         self.history.observe(now, counts)
         return evaluate(parsed, self.context(now, counts))
 
-    def tick(self, now: dt.datetime, counts: PoolCounts) -> AutoScaleRun | None:
+    @property
+    def period(self) -> dt.timedelta:
+        """The time between two scheduled evaluations: the interval, scaled."""
+        return self.interval * self._scale
+
+    def due(self, now: dt.datetime) -> bool:
+        """Whether `tick` would sample or evaluate at ``now`` (so that a caller builds `PoolCounts` only then)."""
+        return self._pending_now or now >= self.next_evaluation or self.history.due(now)
+
+    def tick(self, now: dt.datetime, counts: PoolCounts, *, record: bool = True) -> AutoScaleRun | None:
         """Record samples; when an evaluation is due, run the pool's formula and return the run to apply.
 
-        The run is kept as `last_run` (the pool's ``autoScaleRun``); a run with an ``error`` carries the pool's
-        current targets, so applying it changes nothing.
+        The run is kept as `last_run` (the pool's ``autoScaleRun``) unless ``record`` is false (the run at
+        enable, which the service does not report); a run with an ``error`` carries the pool's current targets,
+        so applying it changes nothing.
         """
         self.history.observe(now, counts)
-        if now < self.next_evaluation:
+        pending, self._pending_now = self._pending_now, False
+        if now < self.next_evaluation and not pending:
             return None
         run = evaluate(self._parsed, self.context(now, counts))
-        self.last_run = run
-        # The next evaluation keeps to the interval's grid, skipping any evaluations missed while the loop lagged.
-        missed = (now - self.next_evaluation) // self.interval
-        self.next_evaluation += self.interval * (missed + 1)
+        if record:
+            self.last_run = run
+        if now >= self.next_evaluation:
+            # The next evaluation keeps to the interval's grid, skipping any missed while the loop lagged.
+            period = self.period
+            missed = (now - self.next_evaluation) // period
+            self.next_evaluation += period * (missed + 1)
         return run
 
     def context(self, now: dt.datetime, counts: PoolCounts) -> EvaluationContext:
@@ -250,5 +289,6 @@ class PoolAutoScale:
             current_low_priority_nodes=counts.low_priority_nodes,
             task_slots_per_node=counts.task_slots_per_node,
             usable_node_count=counts.usable_nodes,
+            sample_period=self.history.period,
             rng=self._rng,
         )

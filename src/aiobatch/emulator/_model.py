@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._autoscale_runs import PoolAutoScale, SampleHistory
 from ._types import FailureInfo, OutputFile, ResourceFile
 
 #: Pool, job and task ids: 1-64 letters, digits, hyphens and underscores (the service's rule).
@@ -229,6 +230,15 @@ class Pool(Entity):
     auto_pool_job: str | None = None
     #: The allocation under way (cancelled by a new resize or a delete).
     allocation: asyncio.Task[None] | None = None
+    #: ``(autoScaleFormula, autoScaleEvaluationInterval)`` of a pool created with ``enableAutoScale``, checked;
+    #: the scheduler starts `autoscale` from it when it adds the pool.
+    autoscale_request: tuple[str, dt.timedelta | None] | None = None
+    #: Autoscale, while it is enabled.
+    autoscale: PoolAutoScale | None = None
+    #: The pool's metric samples since it was created (taken while autoscale is enabled, filled in when enabled).
+    samples: SampleHistory | None = None
+    #: When ``enableautoscale`` last succeeded (the service refuses another within 30 seconds).
+    autoscale_enabled_at: dt.datetime | None = None
 
     def set_allocation_state(self, state: str) -> None:
         """Move the pool's allocationState."""

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
+import math
 import os
+import random
 import shutil
 import stat
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
+from ._autoscale import SAMPLE_PERIOD, AutoScaleRun
+from ._autoscale_runs import PUBLISH_DELAY, RETENTION, PoolAutoScale, PoolCounts, SampleHistory
 from ._faults import Faults
 from ._model import (
     SCHEDULABLE_NODE_STATES,
@@ -28,6 +33,7 @@ from ._model import (
     Node,
     Pool,
     ResizeError,
+    ServiceError,
     Task,
     new_node_id,
     utcnow,
@@ -46,6 +52,10 @@ TASK_ENDED = FailureInfo("usererror", "TaskEnded", "Task Was Ended by User Reque
 #: The shortest allocation the emulator accepts: a pool's nodes never exist the moment it is created.
 MIN_ALLOCATION_DELAY = 0.01
 
+#: How long the service makes a pool wait between two ``enableautoscale`` requests (then 503
+#: ``TooManyEnableAutoScaleRequests``, as its error-code table and the enable operation's documentation say).
+ENABLE_AUTOSCALE_SPACING = dt.timedelta(seconds=30)
+
 
 @dataclass
 class Timings:
@@ -57,17 +67,29 @@ class Timings:
         node_start_delay: Seconds a node spends in ``creating`` and ``starting`` before it is usable (0 or more).
         deletion_delay: Seconds a pool or job stays in ``deleting`` (or a job in ``terminating``) (0 or more).
         node_recovery_delay: Seconds a preempted or unusable node takes to come back as a fresh node (0 or more).
+        autoscale_interval_scale: What the service's autoscale timings are multiplied by (more than 0, at most 1):
+            the wait between evaluations (``autoScaleEvaluationInterval``, at least 5 minutes), the 30-second
+            sample period, the minute before a sample is published, the 24 hours of samples kept and the 30
+            seconds between ``enableautoscale`` requests.  1 (the default) is the service's own pace; 0.01 runs a
+            pool's 5-minute formula every 3 seconds on samples taken every 0.3 seconds.  The pool still reports
+            the interval it was given, and the 5-minute minimum still applies to it.  Look-back windows written
+            in a formula (``TimeInterval_Minute * 10``) are not scaled: they hold more samples than on Azure.
 
     Raises:
-        ValueError: ``allocation_delay`` below `MIN_ALLOCATION_DELAY`, or another delay negative (or not a number).
+        ValueError: ``allocation_delay`` below `MIN_ALLOCATION_DELAY`, another delay negative (or not a number), or
+            ``autoscale_interval_scale`` not in (0, 1].
     """
 
     allocation_delay: float = 0.5
     node_start_delay: float = 0.3
     deletion_delay: float = 0.1
     node_recovery_delay: float = 1.0
+    autoscale_interval_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        scale = self.autoscale_interval_scale
+        if not (isinstance(scale, (int, float)) and math.isfinite(scale) and 0 < scale <= 1):
+            raise ValueError(f"Timings.autoscale_interval_scale must be more than 0 and at most 1, not {scale!r}")
         minimums = {
             "allocation_delay": MIN_ALLOCATION_DELAY,
             "node_start_delay": 0.0,
@@ -101,8 +123,10 @@ class Scheduler:
         quotas: Quotas,
         faults: Faults | None = None,
         passed_environment: Mapping[str, str] | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.account = account
+        self._clock = clock
         #: Variables of the emulator's environment its user asked tasks to see (`Emulator` ``pass_env``).
         self.passed_environment = dict(passed_environment or {})
         self.faults = faults or Faults()
@@ -112,6 +136,8 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._dispatcher: asyncio.Task[None] | None = None
+        self._autoscaler: asyncio.Task[None] | None = None
+        self._autoscale_failed: set[str] = set()
         self._http: aiohttp.ClientSession | None = None
         self._extracting: dict[tuple[str, str], asyncio.Task[Path]] = {}
         self._dispatch_failed: set[str] = set()
@@ -122,10 +148,11 @@ class Scheduler:
         """Start the dispatcher."""
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120))
         self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="emulator-dispatch")
+        self._autoscaler = asyncio.create_task(self._autoscale_loop(), name="emulator-autoscale")
 
     async def stop(self) -> None:
         """Stop everything: running task processes are killed, background work cancelled."""
-        tasks = [t for t in (self._dispatcher, *self._background) if t is not None]
+        tasks = [t for t in (self._dispatcher, self._autoscaler, *self._background) if t is not None]
         for job in self.account.jobs.values():
             tasks.extend(t.runner for t in job.tasks.values() if t.runner is not None)
         for pool in self.account.pools.values():
@@ -141,6 +168,10 @@ class Scheduler:
         """Ask the dispatcher to look for work."""
         self._wake.set()
 
+    def now(self) -> dt.datetime:
+        """The emulated service's time: every autoscale decision reads it here, so one clock can replace it."""
+        return self._clock()
+
     def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
         self._background.add(task)
@@ -151,8 +182,17 @@ class Scheduler:
     # -- pools ----------------------------------------------------------------------------------------------------
 
     def add_pool(self, pool: Pool) -> None:
-        """Register a new pool and start allocating its nodes."""
+        """Register a new pool and start allocating its nodes (sized by its formula first, if it autoscales)."""
         self.account.pools[pool.id.lower()] = pool
+        pool.samples = self._sample_history(pool.creation_time)
+        if pool.autoscale_request is not None:
+            formula, interval = pool.autoscale_request
+            now = self.now()
+            pool.autoscale = self._pool_autoscale(pool, formula, interval, now)
+            run = pool.autoscale.tick(now, self._counts(pool), record=False)
+            if run is not None and run.error is None:
+                pool.target_dedicated = run.target_dedicated_nodes
+                pool.target_low_priority = run.target_low_priority_nodes
         self._start_allocation(pool)
 
     def _start_allocation(self, pool: Pool) -> None:
@@ -167,6 +207,126 @@ class Scheduler:
         """Change a pool's target node counts."""
         pool.target_dedicated, pool.target_low_priority = dedicated, low_priority
         self._start_allocation(pool)
+
+    # -- autoscale ------------------------------------------------------------------------------------------------
+
+    def _sample_history(self, start: dt.datetime) -> SampleHistory:
+        scale = self.timings.autoscale_interval_scale
+        return SampleHistory(
+            start, period=SAMPLE_PERIOD * scale, publish_delay=PUBLISH_DELAY * scale, retention=RETENTION * scale
+        )
+
+    def _pool_autoscale(
+        self, pool: Pool, formula: str, interval: dt.timedelta | None, now: dt.datetime
+    ) -> PoolAutoScale:
+        assert pool.samples is not None, "the pool was added"
+        return PoolAutoScale(
+            formula,
+            interval,
+            now,
+            pool.samples,
+            random.Random(pool.id),  # repeatable rand() per pool
+            scale=self.timings.autoscale_interval_scale,
+        )
+
+    def enable_autoscale(self, pool: Pool, formula: str | None, interval: dt.timedelta | None) -> None:
+        """``enableautoscale``: start autoscale (``formula`` required) or change its formula and/or interval.
+
+        The formula runs at once and its targets are applied; that run is not reported as the pool's
+        ``autoScaleRun`` (see `_autoscale_runs`).
+
+        Raises:
+            ServiceError: 503 ``TooManyEnableAutoScaleRequests`` within 30 seconds (scaled) of the last enable.
+            FormulaError: The formula or interval is refused (the caller checked both; nothing changed).
+        """
+        now = self.now()
+        spacing = ENABLE_AUTOSCALE_SPACING * self.timings.autoscale_interval_scale
+        if pool.autoscale_enabled_at is not None and now - pool.autoscale_enabled_at < spacing:
+            raise ServiceError(
+                503,
+                "TooManyEnableAutoScaleRequests",
+                "Too many Enable Pool AutoScale requests are issued on the pool.",
+                [("Reason", f"Enable autoscale requests for a pool must be at least {spacing} apart.")],
+            )
+        if pool.autoscale is None:
+            assert formula is not None, "enabling needs a formula (the handler checked)"
+            pool.autoscale = self._pool_autoscale(pool, formula, interval, now)
+        else:
+            pool.autoscale.update(now, formula, interval)
+        pool.autoscale_enabled_at = now
+        self._apply_autoscale(pool, pool.autoscale.tick(now, self._counts(pool), record=False))
+
+    def disable_autoscale(self, pool: Pool) -> None:
+        """``disableautoscale``: the formula stops; the pool keeps its current targets."""
+        pool.autoscale = None
+
+    def evaluate_autoscale(self, pool: Pool, formula: str) -> AutoScaleRun:
+        """``evaluateautoscale``: run ``formula`` against the pool now; nothing is applied or stored."""
+        assert pool.autoscale is not None, "the handler checked"
+        return pool.autoscale.evaluate(self.now(), self._counts(pool), formula)
+
+    def autoscale_tick(self) -> None:
+        """Sample and evaluate every autoscale pool that is due, applying each run's targets.
+
+        Cheap when nothing is due: counts are built only for a pool with a sample or an evaluation due.
+        """
+        now = self.now()
+        for pool in list(self.account.pools.values()):
+            autoscale = pool.autoscale
+            if autoscale is None or pool.state != "active" or not autoscale.due(now):
+                continue
+            # One pool's failure must not stop autoscale for the others: logged once per pool, the loop goes on.
+            try:
+                self._apply_autoscale(pool, autoscale.tick(now, self._counts(pool)))
+            except Exception:
+                if pool.id not in self._autoscale_failed:
+                    self._autoscale_failed.add(pool.id)
+                    log.exception("emulator: evaluating the autoscale formula of pool %r failed", pool.id)
+
+    async def _autoscale_loop(self) -> None:
+        # A few looks per sample period, at most one a second: a sample or an evaluation is never late by more.
+        period = SAMPLE_PERIOD.total_seconds() * self.timings.autoscale_interval_scale
+        pause = min(1.0, max(0.02, period / 3))
+        while True:
+            await asyncio.sleep(pause)
+            self.autoscale_tick()
+
+    def _apply_autoscale(self, pool: Pool, run: AutoScaleRun | None) -> None:
+        """Resize to a successful run's targets when they differ from the pool's."""
+        if run is None or run.error is not None or pool.state != "active":
+            return
+        targets = (run.target_dedicated_nodes, run.target_low_priority_nodes)
+        if targets != (pool.target_dedicated, pool.target_low_priority):
+            log.info("pool %s autoscale: %d dedicated, %d spot", pool.id, *targets)
+            # The run's $NodeDeallocationOption is not honoured yet: nodes leave as a resize's do (requeue).
+            self.resize_pool(pool, *targets)
+
+    def _counts(self, pool: Pool) -> PoolCounts:
+        """What a formula reads about ``pool``: the tasks of its active jobs, its nodes and targets."""
+        active = succeeded = failed = 0
+        key = pool.id.lower()
+        for job in self.account.jobs.values():
+            if job.state == "active" and (job.pool_id or "").lower() == key:
+                counts = job.counts()
+                active += counts["active"]
+                succeeded += counts["succeeded"]
+                failed += counts["failed"]
+        nodes = list(pool.nodes.values())
+        return PoolCounts(
+            active_tasks=active,
+            running_tasks=sum(len(n.running) for n in nodes),
+            succeeded_tasks=succeeded,
+            failed_tasks=failed,
+            dedicated_nodes=pool.current(True),
+            low_priority_nodes=pool.current(False),
+            preempted_nodes=sum(1 for n in nodes if n.state == "preempted"),
+            usable_nodes=sum(
+                1 for n in nodes if n.state in SCHEDULABLE_NODE_STATES and n.scheduling_state == "enabled"
+            ),
+            target_dedicated_nodes=pool.target_dedicated,
+            target_low_priority_nodes=pool.target_low_priority,
+            task_slots_per_node=pool.task_slots_per_node,
+        )
 
     def stop_resize(self, pool: Pool) -> None:
         """Stop a resize: the pool goes ``stopping``, then ``steady`` with its nodes and a ResizeStopped error."""

@@ -48,6 +48,8 @@ REQUEST_BODIES: Mapping[tuple[str, str], str] = {
     ("PATCH", "/pools/{pool}"): "BatchPoolUpdateOptions",
     ("POST", "/pools/{pool}/updateproperties"): "BatchPoolReplaceOptions",
     ("POST", "/pools/{pool}/resize"): "BatchPoolResizeOptions",
+    ("POST", "/pools/{pool}/enableautoscale"): "BatchPoolEnableAutoScaleOptions",
+    ("POST", "/pools/{pool}/evaluateautoscale"): "BatchPoolEvaluateAutoScaleOptions",
     ("POST", "/jobs"): "BatchJobCreateOptions",
     ("PATCH", "/jobs/{job}"): "BatchJobUpdateOptions",
     ("PUT", "/jobs/{job}"): "BatchJob",

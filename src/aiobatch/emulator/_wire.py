@@ -18,6 +18,8 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from ._autoscale import AutoScaleRun, FormulaError, parse
+from ._autoscale_runs import check_interval
 from ._model import (
     Account,
     AppPackageRef,
@@ -74,6 +76,20 @@ def parse_duration(value: object, prop: str) -> float | None:
         raise invalid_property(prop, value, "The value is not a valid ISO 8601 duration.")
     parts = {k: float(v) if v else 0.0 for k, v in match.groupdict().items()}
     return parts["d"] * 86400 + parts["h"] * 3600 + parts["m"] * 60 + parts["s"]
+
+
+def format_duration(value: dt.timedelta) -> str:
+    """A duration as the service writes it back: ISO 8601, zero parts left out (``PT6M``, ``P7D``, ``PT1M30.5S``)."""
+    micros = value // dt.timedelta(microseconds=1)
+    days, micros = divmod(micros, 86_400_000_000)
+    hours, micros = divmod(micros, 3_600_000_000)
+    minutes, micros = divmod(micros, 60_000_000)
+    seconds, micros = divmod(micros, 1_000_000)
+    time = "".join(f"{n}{unit}" for n, unit in ((hours, "H"), (minutes, "M")) if n)
+    if seconds or micros:
+        time += f"{seconds}.{micros:06d}".rstrip("0").rstrip(".") + "S"
+    text = "P" + (f"{days}D" if days else "") + (f"T{time}" if time else "")
+    return text if text != "P" else "PT0S"
 
 
 def api_version_of(request: web.Request) -> str:
@@ -382,8 +398,7 @@ def parse_pool(account: Account, body: dict[str, Any], *, prop_prefix: str = "")
             "The aiobatch emulator runs tasks as local Linux processes and cannot run a Windows image; "
             "use a Linux image (for example Canonical ubuntu with nodeAgentSKUId 'batch.node.ubuntu 22.04').",
         )
-    if body.get("enableAutoScale"):
-        raise invalid_property("enableAutoScale", True, "The aiobatch emulator does not evaluate autoscale formulas.")
+    autoscale = parse_autoscale_settings(body, prop_prefix)
     slots = _int(body, "taskSlotsPerNode", 1, 1, 256)
     dedicated = _int(body, "targetDedicatedNodes", 0, 0, 10_000)
     low_priority = _int(body, "targetLowPriorityNodes", 0, 0, 10_000)
@@ -432,7 +447,95 @@ def parse_pool(account: Account, body: dict[str, Any], *, prop_prefix: str = "")
         app_packages=apps,
         target_dedicated=dedicated,
         target_low_priority=low_priority,
+        autoscale_request=autoscale,
     )
+
+
+def autoscale_error(error: FormulaError) -> ServiceError:
+    """The service's answer to a formula or interval it refuses (the one place `FormulaError` becomes an answer)."""
+    return ServiceError(error.status, error.code, error.message, list(error.values))
+
+
+def _autoscale_settings_error(prop: str, value: object, reason: str) -> ServiceError:
+    # Guessed code: the REST reference says only that these combinations are not allowed; the service's error
+    # table lists InvalidAutoScalingSettings ("The specified auto-scaling settings are not valid.") for them.
+    return ServiceError(
+        400,
+        "InvalidAutoScalingSettings",
+        "The specified auto-scaling settings are not valid.",
+        [("PropertyName", prop), ("PropertyValue", str(value)), ("Reason", reason)],
+    )
+
+
+def parse_interval(value: object, prop: str) -> dt.timedelta:
+    """An ``autoScaleEvaluationInterval``, checked against the service's 5 minutes to 168 hours.
+
+    Raises:
+        ServiceError: 400 ``InvalidPropertyValue``: not a duration, or out of range.
+    """
+    seconds = parse_duration(value, prop)
+    # The service's "unlimited" duration is a valid duration, and far above 168 hours.
+    interval = dt.timedelta.max if seconds is None else dt.timedelta(seconds=seconds)
+    try:
+        return check_interval(interval)
+    except FormulaError as error:
+        raise autoscale_error(error) from None
+
+
+def parse_formula(value: object, prop: str) -> str:
+    """An ``autoScaleFormula`` the service would accept (it parses; at most 8192 characters).
+
+    Raises:
+        ServiceError: ``MissingRequiredProperty``, ``AutoScalingFormulaSyntaxError`` or ``AutoScaleFormulaTooLong``.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise missing_property(prop)
+    try:
+        parse(value)
+    except FormulaError as error:
+        raise autoscale_error(error) from None
+    return value
+
+
+def parse_autoscale_settings(body: Mapping[str, Any], prop_prefix: str = "") -> tuple[str, dt.timedelta | None] | None:
+    """A pool create body's autoscale settings: ``(formula, interval)`` with ``enableAutoScale``, else None.
+
+    The REST reference's rules: ``autoScaleFormula`` must not be given unless ``enableAutoScale`` is true and is
+    required when it is; the target node counts must not be given when it is.  Emulator's reading: an
+    ``autoScaleEvaluationInterval`` without ``enableAutoScale`` is refused too (it could not take effect).
+
+    Raises:
+        ServiceError: a 400 naming the property.
+    """
+    if body.get("enableAutoScale") is not True:
+        for name in ("autoScaleFormula", "autoScaleEvaluationInterval"):
+            if body.get(name) is not None:
+                raise _autoscale_settings_error(
+                    prop_prefix + name, body[name], f"{name} may only be given with enableAutoScale set to true."
+                )
+        return None
+    for name in ("targetDedicatedNodes", "targetLowPriorityNodes"):
+        if body.get(name) is not None:
+            raise _autoscale_settings_error(
+                prop_prefix + name,
+                body[name],
+                f"{name} must not be given with enableAutoScale set to true: the formula sets the target.",
+            )
+    formula = parse_formula(body.get("autoScaleFormula"), prop_prefix + "autoScaleFormula")
+    interval = body.get("autoScaleEvaluationInterval")
+    return formula, None if interval is None else parse_interval(interval, prop_prefix + "autoScaleEvaluationInterval")
+
+
+def render_autoscale_run(run: AutoScaleRun) -> dict[str, Any]:
+    """An ``autoScaleRun``: the pool's last evaluation, or the answer of ``evaluateautoscale``."""
+    out: dict[str, Any] = {"timestamp": timestamp(run.timestamp), "results": run.results}
+    if run.error is not None:
+        out["error"] = {
+            "code": run.error.code,
+            "message": run.error.message,
+            "values": [{"name": k, "value": v} for k, v in run.error.values],
+        }
+    return out
 
 
 def parse_job(account: Account, body: dict[str, Any]) -> tuple[Job, dict[str, Any] | None]:
@@ -652,12 +755,14 @@ def render_pool(account: Account, pool: Pool) -> dict[str, Any]:
             }
             for e in pool.resize_errors
         ]
-    out.update(
-        {
-            "enableAutoScale": spec["enableAutoScale"],
-            "enableInterNodeCommunication": spec["enableInterNodeCommunication"],
-        }
-    )
+    autoscale = pool.autoscale
+    out["enableAutoScale"] = autoscale is not None
+    if autoscale is not None:
+        out["autoScaleFormula"] = autoscale.formula
+        out["autoScaleEvaluationInterval"] = format_duration(autoscale.interval)
+        if autoscale.last_run is not None:
+            out["autoScaleRun"] = render_autoscale_run(autoscale.last_run)
+    out["enableInterNodeCommunication"] = spec["enableInterNodeCommunication"]
     for key in (
         "startTask",
         "applicationPackageReferences",
