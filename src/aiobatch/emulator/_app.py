@@ -687,6 +687,83 @@ def _mtime(seconds: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds, dt.timezone.utc)
 
 
+# -- operations the emulator does not perform ---------------------------------------------------------------
+
+#: Every operation of the 2025-06-01 API that the emulator does not perform: (method, route, the SDK's method).
+#: Each answers `_not_emulated`'s error, never a 404 (which the SDK raises as ``ResourceNotFoundError``, telling
+#: a caller of ``begin_reboot_node`` that the *node* does not exist). tests/emulator/test_operations.py parses the
+#: installed SDK's request builders, so an operation a new SDK adds fails a test until it is listed here or served.
+NOT_EMULATED: tuple[tuple[str, str, str], ...] = (
+    ("GET", "/poolusagemetrics", "list_pool_usage_metrics"),
+    ("GET", "/supportedimages", "list_supported_images"),
+    ("POST", "/pools/{pool}/removenodes", "begin_remove_nodes"),
+    ("POST", "/jobs/{job}/disable", "begin_disable_job"),
+    ("POST", "/jobs/{job}/enable", "begin_enable_job"),
+    ("GET", "/jobs/{job}/jobpreparationandreleasetaskstatus", "list_job_preparation_and_release_task_status"),
+    ("POST", "/jobschedules", "create_job_schedule"),
+    ("GET", "/jobschedules", "list_job_schedules"),
+    ("HEAD", "/jobschedules/{schedule}", "job_schedule_exists"),
+    ("GET", "/jobschedules/{schedule}", "get_job_schedule"),
+    ("PATCH", "/jobschedules/{schedule}", "update_job_schedule"),
+    ("PUT", "/jobschedules/{schedule}", "replace_job_schedule"),
+    ("DELETE", "/jobschedules/{schedule}", "begin_delete_job_schedule"),
+    ("POST", "/jobschedules/{schedule}/disable", "disable_job_schedule"),
+    ("POST", "/jobschedules/{schedule}/enable", "enable_job_schedule"),
+    ("POST", "/jobschedules/{schedule}/terminate", "begin_terminate_job_schedule"),
+    ("GET", "/jobschedules/{schedule}/jobs", "list_jobs_from_schedule"),
+    ("PUT", "/jobs/{job}/tasks/{task}", "replace_task"),
+    ("GET", "/jobs/{job}/tasks/{task}/subtasksinfo", "list_subtasks"),
+    ("POST", "/jobs/{job}/tasks/{task}/reactivate", "reactivate_task"),
+    ("POST", "/pools/{pool}/nodes/{node}/users", "create_node_user"),
+    ("PUT", "/pools/{pool}/nodes/{node}/users/{user}", "replace_node_user"),
+    ("DELETE", "/pools/{pool}/nodes/{node}/users/{user}", "delete_node_user"),
+    ("POST", "/pools/{pool}/nodes/{node}/reboot", "begin_reboot_node"),
+    ("POST", "/pools/{pool}/nodes/{node}/reimage", "begin_reimage_node"),
+    ("POST", "/pools/{pool}/nodes/{node}/start", "begin_start_node"),
+    ("POST", "/pools/{pool}/nodes/{node}/deallocate", "begin_deallocate_node"),
+    ("POST", "/pools/{pool}/nodes/{node}/disablescheduling", "disable_node_scheduling"),
+    ("POST", "/pools/{pool}/nodes/{node}/enablescheduling", "enable_node_scheduling"),
+    ("GET", "/pools/{pool}/nodes/{node}/remoteloginsettings", "get_node_remote_login_settings"),
+    ("POST", "/pools/{pool}/nodes/{node}/uploadbatchservicelogs", "upload_node_logs"),
+    ("GET", "/pools/{pool}/nodes/{node}/extensions", "list_node_extensions"),
+    ("GET", "/pools/{pool}/nodes/{node}/extensions/{extension}", "get_node_extension"),
+    ("GET", "/pools/{pool}/nodes/{node}/files", "list_node_files"),
+    ("GET", "/pools/{pool}/nodes/{node}/files/{path:.+}", "download_node_file"),
+    ("HEAD", "/pools/{pool}/nodes/{node}/files/{path:.+}", "get_node_file_properties"),
+    ("DELETE", "/pools/{pool}/nodes/{node}/files/{path:.+}", "delete_node_file"),
+)
+
+#: The not-emulated answer's status and code. 501 Not Implemented, because that is what it is: the request may be
+#: perfectly valid (a 4xx would blame the caller), and it is final for every client in the chain -- azure-core's
+#: RetryPolicy retries only 408, 429, 500, 502, 503 and 504 (and no answer here carries Retry-After, which it
+#: would honour), and aiobatch's `_retry` treats 501 as final. The SDK has no exception mapped to 501, so it
+#: raises a plain ``HttpResponseError`` whose ``error.code`` is this code, not a ``ResourceNotFoundError``.
+NOT_EMULATED_STATUS = 501
+NOT_EMULATED_CODE = "OperationNotEmulated"
+
+
+def _not_emulated(method: str, path: str, operation: str) -> Handler:
+    """A handler answering that the emulator does not perform ``operation`` (the SDK method's name) at ``path``.
+
+    It looks nothing up: whatever the ids in the route, the caller learns first that the operation is not
+    emulated. A body has already been checked by the validation layer (a malformed one is the 400 Azure would
+    give), so only a well-formed request gets this answer.
+    """
+    shown = path.replace(":.+", "")
+
+    async def handler(request: web.Request) -> web.Response:
+        raise ServiceError(
+            NOT_EMULATED_STATUS,
+            NOT_EMULATED_CODE,
+            f"The aiobatch emulator does not emulate the operation {operation} ({method} {shown})."
+            " Test code that uses it against an Azure Batch account; docs/emulator.md, 'Operations and what the"
+            " emulator refuses', lists what is emulated.",
+            [("OperationName", operation)],
+        )
+
+    return handler
+
+
 # -- the application --------------------------------------------------------------------------------
 
 
@@ -786,6 +863,9 @@ def build_app(account: Account, scheduler: Scheduler, account_key: str, faults: 
     r.add_get("/jobs/{job}/tasks/{task}/files", list_task_files)
     r.add_get("/jobs/{job}/tasks/{task}/files/{path:.+}", get_task_file)
     r.add_delete("/jobs/{job}/tasks/{task}/files/{path:.+}", delete_task_file)
+    # Every other operation of the API answers, with the not-emulated error (a table, not a handler each).
+    for method, path, operation in NOT_EMULATED:
+        r.add_route(method, path, _not_emulated(method, path, operation))
     return app
 
 
