@@ -12,6 +12,7 @@ import mimetypes
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from email.utils import parsedate_to_datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, overload
@@ -52,18 +53,64 @@ def _request_url(account: Account, request: web.Request) -> str:
     return f"{account.url}{request.path}"
 
 
-def _check_conditions(request: web.Request, entity: Pool | Job | Task) -> None:
-    """If-Match / If-None-Match against the entity's ETag (the service's 412 ConditionNotMet)."""
-    if_match = request.headers.get("If-Match")
-    if if_match and if_match != "*" and if_match != entity.etag:
-        raise ServiceError(
-            412, "ConditionNotMet", "The condition specified using HTTP conditional header(s) is not met."
-        )
-    if_none = request.headers.get("If-None-Match")
-    if if_none and request.method not in ("GET", "HEAD") and (if_none == "*" or if_none == entity.etag):
-        raise ServiceError(
-            412, "ConditionNotMet", "The condition specified using HTTP conditional header(s) is not met."
-        )
+def _check_conditions(request: web.Request, entity: Pool | Job | Task) -> bool:
+    """The request's conditional headers against the entity; True when a GET or HEAD should answer 304.
+
+    As the REST API documents them for pools, jobs and tasks: ``If-Match`` / ``If-None-Match`` compare the ETag,
+    ``If-Modified-Since`` / ``If-Unmodified-Since`` the last-modified time. A condition not met fails a write
+    (and an ``If-Match`` or ``If-Unmodified-Since`` a read) with 412 ConditionNotMet; a read whose
+    ``If-None-Match`` matches or whose entity was not modified since ``If-Modified-Since`` is a 304. HTTP dates
+    have whole seconds, so the entity's time is compared truncated to the second (what its ``Last-Modified``
+    header said); a date that does not parse is ignored, as HTTP says.
+    """
+    read = request.method in ("GET", "HEAD")
+    modified = entity.last_modified.replace(microsecond=0)
+    if_match = _etag_header(request, "If-Match")
+    unmodified_since = _http_date_header(request, "If-Unmodified-Since")
+    if (if_match and if_match != "*" and if_match != entity.etag) or (
+        unmodified_since is not None and modified > unmodified_since
+    ):
+        raise _condition_not_met()
+    if_none = _etag_header(request, "If-None-Match")
+    none_matches = bool(if_none) and (if_none == "*" or if_none == entity.etag)
+    modified_since = _http_date_header(request, "If-Modified-Since")
+    not_modified = modified_since is not None and modified <= modified_since
+    if read:
+        return none_matches or (not_modified and not if_none)  # If-None-Match, when sent, decides alone (HTTP)
+    if none_matches or not_modified:
+        raise _condition_not_met()
+    return False
+
+
+def _etag_header(request: web.Request, name: str) -> str | None:
+    """An ETag header's value without the quotes (and weak prefix) HTTP puts around it.
+
+    The service's ETags go out bare (``ETag: 0x8DE...``, as recorded); the 15.x SDK sends them back quoted
+    (``If-Match: "0x8DE..."``, azure-core's ``quote_etag``), the 14.x SDK bare. Both name the same version.
+    """
+    raw = request.headers.get(name)
+    if raw is None:
+        return None
+    value = raw.strip().removeprefix("W/")
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        value = value[1:-1]
+    return value
+
+
+def _condition_not_met() -> ServiceError:
+    return ServiceError(412, "ConditionNotMet", "The condition specified using HTTP conditional header(s) is not met.")
+
+
+def _http_date_header(request: web.Request, name: str) -> dt.datetime | None:
+    """A header holding an HTTP date, as an aware datetime; None when absent or not a date."""
+    raw = request.headers.get(name)
+    if not raw:
+        return None
+    try:
+        value = parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
 
 
 def _list(
@@ -161,11 +208,10 @@ async def get_pool(request: web.Request) -> web.Response:
     """GET and HEAD /pools/{poolId}."""
     account = _account(request)
     pool = account.get_pool(request.match_info["pool"])
-    _check_conditions(request, pool)
+    if _check_conditions(request, pool):
+        return wire.empty_response(304, headers=wire.entity_headers(pool))
     if request.method == "HEAD":
         return wire.empty_response(200, headers=wire.entity_headers(pool))
-    if request.headers.get("If-None-Match") == pool.etag:
-        return wire.empty_response(304, headers=wire.entity_headers(pool))
     body = wire.metadata(account.url, "pools/@Element")
     body.update(wire.select(wire.render_pool(account, pool), wire.parse_select(request)))
     return wire.json_response(body, headers=wire.entity_headers(pool))
@@ -200,7 +246,7 @@ async def delete_pool(request: web.Request) -> web.Response:
 
 
 async def patch_pool(request: web.Request) -> web.Response:
-    """PATCH /pools/{poolId}: metadata, start task and application package references (what is sent)."""
+    """PATCH /pools/{poolId}: what is sent; the shape of the pool (vmSize, taskSlotsPerNode, ...) only while empty."""
     account = _account(request)
     pool = _live_pool(request)
     _update_pool(account, pool, body_of(request), replace=False)
@@ -216,8 +262,47 @@ async def replace_pool_properties(request: web.Request) -> web.Response:
     return wire.empty_response(204, headers=wire.entity_headers(pool), data_service_id=_request_url(account, request))
 
 
+#: Pool properties a PATCH may change only while the pool has no nodes (the 2025-06-01 API: "This field can be
+#: updated only when the pool is empty").
+_EMPTY_POOL_PROPERTIES = (
+    "displayName",
+    "vmSize",
+    "enableInterNodeCommunication",
+    "virtualMachineConfiguration",
+    "taskSlotsPerNode",
+    "taskSchedulingPolicy",
+    "networkConfiguration",
+    "userAccounts",
+    "mountConfiguration",
+    "upgradePolicy",
+)
+
+
+def _reshaped_pool(account: Account, pool: Pool, body: dict[str, Any]) -> tuple[Pool, list[str]] | None:
+    """The pool as a PATCH of its empty-pool-only properties would make it (checked as a create), or None.
+
+    Raises:
+        ServiceError: 409 OperationInvalidForCurrentState when the pool has nodes; a create's 400 for a value
+            the pool could not have been created with.
+    """
+    names = [name for name in _EMPTY_POOL_PROPERTIES if body.get(name) is not None]
+    if not names:
+        return None
+    if pool.nodes:
+        raise ServiceError(
+            409,
+            "OperationInvalidForCurrentState",
+            "The specified operation is not valid for the current state of the resource: "
+            f"{', '.join(names)} can be updated only when the pool has no nodes (resize it to 0 first).",
+            [("PropertyName", names[0])],
+        )
+    changes = {name: body[name] for name in names}
+    return wire.parse_pool(account, {**pool.spec, **changes, "id": pool.id}), names
+
+
 def _update_pool(account: Account, pool: Pool, body: dict[str, Any], *, replace: bool) -> None:
     # Validate everything before changing anything: a refused update leaves the pool as it was.
+    reshaped = None if replace else _reshaped_pool(account, pool, body)
     refs = body.get("applicationPackageReferences") or []
     apps = account.resolve_app_packages(refs, "pool") if "applicationPackageReferences" in body else None
     probe = None
@@ -240,6 +325,11 @@ def _update_pool(account: Account, pool: Pool, body: dict[str, Any], *, replace:
     elif replace or ("startTask" in body and body["startTask"] is None):
         pool.start_task = None
         pool.spec.pop("startTask", None)
+    if reshaped is not None:
+        shaped, names = reshaped
+        pool.vm_size, pool.task_slots_per_node = shaped.vm_size, shaped.task_slots_per_node
+        pool.node_fill_type = shaped.node_fill_type
+        pool.spec.update({name: shaped.spec[name] for name in names})
     pool.touch()
 
 
@@ -325,6 +415,8 @@ async def create_job(request: web.Request) -> web.Response:
     scheduler.add_job(job)
     account.record_create("job", job.id)
     log.info("job %s created on pool %s", job.id, job.pool_id)
+    # /jobs/job-1 whatever the id: the service answers so (shared/reference/recordings, ..._jobs_async_.json: the
+    # creates of batch_job1_ and batch_job2_ both answered Location and DataServiceId .../jobs/job-1).
     return wire.empty_response(201, headers=wire.entity_headers(job), location=f"{account.url}/jobs/job-1")
 
 
@@ -344,7 +436,8 @@ async def get_job(request: web.Request) -> web.Response:
     """GET /jobs/{jobId}."""
     account = _account(request)
     job = account.get_job(request.match_info["job"])
-    _check_conditions(request, job)
+    if _check_conditions(request, job):
+        return wire.empty_response(304, headers=wire.entity_headers(job))
     body = wire.metadata(account.url, "jobs/@Element")
     body.update(wire.select(_render_job(account, job), wire.parse_select(request)))
     return wire.json_response(body, headers=wire.entity_headers(job))
@@ -420,6 +513,26 @@ def _job_accepting_tasks(account: Account, job_id: str) -> Job:
     return job
 
 
+def _warn_if_never_runs(account: Account, job: Job, task: Task) -> None:
+    """Log a task that needs more slots than a node of its job's pool has: it is accepted and never runs.
+
+    That is the service's behaviour, kept on purpose: "The Batch Service doesn't currently validate this conflict
+    when you submit tasks because a job may not have a pool bound at submission time, or it could be changed to a
+    different pool" (Run tasks concurrently, learn.microsoft.com/azure/batch/batch-parallel-node-tasks). The
+    emulator answers as Azure does and says why in its log.
+    """
+    pool = account.pools.get((job.pool_id or "").lower())
+    if pool is not None and task.required_slots > pool.task_slots_per_node:
+        log.warning(
+            "task %s/%s requires %d slots but pool %s has %d per node: it stays active until the job's pool changes",
+            job.id,
+            task.id,
+            task.required_slots,
+            pool.id,
+            pool.task_slots_per_node,
+        )
+
+
 def _task_exists() -> ServiceError:
     return ServiceError(409, "TaskExists", "The specified task already exists.")
 
@@ -433,6 +546,7 @@ async def create_task(request: web.Request) -> web.Response:
         raise _task_exists()
     job.add_task(task)
     account.record_create("task", f"{job.id}/{task.id}")
+    _warn_if_never_runs(account, job, task)
     _scheduler(request).kick()
     return wire.empty_response(
         201, headers=wire.entity_headers(task), location=f"{account.url}/jobs/{job.id}/tasks/{task.id}"
@@ -483,6 +597,7 @@ async def add_task_collection(request: web.Request) -> web.Response:
             continue
         job.add_task(task)
         account.record_create("task", f"{job.id}/{task.id}")
+        _warn_if_never_runs(account, job, task)
         added = True
         results.append(
             wire.render_task_add_result(task.id, "success", account_url=account.url, job_id=job.id, task=task)
@@ -536,7 +651,8 @@ async def get_task(request: web.Request) -> web.Response:
     """GET /jobs/{jobId}/tasks/{taskId}."""
     account = _account(request)
     job, task = account.get_task(request.match_info["job"], request.match_info["task"])
-    _check_conditions(request, task)
+    if _check_conditions(request, task):
+        return wire.empty_response(304, headers=wire.entity_headers(task))
     body = wire.metadata(account.url, "tasks/@Element")
     body.update(wire.select(wire.render_task(account, job, task), wire.parse_select(request)))
     return wire.json_response(body, headers=wire.entity_headers(task))
