@@ -24,6 +24,7 @@ from aiohttp.typedefs import Middleware
 from . import _taskfiles as taskfiles
 from . import _wire as wire
 from ._auth import shared_key_middleware
+from ._catalogue import catalogue
 from ._faults import COLLECTION_FAULTS, CollectionFaults, Faults, fault_middleware
 from ._model import Account, Job, Pool, ServiceError, Task, check_id, invalid_property
 from ._odata import parse_filter
@@ -166,6 +167,17 @@ async def list_applications(request: web.Request) -> web.Response:
         "listapplicationsummariesresponses",
         apps,
         lambda a: wire.render_application(a.id, a.versions, a.display_name),
+    )
+
+
+async def list_supported_images(request: web.Request) -> web.Response:
+    """GET /supportedimages: the images of the catalogue (`_catalogue`), whatever ``strict_catalogue`` says."""
+    return _list(
+        request,
+        "supportedimages",
+        "accountlistsupportedimagesresponses",
+        list(catalogue().images),
+        wire.render_supported_image,
     )
 
 
@@ -521,7 +533,8 @@ def _warn_if_never_runs(account: Account, job: Job, task: Task) -> None:
     different pool" (Run tasks concurrently, learn.microsoft.com/azure/batch/batch-parallel-node-tasks). The
     emulator answers as Azure does and says why in its log.
     """
-    pool = account.pools.get((job.pool_id or "").lower())
+    # Only a diagnostic: whatever the job holds (a test plants a broken pool id), adding the task must go on.
+    pool = account.pools.get(job.pool_id.lower()) if isinstance(job.pool_id, str) else None
     if pool is not None and task.required_slots > pool.task_slots_per_node:
         log.warning(
             "task %s/%s requires %d slots but pool %s has %d per node: it stays active until the job's pool changes",
@@ -811,7 +824,6 @@ def _mtime(seconds: float) -> dt.datetime:
 #: installed SDK's request builders, so an operation a new SDK adds fails a test until it is listed here or served.
 NOT_EMULATED: tuple[tuple[str, str, str], ...] = (
     ("GET", "/poolusagemetrics", "list_pool_usage_metrics"),
-    ("GET", "/supportedimages", "list_supported_images"),
     ("POST", "/pools/{pool}/removenodes", "begin_remove_nodes"),
     ("POST", "/jobs/{job}/disable", "begin_disable_job"),
     ("POST", "/jobs/{job}/enable", "begin_enable_job"),
@@ -979,6 +991,7 @@ def build_app(account: Account, scheduler: Scheduler, account_key: str, faults: 
     r.add_get("/jobs/{job}/tasks/{task}/files", list_task_files)
     r.add_get("/jobs/{job}/tasks/{task}/files/{path:.+}", get_task_file)
     r.add_delete("/jobs/{job}/tasks/{task}/files/{path:.+}", delete_task_file)
+    r.add_get("/supportedimages", list_supported_images)
     # Every other operation of the API answers, with the not-emulated error (a table, not a handler each).
     for method, path, operation in NOT_EMULATED:
         r.add_route(method, path, _not_emulated(method, path, operation))

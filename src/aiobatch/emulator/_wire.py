@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from ._catalogue import catalogue
 from ._model import (
     Account,
     AppPackageRef,
@@ -366,6 +367,52 @@ def _image_is_windows(vm_config: Mapping[str, Any]) -> bool:
     return "windows" in text
 
 
+def check_catalogue(vm_size: str, vm_config: Mapping[str, Any], prefix: str = "") -> None:
+    """Refuse a VM size or image the catalogue does not hold, as the service refuses one it does not offer.
+
+    Raises:
+        ServiceError: 400 ``InvalidPropertyValue`` naming ``vmSize``, ``virtualMachineConfiguration.imageReference``
+            (or its ``virtualMachineImageId``) or ``virtualMachineConfiguration.nodeAgentSKUId``.
+    """
+    entries = catalogue()
+    if vm_size.lower() not in entries.sizes:
+        raise invalid_property(
+            prefix + "vmSize",
+            vm_size,
+            "The VM size is not one Azure Batch offers (the emulator's catalogue lists them, e.g. standard_d2s_v3). "
+            "For a size it does not list, start the emulator with strict_catalogue=False (--any-vm-size).",
+        )
+    reference = vm_config.get("imageReference") or {}
+    if reference.get("virtualMachineImageId") or reference.get("sharedGalleryImageId"):
+        raise _custom_image(prefix, reference)
+    image = entries.image(reference)
+    if image is None:
+        shown = "/".join(str(reference.get(part)) for part in ("publisher", "offer", "sku"))
+        raise invalid_property(
+            prefix + "virtualMachineConfiguration.imageReference",
+            shown,
+            "The image is not one Azure Batch supports (GET /supportedimages lists them). For another image, start "
+            "the emulator with strict_catalogue=False (--any-vm-size).",
+        )
+    agent = str(vm_config.get("nodeAgentSKUId") or "")
+    if agent.lower() != image["nodeAgentSKUId"].lower():
+        raise invalid_property(
+            prefix + "virtualMachineConfiguration.nodeAgentSKUId",
+            agent,
+            f"The image's node agent is '{image['nodeAgentSKUId']}'.",
+        )
+
+
+def _custom_image(prefix: str, reference: Mapping[str, Any]) -> ServiceError:
+    name = "virtualMachineImageId" if reference.get("virtualMachineImageId") else "sharedGalleryImageId"
+    return invalid_property(
+        f"{prefix}virtualMachineConfiguration.imageReference.{name}",
+        reference[name],
+        "The emulator cannot check a custom image; start it with strict_catalogue=False (--any-vm-size) to accept "
+        "one as a Linux image.",
+    )
+
+
 def parse_pool(account: Account, body: dict[str, Any], *, prop_prefix: str = "") -> Pool:
     """A pool create body into a new `Pool` (not yet in the account).
 
@@ -389,6 +436,8 @@ def parse_pool(account: Account, body: dict[str, Any], *, prop_prefix: str = "")
         raise missing_property(prop_prefix + "virtualMachineConfiguration.nodeAgentSKUId")
     if not vm_config.get("imageReference"):
         raise missing_property(prop_prefix + "virtualMachineConfiguration.imageReference")
+    if account.strict_catalogue:
+        check_catalogue(vm_size, vm_config, prop_prefix)
     if _image_is_windows(vm_config):
         raise invalid_property(
             "virtualMachineConfiguration.imageReference",
@@ -997,6 +1046,11 @@ def render_application(app_id: str, versions: Iterable[str], display_name: str |
         out["displayName"] = display_name
     out["versions"] = sorted(versions)
     return out
+
+
+def render_supported_image(image: Mapping[str, Any]) -> dict[str, Any]:
+    """An entry of GET /supportedimages, from the catalogue's (already in the wire's shape)."""
+    return dict(image)
 
 
 def render_resize_error(error: ResizeError) -> dict[str, Any]:
