@@ -427,8 +427,8 @@ async def create_job(request: web.Request) -> web.Response:
     scheduler.add_job(job)
     account.record_create("job", job.id)
     log.info("job %s created on pool %s", job.id, job.pool_id)
-    # /jobs/job-1 whatever the id: the service answers so (shared/reference/recordings, ..._jobs_async_.json: the
-    # creates of batch_job1_ and batch_job2_ both answered Location and DataServiceId .../jobs/job-1).
+    # /jobs/job-1 whatever the id: the service answers so (tests/emulator/recordings, ..._jobs_async_.json: the
+    # creates of batch_job1_ and batch_job2_ both answered DataServiceId .../jobs/job-1; Location is sanitized there).
     return wire.empty_response(201, headers=wire.entity_headers(job), location=f"{account.url}/jobs/job-1")
 
 
