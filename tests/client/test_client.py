@@ -487,7 +487,9 @@ async def test_cleanup_leaves_what_this_run_did_not_create(batch_emulator: Emula
                 id="foreign",
                 vm_size="standard_d2s_v3",
                 virtual_machine_configuration=m.VirtualMachineConfiguration(
-                    image_reference=m.BatchVmImageReference(publisher="canonical", offer="o", sku="s"),
+                    image_reference=m.BatchVmImageReference(
+                        publisher="canonical", offer="ubuntu-24_04-lts", sku="server"
+                    ),
                     node_agent_sku_id="batch.node.ubuntu 24.04",
                 ),
                 target_dedicated_nodes=1,

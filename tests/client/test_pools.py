@@ -44,7 +44,9 @@ async def _foreign_pool(emulator: Emulator, pool_id: str, nodes: int = 1) -> Non
                 id=pool_id,
                 vm_size="standard_d2s_v3",
                 virtual_machine_configuration=m.VirtualMachineConfiguration(
-                    image_reference=m.BatchVmImageReference(publisher="canonical", offer="o", sku="s"),
+                    image_reference=m.BatchVmImageReference(
+                        publisher="canonical", offer="ubuntu-24_04-lts", sku="server"
+                    ),
                     node_agent_sku_id="batch.node.ubuntu 24.04",
                 ),
                 target_dedicated_nodes=nodes,

@@ -121,6 +121,9 @@ class Emulator:
             read when the emulator starts. None by default: a task gets a node's environment (the ``AZ_BATCH_*``
             variables, its job's and its own environment settings, a node's ``PATH``), never the caller's
             credentials or tokens. ``AZ_BATCH_*`` names are the node's and cannot be passed through.
+        strict_catalogue: Whether a pool's VM size and image must be ones Azure Batch offers (the emulator's
+            catalogue, also served by ``GET /supportedimages``); a size or image it does not hold gets the service's
+            400. False accepts any size and image (a custom image, a size the catalogue does not list).
 
     Raises:
         ValueError: a ``pass_env`` name is empty, holds ``=`` or a NUL, or starts with ``AZ_BATCH_``.
@@ -143,8 +146,10 @@ class Emulator:
         quotas: Quotas | None = None,
         faults: FaultPlan | None = None,
         pass_env: Iterable[str] = (),
+        strict_catalogue: bool = True,
     ) -> None:
         self.pass_env = check_pass_env(pass_env)
+        self.strict_catalogue = strict_catalogue
         self.host = host
         self.port = port
         self.account_name = account_name
@@ -190,7 +195,12 @@ class Emulator:
         if self._workdir is None:
             self._tmp = tempfile.mkdtemp(prefix="aiobatch-emulator-")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        account = Account(name=self.account_name, url="", applications=load_applications(self.apps_dir))
+        account = Account(
+            name=self.account_name,
+            url="",
+            applications=load_applications(self.apps_dir),
+            strict_catalogue=self.strict_catalogue,
+        )
         scheduler = Scheduler(
             account,
             workdir=self.workdir,

@@ -203,6 +203,12 @@ def build_parser(prog: str = "python -m aiobatch.emulator") -> argparse.Argument
         help='only requests whose "METHOD /path" contains TEXT are eligible, repeatable, e.g. "POST /jobs" '
         "(default: all)",
     )
+    parser.add_argument(
+        "--any-vm-size",
+        action="store_true",
+        help="accept any VM size and image (custom images, sizes the catalogue does not list); by default a pool "
+        "must use a size and a supported image of the emulator's catalogue, as on Azure",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log pool, job and task transitions")
     return parser
 
@@ -222,6 +228,7 @@ async def serve(
         workdir=args.workdir,
         timings=Timings(allocation_delay=args.allocation_delay, node_start_delay=args.node_start_delay),
         quotas=Quotas(dedicated_cores=args.dedicated_core_quota, low_priority_cores=args.spot_core_quota),
+        strict_catalogue=not args.any_vm_size,
     )
     async with emulator:
         # Only the development key is ever printed: it is public. Any other key is the user's secret.

@@ -12,6 +12,7 @@ import mimetypes
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from email.utils import parsedate_to_datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, overload
@@ -24,6 +25,7 @@ from . import _taskfiles as taskfiles
 from . import _wire as wire
 from ._auth import shared_key_middleware
 from ._autoscale import FormulaError
+from ._catalogue import catalogue
 from ._faults import COLLECTION_FAULTS, CollectionFaults, Faults, fault_middleware
 from ._model import Account, Job, Pool, ServiceError, Task, check_id, invalid_property
 from ._odata import parse_filter
@@ -53,18 +55,64 @@ def _request_url(account: Account, request: web.Request) -> str:
     return f"{account.url}{request.path}"
 
 
-def _check_conditions(request: web.Request, entity: Pool | Job | Task) -> None:
-    """If-Match / If-None-Match against the entity's ETag (the service's 412 ConditionNotMet)."""
-    if_match = request.headers.get("If-Match")
-    if if_match and if_match != "*" and if_match != entity.etag:
-        raise ServiceError(
-            412, "ConditionNotMet", "The condition specified using HTTP conditional header(s) is not met."
-        )
-    if_none = request.headers.get("If-None-Match")
-    if if_none and request.method not in ("GET", "HEAD") and (if_none == "*" or if_none == entity.etag):
-        raise ServiceError(
-            412, "ConditionNotMet", "The condition specified using HTTP conditional header(s) is not met."
-        )
+def _check_conditions(request: web.Request, entity: Pool | Job | Task) -> bool:
+    """The request's conditional headers against the entity; True when a GET or HEAD should answer 304.
+
+    As the REST API documents them for pools, jobs and tasks: ``If-Match`` / ``If-None-Match`` compare the ETag,
+    ``If-Modified-Since`` / ``If-Unmodified-Since`` the last-modified time. A condition not met fails a write
+    (and an ``If-Match`` or ``If-Unmodified-Since`` a read) with 412 ConditionNotMet; a read whose
+    ``If-None-Match`` matches or whose entity was not modified since ``If-Modified-Since`` is a 304. HTTP dates
+    have whole seconds, so the entity's time is compared truncated to the second (what its ``Last-Modified``
+    header said); a date that does not parse is ignored, as HTTP says.
+    """
+    read = request.method in ("GET", "HEAD")
+    modified = entity.last_modified.replace(microsecond=0)
+    if_match = _etag_header(request, "If-Match")
+    unmodified_since = _http_date_header(request, "If-Unmodified-Since")
+    if (if_match and if_match != "*" and if_match != entity.etag) or (
+        unmodified_since is not None and modified > unmodified_since
+    ):
+        raise _condition_not_met()
+    if_none = _etag_header(request, "If-None-Match")
+    none_matches = bool(if_none) and (if_none == "*" or if_none == entity.etag)
+    modified_since = _http_date_header(request, "If-Modified-Since")
+    not_modified = modified_since is not None and modified <= modified_since
+    if read:
+        return none_matches or (not_modified and not if_none)  # If-None-Match, when sent, decides alone (HTTP)
+    if none_matches or not_modified:
+        raise _condition_not_met()
+    return False
+
+
+def _etag_header(request: web.Request, name: str) -> str | None:
+    """An ETag header's value without the quotes (and weak prefix) HTTP puts around it.
+
+    The service's ETags go out bare (``ETag: 0x8DE...``, as recorded); the 15.x SDK sends them back quoted
+    (``If-Match: "0x8DE..."``, azure-core's ``quote_etag``), the 14.x SDK bare. Both name the same version.
+    """
+    raw = request.headers.get(name)
+    if raw is None:
+        return None
+    value = raw.strip().removeprefix("W/")
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        value = value[1:-1]
+    return value
+
+
+def _condition_not_met() -> ServiceError:
+    return ServiceError(412, "ConditionNotMet", "The condition specified using HTTP conditional header(s) is not met.")
+
+
+def _http_date_header(request: web.Request, name: str) -> dt.datetime | None:
+    """A header holding an HTTP date, as an aware datetime; None when absent or not a date."""
+    raw = request.headers.get(name)
+    if not raw:
+        return None
+    try:
+        value = parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
 
 
 def _list(
@@ -123,6 +171,17 @@ async def list_applications(request: web.Request) -> web.Response:
     )
 
 
+async def list_supported_images(request: web.Request) -> web.Response:
+    """GET /supportedimages: the images of the catalogue (`_catalogue`), whatever ``strict_catalogue`` says."""
+    return _list(
+        request,
+        "supportedimages",
+        "accountlistsupportedimagesresponses",
+        list(catalogue().images),
+        wire.render_supported_image,
+    )
+
+
 async def get_application(request: web.Request) -> web.Response:
     """GET /applications/{applicationId}."""
     app = _account(request).applications.get(request.match_info["app"].lower())
@@ -162,11 +221,10 @@ async def get_pool(request: web.Request) -> web.Response:
     """GET and HEAD /pools/{poolId}."""
     account = _account(request)
     pool = account.get_pool(request.match_info["pool"])
-    _check_conditions(request, pool)
+    if _check_conditions(request, pool):
+        return wire.empty_response(304, headers=wire.entity_headers(pool))
     if request.method == "HEAD":
         return wire.empty_response(200, headers=wire.entity_headers(pool))
-    if request.headers.get("If-None-Match") == pool.etag:
-        return wire.empty_response(304, headers=wire.entity_headers(pool))
     body = wire.metadata(account.url, "pools/@Element")
     body.update(wire.select(wire.render_pool(account, pool), wire.parse_select(request)))
     return wire.json_response(body, headers=wire.entity_headers(pool))
@@ -201,7 +259,7 @@ async def delete_pool(request: web.Request) -> web.Response:
 
 
 async def patch_pool(request: web.Request) -> web.Response:
-    """PATCH /pools/{poolId}: metadata, start task and application package references (what is sent)."""
+    """PATCH /pools/{poolId}: what is sent; the shape of the pool (vmSize, taskSlotsPerNode, ...) only while empty."""
     account = _account(request)
     pool = _live_pool(request)
     _update_pool(account, pool, body_of(request), replace=False)
@@ -217,8 +275,47 @@ async def replace_pool_properties(request: web.Request) -> web.Response:
     return wire.empty_response(204, headers=wire.entity_headers(pool), data_service_id=_request_url(account, request))
 
 
+#: Pool properties a PATCH may change only while the pool has no nodes (the 2025-06-01 API: "This field can be
+#: updated only when the pool is empty").
+_EMPTY_POOL_PROPERTIES = (
+    "displayName",
+    "vmSize",
+    "enableInterNodeCommunication",
+    "virtualMachineConfiguration",
+    "taskSlotsPerNode",
+    "taskSchedulingPolicy",
+    "networkConfiguration",
+    "userAccounts",
+    "mountConfiguration",
+    "upgradePolicy",
+)
+
+
+def _reshaped_pool(account: Account, pool: Pool, body: dict[str, Any]) -> tuple[Pool, list[str]] | None:
+    """The pool as a PATCH of its empty-pool-only properties would make it (checked as a create), or None.
+
+    Raises:
+        ServiceError: 409 OperationInvalidForCurrentState when the pool has nodes; a create's 400 for a value
+            the pool could not have been created with.
+    """
+    names = [name for name in _EMPTY_POOL_PROPERTIES if body.get(name) is not None]
+    if not names:
+        return None
+    if pool.nodes:
+        raise ServiceError(
+            409,
+            "OperationInvalidForCurrentState",
+            "The specified operation is not valid for the current state of the resource: "
+            f"{', '.join(names)} can be updated only when the pool has no nodes (resize it to 0 first).",
+            [("PropertyName", names[0])],
+        )
+    changes = {name: body[name] for name in names}
+    return wire.parse_pool(account, {**pool.spec, **changes, "id": pool.id}), names
+
+
 def _update_pool(account: Account, pool: Pool, body: dict[str, Any], *, replace: bool) -> None:
     # Validate everything before changing anything: a refused update leaves the pool as it was.
+    reshaped = None if replace else _reshaped_pool(account, pool, body)
     refs = body.get("applicationPackageReferences") or []
     apps = account.resolve_app_packages(refs, "pool") if "applicationPackageReferences" in body else None
     probe = None
@@ -241,6 +338,11 @@ def _update_pool(account: Account, pool: Pool, body: dict[str, Any], *, replace:
     elif replace or ("startTask" in body and body["startTask"] is None):
         pool.start_task = None
         pool.spec.pop("startTask", None)
+    if reshaped is not None:
+        shaped, names = reshaped
+        pool.vm_size, pool.task_slots_per_node = shaped.vm_size, shaped.task_slots_per_node
+        pool.node_fill_type = shaped.node_fill_type
+        pool.spec.update({name: shaped.spec[name] for name in names})
     pool.touch()
 
 
@@ -395,6 +497,8 @@ async def create_job(request: web.Request) -> web.Response:
     scheduler.add_job(job)
     account.record_create("job", job.id)
     log.info("job %s created on pool %s", job.id, job.pool_id)
+    # /jobs/job-1 whatever the id: the service answers so (tests/emulator/recordings, ..._jobs_async_.json: the
+    # creates of batch_job1_ and batch_job2_ both answered DataServiceId .../jobs/job-1; Location is sanitized there).
     return wire.empty_response(201, headers=wire.entity_headers(job), location=f"{account.url}/jobs/job-1")
 
 
@@ -414,7 +518,8 @@ async def get_job(request: web.Request) -> web.Response:
     """GET /jobs/{jobId}."""
     account = _account(request)
     job = account.get_job(request.match_info["job"])
-    _check_conditions(request, job)
+    if _check_conditions(request, job):
+        return wire.empty_response(304, headers=wire.entity_headers(job))
     body = wire.metadata(account.url, "jobs/@Element")
     body.update(wire.select(_render_job(account, job), wire.parse_select(request)))
     return wire.json_response(body, headers=wire.entity_headers(job))
@@ -490,6 +595,27 @@ def _job_accepting_tasks(account: Account, job_id: str) -> Job:
     return job
 
 
+def _warn_if_never_runs(account: Account, job: Job, task: Task) -> None:
+    """Log a task that needs more slots than a node of its job's pool has: it is accepted and never runs.
+
+    That is the service's behaviour, kept on purpose: "The Batch Service doesn't currently validate this conflict
+    when you submit tasks because a job may not have a pool bound at submission time, or it could be changed to a
+    different pool" (Run tasks concurrently, learn.microsoft.com/azure/batch/batch-parallel-node-tasks). The
+    emulator answers as Azure does and says why in its log.
+    """
+    # Only a diagnostic: whatever the job holds (a test plants a broken pool id), adding the task must go on.
+    pool = account.pools.get(job.pool_id.lower()) if isinstance(job.pool_id, str) else None
+    if pool is not None and task.required_slots > pool.task_slots_per_node:
+        log.warning(
+            "task %s/%s requires %d slots but pool %s has %d per node: it stays active until the job's pool changes",
+            job.id,
+            task.id,
+            task.required_slots,
+            pool.id,
+            pool.task_slots_per_node,
+        )
+
+
 def _task_exists() -> ServiceError:
     return ServiceError(409, "TaskExists", "The specified task already exists.")
 
@@ -503,6 +629,7 @@ async def create_task(request: web.Request) -> web.Response:
         raise _task_exists()
     job.add_task(task)
     account.record_create("task", f"{job.id}/{task.id}")
+    _warn_if_never_runs(account, job, task)
     _scheduler(request).kick()
     return wire.empty_response(
         201, headers=wire.entity_headers(task), location=f"{account.url}/jobs/{job.id}/tasks/{task.id}"
@@ -553,6 +680,7 @@ async def add_task_collection(request: web.Request) -> web.Response:
             continue
         job.add_task(task)
         account.record_create("task", f"{job.id}/{task.id}")
+        _warn_if_never_runs(account, job, task)
         added = True
         results.append(
             wire.render_task_add_result(task.id, "success", account_url=account.url, job_id=job.id, task=task)
@@ -606,7 +734,8 @@ async def get_task(request: web.Request) -> web.Response:
     """GET /jobs/{jobId}/tasks/{taskId}."""
     account = _account(request)
     job, task = account.get_task(request.match_info["job"], request.match_info["task"])
-    _check_conditions(request, task)
+    if _check_conditions(request, task):
+        return wire.empty_response(304, headers=wire.entity_headers(task))
     body = wire.metadata(account.url, "tasks/@Element")
     body.update(wire.select(wire.render_task(account, job, task), wire.parse_select(request)))
     return wire.json_response(body, headers=wire.entity_headers(task))
@@ -757,6 +886,82 @@ def _mtime(seconds: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds, dt.timezone.utc)
 
 
+# -- operations the emulator does not perform ---------------------------------------------------------------
+
+#: Every operation of the 2025-06-01 API that the emulator does not perform: (method, route, the SDK's method).
+#: Each answers `_not_emulated`'s error, never a 404 (which the SDK raises as ``ResourceNotFoundError``, telling
+#: a caller of ``begin_reboot_node`` that the *node* does not exist). tests/emulator/test_operations.py parses the
+#: installed SDK's request builders, so an operation a new SDK adds fails a test until it is listed here or served.
+NOT_EMULATED: tuple[tuple[str, str, str], ...] = (
+    ("GET", "/poolusagemetrics", "list_pool_usage_metrics"),
+    ("POST", "/pools/{pool}/removenodes", "begin_remove_nodes"),
+    ("POST", "/jobs/{job}/disable", "begin_disable_job"),
+    ("POST", "/jobs/{job}/enable", "begin_enable_job"),
+    ("GET", "/jobs/{job}/jobpreparationandreleasetaskstatus", "list_job_preparation_and_release_task_status"),
+    ("POST", "/jobschedules", "create_job_schedule"),
+    ("GET", "/jobschedules", "list_job_schedules"),
+    ("HEAD", "/jobschedules/{schedule}", "job_schedule_exists"),
+    ("GET", "/jobschedules/{schedule}", "get_job_schedule"),
+    ("PATCH", "/jobschedules/{schedule}", "update_job_schedule"),
+    ("PUT", "/jobschedules/{schedule}", "replace_job_schedule"),
+    ("DELETE", "/jobschedules/{schedule}", "begin_delete_job_schedule"),
+    ("POST", "/jobschedules/{schedule}/disable", "disable_job_schedule"),
+    ("POST", "/jobschedules/{schedule}/enable", "enable_job_schedule"),
+    ("POST", "/jobschedules/{schedule}/terminate", "begin_terminate_job_schedule"),
+    ("GET", "/jobschedules/{schedule}/jobs", "list_jobs_from_schedule"),
+    ("PUT", "/jobs/{job}/tasks/{task}", "replace_task"),
+    ("GET", "/jobs/{job}/tasks/{task}/subtasksinfo", "list_subtasks"),
+    ("POST", "/jobs/{job}/tasks/{task}/reactivate", "reactivate_task"),
+    ("POST", "/pools/{pool}/nodes/{node}/users", "create_node_user"),
+    ("PUT", "/pools/{pool}/nodes/{node}/users/{user}", "replace_node_user"),
+    ("DELETE", "/pools/{pool}/nodes/{node}/users/{user}", "delete_node_user"),
+    ("POST", "/pools/{pool}/nodes/{node}/reboot", "begin_reboot_node"),
+    ("POST", "/pools/{pool}/nodes/{node}/reimage", "begin_reimage_node"),
+    ("POST", "/pools/{pool}/nodes/{node}/start", "begin_start_node"),
+    ("POST", "/pools/{pool}/nodes/{node}/deallocate", "begin_deallocate_node"),
+    ("POST", "/pools/{pool}/nodes/{node}/disablescheduling", "disable_node_scheduling"),
+    ("POST", "/pools/{pool}/nodes/{node}/enablescheduling", "enable_node_scheduling"),
+    ("GET", "/pools/{pool}/nodes/{node}/remoteloginsettings", "get_node_remote_login_settings"),
+    ("POST", "/pools/{pool}/nodes/{node}/uploadbatchservicelogs", "upload_node_logs"),
+    ("GET", "/pools/{pool}/nodes/{node}/extensions", "list_node_extensions"),
+    ("GET", "/pools/{pool}/nodes/{node}/extensions/{extension}", "get_node_extension"),
+    ("GET", "/pools/{pool}/nodes/{node}/files", "list_node_files"),
+    ("GET", "/pools/{pool}/nodes/{node}/files/{path:.+}", "download_node_file"),
+    ("HEAD", "/pools/{pool}/nodes/{node}/files/{path:.+}", "get_node_file_properties"),
+    ("DELETE", "/pools/{pool}/nodes/{node}/files/{path:.+}", "delete_node_file"),
+)
+
+#: The not-emulated answer's status and code. 501 Not Implemented, because that is what it is: the request may be
+#: perfectly valid (a 4xx would blame the caller), and it is final for every client in the chain -- azure-core's
+#: RetryPolicy retries only 408, 429, 500, 502, 503 and 504 (and no answer here carries Retry-After, which it
+#: would honour), and aiobatch's `_retry` treats 501 as final. The SDK has no exception mapped to 501, so it
+#: raises a plain ``HttpResponseError`` whose ``error.code`` is this code, not a ``ResourceNotFoundError``.
+NOT_EMULATED_STATUS = 501
+NOT_EMULATED_CODE = "OperationNotEmulated"
+
+
+def _not_emulated(method: str, path: str, operation: str) -> Handler:
+    """A handler answering that the emulator does not perform ``operation`` (the SDK method's name) at ``path``.
+
+    It looks nothing up: whatever the ids in the route, the caller learns first that the operation is not
+    emulated. A body has already been checked by the validation layer (a malformed one is the 400 Azure would
+    give), so only a well-formed request gets this answer.
+    """
+    shown = path.replace(":.+", "")
+
+    async def handler(request: web.Request) -> web.Response:
+        raise ServiceError(
+            NOT_EMULATED_STATUS,
+            NOT_EMULATED_CODE,
+            f"The aiobatch emulator does not emulate the operation {operation} ({method} {shown})."
+            " Test code that uses it against an Azure Batch account; docs/emulator.md, 'Operations and what the"
+            " emulator refuses', lists what is emulated.",
+            [("OperationName", operation)],
+        )
+
+    return handler
+
+
 # -- the application --------------------------------------------------------------------------------
 
 
@@ -859,6 +1064,10 @@ def build_app(account: Account, scheduler: Scheduler, account_key: str, faults: 
     r.add_get("/jobs/{job}/tasks/{task}/files", list_task_files)
     r.add_get("/jobs/{job}/tasks/{task}/files/{path:.+}", get_task_file)
     r.add_delete("/jobs/{job}/tasks/{task}/files/{path:.+}", delete_task_file)
+    r.add_get("/supportedimages", list_supported_images)
+    # Every other operation of the API answers, with the not-emulated error (a table, not a handler each).
+    for method, path, operation in NOT_EMULATED:
+        r.add_route(method, path, _not_emulated(method, path, operation))
     return app
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ._autoscale_runs import PoolAutoScale, SampleHistory
+from ._catalogue import cores_of
 from ._types import FailureInfo, OutputFile, ResourceFile
 
 #: Pool, job and task ids: 1-64 letters, digits, hyphens and underscores (the service's rule).
@@ -362,6 +363,8 @@ class Account:
 
     name: str
     url: str
+    #: Whether a pool's VM size and image must be in the catalogue (``catalogue.json``); False accepts any.
+    strict_catalogue: bool = True
     pools: dict[str, Pool] = field(default_factory=dict)
     jobs: dict[str, Job] = field(default_factory=dict)
     applications: dict[str, Application] = field(default_factory=dict)
@@ -444,6 +447,5 @@ def new_node_id(dedicated: bool) -> str:
 
 
 def vm_cores(vm_size: str) -> int:
-    """VCPUs of a VM size, read from its name (``Standard_D2s_v3`` -> 2); 1 when the name tells none."""
-    match = re.search(r"_[A-Za-z]+(\d+)", vm_size)
-    return max(1, int(match.group(1))) if match else 1
+    """VCPUs of a VM size: the catalogue's (``catalogue.json``), else read from its name, else 1."""
+    return cores_of(vm_size)

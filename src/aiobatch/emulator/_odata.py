@@ -73,6 +73,7 @@ SUPPORTED: dict[str, dict[str, frozenset[str]]] = {
         "startTaskInfo/endTime": _ALL,
     },
     "poolnodecounts": {"poolId": frozenset({"eq"})},
+    "supportedimages": {"osType": _EQ, "verificationType": _EQ, "nodeAgentSKUId": _EQ},
     "files": {"name": frozenset({_STARTS})},
     "applications": {},
 }

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from ._autoscale import AutoScaleRun, FormulaError, parse
 from ._autoscale_runs import check_interval
+from ._catalogue import catalogue
 from ._model import (
     Account,
     AppPackageRef,
@@ -36,9 +37,23 @@ from ._model import (
 )
 from ._types import FailureInfo, OutputFile, ResourceFile
 
-#: The api-version the 15.x SDK sends, and the oldest one accepted (the 14.x SDK sends 2024-02-01.19.0).
+#: The api-version the 15.x SDK sends (the 14.x SDK sends 2024-02-01.19.0).
 CURRENT_API_VERSION = "2025-06-01"
-OLDEST_API_VERSION = "2022-01-01.15.0"
+#: Every api-version the emulator answers: the service's published versions from 2022-01-01.15.0 to the current
+#: one. Any other value, however well-formed (``2099-01-01.99.0``), is the service's 400
+#: InvalidQueryParameterValue naming api-version (as the service answered a version that did not exist yet:
+#: Azure/azure-sdk-for-python#19224); it is never answered as if it were today's.
+API_VERSIONS = frozenset(
+    {
+        "2022-01-01.15.0",
+        "2022-10-01.16.0",
+        "2023-05-01.17.0",
+        "2023-11-01.18.0",
+        "2024-02-01.19.0",
+        "2024-07-01.20.0",
+        CURRENT_API_VERSION,
+    }
+)
 
 JSON_CONTENT_TYPE = "application/json; odata=minimalmetadata"
 MAX_DURATION = "P10675199DT2H48M5.4775807S"
@@ -106,7 +121,7 @@ def api_version_of(request: web.Request) -> str:
             "A query parameter that's mandatory for this request is not specified.",
             [("QueryParameterName", "api-version")],
         )
-    if not re.match(r"^\d{4}-\d{2}-\d{2}(\.\d+\.\d+)?$", version, re.ASCII) or version[:10] < OLDEST_API_VERSION[:10]:
+    if version not in API_VERSIONS:
         raise ServiceError(
             400,
             "InvalidQueryParameterValue",
@@ -116,7 +131,7 @@ def api_version_of(request: web.Request) -> str:
                 ("QueryParameterValue", version),
                 (
                     "Reason",
-                    f"The emulator speaks api-versions {OLDEST_API_VERSION} to {CURRENT_API_VERSION}.",
+                    f"The api-versions the emulator speaks are {', '.join(sorted(API_VERSIONS))}.",
                 ),
             ],
         )
@@ -368,6 +383,52 @@ def _image_is_windows(vm_config: Mapping[str, Any]) -> bool:
     return "windows" in text
 
 
+def check_catalogue(vm_size: str, vm_config: Mapping[str, Any], prefix: str = "") -> None:
+    """Refuse a VM size or image the catalogue does not hold, as the service refuses one it does not offer.
+
+    Raises:
+        ServiceError: 400 ``InvalidPropertyValue`` naming ``vmSize``, ``virtualMachineConfiguration.imageReference``
+            (or its ``virtualMachineImageId``) or ``virtualMachineConfiguration.nodeAgentSKUId``.
+    """
+    entries = catalogue()
+    if vm_size.lower() not in entries.sizes:
+        raise invalid_property(
+            prefix + "vmSize",
+            vm_size,
+            "The VM size is not one Azure Batch offers (the emulator's catalogue lists them, e.g. standard_d2s_v3). "
+            "For a size it does not list, start the emulator with strict_catalogue=False (--any-vm-size).",
+        )
+    reference = vm_config.get("imageReference") or {}
+    if reference.get("virtualMachineImageId") or reference.get("sharedGalleryImageId"):
+        raise _custom_image(prefix, reference)
+    image = entries.image(reference)
+    if image is None:
+        shown = "/".join(str(reference.get(part)) for part in ("publisher", "offer", "sku"))
+        raise invalid_property(
+            prefix + "virtualMachineConfiguration.imageReference",
+            shown,
+            "The image is not one Azure Batch supports (GET /supportedimages lists them). For another image, start "
+            "the emulator with strict_catalogue=False (--any-vm-size).",
+        )
+    agent = str(vm_config.get("nodeAgentSKUId") or "")
+    if agent.lower() != image["nodeAgentSKUId"].lower():
+        raise invalid_property(
+            prefix + "virtualMachineConfiguration.nodeAgentSKUId",
+            agent,
+            f"The image's node agent is '{image['nodeAgentSKUId']}'.",
+        )
+
+
+def _custom_image(prefix: str, reference: Mapping[str, Any]) -> ServiceError:
+    name = "virtualMachineImageId" if reference.get("virtualMachineImageId") else "sharedGalleryImageId"
+    return invalid_property(
+        f"{prefix}virtualMachineConfiguration.imageReference.{name}",
+        reference[name],
+        "The emulator cannot check a custom image; start it with strict_catalogue=False (--any-vm-size) to accept "
+        "one as a Linux image.",
+    )
+
+
 def parse_pool(account: Account, body: dict[str, Any], *, prop_prefix: str = "") -> Pool:
     """A pool create body into a new `Pool` (not yet in the account).
 
@@ -391,6 +452,8 @@ def parse_pool(account: Account, body: dict[str, Any], *, prop_prefix: str = "")
         raise missing_property(prop_prefix + "virtualMachineConfiguration.nodeAgentSKUId")
     if not vm_config.get("imageReference"):
         raise missing_property(prop_prefix + "virtualMachineConfiguration.imageReference")
+    if account.strict_catalogue:
+        check_catalogue(vm_size, vm_config, prop_prefix)
     if _image_is_windows(vm_config):
         raise invalid_property(
             "virtualMachineConfiguration.imageReference",
@@ -681,6 +744,8 @@ def parse_task(account: Account, job: Job, body: dict[str, Any]) -> Task:
         raise invalid_property("multiInstanceSettings", "(set)", "The aiobatch emulator does not run MPI tasks.")
     if body.get("dependsOn"):
         raise invalid_property("dependsOn", "(set)", "The aiobatch emulator does not support task dependencies.")
+    if job.on_task_failure == "noaction":
+        _refuse_job_actions(body.get("exitConditions"))
     spec = _filled_task_defaults(body, job)
     constraints = spec["constraints"]
     return Task(
@@ -697,6 +762,33 @@ def parse_task(account: Account, job: Job, body: dict[str, Any]) -> Task:
         max_task_retry_count=_int(constraints, "maxTaskRetryCount", 0, -1, 100),
         required_slots=_int(spec, "requiredSlots", 1, 1, 256),
     )
+
+
+def _refuse_job_actions(conditions: Mapping[str, Any] | None) -> None:
+    """The service's 400 for a task exit option with a job action while its job's ``onTaskFailure`` is noaction.
+
+    As the API documents ``ExitOptions.jobAction``: "If the Job's onTaskFailed property is noaction, then
+    specifying this property returns an error and the add Task request fails with an invalid property value
+    error". A ``jobAction`` of ``none`` asks for nothing and passes.
+    """
+    if not conditions:
+        return
+    options: list[tuple[str, Any]] = [
+        (f"exitConditions.{name}", conditions.get(name))
+        for name in ("default", "preProcessingError", "fileUploadError")
+    ]
+    for name in ("exitCodes", "exitCodeRanges"):
+        for index, mapping in enumerate(conditions.get(name) or []):
+            options.append((f"exitConditions.{name}[{index}].exitOptions", mapping.get("exitOptions")))
+    for path, option in options:
+        action = (option or {}).get("jobAction")
+        if action is not None and action.lower() != "none":
+            raise invalid_property(
+                f"{path}.jobAction",
+                action,
+                "To enable exit conditions with a job action, set onTaskFailure on the job to "
+                "performexitoptionsjobaction.",
+            )
 
 
 # -- rendering ---------------------------------------------------------------------------------------------------
@@ -1059,6 +1151,11 @@ def render_application(app_id: str, versions: Iterable[str], display_name: str |
         out["displayName"] = display_name
     out["versions"] = sorted(versions)
     return out
+
+
+def render_supported_image(image: Mapping[str, Any]) -> dict[str, Any]:
+    """An entry of GET /supportedimages, from the catalogue's (already in the wire's shape)."""
+    return dict(image)
 
 
 def render_resize_error(error: ResizeError) -> dict[str, Any]:
