@@ -806,7 +806,9 @@ async def test_every_answer_carries_request_id_and_data_service_version(
 # --- updates, conflicts and smaller operations ----------------------------------------------------------------
 
 
-async def test_pool_update_replace_properties_and_the_deleting_pool(batch: BatchClient, responses: Responses) -> None:
+async def test_pool_update_replace_properties_and_the_deleting_pool(
+    batch: BatchClient, responses: Responses, batch_emulator: Emulator
+) -> None:
     start = m.BatchStartTask(command_line=sh("echo hi"))
     metadata = [m.BatchMetadataItem(name="owner", value="me")]
     await batch.create_pool(pool_options("p", nodes=0, start_task=start, metadata=metadata))
@@ -823,6 +825,9 @@ async def test_pool_update_replace_properties_and_the_deleting_pool(batch: Batch
     pool = await batch.get_pool("p")
     assert pool.start_task is None and not pool.metadata, "updateproperties removes what it leaves out"
 
+    # The pool stays deleting while the refusals are tried: with the fixture's 0.05 s it could be gone before the
+    # last of them on a loaded machine, answering 404 instead (seen in CI runs).
+    batch_emulator.timings.deletion_delay = 30.0
     await batch.begin_delete_pool("p", polling_interval=0.1)
     conflicts: list[Callable[[], Awaitable[Any]]] = [
         lambda: batch.update_pool("p", m.BatchPoolUpdateOptions(metadata=[])),
