@@ -45,7 +45,7 @@ from aiobatch import (
 )
 from aiobatch._azurite import AzuriteServer
 
-from ._harness import CaseResult, EmulatorProcess, Series, Target, fmt, log, paired_ratio
+from ._harness import CaseResult, EmulatorProcess, Series, Target, fmt, log, median, paired_ratio
 
 NODES, SLOTS = 4, 4
 COMMAND = "wc -w < {input} > {output}"
@@ -69,6 +69,8 @@ class RequestCounter:
 
     def __init__(self) -> None:
         self.by_host: Counter[str] = Counter()
+        #: (perf_counter, host, +1 or -1) as each request starts and ends: how many were in flight, when.
+        self.changes: list[tuple[float, str, int]] = []
 
     @contextlib.contextmanager
     def active(self) -> Iterator[RequestCounter]:
@@ -78,14 +80,32 @@ class RequestCounter:
 
         async def counting(session: aiohttp.ClientSession, method: str, str_or_url: Any, **kwargs: Any) -> Any:
             parts = urlsplit(str(str_or_url))
-            counter.by_host[f"{parts.hostname}:{parts.port}"] += 1
-            return await original(session, method, str_or_url, **kwargs)
+            host = f"{parts.hostname}:{parts.port}"
+            counter.by_host[host] += 1
+            counter.changes.append((time.perf_counter(), host, 1))
+            try:
+                return await original(session, method, str_or_url, **kwargs)
+            finally:
+                counter.changes.append((time.perf_counter(), host, -1))
 
         aiohttp.ClientSession._request = counting  # type: ignore[method-assign]
         try:
             yield self
         finally:
             aiohttp.ClientSession._request = original  # type: ignore[method-assign]
+
+    def mean_in_flight(self, url: str, start: float, end: float) -> float:
+        """Requests to *url*'s host in flight on average (time-weighted) from *start* to *end* (perf_counter)."""
+        parts = urlsplit(url)
+        host = f"{parts.hostname}:{parts.port}"
+        level, last, area = 0, start, 0.0
+        for when, _host, step in sorted(c for c in self.changes if c[1] == host):
+            if when > start:
+                area += level * (min(when, end) - last)
+                last = min(when, end)
+            level += step
+        area += level * max(0.0, end - last)
+        return area / (end - start) if end > start else float("nan")
 
     def of(self, url: str) -> int:
         """Requests sent to the host and port of *url*."""
@@ -158,6 +178,20 @@ async def by_hand(client: Client, texts: Path, out: Path, pool: PoolSpec, tag: s
 Variant = Callable[[Client, Path, Path, PoolSpec, str], Awaitable[int]]
 
 
+def _time_submission(client: Client) -> list[float]:
+    """Note when `submit_tasks` returns (the same wrapper for both variants; the list gets the time)."""
+    when: list[float] = []
+    submit = client.submit_tasks
+
+    async def timed(*args: Any, **kwargs: Any) -> Any:
+        result = await submit(*args, **kwargs)
+        when.append(time.perf_counter())
+        return result
+
+    client.submit_tasks = timed  # type: ignore[method-assign]
+    return when
+
+
 async def _one(
     emu: EmulatorProcess, azurite: AzuriteServer, variant: Variant, texts: Path, out: Path, tag: str, count: int
 ) -> dict[str, Any]:
@@ -167,16 +201,32 @@ async def _one(
     pool = PoolSpec.ubuntu_24_04(f"pool-{tag}", dedicated_nodes=NODES, task_slots_per_node=SLOTS)
     counter = RequestCounter()
     async with Client(batch, storage, cleanup=True) as client:
+        submitted = _time_submission(client)
         cpu0 = time.process_time()
         with counter.active():
-            started = time.perf_counter()
+            started, started_wall = time.perf_counter(), time.time()
             done = await variant(client, texts, out, pool, tag)
             seconds = time.perf_counter() - started
         cpu = time.process_time() - cpu0
+        # Where the time went: the tasks' own span, from the service, in wall-clock time as the emulator keeps it.
+        spans = [
+            (t.execution_info.start_time.timestamp(), t.execution_info.end_time.timestamp())
+            async for t in client.batch.list_tasks(f"job-{tag}", select=["id", "executionInfo"])
+            if t.execution_info is not None and t.execution_info.start_time and t.execution_info.end_time
+        ]
     assert done == count, f"{tag}: {done} of {count} counts"
     assert await anyio.to_thread.run_sync(lambda: len(list(out.glob("*.count")))) == count
+    first_start, last_end = min(a for a, _ in spans), max(b for _, b in spans)
     return {
         "seconds": seconds,
+        "setup": submitted[0] - started if submitted else float("nan"),
+        "to_first_task": first_start - started_wall,
+        "service_span": last_end - first_start,
+        "after_last_task": started_wall + seconds - last_end,
+        # How many storage requests were in flight on average once the tasks were in the job: the downloads.
+        "storage_in_flight": counter.mean_in_flight(azurite.blob_endpoint, submitted[0], started + seconds)
+        if submitted
+        else float("nan"),
         "client_cpu": cpu,
         "batch_requests": counter.of(emu.endpoint),
         "storage_requests": counter.of(azurite.blob_endpoint),
@@ -213,11 +263,25 @@ async def run(work: Path, *, inputs: int, rounds: int) -> CaseResult:
                     log(
                         f"  fanout: {variant} {result['seconds']:.1f} s, {result['requests']} requests "
                         f"({result['batch_requests']} Batch, {result['storage_requests']} Storage), "
-                        f"client CPU {result['client_cpu']:.1f} s"
+                        f"client CPU {result['client_cpu']:.1f} s; setup {result['setup']:.1f} s, tasks' span "
+                        f"{result['service_span']:.1f} s, last task end -> last output "
+                        f"{result['after_last_task']:.2f} s; storage requests in flight after submission "
+                        f"{result['storage_in_flight']:.2f}"
                     )
     time_ratio = paired_ratio(series["map_files"]["seconds"].values, series["by hand"]["seconds"].values)
     request_ratio = paired_ratio(series["map_files"]["requests"].values, series["by hand"]["requests"].values)
     cpu_ratio = paired_ratio(series["map_files"]["cpu"].values, series["by hand"]["cpu"].values)
+
+    def phase(variant: str, key: str) -> float:
+        return median([x[key] for x in raw if x["variant"] == variant])
+
+    phases = "; ".join(
+        f"{v}: setup (files to tasks in the job) {phase(v, 'setup'):.1f} s, the tasks' span on the service "
+        f"{phase(v, 'service_span'):.1f} s, last task's end to last output on disk "
+        f"{phase(v, 'after_last_task'):.2f} s, "
+        f"storage requests in flight on average after submission {phase(v, 'storage_in_flight'):.2f}"
+        for v in VARIANTS
+    )
     rows = []
     for variant in VARIANTS:
         s = series[variant]
@@ -258,6 +322,9 @@ async def run(work: Path, *, inputs: int, rounds: int) -> CaseResult:
         "watch_tasks, and download_outputs per completed task (8 at once), each output renamed into place.",
         "Requests are every HTTP request the client process sent (retries included) from the first call to the last "
         f"output on disk, counted at aiohttp; client CPU over the same span: map_files {cpu_ratio:.2f}x by hand.",
+        f"Where the time went (medians): {phases}. The tasks' span is the emulator's pace on this machine's cores, "
+        "shared with everything else running; the layer's own cost shows in the setup and in the time after the "
+        "last task.",
     ]
     return CaseResult(
         case="fanout",
