@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
+import aiohttp
 from aiohttp import web
 from azure.core.credentials import AzureNamedKeyCredential
 
@@ -162,6 +163,9 @@ class Emulator:
         ssl_cert: A PEM certificate to serve HTTPS with (``endpoint`` then starts with ``https://``); clients must
             trust it (``connection_verify=`` its path). Give ``ssl_key`` with it.
         ssl_key: The certificate's PEM private key.
+        node_ca_file: PEM certificates that nodes trust, besides the system's, when they fetch resource files
+            and upload output files over HTTPS: the stand-in for an image with a private CA installed, for an
+            Azurite served with a self-signed certificate.
         auth: How clients may authenticate, from `AUTH_MODES`: ``sharedkey`` (the account key, the default) and
             ``entra`` (Entra ID bearer tokens for audience `BATCH_AUDIENCE`, over HTTPS only). A request by a mode
             that is off gets the service's refusal, as from an account whose allowed authentication modes leave
@@ -191,6 +195,7 @@ class Emulator:
         pass_env: Iterable[str] = (),
         ssl_cert: Path | str | None = None,
         ssl_key: Path | str | None = None,
+        node_ca_file: Path | str | None = None,
         auth: Iterable[str] = ("sharedkey",),
     ) -> None:
         self.pass_env = check_pass_env(pass_env)
@@ -199,6 +204,7 @@ class Emulator:
             raise ValueError("ssl_cert and ssl_key go together: give both to serve HTTPS, or neither")
         self.ssl_cert = Path(ssl_cert) if ssl_cert is not None else None
         self.ssl_key = Path(ssl_key) if ssl_key is not None else None
+        self.node_ca_file = Path(node_ca_file) if node_ca_file is not None else None
         if "entra" in self.auth and self.ssl_cert is None:
             # azure-core sends tokens over HTTPS only, and a token is a live credential for the real service.
             raise ValueError("auth 'entra' needs HTTPS: give ssl_cert and ssl_key (--cert and --key)")
@@ -252,6 +258,7 @@ class Emulator:
         if self._runner is not None:
             raise RuntimeError("the emulator is already running")
         tls = server_ssl_context(self.ssl_cert, self.ssl_key) if self.ssl_cert and self.ssl_key else None
+        node_tls = self._node_ssl_context()
         if self._workdir is None:
             self._tmp = tempfile.mkdtemp(prefix="aiobatch-emulator-")
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -277,9 +284,19 @@ class Emulator:
             raise
         self._runner, self._scheduler, self.account = runner, scheduler, account
         account.url = self.endpoint
-        await scheduler.start()
+        await scheduler.start(connector=aiohttp.TCPConnector(ssl=node_tls) if node_tls is not None else None)
         log.info("Batch emulator for account %s listening on %s", self.account_name, self.endpoint)
         return self
+
+    def _node_ssl_context(self) -> ssl.SSLContext | None:
+        if self.node_ca_file is None:
+            return None
+        context = ssl.create_default_context()  # the system's authorities, as a node has
+        try:
+            context.load_verify_locations(cafile=self.node_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"node_ca_file {self.node_ca_file}: not readable PEM certificates ({exc})") from None
+        return context
 
     def _passed_environment(self) -> dict[str, str]:
         passed = {name: os.environ[name] for name in self.pass_env if name in os.environ}

@@ -175,6 +175,13 @@ def build_parser(prog: str = "python -m aiobatch.emulator") -> argparse.Argument
         "--key", type=Path, metavar="PATH", help="the TLS certificate's private key (PEM); not the account key"
     )
     tls.add_argument(
+        "--node-ca-file",
+        type=Path,
+        metavar="PATH",
+        help="PEM certificates nodes trust (besides the system's) for resource and output files over HTTPS, "
+        "e.g. a self-signed Azurite's",
+    )
+    tls.add_argument(
         "--auth",
         type=_auth_modes,
         default=("sharedkey",),
@@ -265,6 +272,7 @@ async def serve(
         quotas=Quotas(dedicated_cores=args.dedicated_core_quota, low_priority_cores=args.spot_core_quota),
         ssl_cert=args.cert,
         ssl_key=args.key,
+        node_ca_file=args.node_ca_file,
         auth=args.auth,
     )
     async with emulator:
@@ -348,6 +356,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m aiobatch.emul
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    if args.node_ca_file is not None and not args.node_ca_file.is_file():
+        print(f"error: --node-ca-file {args.node_ca_file}: no such file (give PEM certificates)", file=sys.stderr)
+        return 2
     faults = None
     if args.fault:
         seed = args.fault_seed if args.fault_seed is not None else random.randrange(2**31)
