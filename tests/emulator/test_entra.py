@@ -20,13 +20,18 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 from azure.batch import models as m
 from azure.batch.aio import BatchClient
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 
-from aiobatch.emulator import BATCH_AUDIENCE, Emulator
+from aiobatch.emulator import BATCH_AUDIENCE, Emulator, Quotas, Timings
 from aiobatch.emulator.__main__ import main
+from aiobatch.emulator._app import build_app
+from aiobatch.emulator._faults import Faults
+from aiobatch.emulator._model import Account
+from aiobatch.emulator._scheduler import Scheduler
 from aiobatch.testing import self_signed_certificate
 
 from ._shared_key import send
@@ -353,3 +358,20 @@ def test_cli_serves_https_with_entra_and_prints_the_https_endpoint(tmp_path: Pat
     assert line.startswith("aiobatch emulator listening on https://127.0.0.1:"), (line, err)
     assert "Shared Key off" in line and BATCH_AUDIENCE in line
     assert "account key:" not in line
+
+
+async def test_a_token_over_plain_http_is_refused_even_with_entra_on(tmp_path: Path) -> None:
+    # `Emulator` refuses entra without a certificate; an application built by hand (or behind a plain proxy) is the
+    # only way to get here, and it still never accepts a token that crossed a plain connection.
+    faults = Faults(None)
+    account = Account(name="plain", url="")
+    scheduler = Scheduler(account, workdir=tmp_path, timings=Timings(), quotas=Quotas(), faults=faults)
+    app = build_app(account, scheduler, base64.b64encode(b"k" * 32).decode(), faults, auth_modes=("entra",))
+    async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {jwt()}"}
+        async with http.get(server.make_url(f"/pools?{API}"), headers=headers) as response:
+            status, body = response.status, await response.json()
+    assert status == 401 and body["code"] == "AuthenticationFailed"
+    assert body["values"][0]["value"] == (
+        "Bearer tokens are accepted over HTTPS only: start the emulator with --cert and --key."
+    )
