@@ -86,6 +86,8 @@ def docs(session: nox.Session) -> None:
     """Build the documentation site (MkDocs, API reference by mkdocstrings) strictly: a warning fails."""
     session.install("-e", ".[docs]")
     session.run("mkdocs", "build", "--strict", "--site-dir", "build/site", *session.posargs)
+    # Markup a renderer did not understand (`**`, backticks, :class: roles, [text][ref]) shows as literal text.
+    session.run("python", "docs/_ext/check_markup.py", "build/site")
 
 
 @nox.session

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import case_e2e, case_monitor, case_scale, case_submit, case_upload
+from . import case_e2e, case_fanout, case_monitor, case_scale, case_submit, case_upload
 from ._harness import (
     CASE_ORDER,
     QUICK_RESULTS_DIR,
@@ -61,15 +61,18 @@ class Sizes:
     e2e_rounds: int
     scale_tasks: int
     scale_rounds: int
+    fanout_inputs: int
+    fanout_rounds: int
 
 
 # The full run: every variant of every case in at least 3 rounds. Per round on 2 cores (from the rounds of a full
 # run): upload 36 s on loopback + 35 s through the relay; submit 18 s while the slow variants run (one call per
 # task is 15 s of it), 1 s after; monitor 35 s a watcher; end to end 57 s; scale 10 s. In all: 215 + 62 + 210
-# + 172 + 30 s, about 11.5 minutes on a quiet machine.
-FULL = Sizes(1000, 4, 256 * MiB, 3, 3, 10_000, 11, 3, 10_000, 10_000, 3, 24, 12.0, 3, 100_000, 3)
+# + 172 + 30 s, about 11.5 minutes on a quiet machine. The fan-out case adds about 150 s a round (both variants,
+# 1,000 tasks each, measured under a load average of 5): 7.5 minutes more. Quick runs it at full size, once.
+FULL = Sizes(1000, 4, 256 * MiB, 3, 3, 10_000, 11, 3, 10_000, 10_000, 3, 24, 12.0, 3, 100_000, 3, 1000, 3)
 # Quick: one round of each, smaller; one call per task sends 1,000 tasks (the notes say so).
-QUICK = Sizes(300, 2, 64 * MiB, 1, 1, 10_000, 3, 1, 1_000, 3_000, 1, 24, 6.0, 1, 20_000, 1)
+QUICK = Sizes(300, 2, 64 * MiB, 1, 1, 10_000, 3, 1, 1_000, 3_000, 1, 24, 6.0, 1, 20_000, 1, 1000, 1)
 
 
 def _cases(work: Path, sizes: Sizes) -> dict[str, Callable[[], Awaitable[CaseResult]]]:
@@ -92,6 +95,7 @@ def _cases(work: Path, sizes: Sizes) -> dict[str, Callable[[], Awaitable[CaseRes
             work / "e2e", videos=sizes.videos, seconds=sizes.video_seconds, rounds=sizes.e2e_rounds
         ),
         "scale": lambda: case_scale.run(work / "scale", tasks=sizes.scale_tasks, rounds=sizes.scale_rounds),
+        "fanout": lambda: case_fanout.run(work / "fanout", inputs=sizes.fanout_inputs, rounds=sizes.fanout_rounds),
     }
 
 

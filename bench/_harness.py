@@ -158,7 +158,7 @@ def write_case(result: CaseResult, run: dict[str, Any], results_dir: Path = RESU
     return path
 
 
-CASE_ORDER = ("upload", "submit", "monitor", "e2e", "scale")
+CASE_ORDER = ("upload", "submit", "monitor", "e2e", "scale", "fanout")
 
 
 def _load_all(results_dir: Path) -> list[dict[str, Any]]:

@@ -32,6 +32,11 @@ Fixtures:
         A running :class:`~aiobatch.emulator.Emulator` (a Batch account on loopback) for one test, with the
         application packages found in the ``emulator_apps_dir`` fixture. Use ``batch_emulator.endpoint`` and
         ``batch_emulator.credential`` with ``azure.batch.aio.BatchClient``.
+    ``batch_emulator_entra`` (function)
+        The same over HTTPS (a `self_signed_certificate` for 127.0.0.1), accepting Entra ID bearer tokens only:
+        Shared Key is off. Trust it with ``connection_verify=str(batch_emulator_entra.ssl_cert)``. Tokens are
+        checked for form, audience (``https://batch.core.windows.net/``) and lifetime, not signature, so an
+        unsigned JWT serves as the identity.
     ``local_services`` (function)
         A :class:`~aiobatch.local.LocalServices`: an emulator for the test and the session's ``azurite``,
         started the way ``aiobatch local`` starts them; ``local_services.environ`` holds the ``AZURE_*`` variables
@@ -73,6 +78,7 @@ __all__ = [
     "azurite_connection_string",
     "azurite_oauth",
     "batch_emulator",
+    "batch_emulator_entra",
     "clean_azure_env",
     "emulator_apps_dir",
     "ffmpeg_apps_dir",
@@ -230,6 +236,10 @@ def self_signed_certificate(
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName(alternatives), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        # Key identifiers let a verifier tell apart several of these certificates in one CA bundle (say the
+        # emulator's and Azurite's): they share a subject name, and without them the first one found is tried.
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(private_key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(private_key.public_key()), critical=False)
         .sign(private_key, hashes.SHA256())
     )
     cert_path, key_path = folder / "cert.pem", folder / "key.pem"
@@ -296,6 +306,34 @@ async def batch_emulator(emulator_apps_dir: Path | None, tmp_path: Path) -> Asyn
         ...         ...
     """
     async with Emulator(apps_dir=emulator_apps_dir, workdir=tmp_path / "emulator", timings=TEST_TIMINGS) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+async def batch_emulator_entra(emulator_apps_dir: Path | None, tmp_path: Path) -> AsyncIterator[Emulator]:
+    """Yield a running Batch emulator over HTTPS that accepts Entra ID bearer tokens and refuses Shared Key.
+
+    Args:
+        emulator_apps_dir: Application packages to serve.
+        tmp_path: The test's folder; the certificate goes under ``tmp_path / "emulator-tls"``, node directories
+            under ``tmp_path / "emulator"``.
+
+    Example:
+        >>> @pytest.mark.anyio  # doctest: +SKIP
+        ... async def test_pool(batch_emulator_entra, my_token_credential):
+        ...     emu = batch_emulator_entra
+        ...     async with BatchClient(emu.endpoint, my_token_credential, connection_verify=str(emu.ssl_cert)) as b:
+        ...         ...
+    """
+    cert, key = self_signed_certificate(tmp_path / "emulator-tls")
+    async with Emulator(
+        apps_dir=emulator_apps_dir,
+        workdir=tmp_path / "emulator",
+        timings=TEST_TIMINGS,
+        ssl_cert=cert,
+        ssl_key=key,
+        auth=("entra",),
+    ) as emulator:
         yield emulator
 
 

@@ -11,6 +11,9 @@ Tasks run as local processes on emulated nodes, each node a directory tree in th
 ``taskSlotsPerNode`` slots, with a node's environment rather than the emulator's own (see ``pass_env``); they are
 not sandboxed: run only code you trust.  Application packages are zip files under
 ``apps_dir/<application id>/<version>.zip``.
+Clients authenticate with the account's Shared Key, and, when the emulator serves HTTPS (``ssl_cert`` and
+``ssl_key``) with ``auth`` naming ``entra``, with Entra ID bearer tokens (checked for form, Batch's audience and
+lifetime; not for signature or role assignments: see `_auth`).
 Only the wire is shared with the client: nothing here imports the rest of aiobatch.
 """
 
@@ -19,20 +22,25 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import ssl
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
+import aiohttp
 from aiohttp import web
 from azure.core.credentials import AzureNamedKeyCredential
 
 from ._app import build_app
+from ._auth import AUTH_MODES, BATCH_AUDIENCE, check_auth_modes
 from ._faults import FAULT_HEADER, FaultLedger, FaultPlan, Faults
 from ._model import Account, Application
 from ._scheduler import Quotas, Scheduler, Timings
 
 __all__ = [
+    "AUTH_MODES",
+    "BATCH_AUDIENCE",
     "DEFAULT_ACCOUNT_KEY",
     "DEFAULT_ACCOUNT_NAME",
     "FAULT_HEADER",
@@ -41,8 +49,10 @@ __all__ = [
     "FaultPlan",
     "Quotas",
     "Timings",
+    "check_auth_modes",
     "check_pass_env",
     "load_applications",
+    "server_ssl_context",
 ]
 
 #: The emulator's well-known development account (like Azurite's devstoreaccount1): not a secret.
@@ -103,6 +113,35 @@ def check_pass_env(names: Iterable[str]) -> tuple[str, ...]:
     return tuple(checked)
 
 
+def server_ssl_context(cert: Path | str, key: Path | str) -> ssl.SSLContext:
+    """A TLS server context from a PEM certificate (chain) and its private key, checked before anything binds.
+
+    Args:
+        cert: The certificate file, PEM; its names must cover the host clients connect to.
+        key: Its private key, PEM, unencrypted.
+
+    Returns:
+        The context, TLS 1.2 or later.
+
+    Raises:
+        ValueError: a file is missing or unreadable, or the two are not a PEM certificate and its key.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except FileNotFoundError as exc:
+        raise ValueError(f"TLS: {exc.filename}: no such file (give --cert and --key as PEM files)") from None
+    except ssl.SSLError as exc:
+        # The message names the files, never their contents (a private key).
+        raise ValueError(
+            f"TLS: {cert} and {key} are not a PEM certificate and its unencrypted private key ({exc.reason})"
+        ) from None
+    except OSError as exc:
+        raise ValueError(f"TLS: cannot read {exc.filename or cert}: {exc.strerror or exc}") from None
+    return context
+
+
 class Emulator:
     """An Azure Batch account on loopback, as an async context manager.
 
@@ -124,9 +163,20 @@ class Emulator:
         strict_catalogue: Whether a pool's VM size and image must be ones Azure Batch offers (the emulator's
             catalogue, also served by ``GET /supportedimages``); a size or image it does not hold gets the service's
             400. False accepts any size and image (a custom image, a size the catalogue does not list).
+        ssl_cert: A PEM certificate to serve HTTPS with (``endpoint`` then starts with ``https://``); clients must
+            trust it (``connection_verify=`` its path). Give ``ssl_key`` with it.
+        ssl_key: The certificate's PEM private key.
+        node_ca_file: PEM certificates that nodes trust, besides the system's, when they fetch resource files
+            and upload output files over HTTPS: the stand-in for an image with a private CA installed, for an
+            Azurite served with a self-signed certificate.
+        auth: How clients may authenticate, from `AUTH_MODES`: ``sharedkey`` (the account key, the default) and
+            ``entra`` (Entra ID bearer tokens for audience `BATCH_AUDIENCE`, over HTTPS only). A request by a mode
+            that is off gets the service's refusal, as from an account whose allowed authentication modes leave
+            it out.
 
     Raises:
-        ValueError: a ``pass_env`` name is empty, holds ``=`` or a NUL, or starts with ``AZ_BATCH_``.
+        ValueError: a ``pass_env`` name is empty, holds ``=`` or a NUL, or starts with ``AZ_BATCH_``; an unknown
+            ``auth`` mode; ``ssl_cert`` without ``ssl_key`` or the reverse; ``entra`` without a certificate.
 
     Example:
         >>> async with Emulator() as emu:  # doctest: +SKIP
@@ -147,9 +197,22 @@ class Emulator:
         faults: FaultPlan | None = None,
         pass_env: Iterable[str] = (),
         strict_catalogue: bool = True,
+        ssl_cert: Path | str | None = None,
+        ssl_key: Path | str | None = None,
+        node_ca_file: Path | str | None = None,
+        auth: Iterable[str] = ("sharedkey",),
     ) -> None:
         self.pass_env = check_pass_env(pass_env)
         self.strict_catalogue = strict_catalogue
+        self.auth = check_auth_modes(auth)
+        if (ssl_cert is None) != (ssl_key is None):
+            raise ValueError("ssl_cert and ssl_key go together: give both to serve HTTPS, or neither")
+        self.ssl_cert = Path(ssl_cert) if ssl_cert is not None else None
+        self.ssl_key = Path(ssl_key) if ssl_key is not None else None
+        self.node_ca_file = Path(node_ca_file) if node_ca_file is not None else None
+        if "entra" in self.auth and self.ssl_cert is None:
+            # azure-core sends tokens over HTTPS only, and a token is a live credential for the real service.
+            raise ValueError("auth 'entra' needs HTTPS: give ssl_cert and ssl_key (--cert and --key)")
         self.host = host
         self.port = port
         self.account_name = account_name
@@ -165,18 +228,25 @@ class Emulator:
         self.account: Account | None = None
 
     def __repr__(self) -> str:
-        return f"Emulator(endpoint={self.endpoint if self._runner else None!r}, account_name={self.account_name!r})"
+        return (
+            f"Emulator(endpoint={self.endpoint if self._runner else None!r}, account_name={self.account_name!r}, "
+            f"auth={','.join(self.auth)!r})"
+        )
 
     @property
     def endpoint(self) -> str:
-        """The account URL clients use, e.g. ``http://127.0.0.1:41234``."""
+        """The account URL clients use, e.g. ``http://127.0.0.1:41234`` (``https://`` when serving a certificate)."""
         if self._runner is None:
             raise RuntimeError("the emulator is not running; use `async with Emulator() as emu:`")
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.ssl_cert is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     @property
     def credential(self) -> AzureNamedKeyCredential:
-        """A Shared Key credential for this account, for ``BatchClient(emu.endpoint, emu.credential)``."""
+        """A Shared Key credential for this account, for ``BatchClient(emu.endpoint, emu.credential)``.
+
+        Refused by the emulator when ``auth`` leaves out ``sharedkey``: use a token credential then.
+        """
         return AzureNamedKeyCredential(self.account_name, self._account_key)
 
     @property
@@ -192,6 +262,8 @@ class Emulator:
         """Bind, start the scheduler and return self (prefer ``async with``)."""
         if self._runner is not None:
             raise RuntimeError("the emulator is already running")
+        tls = server_ssl_context(self.ssl_cert, self.ssl_key) if self.ssl_cert and self.ssl_key else None
+        node_tls = self._node_ssl_context()
         if self._workdir is None:
             self._tmp = tempfile.mkdtemp(prefix="aiobatch-emulator-")
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -209,10 +281,12 @@ class Emulator:
             faults=self.faults,
             passed_environment=self._passed_environment(),
         )
-        runner = web.AppRunner(build_app(account, scheduler, self._account_key, self.faults), access_log=None)
+        runner = web.AppRunner(
+            build_app(account, scheduler, self._account_key, self.faults, self.auth), access_log=None
+        )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self.port)
+            site = web.TCPSite(runner, self.host, self.port, ssl_context=tls)
             await site.start()
             self.port = runner.addresses[0][1]
         except BaseException:
@@ -220,9 +294,19 @@ class Emulator:
             raise
         self._runner, self._scheduler, self.account = runner, scheduler, account
         account.url = self.endpoint
-        await scheduler.start()
+        await scheduler.start(connector=aiohttp.TCPConnector(ssl=node_tls) if node_tls is not None else None)
         log.info("Batch emulator for account %s listening on %s", self.account_name, self.endpoint)
         return self
+
+    def _node_ssl_context(self) -> ssl.SSLContext | None:
+        if self.node_ca_file is None:
+            return None
+        context = ssl.create_default_context()  # the system's authorities, as a node has
+        try:
+            context.load_verify_locations(cafile=self.node_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"node_ca_file {self.node_ca_file}: not readable PEM certificates ({exc})") from None
+        return context
 
     def _passed_environment(self) -> dict[str, str]:
         passed = {name: os.environ[name] for name in self.pass_env if name in os.environ}

@@ -5,6 +5,9 @@ The account key comes, first found first, from ``--account-key`` (visible to eve
 environment variable, or else the well-known development key. The variable is the emulator's own, not
 ``AZURE_BATCH_ACCOUNT_KEY``: a developer who exported a real account's key for the client must not have the
 emulator quietly adopt it. A key other than the development key is never printed.
+
+``--cert PATH --key PATH`` (PEM, as Azurite takes them) serve HTTPS; ``--auth entra`` (or ``sharedkey,entra``)
+then accepts Entra ID bearer tokens for Batch's audience. Shared Key alone is the default.
 """
 
 from __future__ import annotations
@@ -22,7 +25,19 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from . import DEFAULT_ACCOUNT_KEY, DEFAULT_ACCOUNT_NAME, Emulator, FaultPlan, Quotas, Timings, check_pass_env
+from . import (
+    AUTH_MODES,
+    BATCH_AUDIENCE,
+    DEFAULT_ACCOUNT_KEY,
+    DEFAULT_ACCOUNT_NAME,
+    Emulator,
+    FaultPlan,
+    Quotas,
+    Timings,
+    check_auth_modes,
+    check_pass_env,
+    server_ssl_context,
+)
 from ._faults import ALL_KINDS
 from ._scheduler import MIN_ALLOCATION_DELAY
 
@@ -118,6 +133,14 @@ def _rate(text: str) -> float:
     return value
 
 
+def _auth_modes(text: str) -> tuple[str, ...]:
+    """An argparse ``type`` for ``--auth``: comma-separated modes."""
+    try:
+        return check_auth_modes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("auth: ")) from None
+
+
 def build_parser(prog: str = "python -m aiobatch.emulator") -> argparse.ArgumentParser:
     """The emulator's command-line options."""
     parser = argparse.ArgumentParser(prog=prog, description="A local Azure Batch service for development and tests.")
@@ -140,6 +163,31 @@ def build_parser(prog: str = "python -m aiobatch.emulator") -> argparse.Argument
         metavar="KEY",
         help="base64 account key; visible in ps to every user of the machine: kept for compatibility, prefer "
         f"--account-key-file or ${ACCOUNT_KEY_ENV}",
+    )
+    tls = parser.add_argument_group(
+        "HTTPS and Entra ID",
+        "Serve HTTPS with a PEM certificate and key (clients must trust the certificate), and accept Entra ID "
+        f"bearer tokens for {BATCH_AUDIENCE} with --auth entra. Tokens are checked for form, audience and "
+        "lifetime, not signature; role assignments are not simulated.",
+    )
+    tls.add_argument("--cert", type=Path, metavar="PATH", help="TLS certificate (PEM): serve https://")
+    tls.add_argument(
+        "--key", type=Path, metavar="PATH", help="the TLS certificate's private key (PEM); not the account key"
+    )
+    tls.add_argument(
+        "--node-ca-file",
+        type=Path,
+        metavar="PATH",
+        help="PEM certificates nodes trust (besides the system's) for resource and output files over HTTPS, "
+        "e.g. a self-signed Azurite's",
+    )
+    tls.add_argument(
+        "--auth",
+        type=_auth_modes,
+        default=("sharedkey",),
+        metavar="MODES",
+        help=f"how clients may authenticate, comma-separated from {','.join(AUTH_MODES)}; entra needs --cert and "
+        "--key (default: sharedkey)",
     )
     parser.add_argument("--apps", type=Path, help="application packages: DIR/<application id>/<version>.zip")
     parser.add_argument("--workdir", type=Path, help="where node directories live (default: a temporary folder)")
@@ -229,15 +277,23 @@ async def serve(
         timings=Timings(allocation_delay=args.allocation_delay, node_start_delay=args.node_start_delay),
         quotas=Quotas(dedicated_cores=args.dedicated_core_quota, low_priority_cores=args.spot_core_quota),
         strict_catalogue=not args.any_vm_size,
+        ssl_cert=args.cert,
+        ssl_key=args.key,
+        node_ca_file=args.node_ca_file,
+        auth=args.auth,
     )
     async with emulator:
         # Only the development key is ever printed: it is public. Any other key is the user's secret.
         key_note = "the well-known dev key" if key == DEFAULT_ACCOUNT_KEY else f"the key you gave, from {key_source}"
+        if "sharedkey" not in emulator.auth:
+            key_note = "Shared Key off"
+        if "entra" in emulator.auth:
+            key_note += f"; Entra ID bearer tokens for {BATCH_AUDIENCE}"
         print(
             f"aiobatch emulator listening on {emulator.endpoint} (account {emulator.account_name}, {key_note})",
             flush=True,
         )
-        if key == DEFAULT_ACCOUNT_KEY:
+        if key == DEFAULT_ACCOUNT_KEY and "sharedkey" in emulator.auth:
             print(f"account key: {DEFAULT_ACCOUNT_KEY}", flush=True)
         if faults is not None:
             rates = ", ".join(f"{k}={v}" for k, v in faults.rates.items())
@@ -290,6 +346,25 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m aiobatch.emul
             "or set it for every task of a job with commonEnvironmentSettings",
             file=sys.stderr,
         )
+        return 2
+    if (args.cert is None) != (args.key is None):
+        print("error: --cert and --key go together: give both to serve HTTPS, or neither", file=sys.stderr)
+        return 2
+    if "entra" in args.auth and args.cert is None:
+        print(
+            "error: --auth entra needs HTTPS: give --cert and --key (PEM); bearer tokens are never accepted over "
+            "plain HTTP",
+            file=sys.stderr,
+        )
+        return 2
+    if args.cert is not None:
+        try:
+            server_ssl_context(args.cert, args.key)  # refuse a bad pair now, with exit 2, not a traceback later
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    if args.node_ca_file is not None and not args.node_ca_file.is_file():
+        print(f"error: --node-ca-file {args.node_ca_file}: no such file (give PEM certificates)", file=sys.stderr)
         return 2
     faults = None
     if args.fault:

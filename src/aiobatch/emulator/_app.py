@@ -11,7 +11,7 @@ import logging
 import mimetypes
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from functools import partial
 from pathlib import Path
@@ -23,7 +23,7 @@ from aiohttp.typedefs import Middleware
 
 from . import _taskfiles as taskfiles
 from . import _wire as wire
-from ._auth import shared_key_middleware
+from ._auth import auth_middleware
 from ._autoscale import FormulaError
 from ._catalogue import catalogue
 from ._faults import COLLECTION_FAULTS, CollectionFaults, Faults, fault_middleware
@@ -1006,18 +1006,25 @@ async def _close_file_workers(app: web.Application) -> None:
     app[FILE_WORKERS_KEY].close()
 
 
-def build_app(account: Account, scheduler: Scheduler, account_key: str, faults: Faults) -> web.Application:
+def build_app(
+    account: Account,
+    scheduler: Scheduler,
+    account_key: str,
+    faults: Faults,
+    auth_modes: Iterable[str] = ("sharedkey",),
+) -> web.Application:
     """The emulator's aiohttp application for one account.
 
-    Middlewares, outermost first: errors rendered as OData bodies, Shared Key verification (so a request without
-    a valid signature changes nothing), injected faults (only authenticated requests are eligible), then the
-    validation layer (a body of the wrong types is refused before any handler sees it).
+    Middlewares, outermost first: errors rendered as OData bodies, authentication by ``auth_modes`` (Shared Key,
+    Entra ID bearer tokens; so a request that does not authenticate changes nothing), injected faults (only
+    authenticated requests are eligible), then the validation layer (a body of the wrong types is refused before
+    any handler sees it).
     """
     app = web.Application(
         middlewares=[
             _error_middleware(account),
-            shared_key_middleware(
-                account.name, account_key, lambda request, error: wire.error_response(account.url, error)
+            auth_middleware(
+                account.name, account_key, lambda request, error: wire.error_response(account.url, error), auth_modes
             ),
             fault_middleware(faults),
             validation_middleware(),

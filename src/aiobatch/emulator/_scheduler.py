@@ -144,9 +144,11 @@ class Scheduler:
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Start the dispatcher."""
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120))
+    async def start(self, *, connector: aiohttp.BaseConnector | None = None) -> None:
+        """Start the dispatcher; nodes fetch and upload files through ``connector`` (aiohttp's default if None)."""
+        self._http = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
+        )
         self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="emulator-dispatch")
         self._autoscaler = asyncio.create_task(self._autoscale_loop(), name="emulator-autoscale")
 
