@@ -44,19 +44,6 @@ def _aiobatch() -> str:
     return script
 
 
-@pytest.fixture(autouse=True)
-def _project_azurite(monkeypatch: pytest.MonkeyPatch, pytestconfig: pytest.Config) -> None:
-    """Point the ``aiobatch local`` subprocesses at the Azurite copy this test session uses.
-
-    They start in the test's own folder, outside the checkout, where the nearest-``.azurite`` search finds no copy
-    and would install a new one on every test (minutes each in CI, with nothing cached).
-    """
-    if not os.environ.get("AIOBATCH_AZURITE_DIR", "").strip():
-        directory = aiobatch.local.find_azurite_dir(pytestconfig.rootpath)
-        assert directory is not None
-        monkeypatch.setenv("AIOBATCH_AZURITE_DIR", str(directory))
-
-
 def _start(args: list[str], tmp_path: Path, **env: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [_aiobatch(), "local", *args],
