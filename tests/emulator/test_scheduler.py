@@ -371,3 +371,11 @@ async def test_an_emulator_failure_booting_a_node_makes_it_unusable_not_stuck(
         task = await _run_one(batch, "j")
         assert task.execution_info is not None and task.execution_info.result == "success"
     assert any("booting node" in r.getMessage() and "'p'" in r.getMessage() for r in caplog.records)
+
+
+def test_each_emulator_keeps_its_own_timings() -> None:
+    """The fixtures share one Timings object: a test that slowed its emulator's deletions slowed every later test's."""
+    shared = Timings(deletion_delay=0.05)
+    first, second = Emulator(timings=shared), Emulator(timings=shared)
+    first.timings.deletion_delay = 30.0
+    assert second.timings.deletion_delay == 0.05 and shared.deletion_delay == 0.05

@@ -19,6 +19,7 @@ Only the wire is shared with the client: nothing here imports the rest of aiobat
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -152,7 +153,8 @@ class Emulator:
         account_key: Its base64 key (the well-known development key by default).
         apps_dir: Application packages, ``<id>/<version>.zip``.
         workdir: Where nodes keep their directories; a temporary folder (removed on exit) by default.
-        timings: How long allocation, node start and deletion take.
+        timings: How long allocation, node start and deletion take (copied: changing ``emulator.timings`` later
+            changes this emulator only).
         quotas: Core quotas; a pool beyond them gets the service's resize error instead of nodes.
         faults: Faults to inject (seeded); none by default. A single request can also ask for one with the
             ``x-aiobatch-fault`` header.
@@ -219,7 +221,8 @@ class Emulator:
         self._account_key = account_key
         self.apps_dir = Path(apps_dir) if apps_dir is not None else None
         self._workdir = Path(workdir) if workdir is not None else None
-        self.timings = timings or Timings()
+        # A copy: one emulator's timings changed at run time never reach another emulator given the same object.
+        self.timings = dataclasses.replace(timings) if timings is not None else Timings()
         self.quotas = quotas or Quotas()
         self.faults = Faults(faults)
         self._runner: web.AppRunner | None = None
