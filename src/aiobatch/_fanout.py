@@ -23,7 +23,6 @@ run created -- containers, pool, job -- is the client's to delete (``Client(clea
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import functools
 import logging
@@ -110,8 +109,6 @@ _OUTPUTS_ITEM = re.compile(r"^outputs\[(\d+)\]$")
 STDERR_LINES = 5
 #: Seconds the job's termination may take when the iteration is abandoned (break + aclose, cancel, error).
 _ABANDON_TIMEOUT = 30.0
-#: Stops of fan-outs dropped unfinished (see `FileMap.__del__`), held until done so they are not collected.
-_DROPPED: set[asyncio.Task[None]] = set()
 
 Status = Literal["succeeded", "failed", "skipped"]
 StageKind = Literal["upload", "pool", "pool-reused", "submit", "run"]
@@ -927,28 +924,6 @@ class FileMap:
                 except AiobatchError as exc:
                     logger.warning("could not terminate job %s: %s", self.job_id, exc)
             await self._remove_staging()
-
-    def __del__(self) -> None:
-        # A plain `break` out of `async for` drops the iterator without closing it. As asyncio does for an async
-        # generator dropped unfinished, the stop is scheduled on the running loop: a job whose tasks may still
-        # run is terminated, so leaving the loop early stops the work with or without `async with`.
-        if getattr(self, "_finished", True) or not self._job_created or self._complete:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return  # no loop (interpreter exit, another thread): the client's cleanup is what is left
-        task = loop.create_task(self._stop_dropped(), name=f"aiobatch-stop-{self.job_id}")
-        _DROPPED.add(task)
-        task.add_done_callback(_DROPPED.discard)
-
-    async def _stop_dropped(self) -> None:
-        if self._client.state != "open":
-            return  # a closed client ran its own cleanup; there is nothing left to call the service with
-        try:
-            await self._abandon()
-        except Exception:
-            logger.warning("could not stop job %s after its fan-out was left early", self.job_id, exc_info=True)
 
     async def _remove_staging(self) -> None:
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(self._staging, ignore_errors=True))

@@ -452,30 +452,6 @@ async def test_breaking_out_stops_the_job(batch_emulator: Emulator, azurite: Azu
         await client.delete_containers(list(where.values()))
 
 
-async def test_a_plain_break_stops_the_job_too(
-    batch_emulator: Emulator, azurite: AzuriteServer, tmp_path: Path
-) -> None:
-    """Without ``async with``: the dropped iterator still terminates its job, as a dropped async generator closes."""
-    names = ["quick.txt", *(f"slow {i}.txt" for i in range(5))]
-    inputs = write_inputs(tmp_path / "in", names, lambda i, n: "a b" if n == "quick.txt" else "slow")
-    command = "grep -q slow {input} && sleep 30; wc -w < {input} > {output}"
-    where = containers()
-    async with make_client(batch_emulator, azurite) as client:  # no cleanup: only the fan-out can stop its job
-        async for result in client.map_files(
-            inputs, command, "{stem}.n", pool=pool(), output_dir=tmp_path / "out", job_id="dropped", **where, **QUICK
-        ):
-            assert result.name == "quick.txt" and result.status == "succeeded"
-            break
-        assert batch_emulator.account is not None
-        with anyio.fail_after(30):
-            while batch_emulator.account.jobs["dropped"].state not in ("terminating", "completed"):
-                await anyio.sleep(0.05)
-        assert await no_task_running(batch_emulator)
-        await client.delete_job("dropped")
-        await client.delete_pool("fan")
-        await client.delete_containers(list(where.values()))
-
-
 async def test_an_existing_pool_by_id_and_a_folder_with_a_glob(
     batch_emulator: Emulator, azurite: AzuriteServer, tmp_path: Path
 ) -> None:
