@@ -174,6 +174,15 @@ class Scheduler:
         """The emulated service's time: every autoscale decision reads it here, so one clock can replace it."""
         return self._clock()
 
+    def real_seconds(self, emulated: float) -> float:
+        """How long to really wait for ``emulated`` seconds of the service's time.
+
+        Every duration the API gives (a wall-clock limit, a schedule's recurrence, a retention time) becomes a
+        real wait through here, so that one clock setting speeds all of them up alike.  Today the emulated
+        service runs at real speed.
+        """
+        return emulated
+
     def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
         self._background.add(task)
