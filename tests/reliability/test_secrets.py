@@ -405,7 +405,13 @@ class CliEmulator:
             text=True,
             start_new_session=True,
         )
-        self.first = self._listening()
+        try:
+            self.first = self._listening()
+        except BaseException:
+            # A start that failed (or timed out) must not leave the emulator running after the test.
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.communicate(timeout=20)
+            raise
         self.endpoint = re.search(r"http://127\.0\.0\.1:\d+", self.first).group(0)  # type: ignore[union-attr]
 
     def _listening(self) -> str:
