@@ -298,8 +298,8 @@ class NodeOps:
         try:
             await asyncio.wait_for(allocation, seconds)
         except TimeoutError:
-            shrinking = any(n.state == "leavingpool" for n in pool.nodes.values())
             self._stay(pool)
+            shrinking = pool.current(True) > pool.target_dedicated or pool.current(False) > pool.target_low_priority
             pool.resize_errors = [_timed_out(pool, shrinking)]
             pool.set_allocation_state("steady")
             pool.allocation = None
