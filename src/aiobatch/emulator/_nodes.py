@@ -34,11 +34,13 @@ import datetime as dt
 import hashlib
 import logging
 import shutil
+import tempfile
 import uuid
 from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import _files as transfer
 from ._model import Job, Node, Pool, ResizeError, ServiceError, Task, utcnow, vm_cores
 from ._types import FailureInfo
 from ._wire import parse_duration
@@ -57,6 +59,9 @@ MIN_RESIZE_TIMEOUT = dt.timedelta(minutes=5)
 
 #: At most this many nodes per ``removenodes`` request (the API's documented limit).
 MAX_REMOVE_NODES = 100
+
+#: The one file a node's service-log upload writes: the emulator's own lines about the node.
+SERVICE_LOG_NAME = "aiobatch-emulator-node.log"
 
 #: How often a node waiting for its tasks to finish looks again (seconds).
 _TASK_POLL = 0.05
@@ -289,7 +294,11 @@ class NodeOps:
         self._resizes[pool.id.lower()] = _Resize(option, timeout)
 
     def _resize_of(self, pool: Pool) -> _Resize:
-        return self._resizes.get(pool.id.lower()) or _Resize()
+        resize = self._resizes.get(pool.id.lower())
+        if resize is None:  # the pool's first allocation: its create's resizeTimeout
+            seconds = parse_duration(pool.spec.get("resizeTimeout"), "resizeTimeout")
+            resize = _Resize(timeout=dt.timedelta.max if seconds is None else dt.timedelta(seconds=seconds))
+        return resize
 
     async def within_timeout(self, pool: Pool, allocation: Coroutine[Any, Any, None]) -> None:
         """Run a pool's allocation (grow or shrink) within its ``resizeTimeout``; past it, stop as Azure does."""
@@ -307,6 +316,8 @@ class NodeOps:
 
     def _stay(self, pool: Pool) -> None:
         """Nodes that were leaving when a shrink stopped stay in the pool, as they are."""
+        if pool.state == "deleting":
+            return  # they are leaving for good
         for node in pool.nodes.values():
             if node.state == "leavingpool":
                 node.set_state("running" if node.running else "idle")
@@ -442,6 +453,27 @@ class NodeOps:
         ]
 
     # -- service logs ---------------------------------------------------------------------------------------------
+
+    async def upload_service_logs(
+        self, pool: Pool, node: Node, container_url: str, start: dt.datetime, end: dt.datetime | None
+    ) -> tuple[str, int]:
+        """Write the node's service log (`service_log`) as one blob into a container; its directory and count.
+
+        Raises:
+            TransferError: storage refused the blob (the URL's SAS is masked in it).
+        """
+        directory = self.log_directory(pool, node)
+        with tempfile.TemporaryDirectory(prefix="aiobatch-logs-") as tmp:
+            path = Path(tmp) / SERVICE_LOG_NAME
+            await asyncio.to_thread(path.write_bytes, self.service_log(node, start, end))
+            await transfer.upload_file(
+                self.scheduler._session(),
+                path,
+                transfer.blob_url(container_url, f"{directory}/{SERVICE_LOG_NAME}"),
+                headers=[("Content-Type", "text/plain")],
+            )
+        node.log(f"service logs uploaded to {directory}")
+        return directory, 1
 
     def service_log(self, node: Node, start: dt.datetime, end: dt.datetime | None) -> bytes:
         """The node's service log lines from ``start`` to ``end`` (now if None), as a UTF-8 text file."""

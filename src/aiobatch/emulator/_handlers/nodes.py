@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -200,16 +199,13 @@ async def get_remote_login_settings(request: web.Request) -> web.Response:
 
 # -- service logs ---------------------------------------------------------------------------------------------
 
-#: The one file a node's service-log upload writes: the emulator's own lines about the node.
-SERVICE_LOG_NAME = "aiobatch-emulator-node.log"
-
 
 async def upload_service_logs(request: web.Request) -> web.Response:
     """POST .../nodes/{nodeId}/uploadbatchservicelogs: the node's log lines written as a blob to the container.
 
     The service uploads its agent's log files; the emulator's node has one: the lines the emulator logged about
     it (state changes, users, operations) from ``startTime`` to ``endTime``, as ``<virtualDirectoryName>/`` +
-    `SERVICE_LOG_NAME`. Unlike the service, the upload is done before the answer, so a container the emulator
+    `_nodes.SERVICE_LOG_NAME`. Unlike the service, the upload is done before the answer, so a container the emulator
     cannot write to is a 400 naming ``containerUrl``.
     """
     account = account_of(request)
@@ -227,25 +223,14 @@ async def upload_service_logs(request: web.Request) -> web.Response:
         raise invalid_property("containerUrl", transfer.mask_sas(container), "The value must be a container URL.")
     start = parse_datetime(body["startTime"])
     end = parse_datetime(body["endTime"]) if body.get("endTime") else None
-    directory = scheduler.nodes.log_directory(pool, node)
-    content = scheduler.nodes.service_log(node, start, end)
-    with tempfile.TemporaryDirectory(prefix="aiobatch-logs-") as tmp:
-        path = Path(tmp) / SERVICE_LOG_NAME
-        path.write_bytes(content)
-        try:
-            await transfer.upload_file(
-                scheduler._session(),
-                path,
-                transfer.blob_url(container, f"{directory}/{SERVICE_LOG_NAME}"),
-                headers=[("Content-Type", "text/plain")],
-            )
-        except transfer.TransferError as error:
-            raise invalid_property(
-                "containerUrl", transfer.mask_sas(container), f"The logs could not be written: {error.reason}"
-            ) from None  # guessed: the service uploads later and reports nothing here
-    node.log(f"service logs uploaded to {directory}")
+    try:
+        directory, count = await scheduler.nodes.upload_service_logs(pool, node, container, start, end)
+    except transfer.TransferError as error:
+        raise invalid_property(
+            "containerUrl", transfer.mask_sas(container), f"The logs could not be written: {error.reason}"
+        ) from None  # guessed: the service uploads later and reports nothing here
     out = wire.metadata(account.url, "Microsoft.Azure.Batch.Protocol.Entities.UploadBatchServiceLogsResult")
-    out.update({"virtualDirectoryName": directory, "numberOfFilesUploaded": 1})
+    out.update({"virtualDirectoryName": directory, "numberOfFilesUploaded": count})
     return wire.json_response(out)
 
 
