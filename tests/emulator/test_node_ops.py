@@ -299,11 +299,10 @@ async def test_resize_down_with_terminate_ends_the_task(batch: BatchClient) -> N
 async def test_a_shrink_that_cannot_finish_in_time_stops_with_a_resize_error(
     batch: BatchClient, batch_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    scheduler = scheduler_of(batch_emulator)
-    # The scheduler's clock seam: 5 minutes of the service's time pass in 0.3 seconds.
-    monkeypatch.setattr(scheduler, "real_seconds", lambda seconds: seconds / 1000)
     await ready_pool(batch, "p")
     node = await task_on_node(batch, "p", "t1", WAIT_FOR_GO)
+    # The scheduler's clock seam: 5 minutes of the service's time pass in 0.3 seconds.
+    monkeypatch.setattr(scheduler_of(batch_emulator), "real_seconds", lambda seconds: seconds / 1000)
     await batch.begin_resize_pool(
         "p",
         m.BatchPoolResizeOptions(
@@ -585,3 +584,12 @@ async def test_pool_usage_metrics_count_core_hours_per_pool_and_hour(
     assert rows[0].end_time == hour + dt.timedelta(hours=1) and rows[0].vm_size == "standard_d2s_v3"
     # Without times: only the last hour that is over, in which "old" had no node.
     assert [r async for r in batch.list_pool_usage_metrics(filter="poolId eq 'old'")] == []
+
+
+async def test_pool_usage_metrics_count_the_nodes_still_in_their_pool(
+    batch: BatchClient, batch_emulator: Emulator
+) -> None:
+    await ready_pool(batch, "live", nodes=2)
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2)  # two hours on, the last full hour is all theirs
+    rows = scheduler_of(batch_emulator).nodes.usage_metrics(None, None, now=later)
+    assert [(r["poolId"], r["totalCoreHours"]) for r in rows] == [("live", pytest.approx(4.0))]
