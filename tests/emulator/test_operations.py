@@ -18,7 +18,6 @@ import azure.batch._operations._operations as sdk_operations
 import pytest
 from azure.batch import models as m
 from azure.batch.aio import BatchClient
-from azure.batch.models._models import BatchNodeRebootOptions  # not exported, but the SDK needs it (see below)
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.core.pipeline import PipelineResponse
 
@@ -93,6 +92,17 @@ async def batch(batch_emulator: Emulator) -> AsyncIterator[BatchClient]:
         yield client
 
 
+def _still_not_emulated(operation: str) -> None:
+    """Skip an example whose operation has since been emulated (other branches implement these one by one).
+
+    The examples are the operations left in `NOT_EMULATED`; once it holds none of them (or is empty), these
+    tests skip, saying why, and `test_every_operation_of_the_sdk_is_routed` still checks that every operation
+    answers.
+    """
+    if operation not in {name for _, _, name in NOT_EMULATED}:
+        pytest.skip(f"{operation} is emulated now: no longer an example of an operation the emulator refuses")
+
+
 def _not_emulated(error: HttpResponseError, operation: str) -> None:
     assert not isinstance(error, ResourceNotFoundError)
     assert error.status_code == 501
@@ -110,11 +120,13 @@ def _not_emulated(error: HttpResponseError, operation: str) -> None:
                 "j", m.BatchJobDisableOptions(disable_tasks="requeue"), raw_response_hook=hook
             ),
         ),
-        # Without options (or empty ones) the SDK fails before sending: its content-type header is None.
         (
-            "begin_reboot_node",
-            lambda b, hook: b.begin_reboot_node(
-                "p", "tvmps_x_d", BatchNodeRebootOptions(node_reboot_kind="requeue"), raw_response_hook=hook
+            "replace_task",
+            lambda b, hook: b.replace_task(
+                "j",
+                "t",
+                m.BatchTask(constraints=m.BatchTaskConstraints(max_task_retry_count=1)),
+                raw_response_hook=hook,
             ),
         ),
         (
@@ -136,6 +148,7 @@ async def test_an_operation_not_emulated_is_a_final_batch_error_naming_it(
     batch: BatchClient, operation: str, call: Any
 ) -> None:
     """It answered 404 ResourceNotFound: ``begin_enable_job`` said the job did not exist. Now: 501, once."""
+    _still_not_emulated(operation)
     hook = Requests()
     with pytest.raises(HttpResponseError) as caught:
         await call(batch, hook)
@@ -143,11 +156,25 @@ async def test_an_operation_not_emulated_is_a_final_batch_error_naming_it(
     assert hook.sent == 1  # not retried by azure-core's RetryPolicy
 
 
-async def test_listing_an_operation_not_emulated_raises_on_the_first_page(batch: BatchClient) -> None:
+@pytest.mark.parametrize(
+    ("operation", "listing"),
+    [
+        ("list_subtasks", lambda b: b.list_subtasks("j", "t")),
+        (
+            "list_job_preparation_and_release_task_status",
+            lambda b: b.list_job_preparation_and_release_task_status("j"),
+        ),
+        ("list_job_schedules", lambda b: b.list_job_schedules()),
+    ],
+)
+async def test_listing_an_operation_not_emulated_raises_on_the_first_page(
+    batch: BatchClient, operation: str, listing: Any
+) -> None:
+    _still_not_emulated(operation)
     with pytest.raises(HttpResponseError) as caught:
-        async for _ in batch.list_pool_usage_metrics():
+        async for _ in listing(batch):
             pass
-    _not_emulated(caught.value, "list_pool_usage_metrics")
+    _not_emulated(caught.value, operation)
 
 
 async def test_a_malformed_body_to_an_operation_not_emulated_is_still_the_services_400(batch: BatchClient) -> None:

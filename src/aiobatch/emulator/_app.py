@@ -33,8 +33,6 @@ log = logging.getLogger("aiobatch.emulator")
 #: a caller of ``begin_reboot_node`` that the *node* does not exist). tests/emulator/test_operations.py parses the
 #: installed SDK's request builders, so an operation a new SDK adds fails a test until it is listed here or served.
 NOT_EMULATED: tuple[tuple[str, str, str], ...] = (
-    ("GET", "/poolusagemetrics", "list_pool_usage_metrics"),
-    ("POST", "/pools/{pool}/removenodes", "begin_remove_nodes"),
     ("POST", "/jobs/{job}/disable", "begin_disable_job"),
     ("POST", "/jobs/{job}/enable", "begin_enable_job"),
     ("GET", "/jobs/{job}/jobpreparationandreleasetaskstatus", "list_job_preparation_and_release_task_status"),
@@ -52,23 +50,6 @@ NOT_EMULATED: tuple[tuple[str, str, str], ...] = (
     ("PUT", "/jobs/{job}/tasks/{task}", "replace_task"),
     ("GET", "/jobs/{job}/tasks/{task}/subtasksinfo", "list_subtasks"),
     ("POST", "/jobs/{job}/tasks/{task}/reactivate", "reactivate_task"),
-    ("POST", "/pools/{pool}/nodes/{node}/users", "create_node_user"),
-    ("PUT", "/pools/{pool}/nodes/{node}/users/{user}", "replace_node_user"),
-    ("DELETE", "/pools/{pool}/nodes/{node}/users/{user}", "delete_node_user"),
-    ("POST", "/pools/{pool}/nodes/{node}/reboot", "begin_reboot_node"),
-    ("POST", "/pools/{pool}/nodes/{node}/reimage", "begin_reimage_node"),
-    ("POST", "/pools/{pool}/nodes/{node}/start", "begin_start_node"),
-    ("POST", "/pools/{pool}/nodes/{node}/deallocate", "begin_deallocate_node"),
-    ("POST", "/pools/{pool}/nodes/{node}/disablescheduling", "disable_node_scheduling"),
-    ("POST", "/pools/{pool}/nodes/{node}/enablescheduling", "enable_node_scheduling"),
-    ("GET", "/pools/{pool}/nodes/{node}/remoteloginsettings", "get_node_remote_login_settings"),
-    ("POST", "/pools/{pool}/nodes/{node}/uploadbatchservicelogs", "upload_node_logs"),
-    ("GET", "/pools/{pool}/nodes/{node}/extensions", "list_node_extensions"),
-    ("GET", "/pools/{pool}/nodes/{node}/extensions/{extension}", "get_node_extension"),
-    ("GET", "/pools/{pool}/nodes/{node}/files", "list_node_files"),
-    ("GET", "/pools/{pool}/nodes/{node}/files/{path:.+}", "download_node_file"),
-    ("HEAD", "/pools/{pool}/nodes/{node}/files/{path:.+}", "get_node_file_properties"),
-    ("DELETE", "/pools/{pool}/nodes/{node}/files/{path:.+}", "delete_node_file"),
 )
 
 #: The not-emulated answer's status and code. 501 Not Implemented, because that is what it is: the request may be
@@ -192,8 +173,26 @@ def build_app(
     r.add_post("/pools/{pool}/enableautoscale", pools.enable_pool_autoscale)
     r.add_post("/pools/{pool}/disableautoscale", pools.disable_pool_autoscale)
     r.add_post("/pools/{pool}/evaluateautoscale", pools.evaluate_pool_autoscale)
+    r.add_post("/pools/{pool}/removenodes", pools.remove_nodes)
+    r.add_get("/poolusagemetrics", pools.list_pool_usage_metrics)
     r.add_get("/pools/{pool}/nodes", nodes.list_nodes)
     r.add_get("/pools/{pool}/nodes/{node}", nodes.get_node)
+    r.add_post("/pools/{pool}/nodes/{node}/reboot", nodes.reboot_node)
+    r.add_post("/pools/{pool}/nodes/{node}/reimage", nodes.reimage_node)
+    r.add_post("/pools/{pool}/nodes/{node}/start", nodes.start_node)
+    r.add_post("/pools/{pool}/nodes/{node}/deallocate", nodes.deallocate_node)
+    r.add_post("/pools/{pool}/nodes/{node}/disablescheduling", nodes.disable_node_scheduling)
+    r.add_post("/pools/{pool}/nodes/{node}/enablescheduling", nodes.enable_node_scheduling)
+    r.add_post("/pools/{pool}/nodes/{node}/users", nodes.create_node_user)
+    r.add_put("/pools/{pool}/nodes/{node}/users/{user}", nodes.replace_node_user)
+    r.add_delete("/pools/{pool}/nodes/{node}/users/{user}", nodes.delete_node_user)
+    r.add_get("/pools/{pool}/nodes/{node}/remoteloginsettings", nodes.get_remote_login_settings)
+    r.add_post("/pools/{pool}/nodes/{node}/uploadbatchservicelogs", nodes.upload_service_logs)
+    r.add_get("/pools/{pool}/nodes/{node}/extensions", nodes.list_node_extensions)
+    r.add_get("/pools/{pool}/nodes/{node}/extensions/{extension}", nodes.get_node_extension)
+    r.add_get("/pools/{pool}/nodes/{node}/files", nodes.list_node_files)
+    r.add_get("/pools/{pool}/nodes/{node}/files/{path:.+}", nodes.get_node_file)
+    r.add_delete("/pools/{pool}/nodes/{node}/files/{path:.+}", nodes.delete_node_file)
     r.add_post("/jobs", jobs.create_job)
     r.add_get("/jobs", jobs.list_jobs)
     r.add_get("/jobs/{job}", jobs.get_job)

@@ -27,6 +27,9 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: How many recently completed tasks a node reports in ``recentTasks``.
 RECENT_TASKS = 10
 
+#: How many lines of its service log (`Node.events`) a node keeps.
+NODE_LOG_LINES = 2000
+
 #: Node states in which a node can take tasks.
 SCHEDULABLE_NODE_STATES = frozenset({"idle", "running"})
 
@@ -190,6 +193,10 @@ class Node:
     recent_tasks: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=RECENT_TASKS))
     #: The boot in progress (and its start task), stopped when the node is lost or leaves the pool.
     boot: Any = field(default=None, repr=False, compare=False)
+    #: User accounts created on the node (``/users``), by name; never their password or SSH key.
+    users: dict[str, NodeUser] = field(default_factory=dict)
+    #: What the emulator did with the node, ``(time, line)``, oldest first: its "service logs" (see `_nodes`).
+    events: deque[tuple[dt.datetime, str]] = field(default_factory=lambda: deque(maxlen=NODE_LOG_LINES))
 
     @property
     def running_slots(self) -> int:
@@ -201,6 +208,22 @@ class Node:
         if state != self.state:
             self.state = state
             self.state_transition_time = utcnow()
+            self.log(f"node state: {state}")
+
+    def log(self, line: str) -> None:
+        """Record one line of the node's service log (never a secret: callers pass states and ids)."""
+        self.events.append((utcnow(), line))
+
+
+@dataclass
+class NodeUser:
+    """A user account on a node, as far as the emulator keeps it: never the password or SSH key themselves."""
+
+    name: str
+    is_admin: bool
+    expiry_time: dt.datetime
+    has_password: bool
+    has_ssh_public_key: bool
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,8 @@ SUPPORTED: dict[str, dict[str, frozenset[str]]] = {
     "poolnodecounts": {"poolId": frozenset({"eq"})},
     "supportedimages": {"osType": _EQ, "verificationType": _EQ, "nodeAgentSKUId": _EQ},
     "files": {"name": frozenset({_STARTS})},
+    "extensions": {},
+    "poolusagemetrics": {"poolId": frozenset({"eq", _STARTS}), "startTime": _ALL, "endTime": _ALL},
     "applications": {},
 }
 

@@ -39,6 +39,7 @@ from ._model import (
     utcnow,
     vm_cores,
 )
+from ._nodes import DEFAULT_RESIZE_TIMEOUT, NodeOps
 from ._runner import run_task
 from ._types import FailureInfo, TaskOutcome, TaskRun
 from ._wire import app_package_env, task_user, timestamp
@@ -141,6 +142,8 @@ class Scheduler:
         self._http: aiohttp.ClientSession | None = None
         self._extracting: dict[tuple[str, str], asyncio.Task[Path]] = {}
         self._dispatch_failed: set[str] = set()
+        #: Reboot, reimage, deallocation, removal and the other node operations (`_nodes`).
+        self.nodes = NodeOps(self)
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -214,8 +217,17 @@ class Scheduler:
         pool.allocation = asyncio.create_task(self._allocate(pool), name=f"allocate-{pool.id}")
         pool.allocation.add_done_callback(_log_crash)
 
-    def resize_pool(self, pool: Pool, dedicated: int, low_priority: int) -> None:
-        """Change a pool's target node counts."""
+    def resize_pool(
+        self,
+        pool: Pool,
+        dedicated: int,
+        low_priority: int,
+        *,
+        deallocation: str = "requeue",
+        timeout: dt.timedelta = DEFAULT_RESIZE_TIMEOUT,
+    ) -> None:
+        """Change a pool's target node counts; nodes that go leave their tasks as ``deallocation`` says."""
+        self.nodes.set_resize(pool, deallocation, timeout)
         pool.target_dedicated, pool.target_low_priority = dedicated, low_priority
         self._start_allocation(pool)
 
@@ -309,8 +321,7 @@ class Scheduler:
         targets = (run.target_dedicated_nodes, run.target_low_priority_nodes)
         if targets != (pool.target_dedicated, pool.target_low_priority):
             log.info("pool %s autoscale: %d dedicated, %d spot", pool.id, *targets)
-            # The run's $NodeDeallocationOption is not honoured yet: nodes leave as a resize's do (requeue).
-            self.resize_pool(pool, *targets)
+            self.resize_pool(pool, *targets, deallocation=run.node_deallocation_option.lower())
 
     def _counts(self, pool: Pool) -> PoolCounts:
         """What a formula reads about ``pool``: the tasks of its active jobs, its nodes and targets."""
@@ -369,7 +380,7 @@ class Scheduler:
 
     async def _allocate(self, pool: Pool) -> None:
         try:
-            await self._allocate_nodes(pool)
+            await self.nodes.within_timeout(pool, self._allocate_nodes(pool))
         except Exception:
             # A failure of the emulator's own must not leave the pool resizing forever: it settles with a resize
             # error, and the log names the pool.
@@ -499,14 +510,8 @@ class Scheduler:
         )
 
     async def _shrink(self, pool: Pool, nodes: list[Node], count: int) -> None:
-        # Idle nodes go first; running tasks on removed nodes are requeued (the default deallocation option).
-        victims = sorted(nodes, key=lambda n: (n.state == "running", n.running_slots))[:count]
-        for node in victims:
-            node.set_state("leavingpool")
-            await self._evict(node, requeue=True)
-        for node in victims:
-            pool.nodes.pop(node.id, None)
-        await asyncio.to_thread(_rmtree, [n.root for n in victims])
+        # Idle nodes go first; running tasks as the resize's nodeDeallocationOption says (`_nodes`).
+        await self.nodes.shrink(pool, nodes, count)
 
     async def _evict(self, node: Node, *, requeue: bool) -> None:
         """Stop the node's boot and the tasks running on it; requeue them (as preemption and node loss do)."""
@@ -541,6 +546,7 @@ class Scheduler:
         self._spawn(self._delete_pool(pool), f"delete-pool-{pool.id}")
 
     async def _delete_pool(self, pool: Pool) -> None:
+        self.nodes.pool_deleted(pool)
         for node in pool.nodes.values():
             node.set_state("leavingpool")
         for node in list(pool.nodes.values()):

@@ -56,8 +56,22 @@ async def get_task_file(request: web.Request) -> web.StreamResponse:
     """GET and HEAD /jobs/{jobId}/tasks/{taskId}/files/{filePath}: regular files and directories only."""
     account = account_of(request)
     task, root = await _task_dir(request)
-    workers = file_workers(request)
     rel = request.match_info["path"]
+    url = f"{account.url}/jobs/{request.match_info['job']}/tasks/{task.id}/files/{rel}"
+    return await serve_file(request, root, rel, url, f"task {task.id}")
+
+
+async def serve_file(request: web.Request, root: Path, rel: str, url: str, owner: str) -> web.StreamResponse:
+    """Answer a GET or HEAD of the file *rel* below *root* (a task's or a node's directory), as `_taskfiles` allows.
+
+    Args:
+        request: the GET or HEAD (``ocp-range`` honoured on a GET).
+        root: the directory the file must lie in.
+        rel: the file's path relative to it, as the route names it.
+        url: the file's URL (``ocp-batch-file-url``).
+        owner: who the file belongs to, for the log ("task t1").
+    """
+    workers = file_workers(request)
     opened = await workers.run(
         partial(taskfiles.open_file, root, rel, for_body=request.method != "HEAD"), discard=taskfiles.close
     )
@@ -70,9 +84,7 @@ async def get_task_file(request: web.Request) -> web.StreamResponse:
                 "Last-Modified": wire.http_date(_mtime(stat.st_mtime)),
                 "ocp-creation-time": wire.http_date(_mtime(stat.st_ctime)),
                 "ocp-batch-file-isdirectory": str(opened.is_dir),
-                "ocp-batch-file-url": quote(
-                    f"{account.url}/jobs/{request.match_info['job']}/tasks/{task.id}/files/{rel}", safe=""
-                ),
+                "ocp-batch-file-url": quote(url, safe=""),
                 "Content-Type": "text/plain"
                 if rel.endswith(".txt")
                 else mimetypes.guess_type(rel)[0] or "application/octet-stream",
@@ -95,7 +107,7 @@ async def get_task_file(request: web.Request) -> web.StreamResponse:
                 await response.write(chunk)
         except (ServiceError, OSError) as error:
             # The status line is out: all that is left is to cut the answer short, which the client sees.
-            log.warning("task %s: reading %s failed half-way: %s", task.id, rel, error)
+            log.warning("%s: reading %s failed half-way: %s", owner, rel, error)
             if request.transport is not None:
                 request.transport.close()
             return response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
@@ -10,6 +11,7 @@ from aiohttp import web
 from .. import _wire as wire
 from .._autoscale import FormulaError
 from .._model import Account, Pool, ServiceError, invalid_property
+from .._nodes import deallocation_option, resize_timeout
 from .._validate import body_of
 from ._common import (
     account_of,
@@ -18,6 +20,7 @@ from ._common import (
     request_url,
     scheduler_of,
 )
+from .nodes import parse_datetime
 
 log = logging.getLogger("aiobatch.emulator")
 
@@ -189,7 +192,11 @@ async def resize_pool(request: web.Request) -> web.Response:
     for name, value in (("targetDedicatedNodes", dedicated), ("targetLowPriorityNodes", low)):
         if not 0 <= value <= 10_000:
             raise invalid_property(name, value, "The value must be an integer between 0 and 10000.")
-    scheduler_of(request).resize_pool(pool, dedicated, low)
+    option = deallocation_option(body.get("nodeDeallocationOption"))
+    timeout = resize_timeout(body.get("resizeTimeout"))
+    scheduler_of(request).resize_pool(pool, dedicated, low, deallocation=option, timeout=timeout)
+    if body.get("resizeTimeout") is not None:
+        pool.spec["resizeTimeout"] = body["resizeTimeout"]
     pool.touch()
     return wire.empty_response(202, headers=wire.entity_headers(pool), data_service_id=request_url(account, request))
 
@@ -268,3 +275,37 @@ async def stop_resize_pool(request: web.Request) -> web.Response:
     scheduler_of(request).stop_resize(pool)
     pool.touch()
     return wire.empty_response(202, headers=wire.entity_headers(pool), data_service_id=request_url(account, request))
+
+
+async def remove_nodes(request: web.Request) -> web.Response:
+    """POST /pools/{poolId}/removenodes: 202; the pool is ``resizing`` until the nodes have left."""
+    account = account_of(request)
+    pool = _live_pool(request)
+    body = body_of(request)
+    option = deallocation_option(body.get("nodeDeallocationOption"))
+    timeout = resize_timeout(body.get("resizeTimeout"))
+    scheduler_of(request).nodes.remove_nodes(pool, list(body["nodeList"]), option, timeout)
+    pool.touch()
+    return wire.empty_response(202, headers=wire.entity_headers(pool), data_service_id=request_url(account, request))
+
+
+def _query_time(request: web.Request, name: str) -> dt.datetime | None:
+    # The SDK sends ``startTime`` and ``endtime``: query names are compared case-insensitively.
+    for key, value in request.query.items():
+        if key.lower() == name:
+            try:
+                return parse_datetime(value)
+            except ValueError:
+                raise wire.bad_query(key, value, "The value must be an ISO 8601 date and time.") from None
+    return None
+
+
+async def list_pool_usage_metrics(request: web.Request) -> web.Response:
+    """GET /poolusagemetrics: core hours per pool and hour that is over, between ``startTime`` and ``endTime``."""
+    start, end = _query_time(request, "starttime"), _query_time(request, "endtime")
+    rows = scheduler_of(request).nodes.usage_metrics(start, end)
+
+    def render(row: dict[str, Any]) -> dict[str, Any]:
+        return {**row, "startTime": wire.timestamp(row["startTime"]), "endTime": wire.timestamp(row["endTime"])}
+
+    return answer_list(request, "poolusagemetrics", "poolusagemetrics", rows, render)
