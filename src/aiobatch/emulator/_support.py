@@ -368,7 +368,7 @@ def updated_docs(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Rewrite (or with ``--check``, compare) the docs' tables; the exit status is 1 when ``--check`` finds them stale."""
+    """Rewrite (or with ``--check``, compare) the docs' tables; exit status 1 when ``--check`` finds them stale."""
     parser = argparse.ArgumentParser(prog="python -m aiobatch.emulator._support", description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="compare with the docs instead of writing them")
     parser.add_argument("--docs", type=Path, default=DOCS_PATH, help="the docs file (default: docs/emulator.md)")
