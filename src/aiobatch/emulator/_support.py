@@ -36,7 +36,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ._model import ServiceError, invalid_property
+from ._model import ServiceError, invalid_property, utcnow
+from ._types import FailureInfo, TaskOutcome
 
 #: Every status a row may have, in the order the docs list them.
 STATUSES = ("honoured", "partial", "accepted-not-simulated", "refused", "operation-not-emulated")
@@ -299,6 +300,30 @@ def check_query(request: web.Request) -> None:
                 ),
             ],
         )
+
+
+def unknown_user(user_identity: object, pool_spec: Mapping[str, Any]) -> TaskOutcome | None:
+    """The failed attempt of a task whose ``userIdentity.username`` is none of its pool's ``userAccounts``, else None.
+
+    As on Azure, the task is accepted (its job's pool may change) and fails when it would run: a user error, with
+    nothing run. The code and message are guessed: the REST reference does not list this failure's.
+    """
+    name = user_identity.get("username") if isinstance(user_identity, dict) else None
+    if not isinstance(name, str) or not name:
+        return None
+    accounts = {
+        str(account.get("name")) for account in pool_spec.get("userAccounts") or [] if isinstance(account, dict)
+    }
+    if name in accounts:
+        return None
+    now = utcnow()
+    failure = FailureInfo(
+        "usererror",
+        "UserNotFound",  # guessed
+        f"The user {name} specified in the task's userIdentity does not exist on the node",  # guessed
+        (("UserName", name),),
+    )
+    return TaskOutcome(now, now, None, failure)
 
 
 # -- the docs ---------------------------------------------------------------------------------------------------
