@@ -613,7 +613,8 @@ class Scheduler:
             job.previous_state, job.previous_state_transition_time = before, since
             job.end_time = utcnow()
             log.info("job %s completed (%s)", job.id, job.terminate_reason)
-        if job.auto_pool and job.pool_id:
+        auto = (job.spec.get("poolInfo") or {}).get("autoPoolSpecification") or {}
+        if job.auto_pool and job.pool_id and not auto.get("keepAlive"):  # keepAlive: the pool outlives its job
             pool = self.account.pools.get(job.pool_id.lower())
             if pool is not None and pool.state == "active":
                 self.delete_pool(pool)

@@ -92,7 +92,7 @@ def parse(text: str) -> dict[tuple[str, str], Row]:
         if not stripped:
             continue
         if stripped.startswith("#"):
-            flip = flip or stripped == FLIP_MARK
+            flip = flip or stripped.startswith(FLIP_MARK)
             continue
         parts = [part.strip() for part in stripped.split("|", 2)]
         if len(parts) != 3 or parts[0].count(".") != 1:
