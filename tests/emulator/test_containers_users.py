@@ -3,7 +3,7 @@
 Without a container runtime, a container task or pool is the service's 400 naming the property and saying how to
 enable it. With one, the task runs through it. There is no Docker on the machines these tests run on, so the
 runtime is a fake: a small shell script standing in for ``docker`` that records its argv and runs the command on
-the host (``sh -c <commandLine>`` in the ``-w`` directory). It stands in for a service that is not there only to
+the host (the command after the image, in the ``-w`` directory). It stands in for a service that is not there only to
 shape the call -- what is asserted is the command the emulator builds and that the task's outcome comes from what
 the runtime ran, not from a pretended container.
 
@@ -149,7 +149,7 @@ async def test_with_a_runtime_a_container_task_runs_through_it(tmp_path: Path, f
         await batch.create_pool(container_pool(target_dedicated_nodes=1))
         await batch.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))
         settings = m.BatchTaskContainerSettings(image_name=IMAGE, container_run_options="--cpus 1")
-        command = "echo in $AZ_BATCH_TASK_ID; pwd"
+        command = "/bin/sh -c 'echo in $AZ_BATCH_TASK_ID; pwd'"  # no shell unless it starts one, as on Azure
         await batch.create_task(
             "j",
             m.BatchTaskCreateOptions(
@@ -176,7 +176,7 @@ async def test_with_a_runtime_a_container_task_runs_through_it(tmp_path: Path, f
     assert run[4:6] == ["-w", wd]
     passed = {run[i + 1] for i, arg in enumerate(run) if arg == "-e"}
     assert {"AZ_BATCH_TASK_ID", "AZ_BATCH_NODE_ROOT_DIR", "MINE"} <= passed and "PATH" not in passed
-    assert run[-6:] == ["--cpus", "1", IMAGE, "sh", "-c", command]
+    assert run[-6:] == ["--cpus", "1", IMAGE, "/bin/sh", "-c", "echo in $AZ_BATCH_TASK_ID; pwd"]
 
 
 async def test_a_container_runtime_that_does_not_exist_is_refused_at_once(tmp_path: Path) -> None:

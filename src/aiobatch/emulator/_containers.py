@@ -4,11 +4,13 @@ Without a runtime, a task's ``containerSettings`` and a pool's ``containerConfig
 a task never runs on the host as if its image were there. With one, a task runs as::
 
     <runtime> run --rm -v <node root>:<node root> -w <task wd> -e NAME ... <containerRunOptions> <imageName>
-        sh -c <commandLine>
+        <commandLine's arguments>
 
 The node's directory is mounted at the same path, so ``AZ_BATCH_*`` paths, resource files and output files mean
 inside the container what they mean outside it (Azure maps the node's root directory into the container the same
-way); the task's environment variables are passed by name (``-e NAME``: the runtime reads their values from its
+way). The command line is split into arguments and given to the container as its command, with no shell, as
+Batch does on Linux (a command line that needs a shell starts one: ``/bin/sh -c '...'``). The task's environment
+variables are passed by name (``-e NAME``: the runtime reads their values from its
 own environment, which the runner sets to the task's). ``workingDirectory: containerImageDefault`` leaves ``-w``
 out. A pool's ``containerImageNames`` are pulled (``<runtime> pull``) as each node starts; a pull that fails leaves
 the node ``unusable``. Registry logins are not emulated: log in with the runtime beforehand.
@@ -74,7 +76,7 @@ def run_command(
     for name in sorted(set(env_names) - _HOST_ONLY):
         argv += ["-e", name]
     argv += shlex.split(str(settings.get("containerRunOptions") or ""))
-    argv += [str(settings["imageName"]), "sh", "-c", run.command_line]
+    argv += [str(settings["imageName"]), *shlex.split(run.command_line)]
     return shlex.join(argv)
 
 
@@ -84,6 +86,10 @@ def in_container(run: TaskRun, settings: Mapping[str, Any] | None, runtime: str 
         return run
     from ._runner import task_environment  # the runner imports nothing of this module's
 
+    try:
+        shlex.split(run.command_line)
+    except ValueError:
+        return run  # the runner refuses it the same way (CommandLaunchFailed) before launching anything
     names = task_environment(run).keys()
     return dataclasses.replace(run, command_line=run_command(runtime, settings, run, names))
 
