@@ -267,3 +267,11 @@ async def test_admin_elevation_is_honoured_by_an_emulator_running_as_root(batch_
         await batch.create_task("j", m.BatchTaskCreateOptions(id="t", command_line="id -u", user_identity=admin))
         await completed(batch, "j", "t")
         assert await download(batch, "j", "t", "stdout.txt") == b"0\n"
+
+
+def test_the_cli_refuses_a_container_runtime_it_cannot_find(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from aiobatch.emulator.__main__ import build_parser, main
+
+    assert main(["--container-runtime", str(tmp_path / "no-such-runtime")]) == 2
+    assert "--container-runtime" in capsys.readouterr().err
+    assert build_parser().parse_args(["--container-runtime", "podman"]).container_runtime == "podman"
