@@ -429,5 +429,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+__all__ = [
+    "CONTAINER_ROWS",
+    "FLIP_MARK",
+    "STATUSES",
+    "SUPPORT_KEY",
+    "Row",
+    "SupportContext",
+    "check_body",
+    "check_query",
+    "check_task",
+    "context_of",
+    "expands_stats",
+    "main",
+    "matrix",
+    "operations",
+    "parse",
+    "pool_stats",
+    "render_docs",
+    "unknown_user",
+    "unsupported",
+    "updated_docs",
+]
+
+
 if __name__ == "__main__":
     sys.exit(main())
