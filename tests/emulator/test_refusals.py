@@ -161,12 +161,18 @@ async def test_a_job_action_while_the_job_does_nothing_on_task_failure_is_the_se
     await batch.create_task(
         "j", m.BatchTaskCreateOptions(id="n", command_line="true", exit_conditions=_exit_conditions("none"))
     )
-    await batch.create_job(
-        m.BatchJobCreateOptions(
-            id="k", pool_info=m.BatchPoolInfo(pool_id="p"), task_failure_mode="performexitoptionsjobaction"
-        )
+    # lead: flips at merge -- until exit options' job actions are emulated, performexitoptionsjobaction is refused
+    # (support matrix: BatchJobCreateOptions.onTaskFailure); the exit-conditions branch accepts it and runs "k".
+    error = await refused(
+        batch.create_job(
+            m.BatchJobCreateOptions(
+                id="k", pool_info=m.BatchPoolInfo(pool_id="p"), task_failure_mode="performexitoptionsjobaction"
+            )
+        ),
+        400,
+        "InvalidPropertyValue",
     )
-    await batch.create_task("k", task)
+    assert values(error)["PropertyName"] == "onTaskFailure"
     assert [t.id async for t in batch.list_tasks("j")] == ["n"]
 
 

@@ -35,9 +35,11 @@ from azure.core.credentials import AzureNamedKeyCredential
 
 from ._app import build_app
 from ._auth import AUTH_MODES, BATCH_AUDIENCE, check_auth_modes
+from ._containers import resolve_runtime
 from ._faults import FAULT_HEADER, FaultLedger, FaultPlan, Faults
 from ._model import Account, Application
 from ._scheduler import Quotas, Scheduler, Timings
+from ._support import SupportContext
 
 __all__ = [
     "AUTH_MODES",
@@ -175,10 +177,15 @@ class Emulator:
             ``entra`` (Entra ID bearer tokens for audience `BATCH_AUDIENCE`, over HTTPS only). A request by a mode
             that is off gets the service's refusal, as from an account whose allowed authentication modes leave
             it out.
+        container_runtime: A container runtime (``"docker"``, ``"podman"`` or the path of one) that tasks with
+            ``containerSettings`` run through (``<runtime> run``) and that pulls a pool's ``containerImageNames``.
+            None (the default) refuses container tasks and pools with the service's 400 naming the property:
+            a task never runs on the host as if its image were there.
 
     Raises:
         ValueError: a ``pass_env`` name is empty, holds ``=`` or a NUL, or starts with ``AZ_BATCH_``; an unknown
-            ``auth`` mode; ``ssl_cert`` without ``ssl_key`` or the reverse; ``entra`` without a certificate.
+            ``auth`` mode; ``ssl_cert`` without ``ssl_key`` or the reverse; ``entra`` without a certificate;
+            a ``container_runtime`` that is not found.
 
     Example:
         >>> async with Emulator() as emu:  # doctest: +SKIP
@@ -203,10 +210,12 @@ class Emulator:
         ssl_key: Path | str | None = None,
         node_ca_file: Path | str | None = None,
         auth: Iterable[str] = ("sharedkey",),
+        container_runtime: str | Path | None = None,
     ) -> None:
         self.pass_env = check_pass_env(pass_env)
         self.strict_catalogue = strict_catalogue
         self.auth = check_auth_modes(auth)
+        self.container_runtime = resolve_runtime(container_runtime)
         if (ssl_cert is None) != (ssl_key is None):
             raise ValueError("ssl_cert and ssl_key go together: give both to serve HTTPS, or neither")
         self.ssl_cert = Path(ssl_cert) if ssl_cert is not None else None
@@ -283,9 +292,18 @@ class Emulator:
             quotas=self.quotas,
             faults=self.faults,
             passed_environment=self._passed_environment(),
+            container_runtime=self.container_runtime,
         )
         runner = web.AppRunner(
-            build_app(account, scheduler, self._account_key, self.faults, self.auth), access_log=None
+            build_app(
+                account,
+                scheduler,
+                self._account_key,
+                self.faults,
+                self.auth,
+                SupportContext.of_this_process(self.container_runtime),
+            ),
+            access_log=None,
         )
         await runner.setup()
         try:

@@ -38,6 +38,7 @@ from . import (
     check_pass_env,
     server_ssl_context,
 )
+from ._containers import resolve_runtime
 from ._faults import ALL_KINDS
 from ._scheduler import MIN_ALLOCATION_DELAY
 
@@ -257,6 +258,12 @@ def build_parser(prog: str = "python -m aiobatch.emulator") -> argparse.Argument
         help="accept any VM size and image (custom images, sizes the catalogue does not list); by default a pool "
         "must use a size and a supported image of the emulator's catalogue, as on Azure",
     )
+    parser.add_argument(
+        "--container-runtime",
+        metavar="RUNTIME",
+        help="run tasks' containerSettings through this container runtime (docker, podman or a path); without it "
+        "container tasks and pools are refused",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log pool, job and task transitions")
     return parser
 
@@ -281,6 +288,7 @@ async def serve(
         ssl_key=args.key,
         node_ca_file=args.node_ca_file,
         auth=args.auth,
+        container_runtime=args.container_runtime,
     )
     async with emulator:
         # Only the development key is ever printed: it is public. Any other key is the user's secret.
@@ -362,6 +370,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m aiobatch.emul
             server_ssl_context(args.cert, args.key)  # refuse a bad pair now, with exit 2, not a traceback later
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            return 2
+    if args.container_runtime is not None:
+        try:
+            resolve_runtime(args.container_runtime)
+        except ValueError as exc:
+            print(f"error: --container-runtime: {exc}", file=sys.stderr)
             return 2
     if args.node_ca_file is not None and not args.node_ca_file.is_file():
         print(f"error: --node-ca-file {args.node_ca_file}: no such file (give PEM certificates)", file=sys.stderr)

@@ -22,6 +22,7 @@ from ._handlers import files, jobs, nodes, pools, tasks
 from ._handlers._common import ACCOUNT_KEY, FAULTS_KEY, FILE_WORKERS_KEY, SCHEDULER_KEY, Handler
 from ._model import Account, ServiceError, check_id
 from ._scheduler import Scheduler
+from ._support import SUPPORT_KEY, SupportContext
 from ._validate import validation_middleware
 
 log = logging.getLogger("aiobatch.emulator")
@@ -133,13 +134,15 @@ def build_app(
     account_key: str,
     faults: Faults,
     auth_modes: Iterable[str] = ("sharedkey",),
+    support: SupportContext | None = None,
 ) -> web.Application:
     """The emulator's aiohttp application for one account.
 
     Middlewares, outermost first: errors rendered as OData bodies, authentication by ``auth_modes`` (Shared Key,
     Entra ID bearer tokens; so a request that does not authenticate changes nothing), injected faults (only
     authenticated requests are eligible), then the validation layer (a body of the wrong types is refused before
-    any handler sees it).
+    any handler sees it; so is a property the support matrix refuses, `_support`, with ``support`` saying what
+    this emulator can do beyond its defaults: a container runtime, admin rights).
     """
     app = web.Application(
         middlewares=[
@@ -155,6 +158,7 @@ def build_app(
     app[ACCOUNT_KEY] = account
     app[SCHEDULER_KEY] = scheduler
     app[FAULTS_KEY] = faults
+    app[SUPPORT_KEY] = support or SupportContext.of_this_process()
     app[FILE_WORKERS_KEY] = taskfiles.FileWorkers()
     app.on_cleanup.append(_close_file_workers)
     r = app.router

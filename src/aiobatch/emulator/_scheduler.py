@@ -24,6 +24,7 @@ import aiohttp
 
 from ._autoscale import SAMPLE_PERIOD, AutoScaleRun
 from ._autoscale_runs import PUBLISH_DELAY, RETENTION, PoolAutoScale, PoolCounts, SampleHistory
+from ._containers import in_container, pull_images
 from ._faults import Faults
 from ._model import (
     SCHEDULABLE_NODE_STATES,
@@ -41,6 +42,7 @@ from ._model import (
 )
 from ._nodes import DEFAULT_RESIZE_TIMEOUT, NodeOps
 from ._runner import run_task
+from ._support import unknown_user
 from ._types import FailureInfo, TaskOutcome, TaskRun
 from ._wire import app_package_env, task_user, timestamp
 
@@ -125,8 +127,11 @@ class Scheduler:
         faults: Faults | None = None,
         passed_environment: Mapping[str, str] | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
+        container_runtime: str | None = None,
     ) -> None:
         self.account = account
+        #: The container runtime container tasks run through (`_containers`); None refuses them (`_support`).
+        self.container_runtime = container_runtime
         self._clock = clock
         #: Variables of the emulator's environment its user asked tasks to see (`Emulator` ``pass_env``).
         self.passed_environment = dict(passed_environment or {})
@@ -449,6 +454,7 @@ class Scheduler:
     async def _boot_node(self, pool: Pool, node: Node) -> None:
         for sub in ("startup", "shared", "applications", "workitems"):
             (node.root / sub).mkdir(parents=True, exist_ok=True)
+        await pull_images(self.container_runtime, pool.spec)
         await asyncio.sleep(self.timings.node_start_delay / 2)
         node.set_state("starting")
         await asyncio.sleep(self.timings.node_start_delay / 2)
@@ -468,7 +474,15 @@ class Scheduler:
         retry = 0
         while True:
             node.start_task_info = {"state": "running", "startTime": timestamp(utcnow()), "retryCount": retry}
-            outcome = await run_task(self._start_task_run(pool, node, retry, apps), self._session())
+            start_spec = pool.spec.get("startTask") or {}
+            outcome = unknown_user(start_spec.get("userIdentity"), pool.spec) or await run_task(
+                in_container(
+                    self._start_task_run(pool, node, retry, apps),
+                    start_spec.get("containerSettings"),
+                    self.container_runtime,
+                ),
+                self._session(),
+            )
             node.start_task_info = {
                 "state": "completed",
                 "startTime": timestamp(outcome.start_time),
@@ -605,7 +619,8 @@ class Scheduler:
             job.previous_state, job.previous_state_transition_time = before, since
             job.end_time = utcnow()
             log.info("job %s completed (%s)", job.id, job.terminate_reason)
-        if job.auto_pool and job.pool_id:
+        auto = (job.spec.get("poolInfo") or {}).get("autoPoolSpecification") or {}
+        if job.auto_pool and job.pool_id and not auto.get("keepAlive"):  # keepAlive: the pool outlives its job
             pool = self.account.pools.get(job.pool_id.lower())
             if pool is not None and pool.state == "active":
                 self.delete_pool(pool)
@@ -792,7 +807,8 @@ class Scheduler:
                 max_wall_clock_time=task.max_wall_clock_time,
                 retry_count=task.retry_count,
             )
-            outcome = await run_task(run, self._session())
+            run = in_container(run, task.spec.get("containerSettings"), self.container_runtime)
+            outcome = unknown_user(task.spec.get("userIdentity"), pool.spec) or await run_task(run, self._session())
         except OSError as exc:
             outcome = _node_error(task, f"The node could not run the task: {exc.strerror}")
         except Exception:

@@ -37,6 +37,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from . import _support as support
 from ._model import ID_PATTERN, ServiceError, invalid_body, invalid_property, missing_property
 from ._wire import MAX_COLLECTION_BODY_BYTES, bad_query, parse_duration
 
@@ -343,6 +344,7 @@ def validation_middleware() -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         check_query(request)
+        support.check_query(request)
         model = body_model(request)
         if model is not None:
             limit = BODY_LIMITS.get(model)
@@ -356,7 +358,10 @@ def validation_middleware() -> Middleware:
                     "RequestBodyTooLarge",
                     "The request body is too large and exceeds the maximum permissible limit.",
                 )
-            token = _BODY.set(schema().check(model, parse_json(raw)))
+            parsed = parse_json(raw)
+            # What the emulator does not support is named first (`_support`), then the types are checked.
+            support.check_body(model, parsed, support.context_of(request))
+            token = _BODY.set(schema().check(model, parsed))
             try:
                 return await handler(request)
             finally:

@@ -861,6 +861,7 @@ def render_pool(account: Account, pool: Pool) -> dict[str, Any]:
         "metadata",
         "userAccounts",
         "networkConfiguration",
+        "upgradePolicy",
     ):
         if spec.get(key):
             out[key] = spec[key]
@@ -989,6 +990,8 @@ def render_job(account: Account, job: Job, auto_pool: Mapping[str, Any] | None) 
     )
     if spec.get("commonEnvironmentSettings"):
         out["commonEnvironmentSettings"] = spec["commonEnvironmentSettings"]
+    if spec.get("networkConfiguration"):
+        out["networkConfiguration"] = spec["networkConfiguration"]
     out["poolInfo"] = {"autoPoolSpecification": auto_pool} if auto_pool is not None else {"poolId": job.pool_id}
     info: dict[str, Any] = {"startTime": timestamp(job.start_time)}
     if job.end_time:
@@ -1091,6 +1094,7 @@ def render_task(account: Account, job: Job, task: Task) -> dict[str, Any]:
         "environmentSettings",
         "applicationPackageReferences",
         "exitConditions",
+        "affinityInfo",
     ):
         if spec.get(key):
             out[key] = spec[key]

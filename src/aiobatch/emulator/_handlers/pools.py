@@ -12,6 +12,7 @@ from .. import _wire as wire
 from .._autoscale import FormulaError
 from .._model import Account, Pool, ServiceError, invalid_property
 from .._nodes import deallocation_option, resize_timeout
+from .._support import expands_stats, pool_stats
 from .._validate import body_of
 from ._common import (
     account_of,
@@ -44,7 +45,15 @@ async def list_pools(request: web.Request) -> web.Response:
     """GET /pools."""
     account = account_of(request)
     pools = sorted(account.pools.values(), key=lambda p: p.id.lower())
-    return answer_list(request, "pools", "pools", pools, lambda p: wire.render_pool(account, p))
+    return answer_list(request, "pools", "pools", pools, lambda p: _render_pool(request, account, p))
+
+
+def _render_pool(request: web.Request, account: Account, pool: Pool) -> dict[str, Any]:
+    """A pool as its GET answers, with its ``stats`` when ``$expand=stats`` asks for them."""
+    out = wire.render_pool(account, pool)
+    if expands_stats(request):
+        out["stats"] = pool_stats(out["url"], pool.creation_time, scheduler_of(request).now())
+    return out
 
 
 async def get_pool(request: web.Request) -> web.Response:
@@ -56,7 +65,7 @@ async def get_pool(request: web.Request) -> web.Response:
     if request.method == "HEAD":
         return wire.empty_response(200, headers=wire.entity_headers(pool))
     body = wire.metadata(account.url, "pools/@Element")
-    body.update(wire.select(wire.render_pool(account, pool), wire.parse_select(request)))
+    body.update(wire.select(_render_pool(request, account, pool), wire.parse_select(request)))
     return wire.json_response(body, headers=wire.entity_headers(pool))
 
 

@@ -11,6 +11,7 @@ from aiohttp import web
 from .. import _wire as wire
 from .._faults import COLLECTION_FAULTS, CollectionFaults
 from .._model import Account, Job, ServiceError, Task, invalid_property
+from .._support import check_task
 from .._validate import body_of
 from ._common import (
     FAULTS_KEY,
@@ -105,6 +106,7 @@ async def add_task_collection(request: web.Request) -> web.Response:
             break
         task_id = item["id"]
         try:
+            check_task(request, item)
             task = wire.parse_task(account, job, item)
             if task.id.lower() in job.tasks:
                 raise _task_exists()
