@@ -612,11 +612,13 @@ class PoolSpec:
         application_packages: packages installed on every node.
         start_task: run on every node as it joins.
         metadata: name/value pairs stored on the pool (aiobatch tags the pools it creates with its run id).
-        resize_timeout: seconds allowed for allocating nodes; ``None`` for the service's default.
+        resize_timeout: seconds allowed for allocating nodes, at least 300; ``None`` for the service's default
+            (15 minutes).
         display_name: a human-readable name.
 
     Raises:
-        ConfigurationError: an invalid id, no nodes at all, or a count out of range.
+        ConfigurationError: an invalid id, no nodes at all, a count out of range, or a resize timeout under
+            5 minutes.
 
     Example:
         >>> pool = PoolSpec(id="pets", vm_size="standard_d2s_v3", image_publisher="canonical",
@@ -657,7 +659,11 @@ class PoolSpec:
             )
         if not 1 <= self.task_slots_per_node <= 256:
             raise ConfigurationError(f"pool {self.id!r}: task_slots_per_node must be 1 to 256.")
-        _check_positive("resize_timeout", self.resize_timeout, allow_zero=False)
+        if self.resize_timeout is not None and not self.resize_timeout >= 300:
+            raise ConfigurationError(
+                f"pool {self.id!r}: resize_timeout must be at least 300 seconds (Batch's minimum is 5 minutes),"
+                f" not {self.resize_timeout!r}; leave it None for the service's default of 15 minutes."
+            )
         object.__setattr__(self, "application_packages", _tuple(self.application_packages))
         object.__setattr__(self, "metadata", dict(self.metadata))
 

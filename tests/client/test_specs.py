@@ -372,6 +372,7 @@ def test_pool_spec_converts_to_the_wire_shape() -> None:
         ({"task_slots_per_node": 0}, "1 to 256"),
         ({"os": "macos"}, "linux"),
         ({"resize_timeout": 0.0}, "resize_timeout"),
+        ({"resize_timeout": 120.0}, "at least 300 seconds"),
     ],
 )
 def test_pool_spec_validation(overrides: dict[str, object], match: str) -> None:

@@ -39,7 +39,6 @@ PROBES: dict[tuple[str, str], Any] = {
     ("AutoUserSpecification", "elevationLevel"): "admin",
     ("UserAccount", "elevationLevel"): "admin",
     ("BatchJobCreateOptions", "onTaskFailure"): "performexitoptionsjobaction",
-    ("BatchPoolResizeOptions", "nodeDeallocationOption"): "terminate",
     ("BatchJobUpdateOptions", "poolInfo"): {"autoPoolSpecification": {"poolLifetimeOption": "job"}},
     ("BatchJob", "poolInfo"): {"autoPoolSpecification": {"poolLifetimeOption": "job"}},
     ("BatchAutoPoolSpecification", "poolLifetimeOption"): "jobschedule",

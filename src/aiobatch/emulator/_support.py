@@ -162,12 +162,6 @@ def _exit_options_job_action(value: Any, context: SupportContext) -> str | None:
     return None
 
 
-def _requeue_only(value: Any, context: SupportContext) -> str | None:
-    if isinstance(value, str) and value.lower() != "requeue":
-        return "The emulator requeues the tasks of removed nodes (requeue); other options are not emulated."
-    return None
-
-
 def _no_auto_pool(value: Any, context: SupportContext) -> str | None:
     if isinstance(value, dict) and value.get("autoPoolSpecification") is not None:
         return "A job's auto pool is set when it is created; the emulator does not change it: give a poolId."
@@ -186,7 +180,6 @@ _VALUE_RULES: Mapping[tuple[str, str], ValueRule] = {
     ("AutoUserSpecification", "elevationLevel"): _admin,
     ("UserAccount", "elevationLevel"): _admin,
     ("BatchJobCreateOptions", "onTaskFailure"): _exit_options_job_action,
-    ("BatchPoolResizeOptions", "nodeDeallocationOption"): _requeue_only,
     ("BatchJobUpdateOptions", "poolInfo"): _no_auto_pool,
     ("BatchJob", "poolInfo"): _no_auto_pool,
     ("BatchAutoPoolSpecification", "poolLifetimeOption"): _not_job_schedule,

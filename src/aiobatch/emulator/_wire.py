@@ -479,7 +479,9 @@ def parse_pool(account: Account, body: dict[str, Any], *, prop_prefix: str = "")
             wait_for_success=st.get("waitForSuccess") is not False,
         )
     apps = account.resolve_app_packages(body.get("applicationPackageReferences") or [], "pool")
-    parse_duration(body.get("resizeTimeout"), "resizeTimeout")
+    from ._nodes import resize_timeout  # _nodes imports this module
+
+    resize_timeout(body.get("resizeTimeout"))  # the service's 400 below its 5-minute minimum
 
     spec = dict(body)
     image = dict(vm_config["imageReference"])
