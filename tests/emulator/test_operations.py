@@ -103,12 +103,15 @@ def _not_emulated(error: HttpResponseError, operation: str) -> None:
 @pytest.mark.parametrize(
     ("operation", "call"),
     [
-        ("begin_enable_job", lambda b, hook: b.begin_enable_job("j", raw_response_hook=hook)),
         (
-            "begin_disable_job",
-            lambda b, hook: b.begin_disable_job(
-                "j", m.BatchJobDisableOptions(disable_tasks="requeue"), raw_response_hook=hook
+            "begin_remove_nodes",
+            lambda b, hook: b.begin_remove_nodes(
+                "p", m.BatchNodeRemoveOptions(node_ids=["tvmps_x_d"]), raw_response_hook=hook
             ),
+        ),
+        (
+            "get_node_remote_login_settings",
+            lambda b, hook: b.get_node_remote_login_settings("p", "tvmps_x_d", raw_response_hook=hook),
         ),
         # Without options (or empty ones) the SDK fails before sending: its content-type header is None.
         (
@@ -129,13 +132,19 @@ def _not_emulated(error: HttpResponseError, operation: str) -> None:
             ),
         ),
         ("get_job_schedule", lambda b, hook: b.get_job_schedule("s", raw_response_hook=hook)),
-        ("reactivate_task", lambda b, hook: b.reactivate_task("j", "t", raw_response_hook=hook)),
+        ("delete_node_user", lambda b, hook: b.delete_node_user("p", "tvmps_x_d", "u", raw_response_hook=hook)),
     ],
 )
 async def test_an_operation_not_emulated_is_a_final_batch_error_naming_it(
     batch: BatchClient, operation: str, call: Any
 ) -> None:
-    """It answered 404 ResourceNotFound: ``begin_enable_job`` said the job did not exist. Now: 501, once."""
+    """It answered 404 ResourceNotFound: ``begin_enable_job`` said the job did not exist. Now: 501, once.
+
+    The examples are operations still not emulated; one that becomes emulated is skipped here (and tested in its
+    own file), so that the examples stay examples of the answer, not a list of what is missing.
+    """
+    if operation not in {name for _, _, name in NOT_EMULATED}:
+        pytest.skip(f"{operation} is emulated now")
     hook = Requests()
     with pytest.raises(HttpResponseError) as caught:
         await call(batch, hook)
