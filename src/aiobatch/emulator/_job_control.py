@@ -127,13 +127,18 @@ async def _enable(scheduler: Scheduler, job: Job) -> None:
 
 def arm_wall_clock(scheduler: Scheduler, job: Job) -> None:
     """(Re)start the timer of the job's ``constraints.maxWallClockTime`` (none when it is unlimited)."""
-    if job.wall_clock is not None:
-        job.wall_clock.cancel()
-        job.wall_clock = None
+    stop_wall_clock(job)
     limit = parse_duration((job.spec.get("constraints") or {}).get("maxWallClockTime"), "constraints.maxWallClockTime")
     if limit is None or job.state not in _LIVE:
         return
     job.wall_clock = scheduler.spawn(_expire(scheduler, job, limit), f"wall-clock-{job.id}")
+
+
+def stop_wall_clock(job: Job) -> None:
+    """Stop the job's wall-clock timer (the job is ending, or its limit changes)."""
+    timer, job.wall_clock = job.wall_clock, None
+    if timer is not None and timer is not asyncio.current_task():
+        timer.cancel()
 
 
 async def _expire(scheduler: Scheduler, job: Job, limit: float) -> None:
@@ -165,4 +170,12 @@ def reactivate_task(scheduler: Scheduler, job: Job, task: Task) -> None:
     scheduler.kick()
 
 
-__all__ = ["arm_wall_clock", "disable_job", "enable_job", "reactivate_task", "release", "task_completed"]
+__all__ = [
+    "arm_wall_clock",
+    "disable_job",
+    "enable_job",
+    "reactivate_task",
+    "release",
+    "stop_wall_clock",
+    "task_completed",
+]

@@ -591,6 +591,7 @@ class Scheduler:
 
     async def _finish_job(self, job: Job, *, delete: bool) -> None:
         job.queue.clear()
+        _job_control.stop_wall_clock(job)
         await self._end_running(job, list(job.tasks.values()))
         await asyncio.sleep(self.timings.deletion_delay)
         if delete:
