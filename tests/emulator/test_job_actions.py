@@ -204,13 +204,14 @@ async def test_a_job_past_its_max_wall_clock_time_is_terminated_with_its_running
 
 async def test_a_wall_clock_set_by_an_update_counts_from_the_jobs_creation(batch: BatchClient) -> None:
     await make_job(batch, pool=False)
-    await anyio.sleep(0.3)
-    limit = m.BatchJobConstraints(max_wall_clock_time=dt.timedelta(seconds=0.5))
-    await batch.update_job("j", m.BatchJobUpdateOptions(constraints=limit))
-    job = await job_state(batch, "j", m.BatchJobState.COMPLETED, within=2)
+    await anyio.sleep(1.0)
+    limit = m.BatchJobConstraints(max_wall_clock_time=dt.timedelta(seconds=1))
+    await batch.update_job("j", m.BatchJobUpdateOptions(constraints=limit))  # already past: ends at once
+    job = await job_state(batch, "j", m.BatchJobState.COMPLETED, within=3)
     assert job.execution_info is not None and job.execution_info.termination_reason == "MaxWallClockTimeExpiry"
     assert job.execution_info.end_time is not None
-    assert job.execution_info.end_time - job.creation_time < dt.timedelta(seconds=1.5)  # type: ignore[operator]
+    # Counted from the update, it would have ended 2 s after the creation.
+    assert job.execution_info.end_time - job.creation_time < dt.timedelta(seconds=1.6)  # type: ignore[operator]
 
 
 # --- disable and enable -----------------------------------------------------------------------------------------
@@ -260,7 +261,7 @@ async def test_disable_terminate_completes_running_tasks_as_terminated(batch: Ba
 
 async def test_disable_wait_lets_running_tasks_finish(batch: BatchClient) -> None:
     await make_job(batch)
-    await batch.create_task("j", m.BatchTaskCreateOptions(id="t", command_line="sleep 0.5"))
+    await batch.create_task("j", m.BatchTaskCreateOptions(id="t", command_line="sleep 1"))
     await task_state(batch, "j", "t", m.BatchTaskState.RUNNING)
     await batch.begin_disable_job("j", m.BatchJobDisableOptions(disable_tasks="wait"), polling_interval=0)
     assert (await batch.get_job("j")).state == m.BatchJobState.DISABLING
@@ -280,7 +281,7 @@ async def test_a_disable_body_without_disable_tasks_is_the_services_400(batch: B
 async def test_reactivate_runs_a_failed_task_again_with_its_retry_count_reset(batch: BatchClient) -> None:
     await make_job(batch)
     # Counts its attempts in its working directory (which outlives an attempt), and always fails.
-    counting = sh("echo x >> attempts; exit 3")
+    counting = sh("echo x >> attempts; sleep 0.3; exit 3")
     retry_once = m.BatchTaskConstraints(max_task_retry_count=1)
     await batch.create_task("j", m.BatchTaskCreateOptions(id="t", command_line=counting, constraints=retry_once))
     failed = await finished(batch, "j", "t")
