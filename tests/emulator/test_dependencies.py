@@ -252,3 +252,13 @@ def test_a_forgotten_dependent_is_never_released_and_a_waiting_one_is_not_counte
     assert deps.add("e", {"taskIds": ["a"]})
     deps.forget("d")
     assert deps.satisfy("a") == ["e"]
+
+
+def test_a_wide_range_already_satisfied_does_not_wait() -> None:
+    deps = Dependencies()
+    for n in range(2 * EXPANDED_RANGE + 1):
+        deps.satisfy(str(n))
+    deps.satisfy("x")
+    assert not deps.add("merge", {"taskIdRanges": [{"start": 1, "end": EXPANDED_RANGE + 500}]})
+    assert deps.add("more", {"taskIdRanges": [{"start": 1, "end": 2 * EXPANDED_RANGE + 1}]})
+    assert deps.satisfy(str(2 * EXPANDED_RANGE + 1)) == ["more"]

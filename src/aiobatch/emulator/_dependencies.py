@@ -10,15 +10,16 @@ exhaust their retry counts, this Task will never be scheduled").
 A dependency may name a task that does not exist yet (it may be added later, in any order); the dependent waits for
 it. Only ids written as plain non-negative integers (``7``, not ``07`` or ``7a``) are in a range.
 
-Cost: adding a task and completing one cost time in the size of *its* dependencies and dependents, never in the
+Cost: adding a task and completing one cost time in the size of *its* dependencies and dependents, not in the
 number of tasks in the job. Each dependent keeps a count of unsatisfied dependencies; tasks it waits on by id (and
 ranges of at most `EXPANDED_RANGE` ids) are indexed by id, so a completion finds its dependents at once. Wider
-ranges are few in practice (a merge task over thousands of frames): a completion scans the distinct wide ranges.
+ranges are few in practice (a merge task over thousands of frames): a completion of an integer id scans the
+distinct wide ranges, and adding a task that waits on one counts what is already satisfied in it (walking the
+shorter of the range and the job's succeeded tasks).
 """
 
 from __future__ import annotations
 
-import bisect
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -92,13 +93,11 @@ class Dependencies:
     Keys are lower-cased task ids (task ids are case-insensitive).
     """
 
-    __slots__ = ("_by_id", "_satisfied", "_satisfied_numbers", "_waiting", "_wide")
+    __slots__ = ("_by_id", "_satisfied", "_waiting", "_wide")
 
     def __init__(self) -> None:
         #: Tasks that completed with dependencyAction satisfy.
         self._satisfied: set[str] = set()
-        #: The plain-integer ids among them, sorted (to count a range's satisfied ids with two bisections).
-        self._satisfied_numbers: list[int] = []
         #: Dependent task -> how many of its dependencies are not yet satisfied.
         self._waiting: dict[str, int] = {}
         #: Dependency id -> the dependents waiting for it.
@@ -121,8 +120,7 @@ class Dependencies:
             if end - start < EXPANDED_RANGE:
                 ids.update(str(n) for n in range(start, end + 1))
                 continue
-            numbers = self._satisfied_numbers
-            unsatisfied = end - start + 1 - (bisect.bisect_right(numbers, end) - bisect.bisect_left(numbers, start))
+            unsatisfied = end - start + 1 - self._satisfied_within(start, end)
             if unsatisfied:
                 self._wide.setdefault((start, end), []).append(key)
                 missing += unsatisfied
@@ -134,6 +132,12 @@ class Dependencies:
         if missing:
             self._waiting[key] = missing
         return missing > 0
+
+    def _satisfied_within(self, start: int, end: int) -> int:
+        """How many ids from ``start`` to ``end`` are satisfied, walking the shorter of the range and the set."""
+        if end - start + 1 <= len(self._satisfied):
+            return sum(1 for n in range(start, end + 1) if str(n) in self._satisfied)
+        return sum(1 for key in self._satisfied if (n := _number(key)) is not None and start <= n <= end)
 
     def is_waiting(self, key: str) -> bool:
         """Whether the task waits for dependencies."""
@@ -153,7 +157,6 @@ class Dependencies:
             self._count_down(dependent, released)
         number = _number(key)
         if number is not None:
-            bisect.insort(self._satisfied_numbers, number)
             for bounds, dependents in list(self._wide.items()):
                 if bounds[0] <= number <= bounds[1]:
                     for dependent in dependents:
