@@ -34,8 +34,6 @@ log = logging.getLogger("aiobatch.emulator")
 #: a caller of ``begin_reboot_node`` that the *node* does not exist). tests/emulator/test_operations.py parses the
 #: installed SDK's request builders, so an operation a new SDK adds fails a test until it is listed here or served.
 NOT_EMULATED: tuple[tuple[str, str, str], ...] = (
-    ("POST", "/jobs/{job}/disable", "begin_disable_job"),
-    ("POST", "/jobs/{job}/enable", "begin_enable_job"),
     ("GET", "/jobs/{job}/jobpreparationandreleasetaskstatus", "list_job_preparation_and_release_task_status"),
     ("POST", "/jobschedules", "create_job_schedule"),
     ("GET", "/jobschedules", "list_job_schedules"),
@@ -48,9 +46,6 @@ NOT_EMULATED: tuple[tuple[str, str, str], ...] = (
     ("POST", "/jobschedules/{schedule}/enable", "enable_job_schedule"),
     ("POST", "/jobschedules/{schedule}/terminate", "begin_terminate_job_schedule"),
     ("GET", "/jobschedules/{schedule}/jobs", "list_jobs_from_schedule"),
-    ("PUT", "/jobs/{job}/tasks/{task}", "replace_task"),
-    ("GET", "/jobs/{job}/tasks/{task}/subtasksinfo", "list_subtasks"),
-    ("POST", "/jobs/{job}/tasks/{task}/reactivate", "reactivate_task"),
 )
 
 #: The not-emulated answer's status and code. 501 Not Implemented, because that is what it is: the request may be
@@ -204,13 +199,18 @@ def build_app(
     r.add_put("/jobs/{job}", jobs.update_job)
     r.add_delete("/jobs/{job}", jobs.delete_job)
     r.add_post("/jobs/{job}/terminate", jobs.terminate_job)
+    r.add_post("/jobs/{job}/disable", jobs.disable_job)
+    r.add_post("/jobs/{job}/enable", jobs.enable_job)
     r.add_get("/jobs/{job}/taskcounts", jobs.task_counts)
     r.add_post("/jobs/{job}/tasks", tasks.create_task)
     r.add_get("/jobs/{job}/tasks", tasks.list_tasks)
     r.add_post("/jobs/{job}/addtaskcollection", tasks.add_task_collection)
     r.add_get("/jobs/{job}/tasks/{task}", tasks.get_task)
+    r.add_put("/jobs/{job}/tasks/{task}", tasks.replace_task)
     r.add_delete("/jobs/{job}/tasks/{task}", tasks.delete_task)
     r.add_post("/jobs/{job}/tasks/{task}/terminate", tasks.terminate_task)
+    r.add_post("/jobs/{job}/tasks/{task}/reactivate", tasks.reactivate_task)
+    r.add_get("/jobs/{job}/tasks/{task}/subtasksinfo", tasks.list_subtasks)
     r.add_get("/jobs/{job}/tasks/{task}/files", files.list_task_files)
     r.add_get("/jobs/{job}/tasks/{task}/files/{path:.+}", files.get_task_file)
     r.add_delete("/jobs/{job}/tasks/{task}/files/{path:.+}", files.delete_task_file)

@@ -15,11 +15,14 @@ import secrets
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._autoscale_runs import PoolAutoScale, SampleHistory
 from ._catalogue import cores_of
 from ._types import FailureInfo, OutputFile, ResourceFile
+
+if TYPE_CHECKING:
+    from ._dependencies import Dependencies
 
 #: Pool, job and task ids: 1-64 letters, digits, hyphens and underscores (the service's rule).
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -327,6 +330,10 @@ class Job(Entity):
     queue: deque[str] = field(default_factory=deque)
     #: How many of ``tasks`` are completed (kept as tasks complete, so completion checks cost O(1)).
     completed_count: int = 0
+    #: Who waits for whom, for a job created with ``usesTaskDependencies`` (`_dependencies`).
+    dependencies: Dependencies | None = None
+    #: The timer of ``constraints.maxWallClockTime`` (`_job_control.arm_wall_clock`), if limited.
+    wall_clock: asyncio.Task[None] | None = None
     _sorted_keys: list[str] | None = None
 
     def sorted_task_keys(self) -> list[str]:
@@ -336,10 +343,11 @@ class Job(Entity):
         return self._sorted_keys
 
     def add_task(self, task: Task) -> None:
-        """Add a task (its id checked unique by the caller) and queue it."""
+        """Add a task (its id checked unique by the caller) and queue it, unless it waits for dependencies."""
         key = task.id.lower()
         self.tasks[key] = task
-        self.queue.append(key)
+        if self.dependencies is None or not self.dependencies.add(key, task.spec.get("dependsOn")):
+            self.queue.append(key)
         self._sorted_keys = None
 
     def remove_task(self, key: str) -> None:
@@ -347,6 +355,8 @@ class Job(Entity):
         task = self.tasks.pop(key, None)
         if task is not None and task.state == "completed":
             self.completed_count -= 1
+        if self.dependencies is not None:
+            self.dependencies.forget(key)
         self._sorted_keys = None
 
     def counts(self) -> dict[str, int]:

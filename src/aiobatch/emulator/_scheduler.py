@@ -22,6 +22,7 @@ from pathlib import Path
 
 import aiohttp
 
+from . import _job_control
 from ._autoscale import SAMPLE_PERIOD, AutoScaleRun
 from ._autoscale_runs import PUBLISH_DELAY, RETENTION, PoolAutoScale, PoolCounts, SampleHistory
 from ._containers import in_container, pull_images
@@ -190,6 +191,10 @@ class Scheduler:
         service runs at real speed.
         """
         return emulated
+
+    def spawn(self, coro: object, name: str) -> asyncio.Task[None]:
+        """Run ``coro`` in the background until it ends or the scheduler stops (a crash is logged)."""
+        return self._spawn(coro, name)
 
     def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
@@ -576,6 +581,7 @@ class Scheduler:
     def add_job(self, job: Job) -> None:
         """Register a new job."""
         self.account.jobs[job.id.lower()] = job
+        _job_control.arm_wall_clock(self, job)
         self.check_job_complete(job)
         self.kick()
 
@@ -592,7 +598,7 @@ class Scheduler:
 
     def terminate_job(self, job: Job, reason: str) -> None:
         """Start terminating a job: its running tasks are killed."""
-        if job.state not in ("active", "disabled"):
+        if job.state not in ("active", "disabling", "disabled", "enabling"):
             return
         job.set_state("terminating")
         job.terminate_reason = reason
@@ -605,6 +611,7 @@ class Scheduler:
 
     async def _finish_job(self, job: Job, *, delete: bool) -> None:
         job.queue.clear()
+        _job_control.stop_wall_clock(job)
         await self._end_running(job, list(job.tasks.values()))
         await asyncio.sleep(self.timings.deletion_delay)
         if delete:
@@ -629,6 +636,10 @@ class Scheduler:
         return [
             node.root / "workitems" / job.id for pool in self.account.pools.values() for node in pool.nodes.values()
         ]
+
+    async def end_running(self, job: Job, tasks: list[Task]) -> None:
+        """End ``tasks`` of ``job`` that are running, as a terminate does (failureInfo ``TaskEnded``)."""
+        await self._end_running(job, tasks)
 
     async def _end_running(self, job: Job, tasks: list[Task]) -> None:
         runners = []
@@ -838,6 +849,7 @@ class Scheduler:
             return
         self._complete(job, task, outcome, outcome.failure_info)
         node.recent_tasks.appendleft((job.id, task.id))
+        _job_control.task_completed(self, job, task, outcome)  # exit options: dependents, the job's action
         self.check_job_complete(job)
 
     def _complete(self, job: Job, task: Task, outcome: TaskOutcome | None, failure: FailureInfo | None) -> None:

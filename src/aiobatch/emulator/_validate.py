@@ -55,16 +55,16 @@ REQUEST_BODIES: Mapping[tuple[str, str], str] = {
     ("PATCH", "/jobs/{job}"): "BatchJobUpdateOptions",
     ("PUT", "/jobs/{job}"): "BatchJob",
     ("POST", "/jobs/{job}/terminate"): "BatchJobTerminateOptions",
+    ("POST", "/jobs/{job}/disable"): "BatchJobDisableOptions",
     ("POST", "/jobs/{job}/tasks"): "BatchTaskCreateOptions",
     ("POST", "/jobs/{job}/addtaskcollection"): "BatchTaskGroup",
+    ("PUT", "/jobs/{job}/tasks/{task}"): "BatchTask",
     # Operations the emulator does not perform (`_app.NOT_EMULATED`): their bodies are still checked, so a
     # malformed one gets Azure's 400 and only a well-formed one is told the operation is not emulated.
     ("POST", "/pools/{pool}/removenodes"): "BatchNodeRemoveOptions",
-    ("POST", "/jobs/{job}/disable"): "BatchJobDisableOptions",
     ("POST", "/jobschedules"): "BatchJobScheduleCreateOptions",
     ("PATCH", "/jobschedules/{schedule}"): "BatchJobScheduleUpdateOptions",
     ("PUT", "/jobschedules/{schedule}"): "BatchJobSchedule",
-    ("PUT", "/jobs/{job}/tasks/{task}"): "BatchTask",
     ("POST", "/pools/{pool}/nodes/{node}/users"): "BatchNodeUserCreateOptions",
     ("PUT", "/pools/{pool}/nodes/{node}/users/{user}"): "BatchNodeUserReplaceOptions",
     ("POST", "/pools/{pool}/nodes/{node}/reboot"): "BatchNodeRebootOptions",

@@ -21,6 +21,7 @@ from aiohttp import web
 from ._autoscale import AutoScaleRun, FormulaError, parse
 from ._autoscale_runs import check_interval
 from ._catalogue import catalogue
+from ._dependencies import Dependencies, check_depends_on
 from ._model import (
     Account,
     AppPackageRef,
@@ -647,6 +648,7 @@ def parse_job(account: Account, body: dict[str, Any]) -> tuple[Job, dict[str, An
         max_parallel_tasks=_int(spec, "maxParallelTasks", -1, -1, 100_000),
         pool_id=pool_info.get("poolId"),
         environment=_environment(body.get("commonEnvironmentSettings")),
+        dependencies=Dependencies() if spec["usesTaskDependencies"] else None,
     )
     auto = pool_info.get("autoPoolSpecification")
     if auto is None:
@@ -744,8 +746,7 @@ def parse_task(account: Account, job: Job, body: dict[str, Any]) -> Task:
         raise missing_property("commandLine")
     if body.get("multiInstanceSettings"):
         raise invalid_property("multiInstanceSettings", "(set)", "The aiobatch emulator does not run MPI tasks.")
-    if body.get("dependsOn"):
-        raise invalid_property("dependsOn", "(set)", "The aiobatch emulator does not support task dependencies.")
+    check_depends_on(body.get("dependsOn"), bool(job.spec.get("usesTaskDependencies")))
     if job.on_task_failure == "noaction":
         _refuse_job_actions(body.get("exitConditions"))
     spec = _filled_task_defaults(body, job)
@@ -1097,6 +1098,7 @@ def render_task(account: Account, job: Job, task: Task) -> dict[str, Any]:
         "applicationPackageReferences",
         "exitConditions",
         "affinityInfo",
+        "dependsOn",
     ):
         if spec.get(key):
             out[key] = spec[key]

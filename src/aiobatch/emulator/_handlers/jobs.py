@@ -1,4 +1,4 @@
-"""Jobs: create, read, update, delete, terminate and task counts."""
+"""Jobs: create, read, update, delete, terminate, disable, enable and task counts."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .. import _job_control as job_control
 from .. import _wire as wire
 from .._model import Account, Job, ServiceError
 from .._validate import body_of
@@ -90,9 +91,14 @@ async def update_job(request: web.Request) -> web.Response:
             else "JobBeingDeleted",
             f"The specified job is {job.state}.",
         )
-    wire.parse_job_update(job, body_of(request), replace=request.method == "PUT")
+    body = body_of(request)
+    replace = request.method == "PUT"
+    wire.parse_job_update(job, body, replace=replace)
     job.touch()
-    scheduler_of(request).check_job_complete(job)
+    scheduler = scheduler_of(request)
+    if replace or "constraints" in body:
+        job_control.arm_wall_clock(scheduler, job)  # a new maxWallClockTime, still counted from the job's creation
+    scheduler.check_job_complete(job)
     return wire.empty_response(200, headers=wire.entity_headers(job), data_service_id=request_url(account, request))
 
 
@@ -127,3 +133,43 @@ async def task_counts(request: web.Request) -> web.Response:
     """GET /jobs/{jobId}/taskcounts."""
     job = account_of(request).get_job(request.match_info["job"])
     return wire.json_response(wire.render_task_counts(job))
+
+
+def _refuse_unless_live(job: Job) -> None:
+    """The 409 of a disable or enable of a job that has ended or is ending."""
+    if job.state == "completed":
+        raise ServiceError(409, "JobCompleted", "The specified job is already in a completed state.")
+    if job.state == "terminating":
+        raise ServiceError(409, "JobBeingTerminated", "The specified job is being terminated.")
+    if job.state == "deleting":
+        raise ServiceError(
+            409, "JobBeingDeleted", "The specified job has been marked for deletion and is being reclaimed."
+        )
+
+
+async def disable_job(request: web.Request) -> web.Response:
+    """POST /jobs/{jobId}/disable: 202; the job is ``disabling`` until its running tasks are dealt with."""
+    account = account_of(request)
+    job = account.get_job(request.match_info["job"])
+    check_conditions(request, job)
+    _refuse_unless_live(job)
+    if job.state == "enabling":  # guessed: the service's code for this state is not recorded
+        raise ServiceError(
+            409,
+            "OperationInvalidForCurrentState",
+            "The specified operation is not valid for the current state of the resource.",
+            [("Reason", "The job is being enabled.")],
+        )
+    # The validation layer checked the body against BatchJobDisableOptions: disableTasks is one of its values.
+    job_control.disable_job(scheduler_of(request), job, body_of(request)["disableTasks"])
+    return wire.empty_response(202, headers=wire.entity_headers(job), data_service_id=request_url(account, request))
+
+
+async def enable_job(request: web.Request) -> web.Response:
+    """POST /jobs/{jobId}/enable: 202; the job is ``enabling``, then ``active``. An active job stays so."""
+    account = account_of(request)
+    job = account.get_job(request.match_info["job"])
+    check_conditions(request, job)
+    _refuse_unless_live(job)
+    job_control.enable_job(scheduler_of(request), job)  # guessed: enabling an active job is accepted, changes nothing
+    return wire.empty_response(202, headers=wire.entity_headers(job), data_service_id=request_url(account, request))

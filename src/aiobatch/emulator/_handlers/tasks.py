@@ -1,4 +1,4 @@
-"""Tasks: add (one or a collection), read, delete and terminate."""
+"""Tasks: add (one or a collection), read, replace, delete, terminate, reactivate and list subtasks."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import overload
 
 from aiohttp import web
 
+from .. import _job_control as job_control
 from .. import _wire as wire
 from .._faults import COLLECTION_FAULTS, CollectionFaults
 from .._model import Account, Job, ServiceError, Task, invalid_property
@@ -202,3 +203,63 @@ async def terminate_task(request: web.Request) -> web.Response:
     await scheduler_of(request).terminate_task(job, task)
     task.touch()
     return wire.empty_response(204, headers=wire.entity_headers(task), data_service_id=request_url(account, request))
+
+
+async def replace_task(request: web.Request) -> web.Response:
+    """PUT /jobs/{jobId}/tasks/{taskId}: the task's ``constraints``, the one property a task update changes.
+
+    Constraints left out get their defaults, as on create; the new ones apply from the task's next attempt.
+    Other properties of the body (a ``BatchTask``, mostly read-only) are not updatable and are ignored, as the
+    service ignores them.
+    """
+    account = account_of(request)
+    job, task = account.get_task(request.match_info["job"], request.match_info["task"])
+    check_conditions(request, task)
+    if task.state == "completed":  # guessed: the service's code is not recorded; TaskCompleted is its documented one
+        raise ServiceError(409, "TaskCompleted", "The specified task is already in a completed state.")
+    constraints = dict(body_of(request).get("constraints") or {})
+    constraints.setdefault("maxWallClockTime", wire.MAX_DURATION)
+    constraints.setdefault("retentionTime", "P7D")
+    constraints.setdefault("maxTaskRetryCount", job.max_task_retry_count)
+    retries = constraints["maxTaskRetryCount"]
+    if not -1 <= retries <= 100:
+        raise invalid_property(
+            "constraints.maxTaskRetryCount", retries, "The value must be an integer between -1 and 100."
+        )
+    wall_clock = wire.parse_duration(constraints["maxWallClockTime"], "constraints.maxWallClockTime")
+    wire.parse_duration(constraints["retentionTime"], "constraints.retentionTime")
+    task.max_wall_clock_time, task.max_task_retry_count = wall_clock, retries
+    task.spec["constraints"] = constraints
+    task.touch()
+    return wire.empty_response(200, headers=wire.entity_headers(task), data_service_id=request_url(account, request))
+
+
+async def reactivate_task(request: web.Request) -> web.Response:
+    """POST /jobs/{jobId}/tasks/{taskId}/reactivate: a failed task runs again, its retry count reset to 0."""
+    account = account_of(request)
+    job, task = account.get_task(request.match_info["job"], request.match_info["task"])
+    check_conditions(request, task)
+    _job_accepting_tasks(account, job.id)  # 409 for a job completed, terminating or deleting
+    if task.state != "completed":
+        raise ServiceError(
+            409,
+            "TaskNotCompleted",
+            "The specified task is not in a completed state, and the requested operation can be performed only on "
+            "completed tasks.",
+        )
+    if task.result != "failure":
+        raise ServiceError(
+            409,
+            "TaskSucceeded",
+            "The specified task has already completed successfully, and the requested operation cannot be "
+            "performed on successful tasks.",
+        )
+    job_control.reactivate_task(scheduler_of(request), job, task)
+    return wire.empty_response(204, headers=wire.entity_headers(task), data_service_id=request_url(account, request))
+
+
+async def list_subtasks(request: web.Request) -> web.Response:
+    """GET /jobs/{jobId}/tasks/{taskId}/subtasksinfo: empty, as for every task that is not multi-instance."""
+    account = account_of(request)
+    account.get_task(request.match_info["job"], request.match_info["task"])
+    return wire.list_page(request, account.url, "subtaskinfo", [], None)
