@@ -161,18 +161,12 @@ async def test_a_job_action_while_the_job_does_nothing_on_task_failure_is_the_se
     await batch.create_task(
         "j", m.BatchTaskCreateOptions(id="n", command_line="true", exit_conditions=_exit_conditions("none"))
     )
-    # lead: flips at merge -- until exit options' job actions are emulated, performexitoptionsjobaction is refused
-    # (support matrix: BatchJobCreateOptions.onTaskFailure); the exit-conditions branch accepts it and runs "k".
-    error = await refused(
-        batch.create_job(
-            m.BatchJobCreateOptions(
-                id="k", pool_info=m.BatchPoolInfo(pool_id="p"), task_failure_mode="performexitoptionsjobaction"
-            )
-        ),
-        400,
-        "InvalidPropertyValue",
+    await batch.create_job(
+        m.BatchJobCreateOptions(
+            id="k", pool_info=m.BatchPoolInfo(pool_id="p"), task_failure_mode="performexitoptionsjobaction"
+        )
     )
-    assert values(error)["PropertyName"] == "onTaskFailure"
+    await batch.create_task("k", task)
     assert [t.id async for t in batch.list_tasks("j")] == ["n"]
 
 

@@ -38,7 +38,6 @@ SCHEMA: Any = schema().models
 PROBES: dict[tuple[str, str], Any] = {
     ("AutoUserSpecification", "elevationLevel"): "admin",
     ("UserAccount", "elevationLevel"): "admin",
-    ("BatchJobCreateOptions", "onTaskFailure"): "performexitoptionsjobaction",
     ("BatchJobUpdateOptions", "poolInfo"): {"autoPoolSpecification": {"poolLifetimeOption": "job"}},
     ("BatchJob", "poolInfo"): {"autoPoolSpecification": {"poolLifetimeOption": "job"}},
     ("BatchAutoPoolSpecification", "poolLifetimeOption"): "jobschedule",

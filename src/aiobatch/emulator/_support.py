@@ -156,12 +156,6 @@ def _admin(value: Any, context: SupportContext) -> str | None:
     return None
 
 
-def _exit_options_job_action(value: Any, context: SupportContext) -> str | None:
-    if isinstance(value, str) and value.lower() == "performexitoptionsjobaction":
-        return "Exit options' job actions are not emulated: use noaction, or test them against Azure Batch."
-    return None
-
-
 def _no_auto_pool(value: Any, context: SupportContext) -> str | None:
     if isinstance(value, dict) and value.get("autoPoolSpecification") is not None:
         return "A job's auto pool is set when it is created; the emulator does not change it: give a poolId."
@@ -179,7 +173,6 @@ def _not_job_schedule(value: Any, context: SupportContext) -> str | None:
 _VALUE_RULES: Mapping[tuple[str, str], ValueRule] = {
     ("AutoUserSpecification", "elevationLevel"): _admin,
     ("UserAccount", "elevationLevel"): _admin,
-    ("BatchJobCreateOptions", "onTaskFailure"): _exit_options_job_action,
     ("BatchJobUpdateOptions", "poolInfo"): _no_auto_pool,
     ("BatchJob", "poolInfo"): _no_auto_pool,
     ("BatchAutoPoolSpecification", "poolLifetimeOption"): _not_job_schedule,
