@@ -28,7 +28,7 @@ from aiobatch.emulator import Emulator
 from aiobatch.emulator._nodes import NodeSpan
 from aiobatch.emulator._scheduler import Scheduler
 
-from .test_contract_aio import code_of, pool_options, ready_pool, sh, wait_for
+from .test_contract_aio import UBUNTU, code_of, pool_options, ready_pool, sh, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -421,36 +421,26 @@ async def test_remote_login_settings(batch: BatchClient) -> None:
 
 
 async def test_node_extensions_list_and_get(batch: BatchClient) -> None:
+    """A node lists its pool's extensions: none, since the emulator refuses them (they install software)."""
     await ready_pool(batch, "plain")
     (plain,) = [str(n.id) for n in await nodes_of(batch, "plain")]
     assert [e async for e in batch.list_node_extensions("plain", plain)] == []
+    with pytest.raises(ResourceNotFoundError) as caught:
+        await batch.get_node_extension("plain", plain, "monitor")
+    assert code_of(caught.value) == "NodeExtensionNotFound"
 
     options = pool_options("ext")
-    assert options.virtual_machine_configuration is not None
-    options.virtual_machine_configuration.extensions = [
-        m.VMExtension(
-            name="monitor",
-            publisher="Microsoft.Azure.Monitor",
-            type="AzureMonitorLinuxAgent",
-            type_handler_version="1.0",
-            protected_settings={"key": "hidden"},
-        )
-    ]
-    await batch.create_pool(options)
-
-    async def node_of_ext() -> str | None:
-        nodes = await nodes_of(batch, "ext")
-        return str(nodes[0].id) if nodes else None
-
-    node = await wait_for(node_of_ext, what="a node of pool ext")
-    (listed,) = [e async for e in batch.list_node_extensions("ext", node)]
-    assert listed.vm_extension is not None and listed.vm_extension.name == "monitor"
-    assert listed.vm_extension.protected_settings is None
-    got = await batch.get_node_extension("ext", node, "monitor")
-    assert got.provisioning_state == "Succeeded"
-    with pytest.raises(ResourceNotFoundError) as caught:
-        await batch.get_node_extension("ext", node, "nope")
-    assert code_of(caught.value) == "NodeExtensionNotFound"
+    # A configuration of its own: pool_options shares one UBUNTU object between every test.
+    options.virtual_machine_configuration = m.VirtualMachineConfiguration(
+        image_reference=UBUNTU.image_reference,
+        node_agent_sku_id=UBUNTU.node_agent_sku_id,
+        extensions=[m.VMExtension(name="monitor", publisher="Microsoft.Azure.Monitor", type="AzureMonitorLinuxAgent")],
+    )
+    with pytest.raises(HttpResponseError) as refused:
+        await batch.create_pool(options)
+    assert refused.value.status_code == 400
+    assert refused.value.response is not None
+    assert "virtualMachineConfiguration.extensions" in refused.value.response.text()
 
 
 # -- node files ------------------------------------------------------------------------------------------------------
