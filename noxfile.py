@@ -133,8 +133,9 @@ def build(session: nox.Session) -> None:
     shutil.rmtree(dist, ignore_errors=True)
     session.run("python", "-m", "build", "--outdir", str(dist), str(ROOT))
     wheels, sdists = sorted(dist.glob("*.whl")), sorted(dist.glob("*.tar.gz"))
-    if len(wheels) != 1 or len(sdists) != 1:
-        session.error(f"expected one wheel and one sdist in {dist}, found {[p.name for p in dist.iterdir()]}")
+    prefix = DISTRIBUTION.replace("-", "_") + "-"  # aiobatch_azure-0.1.0-py3-none-any.whl
+    if len(wheels) != 1 or len(sdists) != 1 or not all(p.name.startswith(prefix) for p in (*wheels, *sdists)):
+        session.error(f"expected one {prefix}* wheel and sdist in {dist}, found {[p.name for p in dist.iterdir()]}")
     session.run("twine", "check", "--strict", str(wheels[0]), str(sdists[0]))
     _check_wheel(session, wheels[0])
     _check_sdist(session, sdists[0])
