@@ -1,4 +1,4 @@
-"""Azurite, installed project-locally and started by aiobatch, serves the real Blob SDK."""
+"""Azurite, installed in its per-user folder and started by aiobatch, serves the real Blob SDK."""
 
 from __future__ import annotations
 
@@ -26,10 +26,12 @@ from aiobatch._azurite import (
     AzuriteNotFoundError,
     AzuriteServer,
     AzuriteStartError,
+    default_azurite_dir,
     find_azurite,
     install_azurite,
 )
 from aiobatch._errors import ConfigurationError
+from aiobatch.local import find_azurite_dir
 from aiobatch.testing import self_signed_certificate
 
 pytestmark = pytest.mark.anyio
@@ -60,9 +62,9 @@ def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
 
 
 def _install_dir(azurite: AzuriteServer) -> Path:
-    # The session fixture's installation, whichever folder it chose.
-    assert azurite._directory is not None or os.environ.get("AIOBATCH_AZURITE_DIR")
-    return azurite._directory or Path(os.environ["AIOBATCH_AZURITE_DIR"])
+    # The session fixture's installation: where default_azurite_dir says, as for every AzuriteServer not told.
+    assert azurite._directory is None
+    return default_azurite_dir()
 
 
 def test_azurite_starts_on_loopback(azurite: AzuriteServer) -> None:
@@ -83,13 +85,92 @@ def test_connection_string_fixture(azurite: AzuriteServer, azurite_connection_st
     assert azurite_connection_string == azurite.connection_string
 
 
-def test_installation_is_project_local_and_reused(azurite: AzuriteServer) -> None:
+def test_installation_is_reused(azurite: AzuriteServer) -> None:
     directory = _install_dir(azurite)
     script = find_azurite(directory)
     assert script is not None
     assert script.is_relative_to(directory.resolve())
     assert install_azurite(directory) == script  # no second npm run
     assert find_azurite(directory, version="0.0.1") is None
+
+
+@pytest.fixture
+def session_azurite_dir() -> Path:
+    """The folder of the test session's own Azurite copy, read before `no_home` changes the environment."""
+    return default_azurite_dir()
+
+
+@pytest.fixture
+def no_home(session_azurite_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A process with a fresh, empty home folder and no Azurite setting: where a library user starts."""
+    home = tmp_path / "home"
+    home.mkdir()
+    for name in ("AIOBATCH_AZURITE_DIR", "XDG_CACHE_HOME", "LOCALAPPDATA"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+def test_the_folder_is_the_variable_else_the_per_user_cache(
+    no_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = tmp_path / "project"
+    (project / ".azurite").mkdir(parents=True)  # an old project-local copy plays no part
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert default_azurite_dir() == no_home / ".cache" / "aiobatch" / "azurite"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_azurite_dir() == tmp_path / "xdg" / "aiobatch" / "azurite"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # invalid by the XDG spec: ignored
+    assert default_azurite_dir() == no_home / ".cache" / "aiobatch" / "azurite"
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert default_azurite_dir() == no_home / "Library" / "Caches" / "aiobatch" / "azurite"
+    monkeypatch.setattr(sys, "platform", "win32")
+    assert default_azurite_dir() == no_home / "AppData" / "Local" / "aiobatch" / "azurite"
+    monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "local"))
+    assert default_azurite_dir() == tmp_path / "local" / "aiobatch" / "azurite"
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setenv("AIOBATCH_AZURITE_DIR", "  ")  # blank: not set
+    assert default_azurite_dir() == no_home / ".cache" / "aiobatch" / "azurite"
+    monkeypatch.setenv("AIOBATCH_AZURITE_DIR", "ci/azurite")  # relative to the folder it is read in
+    assert default_azurite_dir() == project / "ci" / "azurite"
+    monkeypatch.setenv("AIOBATCH_AZURITE_DIR", "~/tools/azurite")
+    assert default_azurite_dir() == no_home / "tools" / "azurite"
+    assert find_azurite_dir(tmp_path / "elsewhere") == default_azurite_dir()  # aiobatch.local asks the same
+    assert [p.name for p in project.iterdir()] == [".azurite"]  # nothing created there
+
+
+def test_starting_azurite_in_a_folder_that_is_not_a_project_puts_nothing_there(
+    azurite: AzuriteServer, session_azurite_dir: Path, no_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "Installed" by pointing the empty home's cache at the session's copy (no second npm run).
+    session_copy = session_azurite_dir
+    assert find_azurite(session_copy) is not None
+    cache = no_home / ".cache" / "aiobatch" / "azurite"
+    cache.parent.mkdir(parents=True)
+    cache.symlink_to(session_copy, target_is_directory=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    with AzuriteServer() as server:
+        assert server.running
+    assert list(work.iterdir()) == []
+    # The console script too, as a user runs it, with a command that uses the services.
+    probe = "import os; assert os.environ['AZURE_STORAGE_CONNECTION_STRING']"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    aiobatch = Path(sys.executable).with_name("aiobatch")
+    assert aiobatch.exists(), "the aiobatch console script is not installed next to this Python"
+    done = subprocess.run(
+        [str(aiobatch), "local", "--", sys.executable, "-c", probe],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert list(work.iterdir()) == []
+    assert sorted(p.name for p in no_home.iterdir()) == [".cache"]
 
 
 def test_a_plain_npm_prefix_install_is_recognised(tmp_path: Path) -> None:

@@ -1,10 +1,16 @@
-"""Find, install and run Azurite, Microsoft's local Blob Storage emulator.
+r"""Find, install and run Azurite, Microsoft's local Blob Storage emulator.
 
 Azurite is a Node.js program. aiobatch never installs it globally: :func:`install_azurite` runs
-``npm install azurite@<pinned version>`` into a project-local folder (``.azurite/`` under the current working
-directory, or the folder named by ``AIOBATCH_AZURITE_DIR``) and reuses that copy afterwards.
-:class:`AzuriteServer` starts only Azurite's Blob service on loopback, on a port the OS picks, with in-memory
-persistence, and stops it again.
+``npm install azurite@<pinned version>`` into one folder per user and reuses that copy afterwards. The folder is
+decided in one place, :func:`default_azurite_dir`: the one named by ``AIOBATCH_AZURITE_DIR`` if set, else
+``azurite`` in the platform's per-user cache folder (``$XDG_CACHE_HOME/aiobatch/azurite`` or
+``~/.cache/aiobatch/azurite`` on Linux, ``~/Library/Caches/aiobatch/azurite`` on macOS,
+``%LOCALAPPDATA%\aiobatch\azurite`` on Windows). Never the current folder: a process started anywhere
+leaves nothing there. :class:`AzuriteServer` starts only Azurite's Blob service on loopback, on a port the OS
+picks, with in-memory persistence, and stops it again.
+
+Pre-install it (an offline machine, a CI image) with ``python -m aiobatch._azurite install``; ``python -m
+aiobatch._azurite where`` prints the folder.
 
 Over plain HTTP by default. Given a PEM certificate and key it serves HTTPS, and with ``oauth=True`` it also
 accepts Entra ID bearer tokens (``--oauth basic``) and serves Get User Delegation Key, so user delegation SAS can
@@ -42,6 +48,7 @@ import shutil
 import signal
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -76,7 +83,7 @@ AZURITE_VERSION: Final = "3.37.0"
 """The Azurite version aiobatch installs and tests against."""
 
 AZURITE_DIR_ENV: Final = "AIOBATCH_AZURITE_DIR"
-"""Environment variable naming the folder Azurite is installed into (default: ``./.azurite``)."""
+"""Environment variable naming the folder Azurite is installed into (default: the per-user cache folder)."""
 
 ACCOUNT_NAME: Final = "devstoreaccount1"
 """Azurite's built-in storage account."""
@@ -119,16 +126,61 @@ class AzuriteStartError(AzuriteError):
 
 
 def default_azurite_dir() -> Path:
-    """Return the folder Azurite is installed into when none is given.
+    r"""Return the folder Azurite is installed into and run from when none is given.
 
-    That is the value of the ``AIOBATCH_AZURITE_DIR`` environment variable if it is set and not empty,
-    otherwise ``.azurite`` under the current working directory.
+    This is the one place that decides it (``AzuriteServer``, ``aiobatch local``, `aiobatch.local.LocalBatch`
+    and the pytest fixtures all ask here): the value of the ``AIOBATCH_AZURITE_DIR`` environment variable if it
+    is set and not empty (a project or CI image that keeps its own copy), otherwise ``azurite`` in the per-user
+    cache folder:
+
+    - Linux and other POSIX systems: ``$XDG_CACHE_HOME/aiobatch/azurite`` (when that is an absolute path), else
+      ``~/.cache/aiobatch/azurite``;
+    - macOS: ``~/Library/Caches/aiobatch/azurite``;
+    - Windows: ``%LOCALAPPDATA%\aiobatch\azurite``.
+
+    The current folder plays no part, so starting Azurite from any folder puts nothing in it.
 
     Returns:
         An absolute path; it may not exist yet.
+
+    Raises:
+        AzuriteError: No variable is set and there is no home folder to put the cache in.
+
+    Example:
+        >>> default_azurite_dir()  # doctest: +SKIP
+        PosixPath('/home/me/.cache/aiobatch/azurite')
     """
     configured = os.environ.get(AZURITE_DIR_ENV, "").strip()
-    return Path(configured).expanduser().absolute() if configured else Path.cwd() / ".azurite"
+    if configured:
+        return Path(configured).expanduser().absolute()
+    return _user_cache_dir() / "azurite"
+
+
+def _user_cache_dir() -> Path:
+    # The folder aiobatch.demo.run.default_cache_dir also uses (platformdirs-like, without the dependency).
+    if sys.platform == "win32":
+        local = os.environ.get("LOCALAPPDATA", "").strip()
+        base = Path(local) if local and Path(local).is_absolute() else _home() / "AppData" / "Local"
+        return base / "aiobatch"
+    if sys.platform == "darwin":
+        return _home() / "Library" / "Caches" / "aiobatch"
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    # The XDG spec says a relative value is invalid and is to be ignored.
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else _home() / ".cache"
+    return base / "aiobatch"
+
+
+def _home() -> Path:
+    try:
+        home = Path.home()
+    except (KeyError, RuntimeError):  # no HOME and no password entry
+        home = Path()
+    if not home.is_absolute():
+        raise AzuriteError(
+            f"there is no home folder for Azurite's per-user cache; set {AZURITE_DIR_ENV} to the folder "
+            f"Azurite should be installed into."
+        )
+    return home
 
 
 def find_azurite(directory: str | os.PathLike[str] | None = None, *, version: str = AZURITE_VERSION) -> Path | None:
@@ -162,7 +214,7 @@ def install_azurite(
     version: str = AZURITE_VERSION,
     timeout: float = 600.0,
 ) -> Path:
-    """Install Azurite with npm into a project-local folder, or reuse an installation already there.
+    """Install Azurite with npm into its folder, or reuse an installation already there.
 
     npm installs into a private staging folder inside ``directory``; the finished tree is renamed to
     ``directory/azurite-<version>`` in one step. Concurrent callers serialise on a lock file where the
@@ -705,3 +757,47 @@ def _signal_group(process: subprocess.Popen[str], *, force: bool) -> None:
             process.kill()
         else:
             process.terminate()
+
+
+_USAGE: Final = """\
+usage: python -m aiobatch._azurite {{install,where}} [--dir DIR]
+
+  install   install Azurite {version} with npm (Node.js {node}+ on PATH), or find it installed; prints the folder
+  where     print the folder Azurite is installed into (see default_azurite_dir), installed or not
+
+  --dir DIR  use DIR instead of ${env} or the per-user cache folder
+"""
+
+
+def _main(argv: list[str]) -> int:
+    # `python -m aiobatch._azurite install`: pre-install Azurite for an offline machine or a CI image.
+    usage = _USAGE.format(version=AZURITE_VERSION, node=_MIN_NODE[0], env=AZURITE_DIR_ENV)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage)
+        return 0
+    directory: Path | None = None
+    if len(argv) == 3 and argv[1] == "--dir":
+        directory = Path(argv[2]).expanduser().absolute()
+    elif len(argv) != 1:
+        print(usage, file=sys.stderr)
+        return 2
+    command = argv[0]
+    try:
+        root = directory if directory is not None else default_azurite_dir()
+        if command == "where":
+            print(root)
+            return 0
+        if command == "install":
+            logging.basicConfig(level=logging.INFO, format="%(message)s")
+            script = install_azurite(root)
+            print(f"azurite {AZURITE_VERSION} is installed in {root} ({script})")
+            return 0
+    except AzuriteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(usage, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

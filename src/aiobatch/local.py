@@ -34,7 +34,7 @@ import anyio.to_thread
 from azure.batch.aio import BatchClient
 from azure.storage.blob.aio import BlobServiceClient
 
-from ._azurite import AZURITE_DIR_ENV, AzuriteServer
+from ._azurite import AzuriteServer, default_azurite_dir
 from ._config import (
     ENV_BATCH_ACCOUNT_KEY,
     ENV_BATCH_ACCOUNT_NAME,
@@ -72,24 +72,19 @@ TEST_TIMINGS = Timings(allocation_delay=0.2, node_start_delay=0.1, deletion_dela
 CONFLICTING_VARIABLES = (ENV_STORAGE_ACCOUNT_URL,)
 
 
-def find_azurite_dir(start: str | os.PathLike[str] | None = None) -> Path | None:
-    """Where Azurite is (or will be) installed for work started in *start* (the current folder by default).
+def find_azurite_dir(start: str | os.PathLike[str] | None = None) -> Path:
+    """Where Azurite is (or will be) installed: `aiobatch._azurite.default_azurite_dir`, the one place that decides.
 
-    None when ``$AIOBATCH_AZURITE_DIR`` is set (`AzuriteServer` reads it); else the nearest ``.azurite`` folder in
-    *start* or above it (a notebook runs in ``examples/`` while the project's copy is at its root); else
-    ``<start>/.azurite``, where it is installed on first use.
+    That is ``$AIOBATCH_AZURITE_DIR`` if set, else the per-user cache folder (``~/.cache/aiobatch/azurite`` on
+    Linux). *start* is no longer used: the folder work starts in plays no part (earlier versions looked for
+    ``.azurite`` there and above it; set ``AIOBATCH_AZURITE_DIR`` to keep using such a copy).
 
     Example:
-        >>> find_azurite_dir("/nonexistent/project").as_posix()  # doctest: +SKIP
-        '/nonexistent/project/.azurite'
+        >>> find_azurite_dir().as_posix()  # doctest: +SKIP
+        '/home/me/.cache/aiobatch/azurite'
     """
-    if os.environ.get(AZURITE_DIR_ENV, "").strip():
-        return None
-    here = Path(start) if start is not None else Path.cwd()
-    for folder in (here, *here.parents):
-        if (folder / ".azurite").is_dir():
-            return folder / ".azurite"
-    return here / ".azurite"
+    del start
+    return default_azurite_dir()
 
 
 def services_environ(emulator: Emulator, azurite: AzuriteServer) -> dict[str, str]:
@@ -117,7 +112,7 @@ class LocalServices:
         apps_dir: application packages, ``<id>/<version>.zip``; none by default.
         workdir: where the emulator keeps node directories; a temporary folder by default.
         timings: the emulator's delays; `INTERACTIVE_TIMINGS` by default.
-        azurite_dir: where Azurite is installed; `find_azurite_dir` by default.
+        azurite_dir: where Azurite is installed; `aiobatch._azurite.default_azurite_dir` by default.
         azurite: an Azurite already running (e.g. a test session's) to use instead of starting one.
 
     Example:
@@ -168,10 +163,8 @@ class LocalServices:
             if self._given_azurite is not None:
                 self.azurite = self._given_azurite
             else:
-                directory = self._azurite_dir
-                if directory is None:
-                    directory = await anyio.to_thread.run_sync(find_azurite_dir)  # looks at folders: off the loop
-                self.azurite = await stack.enter_async_context(AzuriteServer(directory=directory))
+                # None: AzuriteServer asks default_azurite_dir (the one place the folder is decided).
+                self.azurite = await stack.enter_async_context(AzuriteServer(directory=self._azurite_dir))
             self.emulator = await stack.enter_async_context(
                 Emulator(apps_dir=self.apps_dir, workdir=self._workdir, timings=self.timings)
             )
@@ -241,7 +234,7 @@ class LocalBatch:
         apps_dir: the application packages folder; none (or, with *ffmpeg*, a temporary one) by default.
         workdir: where the emulator keeps node directories; a temporary folder by default.
         timings: the emulator's allocation and boot delays (about a second by default, so progress shows).
-        azurite_dir: where Azurite is installed (see `find_azurite_dir`).
+        azurite_dir: where Azurite is installed; `aiobatch._azurite.default_azurite_dir` by default.
         ffmpeg: build the ffmpeg application package (~80 MB zipped, once per apps folder) and serve it; the
             GIF pipeline needs it, other work does not.
 

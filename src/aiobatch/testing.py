@@ -6,8 +6,9 @@ below are available in any project's tests without an import.
 Fixtures:
     ``azurite`` (session)
         A started :class:`~aiobatch._azurite.AzuriteServer`: Azurite's Blob service on 127.0.0.1, on a free
-        port, with in-memory persistence. It is installed with npm on first use into ``.azurite/`` under the
-        pytest root directory (or into ``$AIOBATCH_AZURITE_DIR``). If Azurite cannot be installed or started,
+        port, with in-memory persistence. It is installed with npm on first use into ``$AIOBATCH_AZURITE_DIR``
+        or the per-user cache folder (``~/.cache/aiobatch/azurite`` on Linux; see
+        ``aiobatch._azurite.default_azurite_dir``). If Azurite cannot be installed or started,
         every test that uses it fails with the reason and the fix; it is never skipped.
     ``azurite_connection_string`` (session)
         The connection string of that Azurite account, for ``BlobServiceClient.from_connection_string``.
@@ -70,7 +71,7 @@ from ._faultproxy import KINDS as STORAGE_FAULT_KINDS
 from ._faultproxy import StorageFaultProxy
 from .demo.ffmpeg import build_ffmpeg_package
 from .emulator import Emulator
-from .local import TEST_TIMINGS, LocalServices, find_azurite_dir
+from .local import TEST_TIMINGS, LocalServices
 
 __all__ = [
     "anyio_backend",
@@ -103,19 +104,12 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def _azurite_dir(request: pytest.FixtureRequest) -> Path | None:
-    return find_azurite_dir(request.config.rootpath)
-
-
 @pytest.fixture(scope="session")
-def azurite(request: pytest.FixtureRequest) -> Iterator[AzuriteServer]:
-    """Yield Azurite's Blob service, installed project-locally and started once for the test session.
+def azurite() -> Iterator[AzuriteServer]:
+    """Yield Azurite's Blob service, installed in its per-user folder and started once for the test session.
 
     The server listens on 127.0.0.1 on a free port and keeps data in memory only; tests share it, so each
     should use its own container names.
-
-    Args:
-        request: pytest's fixture request, used to find the project's root directory.
 
     Returns:
         An iterator yielding the running server; it is stopped when the session ends.
@@ -129,7 +123,7 @@ def azurite(request: pytest.FixtureRequest) -> Iterator[AzuriteServer]:
         ...     async with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
         ...         await service.create_container("inputs")
     """
-    yield from _run_azurite(AzuriteServer(directory=_azurite_dir(request)))
+    yield from _run_azurite(AzuriteServer())  # installed where default_azurite_dir says
 
 
 def _run_azurite(server: AzuriteServer) -> Iterator[AzuriteServer]:
@@ -157,7 +151,7 @@ def azurite_connection_string(azurite: AzuriteServer) -> str:
 
 
 @pytest.fixture(scope="session")
-def azurite_oauth(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
+def azurite_oauth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
     """Yield an Azurite Blob service over HTTPS that accepts Entra ID bearer tokens, for the test session.
 
     Its certificate is self-signed for 127.0.0.1 (made by `self_signed_certificate`); clients trust it with
@@ -165,7 +159,6 @@ def azurite_oauth(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     plain HTTP), installed in the same place.
 
     Args:
-        request: pytest's fixture request, used to find the project's root directory.
         tmp_path_factory: pytest's session temporary folders, where the certificate and key are written.
 
     Returns:
@@ -181,7 +174,7 @@ def azurite_oauth(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
         ...     key = await service.get_user_delegation_key(start, expiry)
     """
     cert, key = self_signed_certificate(tmp_path_factory.mktemp("azurite-tls"))
-    yield from _run_azurite(AzuriteServer(directory=_azurite_dir(request), cert=cert, key=key, oauth=True))
+    yield from _run_azurite(AzuriteServer(cert=cert, key=key, oauth=True))
 
 
 def self_signed_certificate(

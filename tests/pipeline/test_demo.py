@@ -27,7 +27,6 @@ def load_run_demo() -> ModuleType:
 def test_the_demo_converts_and_leaves_nothing_beside_the_output(
     ffmpeg_apps_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("AIOBATCH_AZURITE_DIR", str(ROOT / ".azurite"))
     videos = tmp_path / "home" / "Videos" / "pets"
     make_clips(videos, ["cat.mp4", "dog with spaces.mp4"])
     output = tmp_path / "home" / "Videos" / "gifs"

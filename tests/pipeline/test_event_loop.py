@@ -34,7 +34,7 @@ from aiobatch.demo.ffmpeg import ffmpeg_version
 from aiobatch.demo.gifs import convert_videos, gif_pool_spec
 from aiobatch.local import LocalBatch
 
-from .conftest import ROOT, Pipeline, make_clips
+from .conftest import Pipeline, make_clips
 from .test_convert_pets import assert_gif, assert_nothing_left
 
 pytestmark = pytest.mark.anyio
@@ -181,7 +181,6 @@ async def test_an_expired_sas_reads_as_such_in_the_report(pipeline: Pipeline, tm
 async def test_local_batch_blocks_nothing_on_the_way_in_or_out(
     ffmpeg_apps_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("AIOBATCH_AZURITE_DIR", str(ROOT / ".azurite"))
 
     def link_package(apps: Path, *, version: str | None = None) -> Path:
         """The session's package, linked in: zipping ~80 MB again would only make the test slow."""

@@ -17,7 +17,6 @@ NOTEBOOK = ROOT / "examples" / "pets.ipynb"
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # jupyter_client / zmq internals
 def test_the_notebook_runs_and_shows_gifs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("AIOBATCH_AZURITE_DIR", str(ROOT / ".azurite"))
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # the notebook's work folder goes under the test's
     nb = nbformat.read(NOTEBOOK, as_version=4)  # type: ignore[no-untyped-call]
     [parameters] = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
