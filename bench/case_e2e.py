@@ -28,7 +28,7 @@ from aiobatch._azurite import AzuriteServer
 from aiobatch.demo.ffmpeg import build_ffmpeg_package, ffmpeg_executable
 from aiobatch.demo.gifs import GifSettings, Reporter, VideoResult, convert_videos, ffmpeg_arguments, gif_pool_spec
 
-from ._harness import ROOT, CaseResult, EmulatorProcess, Series, Target, fmt, log, median
+from ._harness import CaseResult, EmulatorProcess, Series, Target, fmt, log, median
 
 NODES, SLOTS = 3, 2
 # Sources of similar cost per second of video (mandelbrot, for one, costs three times as much), and lengths
@@ -92,7 +92,7 @@ async def _pipeline(work: Path, videos: list[Path], settings: GifSettings, round
     out = work / f"gifs-{round_}"
     shutil.rmtree(out, ignore_errors=True)
     with EmulatorProcess(work / f"emulator-{round_}", apps_dir=apps) as emu:
-        async with AzuriteServer(directory=ROOT / ".azurite") as azurite:
+        async with AzuriteServer() as azurite:
             batch = BatchSettings(emu.endpoint, account_name=emu.account_name, account_key=emu.account_key)
             storage = StorageSettings(connection_string=azurite.connection_string)
             clock = _Clock()

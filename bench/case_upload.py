@@ -31,7 +31,7 @@ from azure.storage.blob.aio import BlobServiceClient
 from aiobatch import BatchSettings, Client, StorageSettings
 from aiobatch._azurite import AzuriteServer
 
-from ._harness import ROOT, CaseResult, MiB, Series, Target, fmt, log, paired_ratio, stopwatch
+from ._harness import CaseResult, MiB, Series, Target, fmt, log, paired_ratio, stopwatch
 from ._latency import relay_process
 
 BLOCK = 4 * MiB  # aiobatch's block size, used by the ceiling too
@@ -202,7 +202,7 @@ async def run(
     rates = {(s, v): Series("MB/s") for s in (*sets, "remote") for v in names}
     for r in range(max(rounds, latency_rounds)):
         log(f"upload round {r + 1}")
-        async with AzuriteServer(directory=ROOT / ".azurite") as azurite:
+        async with AzuriteServer() as azurite:
             store = _store(azurite)
             await _bare(store, "warm-up", sets["small"][:200], concurrency)  # Node's JIT, before measuring
             if r < rounds:
