@@ -106,7 +106,8 @@ async def test_supported_images_are_listed_and_filtered_from_the_catalogue(batch
     linux = [i async for i in batch.list_supported_images(filter="osType eq 'linux'")]
     assert linux and all(i.os_type == "linux" for i in linux) and len(linux) < len(images)
     agent = [i async for i in batch.list_supported_images(filter="nodeAgentSKUId eq 'batch.node.ubuntu 24.04'")]
-    assert {i.image_reference.offer for i in agent} == {"ubuntu-24_04-lts"}
+    # Canonical's 24.04 image, and the DSVM HPC image Azure Batch names as the 22.04 HPC successor (Azure/Batch#200).
+    assert {i.image_reference.offer for i in agent} == {"ubuntu-24_04-lts", "ubuntu-hpc"}
 
 
 async def test_any_size_and_image_with_strict_catalogue_off(tmp_path: Path) -> None:
