@@ -129,7 +129,9 @@ def test_cores_come_from_the_catalogue() -> None:
     """The name says 11 for Standard_D11_v2; Azure lists 2 vCPUs (the core quota counts those)."""
     assert vm_cores("Standard_D11_v2") == 2
     assert vm_cores("standard_d2s_v3") == 2
-    assert vm_cores("Standard_NC6s_v3") == 6
+    assert vm_cores("Standard_NC24ads_A100_v4") == 24
+    # NCv3 retired on 2025-09-30 (Microsoft Learn, "Retired Azure VM size series"): no longer in the catalogue.
+    assert "standard_nc6s_v3" not in catalogue().sizes
     assert vm_cores("Custom_X7") == 7  # not in the catalogue: read from the name
 
 
