@@ -106,7 +106,8 @@ async def test_supported_images_are_listed_and_filtered_from_the_catalogue(batch
     linux = [i async for i in batch.list_supported_images(filter="osType eq 'linux'")]
     assert linux and all(i.os_type == "linux" for i in linux) and len(linux) < len(images)
     agent = [i async for i in batch.list_supported_images(filter="nodeAgentSKUId eq 'batch.node.ubuntu 24.04'")]
-    assert {i.image_reference.offer for i in agent} == {"ubuntu-24_04-lts"}
+    # Canonical's 24.04 image, and the DSVM HPC image Azure Batch names as the 22.04 HPC successor (Azure/Batch#200).
+    assert {i.image_reference.offer for i in agent} == {"ubuntu-24_04-lts", "ubuntu-hpc"}
 
 
 async def test_any_size_and_image_with_strict_catalogue_off(tmp_path: Path) -> None:
@@ -128,7 +129,9 @@ def test_cores_come_from_the_catalogue() -> None:
     """The name says 11 for Standard_D11_v2; Azure lists 2 vCPUs (the core quota counts those)."""
     assert vm_cores("Standard_D11_v2") == 2
     assert vm_cores("standard_d2s_v3") == 2
-    assert vm_cores("Standard_NC6s_v3") == 6
+    assert vm_cores("Standard_NC24ads_A100_v4") == 24
+    # NCv3 retired on 2025-09-30 (Microsoft Learn, "Retired Azure VM size series"): no longer in the catalogue.
+    assert "standard_nc6s_v3" not in catalogue().sizes
     assert vm_cores("Custom_X7") == 7  # not in the catalogue: read from the name
 
 
