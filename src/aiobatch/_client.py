@@ -360,6 +360,7 @@ class Client:
             return
         errors: list[BaseException] = []
         try:
+            await _fanout.wait_for_dropped(self)  # a fan-out left by a plain `break` stops its job first
             if self.cleanup:
                 errors = await self._cleanup()
         finally:

@@ -16,13 +16,16 @@ Output blobs are ``<job id>/<task id>/<node name>``: a blob an earlier run left 
 Iteration. `FileMap` is a plain async iterator, not a generator: every step runs inside ``__anext__``, and no
 task group stays open between two results. While tasks run, one step watches for completions and downloads
 the outputs of those that completed (several at once); it returns as soon as some results are ready, stopping
-the watch between polls. Breaking out of the loop leaves nothing running in this process; ``async with`` (or
-`FileMap.aclose`) also terminates the job, as does a cancellation or an error inside an iteration. What the
+the watch between polls. Leaving ``async with`` (or `FileMap.aclose`) terminates the job, as does a cancellation
+or an error inside an iteration. A plain ``break`` drops the `FileMap` handle; all the run's state lives in a
+private `_MapRun` that never refers back to it, so the handle is freed at once and its finalizer schedules the
+stop on the running loop (as asyncio does for a dropped async generator), which `Client.aclose` awaits. What the
 run created -- containers, pool, job -- is the client's to delete (``Client(cleanup=True)``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import logging
@@ -33,7 +36,7 @@ import string
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from types import TracebackType
@@ -771,6 +774,11 @@ class FileMap:
     uploaded, the pool made ready, the job created and the tasks added; then each task's result comes as it
     completes, its outputs downloaded. Nothing runs between two results.
 
+    Stopping early. Leaving an ``async with`` block, `aclose`, a cancellation or an error inside an iteration
+    terminate the job at once. A plain ``break`` out of ``async for`` (no ``async with``) drops the fan-out
+    unfinished; as asyncio does for an async generator dropped that way, its stop is then scheduled on the running
+    loop, and `Client.aclose` (or leaving the client's ``async with``) waits for it before closing.
+
     Attributes:
         job_id: the job the tasks run in.
         pool_id: the pool.
@@ -801,7 +809,146 @@ class FileMap:
         poll_interval: float = 1.0,
         observer: MapObserver | None = None,
     ) -> None:
-        self._client = client
+        # The handle holds the run; nothing the run holds (observer, watch, closures, tracebacks) refers back to
+        # the handle, so a caller that drops it -- a plain `break` -- frees it at once, and the finalizer below
+        # runs then, not whenever a garbage collection happens to find a cycle.
+        run = _MapRun(
+            client,
+            inputs,
+            command,
+            outputs,
+            pool=pool,
+            output_dir=output_dir,
+            glob=glob,
+            job_id=job_id,
+            input_container=input_container,
+            output_container=output_container,
+            reuse_pool=reuse_pool,
+            min_nodes=min_nodes,
+            pool_timeout=pool_timeout,
+            application_packages=application_packages,
+            environment=environment,
+            retries=retries,
+            timeout=timeout,
+            upload_concurrency=upload_concurrency,
+            download_concurrency=download_concurrency,
+            poll_interval=poll_interval,
+            observer=observer,
+        )
+        self._run = run
+        self.job_id = run.job_id
+        self.pool_id = run.pool_id
+        finalizer = weakref.finalize(self, _stop_dropped, run)
+        finalizer.atexit = False  # at interpreter exit there is no loop to stop it on; the client warns instead
+
+    def __repr__(self) -> str:
+        run = self._run
+        return (
+            f"FileMap(job_id={self.job_id!r}, pool_id={self.pool_id!r}, done={len(run.results)}, "
+            f"finished={run.finished})"
+        )
+
+    @property
+    def report(self) -> MapReport:
+        """The report so far: every input's result once the iteration is exhausted (``report.complete``)."""
+        return self._run.report
+
+    async def run(self, on_result: Callable[[FileResult], object] | None = None) -> MapReport:
+        """Run to the end and return the report; *on_result* is called with each result as it comes.
+
+        Example:
+            >>> async def main(client, pool):  # doctest: +SKIP
+            ...     report = await client.map_files("texts", "wc -w < {input} > {output}", "{stem}.count",
+            ...                                     pool=pool, output_dir="counts").run(on_result=print)
+            ...     print(report)
+        """
+        async with self:
+            async for result in self:
+                if on_result is not None:
+                    on_result(result)
+        return self.report
+
+    def __await__(self) -> Generator[Any, None, MapReport]:
+        return self.run().__await__()
+
+    async def __aenter__(self) -> FileMap:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop: terminate the job if its tasks may still run, and end the iteration. Safe to call twice."""
+        await self._run.stop()
+
+    def __aiter__(self) -> FileMap:
+        return self
+
+    def __anext__(self) -> Coroutine[Any, Any, FileResult]:
+        # The run's own coroutine: no frame of the handle's is left holding it while a step runs.
+        return self._run.next()
+
+
+#: Stops scheduled for fan-outs dropped unfinished, by client: held (so the loop does not lose them) until done,
+#: and awaited by `Client.aclose` before it closes.
+_DROPPED: weakref.WeakKeyDictionary[Client, set[asyncio.Task[None]]] = weakref.WeakKeyDictionary()
+
+
+def _stop_dropped(run: _MapRun) -> None:
+    """Schedule *run*'s stop on the running loop: its `FileMap` was dropped unfinished (a plain ``break``)."""
+    if not run.needs_stop:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return  # no loop in this thread (interpreter exit, another thread, not asyncio): the client's cleanup is left
+    task = loop.create_task(run.stop_dropped(), name=f"aiobatch-stop-{run.job_id}")
+    pending = _DROPPED.setdefault(run.client, set())
+    pending.add(task)
+    task.add_done_callback(pending.discard)
+
+
+async def wait_for_dropped(client: Client) -> None:
+    """Wait (shielded, bounded) for the stops of *client*'s fan-outs that were dropped unfinished."""
+    pending = _DROPPED.get(client)
+    if not pending:
+        return
+    with anyio.CancelScope(shield=True) as scope:
+        scope.deadline = anyio.current_time() + _ABANDON_TIMEOUT
+        await asyncio.wait(set(pending))
+
+
+class _MapRun:
+    """A fan-out's state and work, behind its `FileMap` (which refers to this, never the other way round)."""
+
+    def __init__(
+        self,
+        client: Client,
+        inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+        command: str,
+        outputs: OutputName | Sequence[OutputName],
+        *,
+        pool: PoolSpec | str,
+        output_dir: str | os.PathLike[str],
+        glob: str | None = None,
+        job_id: str | None = None,
+        input_container: str = DEFAULT_INPUT_CONTAINER,
+        output_container: str = DEFAULT_OUTPUT_CONTAINER,
+        reuse_pool: bool = False,
+        min_nodes: int = 1,
+        pool_timeout: float = 1800.0,
+        application_packages: Sequence[AppPackageRef] = (),
+        environment: Mapping[str, str] | None = None,
+        retries: int = 0,
+        timeout: float | None = None,
+        upload_concurrency: int = 8,
+        download_concurrency: int = 8,
+        poll_interval: float = 1.0,
+        observer: MapObserver | None = None,
+    ) -> None:
+        self.client = client
         self._observer = observer or MapObserver()
         self._watch_running = observer is not None
         self._inputs = inputs if isinstance(inputs, (str, os.PathLike)) else list(inputs)
@@ -854,60 +1001,50 @@ class FileMap:
         self._finished = False
         self._complete = False
 
-    def __repr__(self) -> str:
-        return (
-            f"FileMap(job_id={self.job_id!r}, pool_id={self.pool_id!r}, done={len(self._results)}, "
-            f"finished={self._finished})"
-        )
+    @property
+    def results(self) -> dict[str, FileResult]:
+        """The results so far, by input name."""
+        return self._results
 
-    # -- the report ------------------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        """Whether the iteration is over (exhausted or stopped)."""
+        return self._finished
+
+    @property
+    def needs_stop(self) -> bool:
+        """Whether it started and has not ended: dropped now, its job (or staging folder) would be left behind."""
+        return self._started is not None and not self._finished
 
     @property
     def report(self) -> MapReport:
-        """The report so far: every input's result once the iteration is exhausted (``report.complete``)."""
+        """The report so far."""
         order = list(self._plan.inputs) if self._plan is not None else []
         end = self._ended if self._ended is not None else time.monotonic()
         return MapReport(
             results=tuple(self._results[n] for n in order if n in self._results),
-            run_id=self._client.run_id,
+            run_id=self.client.run_id,
             job_id=self.job_id if self._job_created else None,
             pool_id=self.pool_id,
             elapsed=0.0 if self._started is None else end - self._started,
             complete=self._complete,
         )
 
-    async def run(self, on_result: Callable[[FileResult], object] | None = None) -> MapReport:
-        """Run to the end and return the report; *on_result* is called with each result as it comes.
-
-        Example:
-            >>> async def main(client, pool):  # doctest: +SKIP
-            ...     report = await client.map_files("texts", "wc -w < {input} > {output}", "{stem}.count",
-            ...                                     pool=pool, output_dir="counts").run(on_result=print)
-            ...     print(report)
-        """
-        async with self:
-            async for result in self:
-                if on_result is not None:
-                    on_result(result)
-        return self.report
-
-    def __await__(self) -> Generator[Any, None, MapReport]:
-        return self.run().__await__()
-
-    # -- lifecycle ---------------------------------------------------------------------------------------
-
-    async def __aenter__(self) -> FileMap:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Stop: terminate the job if its tasks may still run, and end the iteration. Safe to call twice."""
+    async def stop(self) -> None:
+        """Terminate the job if its tasks may still run, and end the iteration. Safe to call twice."""
         if not self._finished:
             await self._abandon()
+
+    async def stop_dropped(self) -> None:
+        """`stop`, for a fan-out its caller dropped unfinished: never raises (nobody is there to catch it)."""
+        try:
+            if self.client.state == "open":
+                await self.stop()
+            elif not self._finished:  # a closed client ran its own cleanup; only the local staging folder is left
+                self._finished = True
+                await self._remove_staging()
+        except Exception:
+            logger.warning("could not stop job %s after its fan-out was left early", self.job_id, exc_info=True)
 
     async def _abandon(self) -> None:
         """Stop the job (shielded, bounded) and remove the staging folder; the iteration ends."""
@@ -919,7 +1056,7 @@ class FileMap:
                 await self._watch.aclose()
             if self._job_created and not self._complete:
                 try:
-                    if await self._client.terminate_job(self.job_id):
+                    if await self.client.terminate_job(self.job_id):
                         logger.info("job %s terminated: the fan-out was stopped", self.job_id)
                 except AiobatchError as exc:
                     logger.warning("could not terminate job %s: %s", self.job_id, exc)
@@ -930,10 +1067,8 @@ class FileMap:
 
     # -- iteration ---------------------------------------------------------------------------------------
 
-    def __aiter__(self) -> FileMap:
-        return self
-
-    async def __anext__(self) -> FileResult:
+    async def next(self) -> FileResult:
+        """The next result, stepping the run until one is ready."""
         while not self._ready:
             if self._finished:
                 raise StopAsyncIteration
@@ -976,7 +1111,7 @@ class FileMap:
             self._set_up = self._watch_done = True
 
     async def _set_up_run(self) -> None:
-        plan, client = self._plan, self._client
+        plan, client = self._plan, self.client
         assert plan is not None
         # Files -> blobs.
         todo = list(plan.todo)
@@ -1052,7 +1187,7 @@ class FileMap:
     async def _ensure_pool(self, spec: PoolSpec) -> None:
         """Create the pool, or -- only when asked -- run on an existing one that has the spec's packages."""
         try:
-            ref = await self._client.ensure_pool(spec, reuse_existing=self._reuse_pool)
+            ref = await self.client.ensure_pool(spec, reuse_existing=self._reuse_pool)
         except ConflictError as exc:
             if exc.code != "PoolExists":
                 raise
@@ -1066,11 +1201,11 @@ class FileMap:
             return
         text = f"reusing existing pool {spec.id!r} (not created by this run; it will be left as it is)"
         self._observer.stage("pool-reused", text, 0)
-        await _check_packages(self._client, spec)
+        await _check_packages(self.client, spec)
 
     async def _wait_for_pool(self) -> None:
         """`Client.wait_for_pool_ready`, with the pool's node states shown to the observer while it waits."""
-        client, observer = self._client, self._observer
+        client, observer = self.client, self._observer
 
         async def show() -> None:
             while True:
@@ -1208,7 +1343,7 @@ class FileMap:
         return replace(base, outputs=tuple(placed))
 
     async def _download(self, blobs: list[str]) -> None:
-        await self._client.download_outputs(
+        await self.client.download_outputs(
             self._output_container,
             self._staging,
             names=blobs,

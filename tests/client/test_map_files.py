@@ -452,6 +452,68 @@ async def test_breaking_out_stops_the_job(batch_emulator: Emulator, azurite: Azu
         await client.delete_containers(list(where.values()))
 
 
+def slow_but_one(folder: Path) -> tuple[list[Path], str]:
+    """Six inputs and a command: ``quick.txt`` completes at once, the other five sleep 30 s."""
+    names = ["quick.txt", *(f"slow {i}.txt" for i in range(5))]
+    inputs = write_inputs(folder, names, lambda i, n: "a b" if n == "quick.txt" else "slow")
+    return inputs, "grep -q slow {input} && sleep 30; wc -w < {input} > {output}"
+
+
+def job_state(emulator: Emulator, job_id: str) -> str | None:
+    assert emulator.account is not None
+    job = emulator.account.jobs.get(job_id.lower())
+    return job.state if job is not None else None
+
+
+async def test_a_plain_break_stops_the_job_too(
+    batch_emulator: Emulator, azurite: AzuriteServer, tmp_path: Path
+) -> None:
+    """Without ``async with``: the dropped fan-out still terminates its job, as a dropped async generator closes."""
+    inputs, command = slow_but_one(tmp_path / "in")
+    out = tmp_path / "out"
+    before = await stock(batch_emulator, azurite)
+    async with make_client(batch_emulator, azurite, cleanup=True) as client:
+        async for result in client.map_files(
+            inputs, command, "{stem}.n", pool=pool(), output_dir=out, job_id="dropped", **containers(), **QUICK
+        ):
+            assert result.name == "quick.txt" and result.status == "succeeded"
+            break
+        # The client's cleanup would delete the job anyway: the fan-out's own stop is judged before it runs.
+        with anyio.fail_after(30):
+            while job_state(batch_emulator, "dropped") not in ("terminating", "completed"):
+                await anyio.sleep(0.02)
+        assert await no_task_running(batch_emulator)
+        with anyio.fail_after(5):
+            while [p.name for p in out.iterdir() if p.name.startswith(".aiobatch-")]:  # its staging folder
+                await anyio.sleep(0.02)
+        assert sorted(p.name for p in out.iterdir()) == ["quick.n"]
+    # The client's cleanup took the rest (deletions end a moment after they are accepted).
+    with anyio.fail_after(5):
+        while [a - b for a, b in zip(await stock(batch_emulator, azurite), before, strict=True)] != [set()] * 3:
+            await anyio.sleep(0.02)
+
+
+async def test_a_plain_break_then_closing_the_client_at_once_stops_the_job(
+    batch_emulator: Emulator, azurite: AzuriteServer, tmp_path: Path
+) -> None:
+    """Closing the client right after a plain ``break`` (without cleanup) waits for the fan-out's stop first."""
+    inputs, command = slow_but_one(tmp_path / "in")
+    where = containers()
+    async with make_client(batch_emulator, azurite) as client:  # no cleanup: only the fan-out can stop its job
+        async for result in client.map_files(
+            inputs, command, "{stem}.n", pool=pool(), output_dir=tmp_path / "out", job_id="closed", **where, **QUICK
+        ):
+            assert result.name == "quick.txt"
+            break
+    assert client.state == "closed"
+    assert job_state(batch_emulator, "closed") in ("terminating", "completed")  # no wait: the close awaited it
+    assert await no_task_running(batch_emulator)
+    async with make_client(batch_emulator, azurite, run_id=client.run_id) as client:
+        await client.delete_job("closed")
+        await client.delete_pool("fan")
+        await client.delete_containers(list(where.values()))
+
+
 async def test_an_existing_pool_by_id_and_a_folder_with_a_glob(
     batch_emulator: Emulator, azurite: AzuriteServer, tmp_path: Path
 ) -> None:
