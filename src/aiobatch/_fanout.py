@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import string
+import sys
 import time
 import weakref
 from collections import deque
@@ -63,6 +64,11 @@ from ._specs import (
 from ._storage import TransferProgress, _unwrapped_task_group
 from ._watch import TaskEvent, TaskWatch
 
+if sys.version_info >= (3, 11):
+    from typing import TypedDict, Unpack
+else:  # typing_extensions comes with azure-core
+    from typing_extensions import TypedDict, Unpack
+
 if TYPE_CHECKING:
     from ._client import Client
 
@@ -73,6 +79,7 @@ __all__ = [
     "FileMap",
     "FileResult",
     "MapObserver",
+    "MapOptions",
     "MapPlan",
     "MapReport",
     "build_task_specs",
@@ -759,10 +766,54 @@ def _move_into_place(staged: Path, final: Path) -> None:
     os.replace(staged, final)
 
 
+class MapOptions(TypedDict, total=False):
+    """The options of a fan-out (`Client.map_files`, `FileMap`): keyword arguments, each optional.
+
+    Attributes:
+        glob: the pattern under an input folder (``*`` by default; ``**/*.txt`` reaches into subfolders).
+        job_id: the job id; ``map-<run id>`` by default (``-2``, ``-3`` ... for later calls on one client).
+        input_container: the container the inputs go to (``aiobatch-inputs`` by default).
+        output_container: the container the tasks write to (``aiobatch-outputs`` by default).
+        reuse_pool: run on an existing pool with the spec's id that this run did not create (``False``).
+        min_nodes: usable nodes to wait for before adding tasks (1).
+        pool_timeout: seconds to wait for them (1800).
+        application_packages: packages every task needs, beyond the pool's (none).
+        environment: environment variables for every task (none).
+        retries: retries of a failed task (0; ``-1``: unlimited).
+        timeout: seconds one task may run per attempt (no limit).
+        upload_concurrency: most uploads at once (8).
+        download_concurrency: most inputs whose outputs download at once (8).
+        poll_interval: seconds between polls while tasks complete (1.0).
+        observer: receives progress -- stages, bytes, pool nodes, task events, results (none).
+
+    Example:
+        >>> options: MapOptions = {"retries": 2, "timeout": 600.0, "environment": {"LANG": "C.UTF-8"}}
+        >>> sorted(options)
+        ['environment', 'retries', 'timeout']
+    """
+
+    glob: str | None
+    job_id: str | None
+    input_container: str
+    output_container: str
+    reuse_pool: bool
+    min_nodes: int
+    pool_timeout: float
+    application_packages: Sequence[AppPackageRef]
+    environment: Mapping[str, str] | None
+    retries: int
+    timeout: float | None
+    upload_concurrency: int
+    download_concurrency: int
+    poll_interval: float
+    observer: MapObserver | None
+
+
 class FileMap:
     """A fan-out in progress: an async iterator of `FileResult`, one per input, as each input ends.
 
-    Build it with `Client.map_files`. Use it in any of three ways::
+    Build it with `Client.map_files` (the same arguments; the options are those of `MapOptions`). Use it in any
+    of three ways::
 
         async for result in client.map_files(...):      # results as they come
             ...
@@ -793,48 +844,12 @@ class FileMap:
         *,
         pool: PoolSpec | str,
         output_dir: str | os.PathLike[str],
-        glob: str | None = None,
-        job_id: str | None = None,
-        input_container: str = DEFAULT_INPUT_CONTAINER,
-        output_container: str = DEFAULT_OUTPUT_CONTAINER,
-        reuse_pool: bool = False,
-        min_nodes: int = 1,
-        pool_timeout: float = 1800.0,
-        application_packages: Sequence[AppPackageRef] = (),
-        environment: Mapping[str, str] | None = None,
-        retries: int = 0,
-        timeout: float | None = None,
-        upload_concurrency: int = 8,
-        download_concurrency: int = 8,
-        poll_interval: float = 1.0,
-        observer: MapObserver | None = None,
+        **options: Unpack[MapOptions],
     ) -> None:
         # The handle holds the run; nothing the run holds (observer, watch, closures, tracebacks) refers back to
         # the handle, so a caller that drops it -- a plain `break` -- frees it at once, and the finalizer below
         # runs then, not whenever a garbage collection happens to find a cycle.
-        run = _MapRun(
-            client,
-            inputs,
-            command,
-            outputs,
-            pool=pool,
-            output_dir=output_dir,
-            glob=glob,
-            job_id=job_id,
-            input_container=input_container,
-            output_container=output_container,
-            reuse_pool=reuse_pool,
-            min_nodes=min_nodes,
-            pool_timeout=pool_timeout,
-            application_packages=application_packages,
-            environment=environment,
-            retries=retries,
-            timeout=timeout,
-            upload_concurrency=upload_concurrency,
-            download_concurrency=download_concurrency,
-            poll_interval=poll_interval,
-            observer=observer,
-        )
+        run = _MapRun(client, inputs, command, outputs, pool=pool, output_dir=output_dir, **options)
         self._run = run
         self.job_id = run.job_id
         self.pool_id = run.pool_id
@@ -932,23 +947,16 @@ class _MapRun:
         *,
         pool: PoolSpec | str,
         output_dir: str | os.PathLike[str],
-        glob: str | None = None,
-        job_id: str | None = None,
-        input_container: str = DEFAULT_INPUT_CONTAINER,
-        output_container: str = DEFAULT_OUTPUT_CONTAINER,
-        reuse_pool: bool = False,
-        min_nodes: int = 1,
-        pool_timeout: float = 1800.0,
-        application_packages: Sequence[AppPackageRef] = (),
-        environment: Mapping[str, str] | None = None,
-        retries: int = 0,
-        timeout: float | None = None,
-        upload_concurrency: int = 8,
-        download_concurrency: int = 8,
-        poll_interval: float = 1.0,
-        observer: MapObserver | None = None,
+        **options: Unpack[MapOptions],
     ) -> None:
+        unknown = sorted(set(options) - set(MapOptions.__annotations__))
+        if unknown:
+            raise TypeError(
+                f"map_files() got an unexpected keyword argument {unknown[0]!r}; its options are those of "
+                f"aiobatch.MapOptions: {', '.join(MapOptions.__annotations__)}"
+            )
         self.client = client
+        observer = options.get("observer")
         self._observer = observer or MapObserver()
         self._watch_running = observer is not None
         self._inputs = inputs if isinstance(inputs, (str, os.PathLike)) else list(inputs)
@@ -963,16 +971,21 @@ class _MapRun:
                 _parse(template, OUTPUT_PLACEHOLDERS, "output")
         self._pool = pool
         self.pool_id = check_id("pool", pool.id if isinstance(pool, PoolSpec) else pool)
+        job_id = options.get("job_id")
         self.job_id = check_id("job", job_id) if job_id is not None else _default_job_id(client)
         self._output_dir = Path(output_dir)
-        self._glob = glob
-        self._input_container = input_container
-        self._output_container = output_container
-        self._reuse_pool = reuse_pool
-        self._min_nodes = min_nodes
-        self._pool_timeout = pool_timeout
-        self._packages = tuple(application_packages)
-        self._environment = dict(environment or {})
+        self._glob = options.get("glob")
+        self._input_container = options.get("input_container", DEFAULT_INPUT_CONTAINER)
+        self._output_container = options.get("output_container", DEFAULT_OUTPUT_CONTAINER)
+        self._reuse_pool = options.get("reuse_pool", False)
+        self._min_nodes = options.get("min_nodes", 1)
+        self._pool_timeout = options.get("pool_timeout", 1800.0)
+        self._packages = tuple(options.get("application_packages", ()))
+        self._environment = dict(options.get("environment") or {})
+        retries = options.get("retries", 0)
+        timeout = options.get("timeout")
+        upload_concurrency = options.get("upload_concurrency", 8)
+        download_concurrency = options.get("download_concurrency", 8)
         if retries < -1:
             raise ConfigurationError("retries must be -1 (unlimited) or more.", setting="retries")
         if timeout is not None and timeout <= 0:
@@ -983,7 +996,7 @@ class _MapRun:
         self._timeout = timeout
         self._upload_concurrency = upload_concurrency
         self._download_concurrency = download_concurrency
-        self._poll_interval = poll_interval
+        self._poll_interval = options.get("poll_interval", 1.0)
         self._staging = self._output_dir / f".aiobatch-{self.job_id}"
 
         self._started: float | None = None

@@ -290,6 +290,10 @@ async def test_a_bad_template_is_refused_at_the_call(batch_emulator: Emulator, a
     async with make_client(batch_emulator, azurite) as client:
         with pytest.raises(ConfigurationError, match="placeholder"):
             client.map_files([], "cat {file}", "{stem}.n", pool=pool(), output_dir="out")
+        # The options come as **MapOptions: a misspelt one is still refused, as a named keyword would be.
+        misspelt: dict[str, Any] = {"poll_intervall": 0.1}
+        with pytest.raises(TypeError, match=r"'poll_intervall'.*poll_interval"):
+            client.map_files([], "cat {input}", "{stem}.n", pool=pool(), output_dir="out", **misspelt)
         assert client.created == {"jobs": (), "pools": (), "containers": ()}
 
 
