@@ -62,7 +62,7 @@ from ._specs import (
     task_ids_for,
 )
 from ._storage import TransferProgress, _unwrapped_task_group
-from ._watch import TaskEvent, TaskWatch
+from ._watch import TaskEvent, TaskWatch, _explain
 
 if sys.version_info >= (3, 11):
     from typing import TypedDict, Unpack
@@ -566,6 +566,16 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _short(node_id: str | None, width: int = 24) -> str:
+    """A node id fit for a table: Batch's are ~70 characters; keep the start and the distinctive end."""
+    if not node_id:
+        return "-"
+    if len(node_id) <= width:
+        return node_id
+    keep = (width - 1) // 2
+    return node_id[:keep] + "…" + node_id[-keep:]
+
+
 @dataclass(frozen=True)
 class MapReport:
     """What a fan-out did, input by input (in the order given).
@@ -623,7 +633,7 @@ class MapReport:
         )
 
     def format(self, *, width: int = 40) -> str:
-        """The report as a table: input, status, exit code, node, seconds, and the outputs or the error.
+        """The report as a table: input, status, exit code, node (shortened), seconds, and the outputs or the error.
 
         Args:
             width: the most characters of an input's name shown.
@@ -649,7 +659,7 @@ class MapReport:
                     _clip(r.name, width),
                     r.status,
                     "-" if r.exit_code is None else str(r.exit_code),
-                    r.node_id or "-",
+                    _short(r.node_id),  # the result keeps the full id
                     "-" if r.seconds is None else f"{r.seconds:.1f}",
                     _clip(detail, 160),
                 )
@@ -1305,7 +1315,14 @@ class _MapRun:
                 tail = tail_lines(await event.stderr_tail(4096))
             except AiobatchError as exc:
                 tail = f"(stderr could not be read: {exc})"
-            return replace(base, status="failed", error=event.explanation or str(event), stderr_tail=tail)
+            # The event's explanation advises reading the stderr from the event; this result holds it already.
+            advice = (
+                "Read its stderr (result.stderr_tail holds the last lines) and fix the command line or its inputs."
+                if tail
+                else "It wrote nothing to stderr; check the command line and its inputs."
+            )
+            error = _explain(event.exit_code, event.failure, event.retry_count, event.end_time, advice=advice)
+            return replace(base, status="failed", error=error, stderr_tail=tail)
         placed: list[Path] = []
         missing: list[str] = []
         pairs = list(zip(plan.outputs[name], _node_outputs(plan.outputs[name]), strict=True))

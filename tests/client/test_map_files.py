@@ -163,6 +163,8 @@ async def test_a_failing_input_and_a_missing_output_fail_alone(
     bad = by_name["bad.txt"]
     assert bad.status == "failed" and bad.exit_code == 3
     assert bad.error is not None and "exit code 3" in bad.error
+    # The advice points at what the result holds, not at the event's coroutine.
+    assert "result.stderr_tail" in bad.error and "await event" not in bad.error
     assert "cannot count bad.txt" in bad.stderr_tail
     silent = by_name["silent.txt"]
     assert silent.status == "failed" and silent.exit_code == 0 and silent.missing == ("silent.count",)
@@ -170,6 +172,9 @@ async def test_a_failing_input_and_a_missing_output_fail_alone(
     assert not (tmp_path / "out" / "silent.count").exists()
     table = str(report)
     assert "cannot count bad.txt" in table and "did not write" in table and "2 succeeded, 2 failed" in table
+    # Node ids (about 70 characters) are shortened in the table; the result keeps the full id.
+    assert bad.node_id is not None and len(bad.node_id) > 24 and bad.node_id not in table
+    assert f"{bad.node_id[:11]}…{bad.node_id[-11:]}" in table
 
 
 async def test_a_rerun_does_only_what_is_missing(

@@ -9,7 +9,8 @@ in CI). What is the pipeline's own is the wording: a video's line
 for a failure its exit code and the tail of ffmpeg's stderr -- built by `gif_summary` and printed as text by
 `format_summary`.
 
-rich is optional (``pip install 'aiobatch[demo]'``); without it `auto_reporter` falls back to plain lines.
+rich is optional (in a checkout: ``python -m pip install -e '.[demo]'``, as the README's "Install in your
+project" says); without it `auto_reporter` falls back to plain lines.
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ from __future__ import annotations
 import sys
 from typing import IO, Any
 
-from .._fanout import Status
+from .._fanout import Status, _short
 from ..progress import (
     NotebookProgress,
     PlainProgress,
     ProgressDisplay,
     RichProgress,
     Summary,
-    _short,
     format_size,
     use_rich,
 )
