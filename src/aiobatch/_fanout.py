@@ -119,6 +119,9 @@ _OUTPUTS_ITEM = re.compile(r"^outputs\[(\d+)\]$")
 STDERR_LINES = 5
 #: Seconds the job's termination may take when the iteration is abandoned (break + aclose, cancel, error).
 _ABANDON_TIMEOUT = 30.0
+#: A round of downloads ends once this many times ``download_concurrency`` results wait for the caller: the
+#: downloads stay that many in flight meanwhile, and results still reach the caller in bounded batches.
+_RESULTS_PER_ROUND = 4
 
 Status = Literal["succeeded", "failed", "skipped"]
 StageKind = Literal["upload", "pool", "pool-reused", "submit", "run"]
@@ -1251,25 +1254,36 @@ class _MapRun:
         observer.pool_status(status)
 
     async def _round(self) -> None:
-        """Watch and download until some results are ready; then stop the watch (between polls) and return.
+        """Watch and download until results are ready for the caller; then stop the watch (between polls), return.
 
-        Downloads in flight finish; events not yet collected wait in `_pending` for the next round.
+        While completed tasks wait, `download_concurrency` downloads stay in flight (a finished one makes room for
+        the next, as a capacity limiter would), until the caller has a window of results waiting, or results are
+        ready and nothing is left to download. Downloads in flight then finish; events not yet collected wait in
+        `_pending` for the next round.
         """
         assert self._watch is not None
         watch = self._watch
         watcher = anyio.CancelScope()
         in_flight = 0
         stopping = False
+        window = _RESULTS_PER_ROUND * self._download_concurrency
+
+        def stop() -> None:
+            nonlocal stopping
+            stopping = True
+            watcher.cancel()
 
         async def collect(event: TaskEvent) -> None:
-            nonlocal in_flight, stopping
+            nonlocal in_flight
             try:
                 self._done(await self._collect(event))
             finally:
                 in_flight -= 1
-            stopping = True
-            watcher.cancel()
+            if len(self._ready) >= window:
+                stop()  # enough for the caller: hand these over, the rest comes in the next round
             start_more()
+            if in_flight == 0:
+                stop()  # results are ready and nothing is downloading: hand them over now
 
         def start_more() -> None:
             nonlocal in_flight

@@ -5,6 +5,7 @@ The commands are plain shell (``wc``, ``cat``, ``sh -c``): tasks get the node's 
 
 from __future__ import annotations
 
+import itertools
 import os
 import uuid
 import zipfile
@@ -459,6 +460,48 @@ async def test_breaking_out_stops_the_job(batch_emulator: Emulator, azurite: Azu
         await client.delete_job(run.job_id)
         await client.delete_pool("fan")
         await client.delete_containers(list(where.values()))
+
+
+async def test_downloads_stay_in_flight_not_in_waves(
+    batch_emulator: Emulator, azurite: AzuriteServer, tmp_path: Path
+) -> None:
+    """A finished download makes room for the next at once, while the others are still in flight (no waves of 8)."""
+    inputs = write_inputs(tmp_path / "in", [f"t {i:02d}.txt" for i in range(40)])
+    flying: set[int] = set()
+    left_at_last_end: set[int] = set()  # the downloads still in flight when the last one ended
+    most = 0
+    refills = 0  # downloads started while some of those were still in flight: the room was used at once
+    numbers = itertools.count()
+    async with make_client(batch_emulator, azurite, cleanup=True) as client:
+        original = client.download_outputs
+
+        async def slow_download(*args: Any, **kwargs: Any) -> Any:
+            nonlocal most, refills, left_at_last_end
+            me = next(numbers)
+            if left_at_last_end & flying:
+                refills += 1
+            flying.add(me)
+            most = max(most, len(flying))
+            try:
+                await anyio.sleep(0.1)  # every task completes long before its output is fetched
+                return await original(*args, **kwargs)
+            finally:
+                flying.discard(me)
+                left_at_last_end = set(flying)
+
+        client.download_outputs = slow_download  # type: ignore[method-assign]
+        report = await client.map_files(
+            inputs,
+            "wc -w < {input} > {output}",
+            "{stem}.n",
+            pool=pool(),
+            output_dir=tmp_path / "out",
+            **containers(),
+            **QUICK,
+        )
+    assert report.ok and report.succeeded == 40
+    assert most == 8  # download_concurrency
+    assert refills >= 10, refills
 
 
 def slow_but_one(folder: Path) -> tuple[list[Path], str]:
