@@ -45,7 +45,7 @@ from ._errors import (
     TaskFailedError,
     redact,
 )
-from ._fanout import FileMap, FileResult, MapObserver, MapReport
+from ._fanout import FileMap, FileResult, MapObserver, MapOptions, MapReport
 from ._jobs import JobRef
 from ._pools import RUN_ID_KEY, PoolRef, PoolStatus
 from ._retry import RetryPolicy
@@ -90,6 +90,7 @@ __all__ = [
     "JobError",
     "JobRef",
     "MapObserver",
+    "MapOptions",
     "MapReport",
     "NotFoundError",
     "OutputFileSpec",

@@ -36,13 +36,14 @@ from ._errors import (
 from ._jobs import JobRef, OnAllTasksComplete, OnTaskFailure
 from ._pools import PoolRef, PoolStatus, not_ours, run_id_of
 from ._retry import RetryPolicy, call, sdk_client_kwargs
-from ._specs import AppPackageRef, PoolSpec, TaskSpec
+from ._specs import PoolSpec, TaskSpec
 from ._storage import DownloadResult, ProgressCallback, SasPolicy, UploadResult
 from ._submit import SubmissionLedger, SubmitResult
 from ._watch import TaskEvent, TaskSummary, TaskWatch
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
+    from typing_extensions import Unpack
 
 __all__ = ["Client"]
 
@@ -360,6 +361,7 @@ class Client:
             return
         errors: list[BaseException] = []
         try:
+            await _fanout.wait_for_dropped(self)  # a fan-out left by a plain `break` stops its job first
             if self.cleanup:
                 errors = await self._cleanup()
         finally:
@@ -1153,21 +1155,7 @@ class Client:
         *,
         pool: PoolSpec | str,
         output_dir: str | os.PathLike[str],
-        glob: str | None = None,
-        job_id: str | None = None,
-        input_container: str = _fanout.DEFAULT_INPUT_CONTAINER,
-        output_container: str = _fanout.DEFAULT_OUTPUT_CONTAINER,
-        reuse_pool: bool = False,
-        min_nodes: int = 1,
-        pool_timeout: float = 1800.0,
-        application_packages: Sequence[AppPackageRef] = (),
-        environment: Mapping[str, str] | None = None,
-        retries: int = 0,
-        timeout: float | None = None,
-        upload_concurrency: int = 8,
-        download_concurrency: int = 8,
-        poll_interval: float = 1.0,
-        observer: _fanout.MapObserver | None = None,
+        **options: Unpack[_fanout.MapOptions],
     ) -> _fanout.FileMap:
         """Run a command once per local file on a pool, one task each, and yield one result per file as it ends.
 
@@ -1192,21 +1180,9 @@ class Client:
             outputs: the output name template(s), relative to *output_dir* (or functions of the input's name).
             pool: a pool spec to ensure, or the id of an existing pool.
             output_dir: where the outputs go (created if missing).
-            glob: the pattern under a folder (``*`` by default; ``**/*.txt`` reaches into subfolders).
-            job_id: the job id; ``map-<run id>`` by default (``-2``, ``-3`` ... for later calls).
-            input_container: the container the inputs go to.
-            output_container: the container the tasks write to.
-            reuse_pool: run on an existing pool with the spec's id that this run did not create.
-            min_nodes: usable nodes to wait for before adding tasks.
-            pool_timeout: seconds to wait for them.
-            application_packages: packages every task needs (beyond the pool's).
-            environment: environment variables for every task.
-            retries: retries of a failed task (``-1``: unlimited).
-            timeout: seconds one task may run per attempt.
-            upload_concurrency: most uploads at once.
-            download_concurrency: most inputs whose outputs download at once.
-            poll_interval: seconds between polls while tasks complete.
-            observer: receives progress (stages, bytes, pool nodes, task events, results).
+            **options: the fan-out's options, listed in `aiobatch.MapOptions`: ``glob``, ``job_id``, the
+                containers, ``reuse_pool``, the pool wait, ``application_packages``, ``environment``, ``retries``,
+                a per-task ``timeout``, concurrency, ``poll_interval`` and a progress ``observer``.
 
         Returns:
             The fan-out, not started yet: nothing happens until it is iterated or awaited.
@@ -1225,29 +1201,7 @@ class Client:
             ...         print(result.name, result.status, result.error or "")
         """
         self._check_open()
-        return _fanout.FileMap(
-            self,
-            inputs,
-            command,
-            outputs,
-            pool=pool,
-            output_dir=output_dir,
-            glob=glob,
-            job_id=job_id,
-            input_container=input_container,
-            output_container=output_container,
-            reuse_pool=reuse_pool,
-            min_nodes=min_nodes,
-            pool_timeout=pool_timeout,
-            application_packages=application_packages,
-            environment=environment,
-            retries=retries,
-            timeout=timeout,
-            upload_concurrency=upload_concurrency,
-            download_concurrency=download_concurrency,
-            poll_interval=poll_interval,
-            observer=observer,
-        )
+        return _fanout.FileMap(self, inputs, command, outputs, pool=pool, output_dir=output_dir, **options)
 
 
 class _Creating:

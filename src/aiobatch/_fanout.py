@@ -16,13 +16,16 @@ Output blobs are ``<job id>/<task id>/<node name>``: a blob an earlier run left 
 Iteration. `FileMap` is a plain async iterator, not a generator: every step runs inside ``__anext__``, and no
 task group stays open between two results. While tasks run, one step watches for completions and downloads
 the outputs of those that completed (several at once); it returns as soon as some results are ready, stopping
-the watch between polls. Breaking out of the loop leaves nothing running in this process; ``async with`` (or
-`FileMap.aclose`) also terminates the job, as does a cancellation or an error inside an iteration. What the
+the watch between polls. Leaving ``async with`` (or `FileMap.aclose`) terminates the job, as does a cancellation
+or an error inside an iteration. A plain ``break`` drops the `FileMap` handle; all the run's state lives in a
+private `_MapRun` that never refers back to it, so the handle is freed at once and its finalizer schedules the
+stop on the running loop (as asyncio does for a dropped async generator), which `Client.aclose` awaits. What the
 run created -- containers, pool, job -- is the client's to delete (``Client(cleanup=True)``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import logging
@@ -30,10 +33,11 @@ import os
 import re
 import shutil
 import string
+import sys
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from types import TracebackType
@@ -58,7 +62,12 @@ from ._specs import (
     task_ids_for,
 )
 from ._storage import TransferProgress, _unwrapped_task_group
-from ._watch import TaskEvent, TaskWatch
+from ._watch import TaskEvent, TaskWatch, _explain
+
+if sys.version_info >= (3, 11):
+    from typing import TypedDict, Unpack
+else:  # typing_extensions comes with azure-core
+    from typing_extensions import TypedDict, Unpack
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -70,6 +79,7 @@ __all__ = [
     "FileMap",
     "FileResult",
     "MapObserver",
+    "MapOptions",
     "MapPlan",
     "MapReport",
     "build_task_specs",
@@ -109,6 +119,9 @@ _OUTPUTS_ITEM = re.compile(r"^outputs\[(\d+)\]$")
 STDERR_LINES = 5
 #: Seconds the job's termination may take when the iteration is abandoned (break + aclose, cancel, error).
 _ABANDON_TIMEOUT = 30.0
+#: A round of downloads ends once this many times ``download_concurrency`` results wait for the caller: the
+#: downloads stay that many in flight meanwhile, and results still reach the caller in bounded batches.
+_RESULTS_PER_ROUND = 4
 
 Status = Literal["succeeded", "failed", "skipped"]
 StageKind = Literal["upload", "pool", "pool-reused", "submit", "run"]
@@ -556,6 +569,16 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _short(node_id: str | None, width: int = 24) -> str:
+    """A node id fit for a table: Batch's are ~70 characters; keep the start and the distinctive end."""
+    if not node_id:
+        return "-"
+    if len(node_id) <= width:
+        return node_id
+    keep = (width - 1) // 2
+    return node_id[:keep] + "…" + node_id[-keep:]
+
+
 @dataclass(frozen=True)
 class MapReport:
     """What a fan-out did, input by input (in the order given).
@@ -613,7 +636,7 @@ class MapReport:
         )
 
     def format(self, *, width: int = 40) -> str:
-        """The report as a table: input, status, exit code, node, seconds, and the outputs or the error.
+        """The report as a table: input, status, exit code, node (shortened), seconds, and the outputs or the error.
 
         Args:
             width: the most characters of an input's name shown.
@@ -639,7 +662,7 @@ class MapReport:
                     _clip(r.name, width),
                     r.status,
                     "-" if r.exit_code is None else str(r.exit_code),
-                    r.node_id or "-",
+                    _short(r.node_id),  # the result keeps the full id
                     "-" if r.seconds is None else f"{r.seconds:.1f}",
                     _clip(detail, 160),
                 )
@@ -756,10 +779,54 @@ def _move_into_place(staged: Path, final: Path) -> None:
     os.replace(staged, final)
 
 
+class MapOptions(TypedDict, total=False):
+    """The options of a fan-out (`Client.map_files`, `FileMap`): keyword arguments, each optional.
+
+    Attributes:
+        glob: the pattern under an input folder (``*`` by default; ``**/*.txt`` reaches into subfolders).
+        job_id: the job id; ``map-<run id>`` by default (``-2``, ``-3`` ... for later calls on one client).
+        input_container: the container the inputs go to (``aiobatch-inputs`` by default).
+        output_container: the container the tasks write to (``aiobatch-outputs`` by default).
+        reuse_pool: run on an existing pool with the spec's id that this run did not create (``False``).
+        min_nodes: usable nodes to wait for before adding tasks (1).
+        pool_timeout: seconds to wait for them (1800).
+        application_packages: packages every task needs, beyond the pool's (none).
+        environment: environment variables for every task (none).
+        retries: retries of a failed task (0; ``-1``: unlimited).
+        timeout: seconds one task may run per attempt (no limit).
+        upload_concurrency: most uploads at once (8).
+        download_concurrency: most inputs whose outputs download at once (8).
+        poll_interval: seconds between polls while tasks complete (1.0).
+        observer: receives progress -- stages, bytes, pool nodes, task events, results (none).
+
+    Example:
+        >>> options: MapOptions = {"retries": 2, "timeout": 600.0, "environment": {"LANG": "C.UTF-8"}}
+        >>> sorted(options)
+        ['environment', 'retries', 'timeout']
+    """
+
+    glob: str | None
+    job_id: str | None
+    input_container: str
+    output_container: str
+    reuse_pool: bool
+    min_nodes: int
+    pool_timeout: float
+    application_packages: Sequence[AppPackageRef]
+    environment: Mapping[str, str] | None
+    retries: int
+    timeout: float | None
+    upload_concurrency: int
+    download_concurrency: int
+    poll_interval: float
+    observer: MapObserver | None
+
+
 class FileMap:
     """A fan-out in progress: an async iterator of `FileResult`, one per input, as each input ends.
 
-    Build it with `Client.map_files`. Use it in any of three ways::
+    Build it with `Client.map_files` (the same arguments; the options are those of `MapOptions`). Use it in any
+    of three ways::
 
         async for result in client.map_files(...):      # results as they come
             ...
@@ -770,6 +837,11 @@ class FileMap:
     Inputs whose outputs are all there come first (as ``"skipped"``); then, on the next iteration, the inputs are
     uploaded, the pool made ready, the job created and the tasks added; then each task's result comes as it
     completes, its outputs downloaded. Nothing runs between two results.
+
+    Stopping early. Leaving an ``async with`` block, `aclose`, a cancellation or an error inside an iteration
+    terminate the job at once. A plain ``break`` out of ``async for`` (no ``async with``) drops the fan-out
+    unfinished; as asyncio does for an async generator dropped that way, its stop is then scheduled on the running
+    loop, and `Client.aclose` (or leaving the client's ``async with``) waits for it before closing.
 
     Attributes:
         job_id: the job the tasks run in.
@@ -785,96 +857,29 @@ class FileMap:
         *,
         pool: PoolSpec | str,
         output_dir: str | os.PathLike[str],
-        glob: str | None = None,
-        job_id: str | None = None,
-        input_container: str = DEFAULT_INPUT_CONTAINER,
-        output_container: str = DEFAULT_OUTPUT_CONTAINER,
-        reuse_pool: bool = False,
-        min_nodes: int = 1,
-        pool_timeout: float = 1800.0,
-        application_packages: Sequence[AppPackageRef] = (),
-        environment: Mapping[str, str] | None = None,
-        retries: int = 0,
-        timeout: float | None = None,
-        upload_concurrency: int = 8,
-        download_concurrency: int = 8,
-        poll_interval: float = 1.0,
-        observer: MapObserver | None = None,
+        **options: Unpack[MapOptions],
     ) -> None:
-        self._client = client
-        self._observer = observer or MapObserver()
-        self._watch_running = observer is not None
-        self._inputs = inputs if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-        self._command = command
-        self._output_names: tuple[OutputName, ...] = (
-            (outputs,) if isinstance(outputs, str) or callable(outputs) else tuple(outputs)
-        )
-        # Templates are checked now, before anything is read or created.
-        _parse(command, PLACEHOLDERS, "command")
-        for template in self._output_names:
-            if not callable(template):
-                _parse(template, OUTPUT_PLACEHOLDERS, "output")
-        self._pool = pool
-        self.pool_id = check_id("pool", pool.id if isinstance(pool, PoolSpec) else pool)
-        self.job_id = check_id("job", job_id) if job_id is not None else _default_job_id(client)
-        self._output_dir = Path(output_dir)
-        self._glob = glob
-        self._input_container = input_container
-        self._output_container = output_container
-        self._reuse_pool = reuse_pool
-        self._min_nodes = min_nodes
-        self._pool_timeout = pool_timeout
-        self._packages = tuple(application_packages)
-        self._environment = dict(environment or {})
-        if retries < -1:
-            raise ConfigurationError("retries must be -1 (unlimited) or more.", setting="retries")
-        if timeout is not None and timeout <= 0:
-            raise ConfigurationError("timeout must be positive seconds.", setting="timeout")
-        if upload_concurrency < 1 or download_concurrency < 1:
-            raise ConfigurationError("upload_concurrency and download_concurrency must be at least 1.")
-        self._retries = retries
-        self._timeout = timeout
-        self._upload_concurrency = upload_concurrency
-        self._download_concurrency = download_concurrency
-        self._poll_interval = poll_interval
-        self._staging = self._output_dir / f".aiobatch-{self.job_id}"
-
-        self._started: float | None = None
-        self._ended: float | None = None
-        self._plan: MapPlan | None = None
-        self._results: dict[str, FileResult] = {}
-        self._ready: deque[FileResult] = deque()
-        self._input_of: dict[str, str] = {}  # task id (lower case) -> input name
-        self._task_of: dict[str, str] = {}  # input name -> task id
-        self._job_created = False
-        self._set_up = False
-        self._watch: TaskWatch | None = None
-        self._watch_done = False
-        self._pending: deque[TaskEvent] = deque()
-        self._finished = False
-        self._complete = False
+        # The handle holds the run; nothing the run holds (observer, watch, closures, tracebacks) refers back to
+        # the handle, so a caller that drops it -- a plain `break` -- frees it at once, and the finalizer below
+        # runs then, not whenever a garbage collection happens to find a cycle.
+        run = _MapRun(client, inputs, command, outputs, pool=pool, output_dir=output_dir, **options)
+        self._run = run
+        self.job_id = run.job_id
+        self.pool_id = run.pool_id
+        finalizer = weakref.finalize(self, _stop_dropped, run)
+        finalizer.atexit = False  # at interpreter exit there is no loop to stop it on; the client warns instead
 
     def __repr__(self) -> str:
+        run = self._run
         return (
-            f"FileMap(job_id={self.job_id!r}, pool_id={self.pool_id!r}, done={len(self._results)}, "
-            f"finished={self._finished})"
+            f"FileMap(job_id={self.job_id!r}, pool_id={self.pool_id!r}, done={len(run.results)}, "
+            f"finished={run.finished})"
         )
-
-    # -- the report ------------------------------------------------------------------------------------
 
     @property
     def report(self) -> MapReport:
         """The report so far: every input's result once the iteration is exhausted (``report.complete``)."""
-        order = list(self._plan.inputs) if self._plan is not None else []
-        end = self._ended if self._ended is not None else time.monotonic()
-        return MapReport(
-            results=tuple(self._results[n] for n in order if n in self._results),
-            run_id=self._client.run_id,
-            job_id=self.job_id if self._job_created else None,
-            pool_id=self.pool_id,
-            elapsed=0.0 if self._started is None else end - self._started,
-            complete=self._complete,
-        )
+        return self._run.report
 
     async def run(self, on_result: Callable[[FileResult], object] | None = None) -> MapReport:
         """Run to the end and return the report; *on_result* is called with each result as it comes.
@@ -894,8 +899,6 @@ class FileMap:
     def __await__(self) -> Generator[Any, None, MapReport]:
         return self.run().__await__()
 
-    # -- lifecycle ---------------------------------------------------------------------------------------
-
     async def __aenter__(self) -> FileMap:
         return self
 
@@ -906,8 +909,168 @@ class FileMap:
 
     async def aclose(self) -> None:
         """Stop: terminate the job if its tasks may still run, and end the iteration. Safe to call twice."""
+        await self._run.stop()
+
+    def __aiter__(self) -> FileMap:
+        return self
+
+    def __anext__(self) -> Coroutine[Any, Any, FileResult]:
+        # The run's own coroutine: no frame of the handle's is left holding it while a step runs.
+        return self._run.next()
+
+
+#: Stops scheduled for fan-outs dropped unfinished, by client: held (so the loop does not lose them) until done,
+#: and awaited by `Client.aclose` before it closes.
+_DROPPED: weakref.WeakKeyDictionary[Client, set[asyncio.Task[None]]] = weakref.WeakKeyDictionary()
+
+
+def _stop_dropped(run: _MapRun) -> None:
+    """Schedule *run*'s stop on the running loop: its `FileMap` was dropped unfinished (a plain ``break``)."""
+    if not run.needs_stop:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return  # no loop in this thread (interpreter exit, another thread, not asyncio): the client's cleanup is left
+    task = loop.create_task(run.stop_dropped(), name=f"aiobatch-stop-{run.job_id}")
+    pending = _DROPPED.setdefault(run.client, set())
+    pending.add(task)
+    task.add_done_callback(pending.discard)
+
+
+async def wait_for_dropped(client: Client) -> None:
+    """Wait (shielded, bounded) for the stops of *client*'s fan-outs that were dropped unfinished."""
+    pending = _DROPPED.get(client)
+    if not pending:
+        return
+    with anyio.CancelScope(shield=True) as scope:
+        scope.deadline = anyio.current_time() + _ABANDON_TIMEOUT
+        await asyncio.wait(set(pending))
+
+
+class _MapRun:
+    """A fan-out's state and work, behind its `FileMap` (which refers to this, never the other way round)."""
+
+    def __init__(
+        self,
+        client: Client,
+        inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+        command: str,
+        outputs: OutputName | Sequence[OutputName],
+        *,
+        pool: PoolSpec | str,
+        output_dir: str | os.PathLike[str],
+        **options: Unpack[MapOptions],
+    ) -> None:
+        unknown = sorted(set(options) - set(MapOptions.__annotations__))
+        if unknown:
+            raise TypeError(
+                f"map_files() got an unexpected keyword argument {unknown[0]!r}; its options are those of "
+                f"aiobatch.MapOptions: {', '.join(MapOptions.__annotations__)}"
+            )
+        self.client = client
+        observer = options.get("observer")
+        self._observer = observer or MapObserver()
+        self._watch_running = observer is not None
+        self._inputs = inputs if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+        self._command = command
+        self._output_names: tuple[OutputName, ...] = (
+            (outputs,) if isinstance(outputs, str) or callable(outputs) else tuple(outputs)
+        )
+        # Templates are checked now, before anything is read or created.
+        _parse(command, PLACEHOLDERS, "command")
+        for template in self._output_names:
+            if not callable(template):
+                _parse(template, OUTPUT_PLACEHOLDERS, "output")
+        self._pool = pool
+        self.pool_id = check_id("pool", pool.id if isinstance(pool, PoolSpec) else pool)
+        job_id = options.get("job_id")
+        self.job_id = check_id("job", job_id) if job_id is not None else _default_job_id(client)
+        self._output_dir = Path(output_dir)
+        self._glob = options.get("glob")
+        self._input_container = options.get("input_container", DEFAULT_INPUT_CONTAINER)
+        self._output_container = options.get("output_container", DEFAULT_OUTPUT_CONTAINER)
+        self._reuse_pool = options.get("reuse_pool", False)
+        self._min_nodes = options.get("min_nodes", 1)
+        self._pool_timeout = options.get("pool_timeout", 1800.0)
+        self._packages = tuple(options.get("application_packages", ()))
+        self._environment = dict(options.get("environment") or {})
+        retries = options.get("retries", 0)
+        timeout = options.get("timeout")
+        upload_concurrency = options.get("upload_concurrency", 8)
+        download_concurrency = options.get("download_concurrency", 8)
+        if retries < -1:
+            raise ConfigurationError("retries must be -1 (unlimited) or more.", setting="retries")
+        if timeout is not None and timeout <= 0:
+            raise ConfigurationError("timeout must be positive seconds.", setting="timeout")
+        if upload_concurrency < 1 or download_concurrency < 1:
+            raise ConfigurationError("upload_concurrency and download_concurrency must be at least 1.")
+        self._retries = retries
+        self._timeout = timeout
+        self._upload_concurrency = upload_concurrency
+        self._download_concurrency = download_concurrency
+        self._poll_interval = options.get("poll_interval", 1.0)
+        self._staging = self._output_dir / f".aiobatch-{self.job_id}"
+
+        self._started: float | None = None
+        self._ended: float | None = None
+        self._plan: MapPlan | None = None
+        self._results: dict[str, FileResult] = {}
+        self._ready: deque[FileResult] = deque()
+        self._input_of: dict[str, str] = {}  # task id (lower case) -> input name
+        self._task_of: dict[str, str] = {}  # input name -> task id
+        self._job_created = False
+        self._set_up = False
+        self._watch: TaskWatch | None = None
+        self._watch_done = False
+        self._pending: deque[TaskEvent] = deque()
+        self._finished = False
+        self._complete = False
+
+    @property
+    def results(self) -> dict[str, FileResult]:
+        """The results so far, by input name."""
+        return self._results
+
+    @property
+    def finished(self) -> bool:
+        """Whether the iteration is over (exhausted or stopped)."""
+        return self._finished
+
+    @property
+    def needs_stop(self) -> bool:
+        """Whether it started and has not ended: dropped now, its job (or staging folder) would be left behind."""
+        return self._started is not None and not self._finished
+
+    @property
+    def report(self) -> MapReport:
+        """The report so far."""
+        order = list(self._plan.inputs) if self._plan is not None else []
+        end = self._ended if self._ended is not None else time.monotonic()
+        return MapReport(
+            results=tuple(self._results[n] for n in order if n in self._results),
+            run_id=self.client.run_id,
+            job_id=self.job_id if self._job_created else None,
+            pool_id=self.pool_id,
+            elapsed=0.0 if self._started is None else end - self._started,
+            complete=self._complete,
+        )
+
+    async def stop(self) -> None:
+        """Terminate the job if its tasks may still run, and end the iteration. Safe to call twice."""
         if not self._finished:
             await self._abandon()
+
+    async def stop_dropped(self) -> None:
+        """`stop`, for a fan-out its caller dropped unfinished: never raises (nobody is there to catch it)."""
+        try:
+            if self.client.state == "open":
+                await self.stop()
+            elif not self._finished:  # a closed client ran its own cleanup; only the local staging folder is left
+                self._finished = True
+                await self._remove_staging()
+        except Exception:
+            logger.warning("could not stop job %s after its fan-out was left early", self.job_id, exc_info=True)
 
     async def _abandon(self) -> None:
         """Stop the job (shielded, bounded) and remove the staging folder; the iteration ends."""
@@ -919,7 +1082,7 @@ class FileMap:
                 await self._watch.aclose()
             if self._job_created and not self._complete:
                 try:
-                    if await self._client.terminate_job(self.job_id):
+                    if await self.client.terminate_job(self.job_id):
                         logger.info("job %s terminated: the fan-out was stopped", self.job_id)
                 except AiobatchError as exc:
                     logger.warning("could not terminate job %s: %s", self.job_id, exc)
@@ -930,10 +1093,8 @@ class FileMap:
 
     # -- iteration ---------------------------------------------------------------------------------------
 
-    def __aiter__(self) -> FileMap:
-        return self
-
-    async def __anext__(self) -> FileResult:
+    async def next(self) -> FileResult:
+        """The next result, stepping the run until one is ready."""
         while not self._ready:
             if self._finished:
                 raise StopAsyncIteration
@@ -976,7 +1137,7 @@ class FileMap:
             self._set_up = self._watch_done = True
 
     async def _set_up_run(self) -> None:
-        plan, client = self._plan, self._client
+        plan, client = self._plan, self.client
         assert plan is not None
         # Files -> blobs.
         todo = list(plan.todo)
@@ -1052,7 +1213,7 @@ class FileMap:
     async def _ensure_pool(self, spec: PoolSpec) -> None:
         """Create the pool, or -- only when asked -- run on an existing one that has the spec's packages."""
         try:
-            ref = await self._client.ensure_pool(spec, reuse_existing=self._reuse_pool)
+            ref = await self.client.ensure_pool(spec, reuse_existing=self._reuse_pool)
         except ConflictError as exc:
             if exc.code != "PoolExists":
                 raise
@@ -1066,11 +1227,11 @@ class FileMap:
             return
         text = f"reusing existing pool {spec.id!r} (not created by this run; it will be left as it is)"
         self._observer.stage("pool-reused", text, 0)
-        await _check_packages(self._client, spec)
+        await _check_packages(self.client, spec)
 
     async def _wait_for_pool(self) -> None:
         """`Client.wait_for_pool_ready`, with the pool's node states shown to the observer while it waits."""
-        client, observer = self._client, self._observer
+        client, observer = self.client, self._observer
 
         async def show() -> None:
             while True:
@@ -1093,25 +1254,36 @@ class FileMap:
         observer.pool_status(status)
 
     async def _round(self) -> None:
-        """Watch and download until some results are ready; then stop the watch (between polls) and return.
+        """Watch and download until results are ready for the caller; then stop the watch (between polls), return.
 
-        Downloads in flight finish; events not yet collected wait in `_pending` for the next round.
+        While completed tasks wait, `download_concurrency` downloads stay in flight (a finished one makes room for
+        the next, as a capacity limiter would), until the caller has a window of results waiting, or results are
+        ready and nothing is left to download. Downloads in flight then finish; events not yet collected wait in
+        `_pending` for the next round.
         """
         assert self._watch is not None
         watch = self._watch
         watcher = anyio.CancelScope()
         in_flight = 0
         stopping = False
+        window = _RESULTS_PER_ROUND * self._download_concurrency
+
+        def stop() -> None:
+            nonlocal stopping
+            stopping = True
+            watcher.cancel()
 
         async def collect(event: TaskEvent) -> None:
-            nonlocal in_flight, stopping
+            nonlocal in_flight
             try:
                 self._done(await self._collect(event))
             finally:
                 in_flight -= 1
-            stopping = True
-            watcher.cancel()
+            if len(self._ready) >= window:
+                stop()  # enough for the caller: hand these over, the rest comes in the next round
             start_more()
+            if in_flight == 0:
+                stop()  # results are ready and nothing is downloading: hand them over now
 
         def start_more() -> None:
             nonlocal in_flight
@@ -1157,7 +1329,14 @@ class FileMap:
                 tail = tail_lines(await event.stderr_tail(4096))
             except AiobatchError as exc:
                 tail = f"(stderr could not be read: {exc})"
-            return replace(base, status="failed", error=event.explanation or str(event), stderr_tail=tail)
+            # The event's explanation advises reading the stderr from the event; this result holds it already.
+            advice = (
+                "Read its stderr (result.stderr_tail holds the last lines) and fix the command line or its inputs."
+                if tail
+                else "It wrote nothing to stderr; check the command line and its inputs."
+            )
+            error = _explain(event.exit_code, event.failure, event.retry_count, event.end_time, advice=advice)
+            return replace(base, status="failed", error=error, stderr_tail=tail)
         placed: list[Path] = []
         missing: list[str] = []
         pairs = list(zip(plan.outputs[name], _node_outputs(plan.outputs[name]), strict=True))
@@ -1208,7 +1387,7 @@ class FileMap:
         return replace(base, outputs=tuple(placed))
 
     async def _download(self, blobs: list[str]) -> None:
-        await self._client.download_outputs(
+        await self.client.download_outputs(
             self._output_container,
             self._staging,
             names=blobs,

@@ -261,8 +261,22 @@ def _explain_input(failure: TaskFailure) -> str:
     )
 
 
-def _explain(exit_code: int | None, failure: TaskFailure | None, retry_count: int, end_time: dt.datetime | None) -> str:
-    """Say why a task failed and what to do: the plain reading first, the service's code and message after."""
+#: What a failed task's explanation advises when the command ran: its stderr, read from the event.
+_STDERR_ADVICE = "Read its stderr (await event.stderr_tail()) and fix the command line or its inputs."
+
+
+def _explain(
+    exit_code: int | None,
+    failure: TaskFailure | None,
+    retry_count: int,
+    end_time: dt.datetime | None,
+    *,
+    advice: str = _STDERR_ADVICE,
+) -> str:
+    """Say why a task failed and what to do: the plain reading first, the service's code and message after.
+
+    *advice* closes an explanation of a command that ran and failed (a caller that holds the stderr says where).
+    """
     expired = failure.sas_expired(end_time) if failure else None
     if failure is not None and expired is not None:
         return (
@@ -274,10 +288,7 @@ def _explain(exit_code: int | None, failure: TaskFailure | None, retry_count: in
         return _explain_input(failure)
     why = f"exit code {exit_code}" if exit_code is not None else (failure.code if failure else "no exit code")
     detail = f" {failure.code}: {failure.message.rstrip('.')}." if failure else ""
-    return (
-        f"{why} after {retry_count} retries.{detail} Read its stderr (await event.stderr_tail()) and fix the "
-        "command line or its inputs."
-    )
+    return f"{why} after {retry_count} retries.{detail} {advice}"
 
 
 def _event(

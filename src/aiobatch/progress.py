@@ -18,7 +18,8 @@ A caller that speaks of something other than inputs and outputs (the pet example
 drives the same displays with `ProgressDisplay.show_stage`, `ProgressDisplay.show_done` and
 `ProgressDisplay.show_summary`; see `aiobatch.demo.progress`.
 
-rich is optional (``pip install 'aiobatch[demo]'``); without it `auto_observer` falls back to plain lines.
+rich is optional (in a checkout: ``python -m pip install -e '.[demo]'``, as the README's "Install in your
+project" says); without it `auto_observer` falls back to plain lines.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import IO, Any
 
-from ._fanout import FileResult, MapObserver, MapReport, StageKind, Status, failure_reason
+from ._fanout import FileResult, MapObserver, MapReport, StageKind, Status, _clip, _short, failure_reason
 from ._pools import PoolStatus
 from ._storage import TransferProgress
 from ._watch import TaskEvent
@@ -67,21 +68,6 @@ def format_size(size: int | None) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
     raise AssertionError("unreachable")
-
-
-def _short(node_id: str | None, width: int = 24) -> str:
-    """A node id fit for a table: Batch's are ~70 characters; keep the start and the distinctive end."""
-    if not node_id:
-        return "-"
-    if len(node_id) <= width:
-        return node_id
-    keep = (width - 1) // 2
-    return node_id[:keep] + "…" + node_id[-keep:]
-
-
-def _clip(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ The commands are plain shell (``wc``, ``cat``, ``sh -c``): tasks get the node's 
 
 from __future__ import annotations
 
+import itertools
 import os
 import uuid
 import zipfile
@@ -163,6 +164,8 @@ async def test_a_failing_input_and_a_missing_output_fail_alone(
     bad = by_name["bad.txt"]
     assert bad.status == "failed" and bad.exit_code == 3
     assert bad.error is not None and "exit code 3" in bad.error
+    # The advice points at what the result holds, not at the event's coroutine.
+    assert "result.stderr_tail" in bad.error and "await event" not in bad.error
     assert "cannot count bad.txt" in bad.stderr_tail
     silent = by_name["silent.txt"]
     assert silent.status == "failed" and silent.exit_code == 0 and silent.missing == ("silent.count",)
@@ -170,6 +173,9 @@ async def test_a_failing_input_and_a_missing_output_fail_alone(
     assert not (tmp_path / "out" / "silent.count").exists()
     table = str(report)
     assert "cannot count bad.txt" in table and "did not write" in table and "2 succeeded, 2 failed" in table
+    # Node ids (about 70 characters) are shortened in the table; the result keeps the full id.
+    assert bad.node_id is not None and len(bad.node_id) > 24 and bad.node_id not in table
+    assert f"{bad.node_id[:11]}…{bad.node_id[-11:]}" in table
 
 
 async def test_a_rerun_does_only_what_is_missing(
@@ -290,6 +296,10 @@ async def test_a_bad_template_is_refused_at_the_call(batch_emulator: Emulator, a
     async with make_client(batch_emulator, azurite) as client:
         with pytest.raises(ConfigurationError, match="placeholder"):
             client.map_files([], "cat {file}", "{stem}.n", pool=pool(), output_dir="out")
+        # The options come as **MapOptions: a misspelt one is still refused, as a named keyword would be.
+        misspelt: dict[str, Any] = {"poll_intervall": 0.1}
+        with pytest.raises(TypeError, match=r"'poll_intervall'.*poll_interval"):
+            client.map_files([], "cat {input}", "{stem}.n", pool=pool(), output_dir="out", **misspelt)
         assert client.created == {"jobs": (), "pools": (), "containers": ()}
 
 
@@ -448,6 +458,110 @@ async def test_breaking_out_stops_the_job(batch_emulator: Emulator, azurite: Azu
         assert [r.name for r in run.report.results] == ["quick.txt"] and not run.report.complete
         assert [r async for r in run] == []  # the iteration is over
         await client.delete_job(run.job_id)
+        await client.delete_pool("fan")
+        await client.delete_containers(list(where.values()))
+
+
+async def test_downloads_stay_in_flight_not_in_waves(
+    batch_emulator: Emulator, azurite: AzuriteServer, tmp_path: Path
+) -> None:
+    """A finished download makes room for the next at once, while the others are still in flight (no waves of 8)."""
+    inputs = write_inputs(tmp_path / "in", [f"t {i:02d}.txt" for i in range(40)])
+    flying: set[int] = set()
+    left_at_last_end: set[int] = set()  # the downloads still in flight when the last one ended
+    most = 0
+    refills = 0  # downloads started while some of those were still in flight: the room was used at once
+    numbers = itertools.count()
+    async with make_client(batch_emulator, azurite, cleanup=True) as client:
+        original = client.download_outputs
+
+        async def slow_download(*args: Any, **kwargs: Any) -> Any:
+            nonlocal most, refills, left_at_last_end
+            me = next(numbers)
+            if left_at_last_end & flying:
+                refills += 1
+            flying.add(me)
+            most = max(most, len(flying))
+            try:
+                await anyio.sleep(0.1)  # every task completes long before its output is fetched
+                return await original(*args, **kwargs)
+            finally:
+                flying.discard(me)
+                left_at_last_end = set(flying)
+
+        client.download_outputs = slow_download  # type: ignore[method-assign]
+        report = await client.map_files(
+            inputs,
+            "wc -w < {input} > {output}",
+            "{stem}.n",
+            pool=pool(),
+            output_dir=tmp_path / "out",
+            **containers(),
+            **QUICK,
+        )
+    assert report.ok and report.succeeded == 40
+    assert most == 8  # download_concurrency
+    assert refills >= 10, refills
+
+
+def slow_but_one(folder: Path) -> tuple[list[Path], str]:
+    """Six inputs and a command: ``quick.txt`` completes at once, the other five sleep 30 s."""
+    names = ["quick.txt", *(f"slow {i}.txt" for i in range(5))]
+    inputs = write_inputs(folder, names, lambda i, n: "a b" if n == "quick.txt" else "slow")
+    return inputs, "grep -q slow {input} && sleep 30; wc -w < {input} > {output}"
+
+
+def job_state(emulator: Emulator, job_id: str) -> str | None:
+    assert emulator.account is not None
+    job = emulator.account.jobs.get(job_id.lower())
+    return job.state if job is not None else None
+
+
+async def test_a_plain_break_stops_the_job_too(
+    batch_emulator: Emulator, azurite: AzuriteServer, tmp_path: Path
+) -> None:
+    """Without ``async with``: the dropped fan-out still terminates its job, as a dropped async generator closes."""
+    inputs, command = slow_but_one(tmp_path / "in")
+    out = tmp_path / "out"
+    before = await stock(batch_emulator, azurite)
+    async with make_client(batch_emulator, azurite, cleanup=True) as client:
+        async for result in client.map_files(
+            inputs, command, "{stem}.n", pool=pool(), output_dir=out, job_id="dropped", **containers(), **QUICK
+        ):
+            assert result.name == "quick.txt" and result.status == "succeeded"
+            break
+        # The client's cleanup would delete the job anyway: the fan-out's own stop is judged before it runs.
+        with anyio.fail_after(30):
+            while job_state(batch_emulator, "dropped") not in ("terminating", "completed"):
+                await anyio.sleep(0.02)
+        assert await no_task_running(batch_emulator)
+        with anyio.fail_after(5):
+            while [p.name for p in out.iterdir() if p.name.startswith(".aiobatch-")]:  # its staging folder
+                await anyio.sleep(0.02)
+        assert sorted(p.name for p in out.iterdir()) == ["quick.n"]
+    # The client's cleanup took the rest (deletions end a moment after they are accepted).
+    with anyio.fail_after(5):
+        while [a - b for a, b in zip(await stock(batch_emulator, azurite), before, strict=True)] != [set()] * 3:
+            await anyio.sleep(0.02)
+
+
+async def test_a_plain_break_then_closing_the_client_at_once_stops_the_job(
+    batch_emulator: Emulator, azurite: AzuriteServer, tmp_path: Path
+) -> None:
+    """Closing the client right after a plain ``break`` (without cleanup) waits for the fan-out's stop first."""
+    inputs, command = slow_but_one(tmp_path / "in")
+    where = containers()
+    async with make_client(batch_emulator, azurite) as client:  # no cleanup: only the fan-out can stop its job
+        async for result in client.map_files(
+            inputs, command, "{stem}.n", pool=pool(), output_dir=tmp_path / "out", job_id="closed", **where, **QUICK
+        ):
+            assert result.name == "quick.txt"
+            break
+    assert client.state == "closed"
+    assert job_state(batch_emulator, "closed") in ("terminating", "completed")  # no wait: the close awaited it
+    assert await no_task_running(batch_emulator)
+    async with make_client(batch_emulator, azurite, run_id=client.run_id) as client:
+        await client.delete_job("closed")
         await client.delete_pool("fan")
         await client.delete_containers(list(where.values()))
 

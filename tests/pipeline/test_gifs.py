@@ -121,10 +121,10 @@ def test_plain_reporter_writes_lines(monkeypatch: pytest.MonkeyPatch) -> None:
     stream = io.StringIO()
     reporter = auto_reporter(stream)  # not a terminal: plain lines
     assert isinstance(reporter, PlainReporter)
-    reporter.stage("uploading 1 video")
+    reporter.stage_line("uploading 1 video")
     for result in report().results:
         reporter.video_done(result)
-    reporter.finished(report())
+    reporter.conversion_finished(report())
     out = stream.getvalue()
     assert "uploading 1 video\n" in out and "cat.mp4: converted -> cat.gif" in out
     assert "bad.mp4: FAILED (exit code 1)" in out and "Invalid data" in out

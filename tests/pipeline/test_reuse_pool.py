@@ -105,7 +105,7 @@ class Stages(Reporter):
     def __init__(self) -> None:
         self.stages: list[str] = []
 
-    def stage(self, text: str) -> None:
+    def stage_line(self, text: str) -> None:
         self.stages.append(text)
 
 

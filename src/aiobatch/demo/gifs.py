@@ -47,8 +47,7 @@ import anyio.to_thread
 
 from .._client import Client
 from .._errors import ConfigurationError
-from .._fanout import FileResult, MapObserver, StageKind, failure_line, node_name, output_present, tail_lines
-from .._pools import PoolStatus
+from .._fanout import FileResult, MapObserver, MapReport, StageKind, failure_line, node_name, output_present, tail_lines
 from .._specs import IMAGES as _POOL_IMAGES
 from .._specs import (
     AppPackageRef,
@@ -59,8 +58,6 @@ from .._specs import (
     command_line,
     quote_arg,
 )
-from .._storage import TransferProgress
-from .._watch import TaskEvent
 
 __all__ = [
     "DEFAULT_INPUT_CONTAINER",
@@ -357,41 +354,54 @@ class ConversionReport:
         return sum(1 for r in self.results if r.outcome == outcome)
 
 
-class Reporter:
-    """Receives the pipeline's progress; every method does nothing here. Subclass and override what you show.
+class Reporter(MapObserver):
+    """Receives the pipeline's progress: a `aiobatch.MapObserver` that speaks of videos and GIFs.
 
-    `aiobatch.demo.progress` has three: rich progress bars, plain lines, and a notebook display.
+    `convert_videos` hands it to `aiobatch.Client.map_files` as the observer, so the fan-out's hooks reach it as
+    they are (`upload_progress`, `pool_status`, `task_event`, ...), except three, which come in the pipeline's
+    words: a stage as a line (`stage_line`: ``"uploading 6 videos ..."``), a video's result once its GIF is
+    measured (`video_done`, not `result`), and the pipeline's report (`conversion_finished`, not `finished`).
+    Every method does nothing here; subclass and override what you show. `aiobatch.demo.progress` has three:
+    rich progress bars, plain lines, and a notebook display.
     """
 
-    def stage(self, text: str) -> None:
-        """A new stage begins (``"uploading 6 videos"``, ``"waiting for pool ..."``)."""
+    # What the stage lines name; set by `conversion_started` (class defaults: a subclass need not call __init__).
+    _pool_id = ""
+    _vm_size = ""
+    _input_container = ""
+    _job_id = ""
 
-    def upload_started(self, files: int, total_bytes: int) -> None:
-        """The upload of *files* videos, *total_bytes* in all, begins."""
+    def conversion_started(self, pool: PoolSpec, input_container: str, job_id: str) -> None:
+        """The conversion is about to start: on *pool*, from *input_container*, in job *job_id*."""
+        self._pool_id, self._vm_size = pool.id, pool.vm_size
+        self._input_container, self._job_id = input_container, job_id
 
-    def upload_progress(self, progress: TransferProgress) -> None:
-        """Bytes of one video went up (or it was already there: ``progress.skipped``)."""
+    def stage(self, kind: StageKind, text: str, count: int) -> None:
+        """The fan-out's stage, worded for videos and passed to `stage_line`."""
+        if kind == "upload":
+            text = f"uploading {plural(count, 'video')} to container {self._input_container!r}"
+        elif kind == "pool":
+            text = f"making sure pool {self._pool_id!r} has a usable node ({self._vm_size})"
+        elif kind == "submit":
+            text = f"adding {plural(count, 'task')} to job {self._job_id!r}"
+        elif kind == "run":
+            text = f"converting {plural(count, 'video')} on pool {self._pool_id!r}"
+        self.stage_line(text)
 
-    def pool_status(self, status: PoolStatus) -> None:
-        """The pool's allocation and node states, as last seen."""
+    def result(self, result: FileResult) -> None:
+        """Nothing: a video's result comes to `video_done`, once its GIF is measured."""
 
-    def tasks_submitted(self, videos_by_task: dict[str, str]) -> None:
-        """These tasks (task id -> video file name) are in the job."""
+    def finished(self, report: MapReport) -> None:
+        """Nothing: the pipeline's report comes to `conversion_finished`."""
 
-    def task_event(self, event: TaskEvent, video: str) -> None:
-        """A task started running or completed."""
-
-    def download_progress(self, progress: TransferProgress) -> None:
-        """Bytes of one GIF came down."""
+    def stage_line(self, text: str) -> None:
+        """A new stage begins (``"uploading 6 videos ..."``, ``"making sure pool ..."``)."""
 
     def video_done(self, result: VideoResult) -> None:
         """A video's result is final."""
 
-    def finished(self, report: ConversionReport) -> None:
+    def conversion_finished(self, report: ConversionReport) -> None:
         """Everything is done; the report is final."""
-
-    def close(self) -> None:
-        """Stop displaying (also after an error or Ctrl-C)."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -419,45 +429,6 @@ def _plan_and_measure(videos: Sequence[Path], out: Path) -> tuple[ConversionPlan
     gif_sizes = {v.name: (out / plan.gif_names[v.name]).stat().st_size for v in plan.present}
     video_sizes = {v.name: v.stat().st_size for v in plan.todo}
     return plan, gif_sizes, video_sizes
-
-
-class _Relay(MapObserver):
-    """Passes a fan-out's progress on to a `Reporter`, in the words of videos and GIFs."""
-
-    def __init__(self, reporter: Reporter, pool: PoolSpec, input_container: str, job_id: str) -> None:
-        self._reporter = reporter
-        self._pool = pool
-        self._input_container = input_container
-        self._job_id = job_id
-
-    def stage(self, kind: StageKind, text: str, count: int) -> None:
-        if kind == "upload":
-            text = f"uploading {plural(count, 'video')} to container {self._input_container!r}"
-        elif kind == "pool":
-            text = f"making sure pool {self._pool.id!r} has a usable node ({self._pool.vm_size})"
-        elif kind == "submit":
-            text = f"adding {plural(count, 'task')} to job {self._job_id!r}"
-        elif kind == "run":
-            text = f"converting {plural(count, 'video')} on pool {self._pool.id!r}"
-        self._reporter.stage(text)
-
-    def upload_started(self, files: int, total_bytes: int) -> None:
-        self._reporter.upload_started(files, total_bytes)
-
-    def upload_progress(self, progress: TransferProgress) -> None:
-        self._reporter.upload_progress(progress)
-
-    def pool_status(self, status: PoolStatus) -> None:
-        self._reporter.pool_status(status)
-
-    def tasks_submitted(self, names_by_task: dict[str, str]) -> None:
-        self._reporter.tasks_submitted(names_by_task)
-
-    def task_event(self, event: TaskEvent, name: str) -> None:
-        self._reporter.task_event(event, name)
-
-    def download_progress(self, progress: TransferProgress) -> None:
-        self._reporter.download_progress(progress)
 
 
 def _command_template(app: AppPackageRef, settings: GifSettings, os: OsFamily) -> str:
@@ -568,14 +539,15 @@ async def convert_videos(
 
     if not plan.todo:
         every = "the GIF is" if len(paths) == 1 else f"all {len(paths)} GIFs are"
-        reporter.stage(f"{every} already in {out}; nothing to convert")
+        reporter.stage_line(f"{every} already in {out}; nothing to convert")
         final = report(None)
-        reporter.finished(final)
+        reporter.conversion_finished(final)
         return final
 
     # The general fan-out does the work -- upload, pool, job, one task per video (the largest first), each GIF
     # downloaded as its task ends; what is GIF-specific is the command, the names and the words shown.
     job_id = job_id or f"gifs-{client.run_id}"
+    reporter.conversion_started(pool, input_container, job_id)
     conversions = client.map_files(
         plan.todo,
         _command_template(app, settings, pool.os),
@@ -590,7 +562,7 @@ async def convert_videos(
         pool_timeout=pool_timeout,
         retries=task_retries,
         timeout=task_timeout,
-        observer=_Relay(reporter, pool, input_container, job_id),
+        observer=reporter,
     )
     async with conversions:
         async for converted in conversions:
@@ -598,7 +570,7 @@ async def convert_videos(
             results[result.video] = result
             reporter.video_done(result)
     final = report(conversions.report.job_id)
-    reporter.finished(final)
+    reporter.conversion_finished(final)
     logger.info(
         "converted %s, %d failed, %d already there, in %.1f s",
         plural(final.count("converted"), "video"),

@@ -1,14 +1,16 @@
 """The pet pipeline's progress, in the words of videos and GIFs, drawn by `aiobatch.progress`'s displays.
 
-Each class here is a `aiobatch.demo.gifs.Reporter` over one of the general displays -- `PlainReporter` over
-`aiobatch.progress.PlainProgress`, `RichReporter` over `aiobatch.progress.RichProgress`, `NotebookReporter` over
-`aiobatch.progress.NotebookProgress` -- and `auto_reporter` picks one for a stream as `aiobatch.progress.auto_observer`
-does (plain lines in a pipe and in CI). What is the pipeline's own is the wording: a video's line
+Each class here is a `aiobatch.demo.gifs.Reporter` (itself a `aiobatch.MapObserver`) drawn by one of the
+general displays -- `PlainReporter` is a `aiobatch.progress.PlainProgress`, `RichReporter` a
+`aiobatch.progress.RichProgress`, `NotebookReporter` a `aiobatch.progress.NotebookProgress` -- and
+`auto_reporter` picks one for a stream as `aiobatch.progress.auto_observer` does (plain lines in a pipe and
+in CI). What is the pipeline's own is the wording: a video's line
 (``converted -> NAME.gif (size, seconds)``) and the summary table -- video, result, GIF size, seconds, node, and
 for a failure its exit code and the tail of ffmpeg's stderr -- built by `gif_summary` and printed as text by
 `format_summary`.
 
-rich is optional (``pip install 'aiobatch[demo]'``); without it `auto_reporter` falls back to plain lines.
+rich is optional (in a checkout: ``python -m pip install -e '.[demo]'``, as the README's "Install in your
+project" says); without it `auto_reporter` falls back to plain lines.
 """
 
 from __future__ import annotations
@@ -16,18 +18,13 @@ from __future__ import annotations
 import sys
 from typing import IO, Any
 
-from .._fanout import Status
-from .._pools import PoolStatus
-from .._storage import TransferProgress
-from .._watch import TaskEvent
+from .._fanout import Status, _short
 from ..progress import (
     NotebookProgress,
     PlainProgress,
     ProgressDisplay,
-    ProgressState,
     RichProgress,
     Summary,
-    _short,
     format_size,
     use_rich,
 )
@@ -124,50 +121,25 @@ def _video_line(result: VideoResult) -> tuple[str | None, str]:
     return f"{result.video}: FAILED ({result.error})", result.stderr_tail
 
 
-class _Relay(Reporter):
-    """A `Reporter` that words the pipeline's progress for one of `aiobatch.progress`'s displays."""
+class _GifDisplay(Reporter, ProgressDisplay):
+    """A `Reporter` drawn by one of `aiobatch.progress`'s displays: the pipeline's words, the display's drawing.
 
-    def __init__(self, display: ProgressDisplay) -> None:
-        self.display = display
+    The fan-out's hooks that keep counts (bytes, pool nodes, task events) are the display's own; the three the
+    pipeline words (`Reporter.stage`, `Reporter.result`, `Reporter.finished`) are `Reporter`'s, which come first.
+    """
 
-    @property
-    def state(self) -> ProgressState:
-        """The display's counts."""
-        return self.display.state
-
-    def stage(self, text: str) -> None:
-        self.display.show_stage(text)
-
-    def upload_started(self, files: int, total_bytes: int) -> None:
-        self.display.upload_started(files, total_bytes)
-
-    def upload_progress(self, progress: TransferProgress) -> None:
-        self.display.upload_progress(progress)
-
-    def pool_status(self, status: PoolStatus) -> None:
-        self.display.pool_status(status)
-
-    def tasks_submitted(self, videos_by_task: dict[str, str]) -> None:
-        self.display.tasks_submitted(videos_by_task)
-
-    def task_event(self, event: TaskEvent, video: str) -> None:
-        self.display.task_event(event, video)
-
-    def download_progress(self, progress: TransferProgress) -> None:
-        self.display.download_progress(progress)
+    def stage_line(self, text: str) -> None:
+        self.show_stage(text)
 
     def video_done(self, result: VideoResult) -> None:
         text, detail = _video_line(result)
-        self.display.show_done(result.video, _STATUS[result.outcome], text, detail=detail)
+        self.show_done(result.video, _STATUS[result.outcome], text, detail=detail)
 
-    def finished(self, report: ConversionReport) -> None:
-        self.display.show_summary(gif_summary(report))
-
-    def close(self) -> None:
-        self.display.close()
+    def conversion_finished(self, report: ConversionReport) -> None:
+        self.show_summary(gif_summary(report))
 
 
-class PlainReporter(_Relay):
+class PlainReporter(_GifDisplay, PlainProgress):
     """Readable lines, one per notable event, with a timestamp: for logs, pipes and CI.
 
     Args:
@@ -175,10 +147,10 @@ class PlainReporter(_Relay):
     """
 
     def __init__(self, stream: IO[str] | None = None) -> None:
-        super().__init__(PlainProgress(stream, **_LABELS))
+        PlainProgress.__init__(self, stream, **_LABELS)
 
 
-class RichReporter(_Relay):
+class RichReporter(_GifDisplay, RichProgress):
     """Live rich progress bars (upload, pool nodes, conversions, downloads) and a summary table.
 
     Args:
@@ -186,10 +158,10 @@ class RichReporter(_Relay):
     """
 
     def __init__(self, console: Any = None) -> None:
-        super().__init__(RichProgress(console, **_LABELS))
+        RichProgress.__init__(self, console, **_LABELS)
 
 
-class NotebookReporter(_Relay):
+class NotebookReporter(_GifDisplay, NotebookProgress):
     """One live display in a Jupyter notebook (updated in place) and an HTML summary table at the end.
 
     Args:
@@ -197,10 +169,10 @@ class NotebookReporter(_Relay):
     """
 
     def __init__(self, *, refresh: float = 0.25) -> None:
-        super().__init__(NotebookProgress(refresh=refresh, **_LABELS))
+        NotebookProgress.__init__(self, refresh=refresh, **_LABELS)
 
 
-def auto_reporter(stream: IO[str] | None = None, *, plain: bool | None = None) -> Reporter:
+def auto_reporter(stream: IO[str] | None = None, *, plain: bool | None = None) -> PlainReporter | RichReporter:
     """Rich progress bars on a terminal; plain lines when *stream* is not one, in CI (``CI`` set), or without rich.
 
     Args:
