@@ -66,7 +66,7 @@ from ._watch import TaskEvent, TaskWatch, _explain
 
 if sys.version_info >= (3, 11):
     from typing import TypedDict, Unpack
-else:  # typing_extensions comes with azure-core
+else:  # a dependency below Python 3.11 (pyproject.toml)
     from typing_extensions import TypedDict, Unpack
 
 if TYPE_CHECKING:
