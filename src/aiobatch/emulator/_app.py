@@ -156,7 +156,7 @@ def build_app(
     app[SUPPORT_KEY] = support or SupportContext.of_this_process()
     app[FILE_WORKERS_KEY] = taskfiles.FileWorkers()
     app.on_cleanup.append(_close_file_workers)
-    r = app.router
+    r = _Routes(app.router, NOT_EMULATED)
     r.add_get("/applications", account_api.list_applications)
     r.add_get("/applications/{app}", account_api.get_application)
     r.add_get("/nodecounts", account_api.node_counts)
@@ -215,10 +215,51 @@ def build_app(
     r.add_get("/jobs/{job}/tasks/{task}/files/{path:.+}", files.get_task_file)
     r.add_delete("/jobs/{job}/tasks/{task}/files/{path:.+}", files.delete_task_file)
     r.add_get("/supportedimages", account_api.list_supported_images)
-    # Every other operation of the API answers, with the not-emulated error (a table, not a handler each).
-    for method, path, operation in NOT_EMULATED:
-        r.add_route(method, path, _not_emulated(method, path, operation))
+    # Every operation in the table answers the not-emulated error, whether or not it has a handler above.
+    r.add_withdrawn()
     return app
+
+
+class _Routes:
+    """The route table's builder: every ``add_*`` of an operation listed in ``withdrawn`` is left out.
+
+    `NOT_EMULATED` is then the one place that says an operation is not performed: listing a served operation
+    there withdraws it (its 501 replaces the handler) rather than routing it twice. A new SDK's operation with
+    no handler yet is listed there too, so it answers the 501 until it is emulated.
+    """
+
+    def __init__(self, router: web.UrlDispatcher, withdrawn: Iterable[tuple[str, str, str]]) -> None:
+        self._router = router
+        self._withdrawn = {(method, path): operation for method, path, operation in withdrawn}
+
+    def _add(self, method: str, path: str, handler: Handler) -> None:
+        if (method, path) not in self._withdrawn:
+            self._router.add_route(method, path, handler)
+
+    def add_get(self, path: str, handler: Handler, *, allow_head: bool = True) -> None:
+        self._add("GET", path, handler)
+        if allow_head:  # as aiohttp's add_get: HEAD is served by the GET handler
+            self._add("HEAD", path, handler)
+
+    def add_post(self, path: str, handler: Handler) -> None:
+        self._add("POST", path, handler)
+
+    def add_put(self, path: str, handler: Handler) -> None:
+        self._add("PUT", path, handler)
+
+    def add_patch(self, path: str, handler: Handler) -> None:
+        self._add("PATCH", path, handler)
+
+    def add_delete(self, path: str, handler: Handler) -> None:
+        self._add("DELETE", path, handler)
+
+    def add_route(self, method: str, path: str, handler: Handler) -> None:
+        self._add(method, path, handler)
+
+    def add_withdrawn(self) -> None:
+        """Route every withdrawn operation to its not-emulated answer."""
+        for (method, path), operation in self._withdrawn.items():
+            self._router.add_route(method, path, _not_emulated(method, path, operation))
 
 
 __all__ = ["build_app", "check_id"]
