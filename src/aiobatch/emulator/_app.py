@@ -18,7 +18,7 @@ from . import _wire as wire
 from ._auth import auth_middleware
 from ._faults import Faults, fault_middleware
 from ._handlers import account as account_api
-from ._handlers import files, jobs, nodes, pools, tasks
+from ._handlers import files, jobs, nodes, pools, schedules, tasks
 from ._handlers._common import ACCOUNT_KEY, FAULTS_KEY, FILE_WORKERS_KEY, SCHEDULER_KEY, Handler
 from ._model import Account, ServiceError, check_id
 from ._scheduler import Scheduler
@@ -37,18 +37,6 @@ NOT_EMULATED: tuple[tuple[str, str, str], ...] = (
     ("POST", "/pools/{pool}/removenodes", "begin_remove_nodes"),
     ("POST", "/jobs/{job}/disable", "begin_disable_job"),
     ("POST", "/jobs/{job}/enable", "begin_enable_job"),
-    ("GET", "/jobs/{job}/jobpreparationandreleasetaskstatus", "list_job_preparation_and_release_task_status"),
-    ("POST", "/jobschedules", "create_job_schedule"),
-    ("GET", "/jobschedules", "list_job_schedules"),
-    ("HEAD", "/jobschedules/{schedule}", "job_schedule_exists"),
-    ("GET", "/jobschedules/{schedule}", "get_job_schedule"),
-    ("PATCH", "/jobschedules/{schedule}", "update_job_schedule"),
-    ("PUT", "/jobschedules/{schedule}", "replace_job_schedule"),
-    ("DELETE", "/jobschedules/{schedule}", "begin_delete_job_schedule"),
-    ("POST", "/jobschedules/{schedule}/disable", "disable_job_schedule"),
-    ("POST", "/jobschedules/{schedule}/enable", "enable_job_schedule"),
-    ("POST", "/jobschedules/{schedule}/terminate", "begin_terminate_job_schedule"),
-    ("GET", "/jobschedules/{schedule}/jobs", "list_jobs_from_schedule"),
     ("PUT", "/jobs/{job}/tasks/{task}", "replace_task"),
     ("GET", "/jobs/{job}/tasks/{task}/subtasksinfo", "list_subtasks"),
     ("POST", "/jobs/{job}/tasks/{task}/reactivate", "reactivate_task"),
@@ -202,6 +190,7 @@ def build_app(
     r.add_delete("/jobs/{job}", jobs.delete_job)
     r.add_post("/jobs/{job}/terminate", jobs.terminate_job)
     r.add_get("/jobs/{job}/taskcounts", jobs.task_counts)
+    r.add_get("/jobs/{job}/jobpreparationandreleasetaskstatus", jobs.list_preparation_and_release_status)
     r.add_post("/jobs/{job}/tasks", tasks.create_task)
     r.add_get("/jobs/{job}/tasks", tasks.list_tasks)
     r.add_post("/jobs/{job}/addtaskcollection", tasks.add_task_collection)
@@ -212,6 +201,18 @@ def build_app(
     r.add_get("/jobs/{job}/tasks/{task}/files/{path:.+}", files.get_task_file)
     r.add_delete("/jobs/{job}/tasks/{task}/files/{path:.+}", files.delete_task_file)
     r.add_get("/supportedimages", account_api.list_supported_images)
+    schedules.install(app)
+    r.add_post("/jobschedules", schedules.create_job_schedule)
+    r.add_get("/jobschedules", schedules.list_job_schedules)
+    r.add_route("HEAD", "/jobschedules/{schedule}", schedules.get_job_schedule)
+    r.add_get("/jobschedules/{schedule}", schedules.get_job_schedule, allow_head=False)
+    r.add_patch("/jobschedules/{schedule}", schedules.update_job_schedule)
+    r.add_put("/jobschedules/{schedule}", schedules.update_job_schedule)
+    r.add_delete("/jobschedules/{schedule}", schedules.delete_job_schedule)
+    r.add_post("/jobschedules/{schedule}/disable", schedules.disable_job_schedule)
+    r.add_post("/jobschedules/{schedule}/enable", schedules.enable_job_schedule)
+    r.add_post("/jobschedules/{schedule}/terminate", schedules.terminate_job_schedule)
+    r.add_get("/jobschedules/{schedule}/jobs", schedules.list_jobs_from_schedule)
     # Every other operation of the API answers, with the not-emulated error (a table, not a handler each).
     for method, path, operation in NOT_EMULATED:
         r.add_route(method, path, _not_emulated(method, path, operation))

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from .. import _wire as wire
 from .._faults import COLLECTION_FAULTS, CollectionFaults
+from .._jobprep import check_task_id
 from .._model import Account, Job, ServiceError, Task, invalid_property
 from .._validate import body_of
 from ._common import (
@@ -67,6 +68,7 @@ async def create_task(request: web.Request) -> web.Response:
     account = account_of(request)
     job = _job_accepting_tasks(account, request.match_info["job"])
     task = wire.parse_task(account, job, body_of(request))
+    check_task_id(job, task.id)
     if task.id.lower() in job.tasks:
         raise _task_exists()
     job.add_task(task)
@@ -106,6 +108,7 @@ async def add_task_collection(request: web.Request) -> web.Response:
         task_id = item["id"]
         try:
             task = wire.parse_task(account, job, item)
+            check_task_id(job, task.id)
             if task.id.lower() in job.tasks:
                 raise _task_exists()
         except ServiceError as error:
