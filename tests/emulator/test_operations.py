@@ -18,7 +18,10 @@ import azure.batch._operations._operations as sdk_operations
 import pytest
 from azure.batch import models as m
 from azure.batch.aio import BatchClient
-from azure.batch.models._models import BatchNodeRebootOptions  # not exported, but the SDK needs it (see below)
+from azure.batch.models._models import (  # not exported, but the SDK needs them (see below)
+    BatchNodeDeallocateOptions,
+    BatchNodeRebootOptions,
+)
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.core.pipeline import PipelineResponse
 
@@ -118,17 +121,9 @@ def _not_emulated(error: HttpResponseError, operation: str) -> None:
             ),
         ),
         (
-            "create_job_schedule",
-            lambda b, hook: b.create_job_schedule(
-                m.BatchJobScheduleCreateOptions(
-                    id="s",
-                    schedule=m.BatchJobScheduleConfiguration(recurrence_interval=dt.timedelta(hours=1)),
-                    job_specification=m.BatchJobSpecification(pool_info=m.BatchPoolInfo(pool_id="p")),
-                ),
-                raw_response_hook=hook,
-            ),
+            "get_node_extension",
+            lambda b, hook: b.get_node_extension("p", "tvmps_x_d", "ext", raw_response_hook=hook),
         ),
-        ("get_job_schedule", lambda b, hook: b.get_job_schedule("s", raw_response_hook=hook)),
         ("reactivate_task", lambda b, hook: b.reactivate_task("j", "t", raw_response_hook=hook)),
     ],
 )
@@ -152,12 +147,8 @@ async def test_listing_an_operation_not_emulated_raises_on_the_first_page(batch:
 
 async def test_a_malformed_body_to_an_operation_not_emulated_is_still_the_services_400(batch: BatchClient) -> None:
     """The validation layer runs first: a body Azure would refuse is refused the same way here."""
-    bad = m.BatchJobScheduleCreateOptions(
-        id="s",
-        schedule=m.BatchJobScheduleConfiguration(),
-        job_specification=m.BatchJobSpecification(pool_info=m.BatchPoolInfo(pool_id=["p"])),  # type: ignore[arg-type]
-    )
+    bad = BatchNodeDeallocateOptions(node_deallocate_option="sometime")
     with pytest.raises(HttpResponseError) as caught:
-        await batch.create_job_schedule(bad)
+        await batch.begin_deallocate_node("p", "tvmps_x_d", bad)
     assert caught.value.status_code == 400
     assert caught.value.error is not None and caught.value.error.code == "InvalidPropertyValue"

@@ -269,11 +269,11 @@ def test_every_operation_with_a_body_has_a_model() -> None:
         ("POST", "/pools/{pool}/stopresize"),
         ("POST", "/pools/{pool}/disableautoscale"),
         ("POST", "/jobs/{job}/tasks/{task}/terminate"),
-        # Not emulated (`_app.NOT_EMULATED`); the SDK sends these without a body too.
-        ("POST", "/jobs/{job}/enable"),
         ("POST", "/jobschedules/{schedule}/disable"),
         ("POST", "/jobschedules/{schedule}/enable"),
         ("POST", "/jobschedules/{schedule}/terminate"),
+        # Not emulated (`_app.NOT_EMULATED`); the SDK sends these without a body too.
+        ("POST", "/jobs/{job}/enable"),
         ("POST", "/jobs/{job}/tasks/{task}/reactivate"),
         ("POST", "/pools/{pool}/nodes/{node}/start"),
         ("POST", "/pools/{pool}/nodes/{node}/enablescheduling"),

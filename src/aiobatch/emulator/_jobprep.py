@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -223,8 +222,12 @@ class JobPrep:
 
     def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
-        #: Job -> node id -> its preparation there. Weak: a job the account forgot takes its entries with it.
-        self._jobs: weakref.WeakKeyDictionary[Job, dict[str, NodePrep]] = weakref.WeakKeyDictionary()
+        #: Lower-cased job id -> (the job, node id -> its preparation there); dropped when the job is deleted.
+        self._jobs: dict[str, tuple[Job, dict[str, NodePrep]]] = {}
+
+    def _nodes(self, job: Job) -> dict[str, NodePrep]:
+        held = self._jobs.get(job.id.lower())
+        return held[1] if held is not None and held[0] is job else {}
 
     # -- hooks of the scheduler -------------------------------------------------------------------------------
 
@@ -233,7 +236,7 @@ class JobPrep:
         spec = job.spec.get(PREP)
         if not spec or not spec["waitForSuccess"]:
             return True
-        entry = self._jobs.get(job, {}).get(node.id)
+        entry = self._nodes(job).get(node.id)
         return (
             entry is None
             or entry.rerun
@@ -251,7 +254,10 @@ class JobPrep:
         spec = job.spec.get(PREP)
         if not spec:
             return True
-        nodes = self._jobs.setdefault(job, {})
+        key = job.id.lower()
+        if key not in self._jobs or self._jobs[key][0] is not job:
+            self._jobs[key] = (job, {})
+        nodes = self._jobs[key][1]
         entry = nodes.get(node.id)
         if entry is None or entry.node is not node:
             entry = nodes[node.id] = NodePrep(pool.id, node)
@@ -278,7 +284,9 @@ class JobPrep:
 
     async def release(self, job: Job) -> None:
         """The job ends: stop preparations under way, then run the release task on every node that prepared."""
-        nodes = self._jobs.get(job)
+        nodes = self._nodes(job)
+        if job.state == "deleting":
+            self._jobs.pop(job.id.lower(), None)
         if not nodes:
             return
         runners = [e.runner for e in nodes.values() if e.runner is not None and not e.runner.done()]
@@ -300,7 +308,7 @@ class JobPrep:
         not completed successfully (a failed one keeps the node out of its job: only a reimage clears that).
         After a reimage every preparation task runs again, and the node is eligible for every job again.
         """
-        for job, nodes in list(self._jobs.items()):
+        for job, nodes in list(self._jobs.values()):
             entry = nodes.get(node.id)
             if entry is None or entry.prep is None:
                 continue
@@ -319,7 +327,7 @@ class JobPrep:
         """The entries of ``jobpreparationandreleasetaskstatus``: one per node where the preparation task ran."""
         account_url = self.scheduler.account.url
         out = []
-        for entry in self._jobs.get(job, {}).values():
+        for entry in self._nodes(job).values():
             if entry.prep is None:
                 continue
             node_url = f"{account_url}/pools/{entry.pool_id}/nodes/{entry.node.id}"

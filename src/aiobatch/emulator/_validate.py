@@ -56,13 +56,13 @@ REQUEST_BODIES: Mapping[tuple[str, str], str] = {
     ("POST", "/jobs/{job}/terminate"): "BatchJobTerminateOptions",
     ("POST", "/jobs/{job}/tasks"): "BatchTaskCreateOptions",
     ("POST", "/jobs/{job}/addtaskcollection"): "BatchTaskGroup",
+    ("POST", "/jobschedules"): "BatchJobScheduleCreateOptions",
+    ("PATCH", "/jobschedules/{schedule}"): "BatchJobScheduleUpdateOptions",
+    ("PUT", "/jobschedules/{schedule}"): "BatchJobSchedule",
     # Operations the emulator does not perform (`_app.NOT_EMULATED`): their bodies are still checked, so a
     # malformed one gets Azure's 400 and only a well-formed one is told the operation is not emulated.
     ("POST", "/pools/{pool}/removenodes"): "BatchNodeRemoveOptions",
     ("POST", "/jobs/{job}/disable"): "BatchJobDisableOptions",
-    ("POST", "/jobschedules"): "BatchJobScheduleCreateOptions",
-    ("PATCH", "/jobschedules/{schedule}"): "BatchJobScheduleUpdateOptions",
-    ("PUT", "/jobschedules/{schedule}"): "BatchJobSchedule",
     ("PUT", "/jobs/{job}/tasks/{task}"): "BatchTask",
     ("POST", "/pools/{pool}/nodes/{node}/users"): "BatchNodeUserCreateOptions",
     ("PUT", "/pools/{pool}/nodes/{node}/users/{user}"): "BatchNodeUserReplaceOptions",
