@@ -8,7 +8,6 @@ tests drive the unmodified ``azure.batch.aio.BatchClient``.
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path

@@ -91,7 +91,9 @@ def spec(**extra: Any) -> m.BatchJobSpecification:
     return m.BatchJobSpecification(pool_info=m.BatchPoolInfo(pool_id="pool"), **extra)
 
 
-def options(schedule_id: str, schedule: m.BatchJobScheduleConfiguration, **extra: Any) -> m.BatchJobScheduleCreateOptions:
+def options(
+    schedule_id: str, schedule: m.BatchJobScheduleConfiguration, **extra: Any
+) -> m.BatchJobScheduleCreateOptions:
     return m.BatchJobScheduleCreateOptions(id=schedule_id, schedule=schedule, job_specification=spec(), **extra)
 
 
@@ -251,9 +253,7 @@ async def test_a_job_that_ends_after_its_start_window_loses_that_recurrence(
     await wait_for(window_passed, what="the start window of recurrence 2")
     await terminate_job(batch, "windowed:job-1")
     # Recurrence 2's window has passed: the next job is recurrence 3's, due two minutes after recurrence 2.
-    later = await wait_for(
-        lambda: schedule_state(batch, "windowed", "active"), what="the schedule's next run"
-    )
+    later = await wait_for(lambda: schedule_state(batch, "windowed", "active"), what="the schedule's next run")
     assert later.execution_info.next_run_time == due + MINUTE * 2
     assert await job_ids(batch, "windowed") == ["windowed:job-1"]
     await wait_for(lambda: has_jobs(batch, "windowed", 2), what="job 2 at recurrence 3")

@@ -64,9 +64,7 @@ AUTHORIZATION_URI = "https://login.microsoftonline.com/common/oauth2/authorize"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def string_to_sign(
-    request: web.Request, account_name: str, *, lower_query_names: bool, path: str | None = None
-) -> str:
+def string_to_sign(request: web.Request, account_name: str, *, lower_query_names: bool, path: str | None = None) -> str:
     """The canonical string a Shared Key signature covers for this request (``path``: instead of its raw path)."""
     headers = {k.lower(): v for k, v in request.headers.items() if v}
     if request.method not in ("GET", "HEAD"):
