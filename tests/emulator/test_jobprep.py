@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -53,6 +55,18 @@ async def ready_pool(batch: BatchClient, pool_id: str, nodes: int) -> None:
         return len(states) == nodes and all(s == m.BatchNodeState.IDLE for s in states)
 
     await wait_for(ready, what=f"pool {pool_id}")
+
+
+RECORDED_JOBS = Path(__file__).parent / "recordings" / "test_batch.pyTestBatchtest_batch_jobs_async_.json"
+
+
+def key_paths(value: Any, prefix: str = "") -> set[str]:
+    """Every key of a JSON object, recursively, as dotted paths (lists' items merged)."""
+    if isinstance(value, dict):
+        return {p for k, v in value.items() for p in ({prefix + k} | key_paths(v, prefix + k + "."))}
+    if isinstance(value, list):
+        return {p for item in value for p in key_paths(item, prefix)}
+    return set()
 
 
 def sh(script: str) -> str:
@@ -116,6 +130,16 @@ async def test_preparation_runs_before_the_tasks_on_each_node_and_release_when_t
     assert job.job_release_task.max_wall_clock_time is not None
     assert job.job_release_task.max_wall_clock_time.total_seconds() == 15 * 60
     assert await statuses(batch, "job") == []  # nothing ran yet
+    # The same properties as the service answers (recordings/..._jobs_async_.json, GET of a job with both).
+    real = next(
+        e["ResponseBody"]
+        for e in json.loads(RECORDED_JOBS.read_text(encoding="utf-8"))["Entries"]
+        if e["RequestMethod"] == "GET" and e["RequestUri"].split("?")[0].endswith("/jobs/batch_job1_")
+    )
+    emulated = job.as_dict()
+    for key in ("jobPreparationTask", "jobReleaseTask"):
+        given = {"environmentSettings", "environmentSettings.name", "environmentSettings.value"}  # in this test only
+        assert key_paths(emulated[key]) - given == key_paths(real[key]), key
 
     # Each task reads what the preparation task left in its own working directory (AZ_BATCH_JOB_PREP_WORKING_DIR).
     read = sh('cat "$AZ_BATCH_JOB_PREP_WORKING_DIR/prepared"; cat "$AZ_BATCH_NODE_SHARED_DIR/log"')
