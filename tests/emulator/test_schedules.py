@@ -363,3 +363,28 @@ async def test_what_the_service_refuses(batch: BatchClient, emulator: Emulator) 
     with pytest.raises(HttpResponseError) as caught:
         await batch.create_job(m.BatchJobCreateOptions(id="dup", pool_info=m.BatchPoolInfo(pool_id="pool")))
     assert caught.value.status_code == 409 and code_of(caught.value) == "JobScheduleWithSameIdExists"
+
+
+async def test_the_timer_looks_only_at_the_top_of_its_heap(
+    batch: BatchClient, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poll's cost does not grow with the number of schedules: nothing due, nothing evaluated."""
+    from aiobatch.emulator._handlers._common import SCHEDULES_KEY
+
+    later = now(emulator) + dt.timedelta(days=1)
+    for i in range(100):
+        await batch.create_job_schedule(options(f"s{i}", m.BatchJobScheduleConfiguration(do_not_run_until=later)))
+    assert emulator._runner is not None
+    schedules = emulator._runner.app[SCHEDULES_KEY]
+    evaluated: list[str] = []
+    real = schedules._evaluate
+
+    def counting(schedule: Any) -> None:
+        evaluated.append(schedule.id)
+        real(schedule)
+
+    monkeypatch.setattr(schedules, "_evaluate", counting)
+    for _ in range(50):
+        schedules.tick()
+    assert evaluated == []
+    assert len(schedules._heap) == 100

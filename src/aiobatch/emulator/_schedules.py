@@ -391,6 +391,11 @@ class JobSchedules:
     def _push(self, schedule: JobSchedule, due: dt.datetime) -> None:
         schedule.version += 1
         heapq.heappush(self._heap, (due, next(self._sequence), schedule.id.lower(), schedule.version))
+        if len(self._heap) > 2 * len(self._schedules) + 64:
+            # Mostly stale entries (schedules changed often): drop them, at a cost shared by as many pushes.
+            live = self._schedules
+            self._heap = [e for e in self._heap if e[2] in live and live[e[2]].version == e[3]]
+            heapq.heapify(self._heap)
         self._wake.set()
 
     def _active_job(self, schedule: JobSchedule) -> Job | None:
