@@ -225,6 +225,18 @@ class JobPrep:
         #: Lower-cased job id -> (the job, node id -> its preparation there); dropped when the job is deleted.
         self._jobs: dict[str, tuple[Job, dict[str, NodePrep]]] = {}
 
+    async def stop(self) -> None:
+        """Stop every preparation task under way (the emulator stops)."""
+        runners = [
+            e.runner
+            for _, nodes in self._jobs.values()
+            for e in nodes.values()
+            if e.runner is not None and not e.runner.done()
+        ]
+        for runner in runners:
+            runner.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
+
     def _nodes(self, job: Job) -> dict[str, NodePrep]:
         held = self._jobs.get(job.id.lower())
         return held[1] if held is not None and held[0] is job else {}
@@ -267,9 +279,13 @@ class JobPrep:
         if not spec["waitForSuccess"]:
             return True
         if entry.runner is not None and not entry.runner.done():
+            runner = entry.runner
             task.set_state("preparing")
             try:
-                return await asyncio.shield(entry.runner)
+                # Not `await runner`: a preparation stopped under the task (a reboot) must not look like the
+                # task's own cancellation; the task then goes back to the queue.
+                await asyncio.wait({runner})
+                return not runner.cancelled() and runner.result()
             finally:
                 task.set_state("running")  # what the scheduler requeues or ends, however the wait ends
         return entry.prep is not None and entry.prep.succeeded

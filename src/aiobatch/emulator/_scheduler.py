@@ -168,6 +168,7 @@ class Scheduler:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.jobprep.stop()
         if self._http is not None:
             await self._http.close()
 
