@@ -271,7 +271,6 @@ def test_every_operation_with_a_body_has_a_model() -> None:
         ("POST", "/jobs/{job}/tasks/{task}/terminate"),
         ("POST", "/jobs/{job}/enable"),
         ("POST", "/jobs/{job}/tasks/{task}/reactivate"),
-        # Not emulated (`_app.NOT_EMULATED`); the SDK sends these without a body too.
         ("POST", "/jobschedules/{schedule}/disable"),
         ("POST", "/jobschedules/{schedule}/enable"),
         ("POST", "/jobschedules/{schedule}/terminate"),

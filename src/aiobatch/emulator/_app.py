@@ -18,7 +18,7 @@ from . import _wire as wire
 from ._auth import auth_middleware
 from ._faults import Faults, fault_middleware
 from ._handlers import account as account_api
-from ._handlers import files, jobs, nodes, pools, tasks
+from ._handlers import files, jobs, nodes, pools, schedules, tasks
 from ._handlers._common import ACCOUNT_KEY, FAULTS_KEY, FILE_WORKERS_KEY, SCHEDULER_KEY, Handler
 from ._model import Account, ServiceError, check_id
 from ._scheduler import Scheduler
@@ -33,20 +33,7 @@ log = logging.getLogger("aiobatch.emulator")
 #: Each answers `_not_emulated`'s error, never a 404 (which the SDK raises as ``ResourceNotFoundError``, telling
 #: a caller of ``begin_reboot_node`` that the *node* does not exist). tests/emulator/test_operations.py parses the
 #: installed SDK's request builders, so an operation a new SDK adds fails a test until it is listed here or served.
-NOT_EMULATED: tuple[tuple[str, str, str], ...] = (
-    ("GET", "/jobs/{job}/jobpreparationandreleasetaskstatus", "list_job_preparation_and_release_task_status"),
-    ("POST", "/jobschedules", "create_job_schedule"),
-    ("GET", "/jobschedules", "list_job_schedules"),
-    ("HEAD", "/jobschedules/{schedule}", "job_schedule_exists"),
-    ("GET", "/jobschedules/{schedule}", "get_job_schedule"),
-    ("PATCH", "/jobschedules/{schedule}", "update_job_schedule"),
-    ("PUT", "/jobschedules/{schedule}", "replace_job_schedule"),
-    ("DELETE", "/jobschedules/{schedule}", "begin_delete_job_schedule"),
-    ("POST", "/jobschedules/{schedule}/disable", "disable_job_schedule"),
-    ("POST", "/jobschedules/{schedule}/enable", "enable_job_schedule"),
-    ("POST", "/jobschedules/{schedule}/terminate", "begin_terminate_job_schedule"),
-    ("GET", "/jobschedules/{schedule}/jobs", "list_jobs_from_schedule"),
-)
+NOT_EMULATED: tuple[tuple[str, str, str], ...] = ()
 
 #: The not-emulated answer's status and code. 501 Not Implemented, because that is what it is: the request may be
 #: perfectly valid (a 4xx would blame the caller), and it is final for every client in the chain -- azure-core's
@@ -202,6 +189,7 @@ def build_app(
     r.add_post("/jobs/{job}/disable", jobs.disable_job)
     r.add_post("/jobs/{job}/enable", jobs.enable_job)
     r.add_get("/jobs/{job}/taskcounts", jobs.task_counts)
+    r.add_get("/jobs/{job}/jobpreparationandreleasetaskstatus", jobs.list_preparation_and_release_status)
     r.add_post("/jobs/{job}/tasks", tasks.create_task)
     r.add_get("/jobs/{job}/tasks", tasks.list_tasks)
     r.add_post("/jobs/{job}/addtaskcollection", tasks.add_task_collection)
@@ -215,6 +203,18 @@ def build_app(
     r.add_get("/jobs/{job}/tasks/{task}/files/{path:.+}", files.get_task_file)
     r.add_delete("/jobs/{job}/tasks/{task}/files/{path:.+}", files.delete_task_file)
     r.add_get("/supportedimages", account_api.list_supported_images)
+    schedules.install(app)
+    r.add_post("/jobschedules", schedules.create_job_schedule)
+    r.add_get("/jobschedules", schedules.list_job_schedules)
+    r.add_route("HEAD", "/jobschedules/{schedule}", schedules.get_job_schedule)
+    r.add_get("/jobschedules/{schedule}", schedules.get_job_schedule, allow_head=False)
+    r.add_patch("/jobschedules/{schedule}", schedules.update_job_schedule)
+    r.add_put("/jobschedules/{schedule}", schedules.update_job_schedule)
+    r.add_delete("/jobschedules/{schedule}", schedules.delete_job_schedule)
+    r.add_post("/jobschedules/{schedule}/disable", schedules.disable_job_schedule)
+    r.add_post("/jobschedules/{schedule}/enable", schedules.enable_job_schedule)
+    r.add_post("/jobschedules/{schedule}/terminate", schedules.terminate_job_schedule)
+    r.add_get("/jobschedules/{schedule}/jobs", schedules.list_jobs_from_schedule)
     # Every operation in the table answers the not-emulated error, whether or not it has a handler above.
     r.add_withdrawn()
     return app

@@ -21,7 +21,7 @@ import json
 from collections.abc import Awaitable, Callable, Iterable
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote, unquote
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -64,8 +64,8 @@ AUTHORIZATION_URI = "https://login.microsoftonline.com/common/oauth2/authorize"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def string_to_sign(request: web.Request, account_name: str, *, lower_query_names: bool) -> str:
-    """The canonical string a Shared Key signature covers for this request."""
+def string_to_sign(request: web.Request, account_name: str, *, lower_query_names: bool, path: str | None = None) -> str:
+    """The canonical string a Shared Key signature covers for this request (``path``: instead of its raw path)."""
     headers = {k.lower(): v for k, v in request.headers.items() if v}
     if request.method not in ("GET", "HEAD"):
         headers.setdefault("content-length", "0")
@@ -74,7 +74,7 @@ def string_to_sign(request: web.Request, account_name: str, *, lower_query_names
     ocp = sorted((k, v) for k, v in headers.items() if "ocp-" in k)
     text += "".join(f"{k}:{v}\n" for k, v in ocp)
     raw_path, _, raw_query = request.raw_path.partition("?")
-    text += f"/{account_name}{raw_path}"
+    text += f"/{account_name}{raw_path if path is None else path}"
     query = parse_qs(raw_query)
     if lower_query_names:
         query = {k.lower(): v for k, v in query.items()}
@@ -83,6 +83,18 @@ def string_to_sign(request: web.Request, account_name: str, *, lower_query_names
         if value:
             text += f"\n{name}:{value}"
     return text
+
+
+def signed_paths(request: web.Request) -> list[str]:
+    """The forms of the request's path a client may have signed: as sent, and every reserved character quoted.
+
+    azure-batch quotes each id in the path (``/jobs/sched%3Ajob-1`` for a job schedule's job ``sched:job-1``) and
+    signs that; its HTTP client (yarl, under aiohttp) then sends ``:`` unquoted, as a path may hold it. The service
+    accepts the SDK's signature, so the emulator checks both forms.
+    """
+    raw = request.raw_path.partition("?")[0]
+    quoted = quote(unquote(raw), safe="/")
+    return [raw] if quoted == raw else [raw, quoted]
 
 
 def sign(key: bytes, text: str) -> str:
@@ -185,10 +197,11 @@ def verify(request: web.Request, account_name: str, key: bytes, now: dt.datetime
         given = base64.b64decode(signature, validate=True)
     except (binascii.Error, ValueError):
         raise _auth_failed("The signature in the Authorization header is not valid base64.") from None
-    for lower in (False, True):
-        expected = base64.b64decode(sign(key, string_to_sign(request, account_name, lower_query_names=lower)))
-        if hmac.compare_digest(given, expected):
-            return
+    for path in signed_paths(request):
+        for lower in (False, True):
+            text = string_to_sign(request, account_name, lower_query_names=lower, path=path)
+            if hmac.compare_digest(given, base64.b64decode(sign(key, text))):
+                return
     raise _auth_failed(
         "The MAC signature found in the HTTP request is not the same as any computed signature. Check the "
         "account key and the request's clock."

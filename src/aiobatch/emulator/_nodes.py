@@ -238,10 +238,8 @@ class NodeOps:
             node.start_task_info, node.start_task_failure = None, None
             await asyncio.to_thread(_empty_dir, node.root)
         log.info("node %s of pool %s %s", node.id[:16], pool.id, "reimaged" if reimage else "rebooted")
-        # merge hook: jobprep.node_rebooted
-        hook = getattr(getattr(self.scheduler, "jobprep", None), "node_rebooted", None)
-        if hook is not None:
-            hook(node, reimaged=reimage)
+        # Job preparation tasks run again after a reimage, and after a reboot when asked to (`_jobprep`).
+        self.scheduler.jobprep.node_rebooted(node, reimaged=reimage)
         node.boot = self.scheduler._spawn(self.scheduler._boot(pool, node), f"boot-{node.id[:12]}")
 
     def deallocate(self, pool: Pool, node: Node, option: str) -> None:

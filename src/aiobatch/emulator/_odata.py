@@ -48,6 +48,19 @@ SUPPORTED: dict[str, dict[str, frozenset[str]]] = {
         "executionInfo/endTime": _ALL,
         "executionInfo/poolId": _ALL | {_STARTS},
     },
+    "jobschedules": {
+        "id": _ALL | {_STARTS},
+        "state": _EQ,
+        "stateTransitionTime": _ALL,
+        "creationTime": _ALL,
+        "lastModified": _ALL,
+    },
+    "jobpreparationandreleasetaskstatus": {
+        "nodeId": _EQ,
+        "poolId": _EQ,
+        "jobPreparationTaskExecutionInfo/state": _EQ,
+        "jobReleaseTaskExecutionInfo/state": _EQ,
+    },
     "tasks": {
         "id": _ALL | {_STARTS},
         "state": _EQ,

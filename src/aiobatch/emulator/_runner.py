@@ -169,7 +169,6 @@ def task_environment(run: TaskRun) -> dict[str, str]:
        ``AZ_BATCH_TASK_ID``. Not set, because what they describe does not exist here: the multi-instance
        variables (``AZ_BATCH_HOST_LIST``, ``AZ_BATCH_NODE_LIST``, ``AZ_BATCH_MASTER_NODE``,
        ``AZ_BATCH_IS_CURRENT_NODE_MASTER``, ``AZ_BATCH_TASK_SHARED_DIR``, ``CCP_NODES``: MPI tasks are refused),
-       ``AZ_BATCH_JOB_PREP_DIR`` and ``AZ_BATCH_JOB_PREP_WORKING_DIR`` (job preparation tasks are refused),
        ``AZ_BATCH_AUTHENTICATION_TOKEN`` (retired), ``AZ_BATCH_CERTIFICATES_DIR`` (certificates are retired and
        the emulator has none) and ``AZ_BATCH_TASK_RESERVED_EPHEMERAL_DISK_SPACE_BYTES`` (no disk-full state).
     4. ``run.app_package_environment``: ``AZ_BATCH_APP_PACKAGE_<id>_<version>`` (and ``AZ_BATCH_APP_PACKAGE_<id>``

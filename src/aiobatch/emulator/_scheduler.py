@@ -27,6 +27,7 @@ from ._autoscale import SAMPLE_PERIOD, AutoScaleRun
 from ._autoscale_runs import PUBLISH_DELAY, RETENTION, PoolAutoScale, PoolCounts, SampleHistory
 from ._containers import in_container, pull_images
 from ._faults import Faults
+from ._jobprep import JobPrep
 from ._model import (
     SCHEDULABLE_NODE_STATES,
     Account,
@@ -150,6 +151,10 @@ class Scheduler:
         self._dispatch_failed: set[str] = set()
         #: Reboot, reimage, deallocation, removal and the other node operations (`_nodes`).
         self.nodes = NodeOps(self)
+        #: Job preparation and release tasks (`_jobprep`).
+        self.jobprep = JobPrep(self)
+        #: Called with each job that has ended (completed, or deleted): job schedules learn of their jobs' end.
+        self.job_end_listeners: list[Callable[[Job], None]] = []
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -172,6 +177,7 @@ class Scheduler:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.jobprep.stop()
         if self._http is not None:
             await self._http.close()
 
@@ -613,6 +619,7 @@ class Scheduler:
         job.queue.clear()
         _job_control.stop_wall_clock(job)
         await self._end_running(job, list(job.tasks.values()))
+        await self.jobprep.release(job)  # the job stays terminating (or deleting) while release tasks run
         await asyncio.sleep(self.timings.deletion_delay)
         if delete:
             if self.account.jobs.get(job.id.lower()) is job:
@@ -631,6 +638,8 @@ class Scheduler:
             pool = self.account.pools.get(job.pool_id.lower())
             if pool is not None and pool.state == "active":
                 self.delete_pool(pool)
+        for listener in self.job_end_listeners:
+            listener(job)
 
     def _job_dirs(self, job: Job) -> list[Path]:
         return [
@@ -702,7 +711,9 @@ class Scheduler:
         if pool is None or pool.state != "active":
             return
         nodes = [
-            n for n in pool.nodes.values() if n.state in SCHEDULABLE_NODE_STATES and n.scheduling_state == "enabled"
+            n
+            for n in pool.nodes.values()
+            if n.state in SCHEDULABLE_NODE_STATES and n.scheduling_state == "enabled" and self.jobprep.eligible(job, n)
         ]
         # Counting running tasks is O(tasks): only pay for it when the job limits parallelism.
         limited = job.max_parallel_tasks >= 0
@@ -792,7 +803,10 @@ class Scheduler:
     async def _run(self, job: Job, pool: Pool, node: Node, task: Task) -> None:
         key = (job.id.lower(), task.id.lower())
         runner = asyncio.current_task()
+        outcome: TaskOutcome | None = None
         try:
+            if not await self.jobprep.ready(job, pool, node, task):
+                raise _NotPrepared
             apps = await self._app_package_environment(pool.app_packages + task.app_packages)
             user, identity = task_user(task.spec.get("userIdentity"))
             assert task.task_dir is not None
@@ -810,7 +824,7 @@ class Scheduler:
                 output_files=task.output_files,
                 environment=dict(task.environment),
                 job_environment=dict(job.environment),
-                app_package_environment=apps,
+                app_package_environment={**apps, **self.jobprep.environment(job, node)},
                 passed_environment=self.passed_environment,
                 task_user=user,
                 task_user_identity=identity,
@@ -820,6 +834,8 @@ class Scheduler:
             )
             run = in_container(run, task.spec.get("containerSettings"), self.container_runtime)
             outcome = unknown_user(task.spec.get("userIdentity"), pool.spec) or await run_task(run, self._session())
+        except _NotPrepared:
+            pass
         except OSError as exc:
             outcome = _node_error(task, f"The node could not run the task: {exc.strerror}")
         except Exception:
@@ -834,6 +850,10 @@ class Scheduler:
             if task.runner is runner:
                 task.runner = None
             self.kick()
+        if outcome is None:  # the job's preparation task failed on this node: the task waits for another node
+            task.set_state("active")
+            job.queue.appendleft(task.id.lower())
+            return
         if outcome.failure_info is None:
             node.total_tasks_succeeded += 1
         # The service retries a task whose process exited non-zero; failures before or after the process
@@ -890,6 +910,10 @@ class Scheduler:
     def _session(self) -> aiohttp.ClientSession:
         assert self._http is not None, "scheduler not started"
         return self._http
+
+
+class _NotPrepared(Exception):
+    """The job's preparation task failed on the node a task was sent to (`JobPrep.ready`)."""
 
 
 def _node_error(task: Task, message: str) -> TaskOutcome:

@@ -164,7 +164,7 @@ def _no_auto_pool(value: Any, context: SupportContext) -> str | None:
 
 def _not_job_schedule(value: Any, context: SupportContext) -> str | None:
     if isinstance(value, str) and value.lower() == "jobschedule":
-        return "Job schedules are not emulated: use poolLifetimeOption job."
+        return "An auto pool that lives as long as its job schedule is not emulated: use poolLifetimeOption job."
     return None
 
 

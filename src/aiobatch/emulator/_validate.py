@@ -59,8 +59,6 @@ REQUEST_BODIES: Mapping[tuple[str, str], str] = {
     ("POST", "/jobs/{job}/tasks"): "BatchTaskCreateOptions",
     ("POST", "/jobs/{job}/addtaskcollection"): "BatchTaskGroup",
     ("PUT", "/jobs/{job}/tasks/{task}"): "BatchTask",
-    # Operations the emulator does not perform (`_app.NOT_EMULATED`): their bodies are still checked, so a
-    # malformed one gets Azure's 400 and only a well-formed one is told the operation is not emulated.
     ("POST", "/pools/{pool}/removenodes"): "BatchNodeRemoveOptions",
     ("POST", "/jobschedules"): "BatchJobScheduleCreateOptions",
     ("PATCH", "/jobschedules/{schedule}"): "BatchJobScheduleUpdateOptions",

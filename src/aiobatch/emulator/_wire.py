@@ -616,11 +616,11 @@ def parse_job(account: Account, body: dict[str, Any]) -> tuple[Job, dict[str, An
         raise missing_property("poolInfo")
     if pool_info.get("poolId") and pool_info.get("autoPoolSpecification"):
         raise invalid_property("poolInfo", "poolId,autoPoolSpecification", "Specify poolId or autoPoolSpecification.")
-    if body.get("jobManagerTask") or body.get("jobPreparationTask") or body.get("jobReleaseTask"):
+    if body.get("jobManagerTask"):
         raise invalid_property(
-            "jobManagerTask" if body.get("jobManagerTask") else "jobPreparationTask",
+            "jobManagerTask",
             "(set)",
-            "The aiobatch emulator does not run job manager, preparation or release tasks.",
+            "The aiobatch emulator does not run job manager tasks.",
         )
     on_all = _enum(body, "onAllTasksComplete", ("noaction", "terminatejob"))
     on_failure = _enum(body, "onTaskFailure", ("noaction", "performexitoptionsjobaction"))
@@ -991,6 +991,9 @@ def render_job(account: Account, job: Job, auto_pool: Mapping[str, Any] | None) 
             "constraints": spec["constraints"],
         }
     )
+    for key in ("jobPreparationTask", "jobReleaseTask"):  # as `_jobprep.parse_job_tasks` filled them in
+        if spec.get(key):
+            out[key] = spec[key]
     if spec.get("commonEnvironmentSettings"):
         out["commonEnvironmentSettings"] = spec["commonEnvironmentSettings"]
     if spec.get("networkConfiguration"):

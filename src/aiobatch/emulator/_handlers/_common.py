@@ -12,15 +12,17 @@ from aiohttp import web
 from .. import _taskfiles as taskfiles
 from .. import _wire as wire
 from .._faults import Faults
-from .._model import Account, Job, Pool, ServiceError, Task
+from .._model import Account, Entity, ServiceError
 from .._odata import parse_filter
 from .._scheduler import Scheduler
+from .._schedules import JobSchedules
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 ACCOUNT_KEY: web.AppKey[Account] = web.AppKey("account", Account)
 SCHEDULER_KEY: web.AppKey[Scheduler] = web.AppKey("scheduler", Scheduler)
 FAULTS_KEY: web.AppKey[Faults] = web.AppKey("faults", Faults)
+SCHEDULES_KEY: web.AppKey[JobSchedules] = web.AppKey("job_schedules", JobSchedules)
 FILE_WORKERS_KEY: web.AppKey[taskfiles.FileWorkers] = web.AppKey("file_workers", taskfiles.FileWorkers)
 
 
@@ -34,12 +36,17 @@ def scheduler_of(request: web.Request) -> Scheduler:
     return request.app[SCHEDULER_KEY]
 
 
+def schedules_of(request: web.Request) -> JobSchedules | None:
+    """The account's job schedules (None in an app built without them)."""
+    return request.app.get(SCHEDULES_KEY)
+
+
 def request_url(account: Account, request: web.Request) -> str:
     """The URL a request went to, without its query (the ``DataServiceId`` of updates and actions)."""
     return f"{account.url}{request.path}"
 
 
-def check_conditions(request: web.Request, entity: Pool | Job | Task) -> bool:
+def check_conditions(request: web.Request, entity: Entity) -> bool:
     """The request's conditional headers against the entity; True when a GET or HEAD should answer 304.
 
     As the REST API documents them for pools, jobs and tasks: ``If-Match`` / ``If-None-Match`` compare the ETag,

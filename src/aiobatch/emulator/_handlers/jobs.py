@@ -10,7 +10,9 @@ from aiohttp import web
 
 from .. import _job_control as job_control
 from .. import _wire as wire
+from .._jobprep import parse_job_tasks
 from .._model import Account, Job, ServiceError
+from .._scheduler import Scheduler
 from .._validate import body_of
 from ._common import (
     account_of,
@@ -18,6 +20,7 @@ from ._common import (
     check_conditions,
     request_url,
     scheduler_of,
+    schedules_of,
 )
 
 log = logging.getLogger("aiobatch.emulator")
@@ -27,6 +30,7 @@ async def create_job(request: web.Request) -> web.Response:
     """POST /jobs (with poolInfo.poolId or an autoPoolSpecification)."""
     account = account_of(request)
     job, auto = wire.parse_job(account, body_of(request))
+    parse_job_tasks(job.spec)
     existing = account.jobs.get(job.id.lower())
     if existing is not None:
         if existing.state == "deleting":
@@ -36,7 +40,24 @@ async def create_job(request: web.Request) -> web.Response:
                 "The specified job has been marked for deletion and is being reclaimed.",
             )
         raise ServiceError(409, "JobExists", "The specified job already exists.")
-    scheduler = scheduler_of(request)
+    schedules = schedules_of(request)
+    if schedules is not None and schedules.get(job.id) is not None:
+        # Jobs and job schedules share one namespace in an account (the service's error table). # guessed status
+        raise ServiceError(409, "JobScheduleWithSameIdExists", "A job schedule with the same id already exists.")
+    start_job(account, scheduler_of(request), job, auto)
+    # /jobs/job-1 whatever the id: the service answers so (tests/emulator/recordings, ..._jobs_async_.json: the
+    # creates of batch_job1_ and batch_job2_ both answered DataServiceId .../jobs/job-1; Location is sanitized there).
+    return wire.empty_response(201, headers=wire.entity_headers(job), location=f"{account.url}/jobs/job-1")
+
+
+def start_job(account: Account, scheduler: Scheduler, job: Job, auto: dict[str, Any] | None) -> None:
+    """Commit a parsed job: create its auto pool (if it has one) and hand it to the scheduler.
+
+    The one path every new job takes, whether a client posted it or a job schedule created it.
+
+    Raises:
+        ServiceError: 400 for an auto-pool specification the service refuses (nothing is committed then).
+    """
     if auto is not None:
         prefix = auto.get("autoPoolIdPrefix")
         pool_id = f"{prefix}_{uuid.uuid4()}" if prefix else str(uuid.uuid4()).upper()
@@ -48,12 +69,10 @@ async def create_job(request: web.Request) -> web.Response:
     scheduler.add_job(job)
     account.record_create("job", job.id)
     log.info("job %s created on pool %s", job.id, job.pool_id)
-    # /jobs/job-1 whatever the id: the service answers so (tests/emulator/recordings, ..._jobs_async_.json: the
-    # creates of batch_job1_ and batch_job2_ both answered DataServiceId .../jobs/job-1; Location is sanitized there).
-    return wire.empty_response(201, headers=wire.entity_headers(job), location=f"{account.url}/jobs/job-1")
 
 
-def _render_job(account: Account, job: Job) -> dict[str, Any]:
+def render_job(account: Account, job: Job) -> dict[str, Any]:
+    """A job as GET /jobs/{jobId} answers (its auto pool's specification as the service fills it in)."""
     auto = (job.spec.get("poolInfo") or {}).get("autoPoolSpecification") if job.auto_pool else None
     return wire.render_job(account, job, auto)
 
@@ -62,7 +81,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     """GET /jobs."""
     account = account_of(request)
     jobs = sorted(account.jobs.values(), key=lambda j: j.id.lower())
-    return answer_list(request, "jobs", "jobs", jobs, lambda j: _render_job(account, j))
+    return answer_list(request, "jobs", "jobs", jobs, lambda j: render_job(account, j))
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -72,7 +91,7 @@ async def get_job(request: web.Request) -> web.Response:
     if check_conditions(request, job):
         return wire.empty_response(304, headers=wire.entity_headers(job))
     body = wire.metadata(account.url, "jobs/@Element")
-    body.update(wire.select(_render_job(account, job), wire.parse_select(request)))
+    body.update(wire.select(render_job(account, job), wire.parse_select(request)))
     return wire.json_response(body, headers=wire.entity_headers(job))
 
 
@@ -173,3 +192,11 @@ async def enable_job(request: web.Request) -> web.Response:
     _refuse_unless_live(job)
     job_control.enable_job(scheduler_of(request), job)  # guessed: enabling an active job is accepted, changes nothing
     return wire.empty_response(202, headers=wire.entity_headers(job), data_service_id=request_url(account, request))
+
+
+async def list_preparation_and_release_status(request: web.Request) -> web.Response:
+    """GET /jobs/{jobId}/jobpreparationandreleasetaskstatus: per node, how both tasks went."""
+    job = account_of(request).get_job(request.match_info["job"])
+    statuses = scheduler_of(request).jobprep.statuses(job)
+    operation, fragment = "jobpreparationandreleasetaskstatus", "jobpreparationandreleasetaskstatuslist"
+    return answer_list(request, operation, fragment, statuses, dict)

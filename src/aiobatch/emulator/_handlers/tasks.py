@@ -11,6 +11,7 @@ from aiohttp import web
 from .. import _job_control as job_control
 from .. import _wire as wire
 from .._faults import COLLECTION_FAULTS, CollectionFaults
+from .._jobprep import check_task_id
 from .._model import Account, Job, ServiceError, Task, invalid_property
 from .._support import check_task
 from .._validate import body_of
@@ -69,6 +70,7 @@ async def create_task(request: web.Request) -> web.Response:
     account = account_of(request)
     job = _job_accepting_tasks(account, request.match_info["job"])
     task = wire.parse_task(account, job, body_of(request))
+    check_task_id(job, task.id)
     if task.id.lower() in job.tasks:
         raise _task_exists()
     job.add_task(task)
@@ -109,6 +111,7 @@ async def add_task_collection(request: web.Request) -> web.Response:
         try:
             check_task(request, item)
             task = wire.parse_task(account, job, item)
+            check_task_id(job, task.id)
             if task.id.lower() in job.tasks:
                 raise _task_exists()
         except ServiceError as error:

@@ -1,0 +1,125 @@
+"""Job schedules: create, get, list, exists, update, replace, disable, enable, terminate, delete, and their jobs."""
+
+from __future__ import annotations
+
+import functools
+
+from aiohttp import web
+
+from .. import _wire as wire
+from .._schedules import JobSchedule, JobSchedules, render_schedule, schedule_headers
+from .._validate import body_of
+from ._common import (
+    ACCOUNT_KEY,
+    SCHEDULER_KEY,
+    SCHEDULES_KEY,
+    account_of,
+    answer_list,
+    check_conditions,
+    request_url,
+)
+from .jobs import render_job, start_job
+
+
+def install(app: web.Application) -> None:
+    """Give the app its account's job schedules, their timer running while the app does."""
+    account, scheduler = app[ACCOUNT_KEY], app[SCHEDULER_KEY]
+    schedules = JobSchedules(scheduler, functools.partial(start_job, account, scheduler))
+    app[SCHEDULES_KEY] = schedules
+
+    async def start(app: web.Application) -> None:
+        schedules.start()
+
+    async def stop(app: web.Application) -> None:
+        await schedules.stop()
+
+    app.on_startup.append(start)
+    app.on_shutdown.append(stop)
+
+
+def _schedules(request: web.Request) -> JobSchedules:
+    return request.app[SCHEDULES_KEY]
+
+
+def _schedule(request: web.Request) -> JobSchedule:
+    return _schedules(request).require(request.match_info["schedule"])
+
+
+async def create_job_schedule(request: web.Request) -> web.Response:
+    """POST /jobschedules."""
+    account = account_of(request)
+    schedule = _schedules(request).create(body_of(request))
+    location = f"{account.url}/jobschedules/{schedule.id}"
+    return wire.empty_response(201, headers=schedule_headers(schedule), location=location)
+
+
+async def list_job_schedules(request: web.Request) -> web.Response:
+    """GET /jobschedules."""
+    url = account_of(request).url
+    return answer_list(
+        request, "jobschedules", "jobschedules", _schedules(request).all(), lambda s: render_schedule(url, s)
+    )
+
+
+async def get_job_schedule(request: web.Request) -> web.Response:
+    """GET (and HEAD: exists) /jobschedules/{jobScheduleId}."""
+    account = account_of(request)
+    schedule = _schedule(request)
+    if check_conditions(request, schedule):
+        return wire.empty_response(304, headers=schedule_headers(schedule))
+    body = wire.metadata(account.url, "jobschedules/@Element")
+    body.update(wire.select(render_schedule(account.url, schedule), wire.parse_select(request)))
+    return wire.json_response(body, headers=schedule_headers(schedule))
+
+
+async def update_job_schedule(request: web.Request) -> web.Response:
+    """PATCH (update) and PUT (replace) /jobschedules/{jobScheduleId}."""
+    account = account_of(request)
+    schedule = _schedule(request)
+    check_conditions(request, schedule)
+    _schedules(request).update(schedule, body_of(request), replace=request.method == "PUT")
+    return wire.empty_response(200, headers=schedule_headers(schedule), data_service_id=request_url(account, request))
+
+
+async def disable_job_schedule(request: web.Request) -> web.Response:
+    """POST /jobschedules/{jobScheduleId}/disable."""
+    account = account_of(request)
+    schedule = _schedule(request)
+    check_conditions(request, schedule)
+    _schedules(request).disable(schedule)
+    return wire.empty_response(204, headers=schedule_headers(schedule), data_service_id=request_url(account, request))
+
+
+async def enable_job_schedule(request: web.Request) -> web.Response:
+    """POST /jobschedules/{jobScheduleId}/enable."""
+    account = account_of(request)
+    schedule = _schedule(request)
+    check_conditions(request, schedule)
+    _schedules(request).enable(schedule)
+    return wire.empty_response(204, headers=schedule_headers(schedule), data_service_id=request_url(account, request))
+
+
+async def terminate_job_schedule(request: web.Request) -> web.Response:
+    """POST /jobschedules/{jobScheduleId}/terminate: 202, ``terminating`` until its active job has ended."""
+    account = account_of(request)
+    schedule = _schedule(request)
+    check_conditions(request, schedule)
+    _schedules(request).terminate(schedule)
+    return wire.empty_response(202, headers=schedule_headers(schedule), data_service_id=request_url(account, request))
+
+
+async def delete_job_schedule(request: web.Request) -> web.Response:
+    """DELETE /jobschedules/{jobScheduleId}: 202, ``deleting`` until its jobs are gone."""
+    schedule = _schedule(request)
+    check_conditions(request, schedule)
+    _schedules(request).delete(schedule)
+    return wire.empty_response(202)
+
+
+async def list_jobs_from_schedule(request: web.Request) -> web.Response:
+    """GET /jobschedules/{jobScheduleId}/jobs: the jobs it created that still exist."""
+    account = account_of(request)
+    schedules = _schedules(request)
+    schedule = schedules.require(request.match_info["schedule"])
+    jobs = sorted(schedules.jobs_of(schedule), key=lambda j: j.id.lower())
+    return answer_list(request, "jobs", "jobs", jobs, lambda j: render_job(account, j))
