@@ -20,7 +20,6 @@ run against is `aiobatch.emulator`; pytest fixtures are in `aiobatch.testing`.
 
 from __future__ import annotations
 
-from ._cleanup import RunResources, SweepReport
 from ._client import Client
 from ._config import BatchSettings, Settings, StorageSettings
 from ._errors import (
@@ -47,8 +46,9 @@ from ._errors import (
 )
 from ._fanout import FileMap, FileResult, MapObserver, MapReport
 from ._jobs import JobRef
-from ._pools import RUN_ID_KEY, PoolRef, PoolStatus
+from ._pools import PoolRef, PoolStatus
 from ._retry import RetryPolicy
+from ._run import RUN_ID_KEY, RunResources, SweepReport
 from ._specs import (
     AppPackageRef,
     EnvRef,

@@ -1,41 +1,30 @@
 """`Client`: one Batch and one Blob client, an explicit lifecycle, a run id, and cleanup that survives cancellation.
 
-Each public coroutine delegates to one module (`_storage`, `_pools`, `_jobs`, `_submit`, `_watch`); this module
-holds only the lifecycle and the bookkeeping of what this run created.
+Each public coroutine delegates to one module (`_storage`, `_pools`, `_jobs`, `_entities`, `_submit`, `_watch`);
+what this run created, its cleanup and its sweep belong to `_run`. This module holds only the lifecycle.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import os
-import re
-import secrets
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal
 
 import anyio
-from azure.batch import models
 from azure.batch.aio import BatchClient
 from azure.storage.blob.aio import BlobServiceClient
 
-from . import _cleanup, _fanout, _jobs, _pools, _storage, _submit, _watch
-from ._cleanup import SweepReport
+from . import _entities, _fanout, _jobs, _pools, _run, _storage, _submit, _watch
 from ._config import BatchSettings, Settings, StorageSettings, default_credential
-from ._errors import (
-    AiobatchError,
-    ConfigurationError,
-    NotFoundError,
-    ServiceUnavailableError,
-    guard_loggers,
-    redact,
-)
+from ._errors import AiobatchError, ConfigurationError, guard_loggers, redact
 from ._jobs import JobRef, OnAllTasksComplete, OnTaskFailure
-from ._pools import PoolRef, PoolStatus, not_ours, run_id_of
-from ._retry import RetryPolicy, call, sdk_client_kwargs
+from ._pools import PoolRef, PoolStatus
+from ._retry import RetryPolicy, sdk_client_kwargs
+from ._run import SweepReport, new_run_id
 from ._specs import AppPackageRef, PoolSpec, TaskSpec
 from ._storage import DownloadResult, ProgressCallback, SasPolicy, UploadResult
 from ._submit import SubmissionLedger, SubmitResult
@@ -48,20 +37,7 @@ __all__ = ["Client"]
 
 logger = logging.getLogger("aiobatch")
 
-_RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
 State = Literal["unopened", "open", "closed"]
-Kind = Literal["pool", "job", "container"]
-
-#: Seconds cleanup waits before looking once more for what an interrupted create may still make.
-_UNSURE_GRACE = 1.0
-#: What `Client._owner` returns for a resource that does not exist.
-_MISSING = object()
-
-
-def new_run_id() -> str:
-    """A fresh run id: UTC time to the second and 6 random hex digits, e.g. ``20261124T161837-3fa9c1``."""
-    return f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
 
 
 class Client:
@@ -134,11 +110,8 @@ class Client:
         credential: AsyncTokenCredential | None = None,
         connection_verify: bool | str = True,
     ) -> None:
-        if run_id is not None and not _RUN_ID_RE.match(run_id):
-            raise ConfigurationError(
-                f"run id {run_id!r} is invalid: use 1 to 64 letters, digits, hyphens and underscores.",
-                setting="run_id",
-            )
+        if run_id is not None:
+            _run.check_run_id(run_id)
         if cleanup_timeout <= 0:
             raise ConfigurationError("cleanup_timeout must be positive seconds.", setting="cleanup_timeout")
         self._batch_settings = batch
@@ -157,13 +130,8 @@ class Client:
         self._ledger = SubmissionLedger(self.run_id, resumed=run_id is not None)
         self._submitted: dict[str, set[str]] = {}
         self._deferred_completion: dict[str, OnAllTasksComplete] = {}
-        # What this run created (or recognised as its own by the run-id tag), in creation order.
-        self._pools: dict[str, None] = {}
-        self._jobs: dict[str, None] = {}
-        self._containers: dict[str, None] = {}
-        # Creates that ended without an answer -- cancelled mid-request, or failed after an attempt that may
-        # have taken effect: (kind, id). Cleanup reads their run-id tag and deletes those that are this run's.
-        self._unsure: dict[tuple[Kind, str], None] = {}
+        # What this run created (or recognised as its own by the run-id tag), and what it may have created.
+        self._run = _run.Run(self.run_id)
 
     @classmethod
     def from_env(
@@ -232,11 +200,11 @@ class Client:
         if getattr(self, "_state", None) != "open":
             return
         message = f"unclosed aiobatch Client (run {self.run_id!r}): use `async with` or `await client.aclose()`"
-        if not (self._pools or self._jobs or self._containers or self._unsure):
+        if not self._run.anything:
             _warn(message, ResourceWarning, source=self, stacklevel=2)
             return
         message += (
-            f". It created {self._left_behind()}, which stay (and a pool's nodes cost money) until deleted: "
+            f". It created {self._run.left_behind()}, which stay (and a pool's nodes cost money) until deleted: "
             f"aiobatch cleanup --run-id {self.run_id}"
         )
         _warn(message, ResourceWarning, source=self, stacklevel=2)
@@ -274,7 +242,7 @@ class Client:
     @property
     def created(self) -> dict[str, tuple[str, ...]]:
         """What this client created and would delete on cleanup: ``{"jobs": ..., "pools": ..., "containers": ...}``."""
-        return {"jobs": tuple(self._jobs), "pools": tuple(self._pools), "containers": tuple(self._containers)}
+        return self._run.created
 
     def _check_open(self) -> None:
         if self._state != "open":
@@ -361,7 +329,9 @@ class Client:
         errors: list[BaseException] = []
         try:
             if self.cleanup:
-                errors = await self._cleanup()
+                errors = await self._run.cleanup(
+                    self.batch, self.blob_service, policy=self.retry_policy, timeout=self.cleanup_timeout
+                )
         finally:
             self._state = "closed"
             with anyio.CancelScope(shield=True):
@@ -370,7 +340,7 @@ class Client:
         if not errors:
             return
         message = (
-            f"cleanup of run {self.run_id!r} left {self._left_behind()}: {str(errors[0]).rstrip('.')}"
+            f"cleanup of run {self.run_id!r} left {self._run.left_behind()}: {str(errors[0]).rstrip('.')}"
             f"{f' (and {len(errors) - 1} more error(s))' if len(errors) > 1 else ''}. "
             f"Delete them by hand, or sweep the run: aiobatch cleanup --run-id {self.run_id}"
         )
@@ -380,100 +350,6 @@ class Client:
             logger.warning("%s", message)
             return
         raise AiobatchError(message) from errors[0]
-
-    def _left_behind(self) -> str:
-        """What cleanup did not delete, e.g. ``jobs job-1; pools pool-1`` (or ``something`` when unknown)."""
-        left = [f"{kind} {', '.join(ids)}" for kind, ids in self.created.items() if ids]
-        unsure = [f"{resource_id} ({kind}, created or not)" for kind, resource_id in self._unsure]
-        if unsure:
-            left.append(f"maybe {', '.join(unsure)}")
-        return "; ".join(left) or "something"
-
-    async def _cleanup(self) -> list[BaseException]:
-        """Delete this run's jobs, pools and containers: shielded from cancellation, bounded by the timeout."""
-        errors: list[BaseException] = []
-        jobs, pools, containers = list(self._jobs), list(self._pools), list(self._containers)
-        unsure = list(self._unsure)
-        if not (jobs or pools or containers or unsure):
-            return errors
-        logger.info(
-            "cleaning up run %s: %d jobs, %d pools, %d containers%s",
-            self.run_id,
-            len(jobs),
-            len(pools),
-            len(containers),
-            f" (and {len(unsure)} creates that ended without an answer)" if unsure else "",
-        )
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + self.cleanup_timeout
-            # A create interrupted after its request took effect left a resource this client never heard of:
-            # it carries this run's tag, which is how it is told from one that another run made meanwhile.
-            missing = await self._claim_unsure(unsure, jobs, pools, containers, errors)
-            await self._delete(jobs, pools, containers, errors)
-            if missing:
-                # A create cancelled while its request was still on its way can take effect after the check
-                # above: look once more, a moment later, and delete what has appeared since.
-                await anyio.sleep(_UNSURE_GRACE)
-                late: tuple[list[str], list[str], list[str]] = ([], [], [])
-                await self._claim_unsure(missing, *late, errors)
-                await self._delete(*late, errors)
-        if scope.cancelled_caught:
-            errors.append(
-                AiobatchError(f"the cleanup did not finish within {self.cleanup_timeout:g} s (cleanup_timeout)")
-            )
-        for error in errors:
-            logger.warning("cleanup of run %s: %s", self.run_id, error)
-        return errors
-
-    async def _claim_unsure(
-        self,
-        unsure: list[tuple[Kind, str]],
-        jobs: list[str],
-        pools: list[str],
-        containers: list[str],
-        errors: list[BaseException],
-    ) -> list[tuple[Kind, str]]:
-        """Add the unsure creates that turned out to be this run's to the lists; return those not found."""
-        found: dict[Kind, list[str]] = {"job": jobs, "pool": pools, "container": containers}
-        missing: list[tuple[Kind, str]] = []
-        for kind, resource_id in unsure:
-            try:
-                owner = await self._owner(kind, resource_id)
-            except AiobatchError as exc:
-                errors.append(exc)
-                continue
-            if owner is _MISSING:
-                missing.append((kind, resource_id))
-            elif owner == self.run_id and resource_id not in found[kind]:
-                found[kind].append(resource_id)
-            self._unsure.pop((kind, resource_id), None)
-        return missing
-
-    async def _delete(
-        self, jobs: list[str], pools: list[str], containers: list[str], errors: list[BaseException]
-    ) -> None:
-        """Delete jobs (first: that stops their tasks and removes auto-pools), pools, then containers."""
-        assert self._batch is not None and self._blobs is not None
-        batch, blobs, policy = self._batch, self._blobs, self.retry_policy
-        for job_id in jobs:
-            try:
-                await _jobs.delete_job(batch, job_id, policy=policy)
-                self._jobs.pop(job_id, None)
-            except AiobatchError as exc:
-                errors.append(exc)
-        for pool_id in pools:
-            try:
-                await _pools.delete_pool(batch, pool_id, policy=policy)
-                self._pools.pop(pool_id, None)
-            except AiobatchError as exc:
-                errors.append(exc)
-        if containers:
-            try:
-                await _storage.delete_containers(blobs, containers, policy=policy)
-                for name in containers:
-                    self._containers.pop(name, None)
-            except AiobatchError as exc:
-                errors.append(exc)
 
     async def sweep_run(
         self,
@@ -510,7 +386,7 @@ class Client:
             ...         print(line)
         """
         self._check_open()
-        report = await _cleanup.sweep_run(
+        report = await _run.sweep_run(
             self.batch,
             self.blob_service,
             run_id if run_id is not None else self.run_id,
@@ -520,9 +396,7 @@ class Client:
             policy=self.retry_policy,
         )
         if not dry_run and report.run_id == self.run_id:
-            self._jobs.clear()
-            self._pools.clear()
-            self._containers.clear()
+            self._run.forget()
         return report
 
     # ------------------------------------------------------------------------------------------------
@@ -546,12 +420,12 @@ class Client:
             ...         print("created, and deleted on cleanup")
         """
         self._check_open()
-        with self._creating("container", container):
+        with self._run.creating("container", container):
             created = await _storage.ensure_container(
                 self.blob_service, container, policy=self.retry_policy, run_id=self.run_id
             )
         if created:
-            self._containers[container] = None
+            self._run.containers[container] = None
         return created
 
     async def upload_files(
@@ -699,7 +573,7 @@ class Client:
         names = [containers] if isinstance(containers, str) else list(containers)
         deleted = await _storage.delete_containers(self.blob_service, names, policy=self.retry_policy)
         for name in names:
-            self._containers.pop(name, None)
+            self._run.containers.pop(name, None)
         return deleted
 
     # ------------------------------------------------------------------------------------------------
@@ -743,7 +617,7 @@ class Client:
             ...     await client.wait_for_pool_ready("pets", timeout=1200)
         """
         self._check_open()
-        with self._creating("pool", spec.id):
+        with self._run.creating("pool", spec.id):
             ref = await _pools.ensure_pool(
                 self.batch,
                 spec,
@@ -753,7 +627,7 @@ class Client:
                 deletion_timeout=deletion_timeout,
             )
         if ref.owned:
-            self._pools[ref.id] = None
+            self._run.pools[ref.id] = None
         return ref
 
     async def wait_for_pool_ready(
@@ -822,50 +696,17 @@ class Client:
             >>> async def drop_pool(client):  # doctest: +SKIP
             ...     await client.delete_pool("pets", wait=True)
         """
+        return await self._delete_entity("pool", pool_id, force=force, wait=wait)
+
+    async def _delete_entity(self, kind: Literal["pool", "job"], entity_id: str, *, force: bool, wait: bool) -> bool:
+        """Delete a pool or job: this run's, or (with *force*) anyone's; forget it as this run's."""
         self._check_open()
-        if pool_id not in self._pools and not force:
-            await self._check_ours("pool", pool_id)
-        deleted = await _pools.delete_pool(self.batch, pool_id, wait=wait, policy=self.retry_policy)
-        self._pools.pop(pool_id, None)
+        record = self._run.pools if kind == "pool" else self._run.jobs
+        if entity_id not in record and not force:
+            await _run.check_ours(self.batch, self.blob_service, kind, entity_id, self.run_id, policy=self.retry_policy)
+        deleted = await _entities.delete(self.batch, kind, entity_id, wait=wait, policy=self.retry_policy)
+        record.pop(entity_id, None)
         return deleted
-
-    async def _owner(self, kind: Kind, resource_id: str) -> str | object | None:
-        """The run id a pool, job or container carries (None: none), or `_MISSING` if it does not exist."""
-
-        async def owner() -> str | None:
-            if kind == "container":
-                props = await self.blob_service.get_container_client(resource_id).get_container_properties()
-                metadata = {k.lower(): v for k, v in (props.metadata or {}).items()}
-                return metadata.get(_storage.RUN_ID_METADATA)
-            if kind == "pool":
-                return run_id_of((await self.batch.get_pool(resource_id, select=["id", "metadata"])).metadata)
-            return run_id_of((await self.batch.get_job(resource_id, select=["id", "metadata"])).metadata)
-
-        try:
-            return await call(owner, policy=self.retry_policy, resource=kind, resource_id=resource_id)
-        except NotFoundError:
-            return _MISSING
-
-    def _creating(self, kind: Kind, resource_id: str) -> contextlib.AbstractContextManager[None]:
-        """Remember a create that ends without an answer (see `_unsure`), for cleanup to check and delete."""
-        return _Creating(self._unsure, (kind, resource_id))
-
-    async def _check_ours(self, kind: Literal["pool", "job"], resource_id: str) -> None:
-        """Raise `ConflictError` unless the pool or job carries this run's id (or does not exist)."""
-
-        async def metadata() -> list[models.BatchMetadataItem] | None:
-            if kind == "pool":
-                return (await self.batch.get_pool(resource_id, select=["id", "metadata"])).metadata
-            return (await self.batch.get_job(resource_id, select=["id", "metadata"])).metadata
-
-        try:
-            owner = run_id_of(await call(metadata, policy=self.retry_policy, resource=kind, resource_id=resource_id))
-        except NotFoundError:
-            return
-        if owner != self.run_id:
-            raise not_ours(
-                kind, resource_id, owner, self.run_id, "It was not deleted; pass force=True to delete it anyway."
-            )
 
     # ------------------------------------------------------------------------------------------------
     # Jobs and tasks
@@ -924,7 +765,7 @@ class Client:
             ...     await client.create_job("convert", pool_id="pets", on_all_tasks_complete="terminatejob")
         """
         self._check_open()
-        with self._creating("job", job_id):
+        with self._run.creating("job", job_id):
             ref = await _jobs.create_job(
                 self.batch,
                 job_id,
@@ -943,7 +784,7 @@ class Client:
                 deletion_timeout=deletion_timeout,
             )
         if ref.owned:
-            self._jobs[ref.id] = None
+            self._run.jobs[ref.id] = None
         if on_all_tasks_complete != "noaction":
             self._deferred_completion[job_id.lower()] = on_all_tasks_complete
         return ref
@@ -1134,12 +975,7 @@ class Client:
             >>> async def drop_job(client):  # doctest: +SKIP
             ...     await client.delete_job("convert")
         """
-        self._check_open()
-        if job_id not in self._jobs and not force:
-            await self._check_ours("job", job_id)
-        deleted = await _jobs.delete_job(self.batch, job_id, wait=wait, policy=self.retry_policy)
-        self._jobs.pop(job_id, None)
-        return deleted
+        return await self._delete_entity("job", job_id, force=force, wait=wait)
 
     # ------------------------------------------------------------------------------------------------
     # Fan-out
@@ -1248,33 +1084,3 @@ class Client:
             poll_interval=poll_interval,
             observer=observer,
         )
-
-
-class _Creating:
-    """Records ``(kind, id)`` in *unsure* when the create inside the block ends without an answer.
-
-    That is: cancelled (the request may be in flight or done), transient failures that outlasted the retry
-    policy (`ServiceUnavailableError`: an attempt whose answer was lost may have taken effect), or anything
-    unexpected. Not for the service's definite answers (a refused key, someone else's id, a bad spec), nor for
-    `ConfigurationError` or a `ServiceUnavailableError` whose attempts all failed to connect (no request was
-    sent): nothing of this run's was made, and cleanup need not look (an unreachable service would only make
-    it wait out its retries again).
-    """
-
-    def __init__(self, unsure: dict[tuple[Kind, str], None], key: tuple[Kind, str]) -> None:
-        self._unsure = unsure
-        self._key = key
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is None:
-            return
-        if isinstance(exc, ServiceUnavailableError) and not exc.reached_service:
-            return
-        if issubclass(exc_type, AiobatchError) and not issubclass(exc_type, ServiceUnavailableError):
-            return
-        self._unsure[self._key] = None

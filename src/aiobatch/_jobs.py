@@ -1,6 +1,6 @@
-"""Jobs: idempotent creation (on a pool or an auto-pool), completion actions, termination and deletion.
+"""Jobs: idempotent creation (on a pool or an auto-pool), completion actions and termination.
 
-A job aiobatch creates carries the run id in its metadata, like its pools (see `aiobatch._pools`). Creating a
+A job aiobatch creates carries the run id in its metadata, like its pools (see `aiobatch._run`). Creating a
 job whose id is taken is fine when the job is this run's (a retried create whose answer was lost, or a re-run
 of the same run); a job with that id that this run did not create is a conflict unless the caller asks to
 reuse it.
@@ -24,9 +24,10 @@ from azure.batch import models
 from azure.batch.aio import BatchClient
 from azure.batch.models._models import BatchJobTerminateOptions
 
+from ._entities import create_or_read, reader
 from ._errors import ConfigurationError, ConflictError, NotFoundError
-from ._pools import create_or_read, delete_entity, not_ours, run_id_of, tagged
 from ._retry import RetryPolicy, call
+from ._run import not_ours, run_id_of, tagged
 from ._specs import PoolSpec, check_id, to_pool_specification
 
 __all__ = [
@@ -34,7 +35,6 @@ __all__ = [
     "OnAllTasksComplete",
     "OnTaskFailure",
     "create_job",
-    "delete_job",
     "set_on_all_tasks_complete",
     "terminate_job",
 ]
@@ -166,7 +166,7 @@ async def create_job(
     )
     found = await create_or_read(
         lambda: batch.create_job(model),
-        lambda: batch.get_job(job_id, select=["id", "state", "metadata"]),
+        reader(batch, "job", job_id, ["id", "state", "metadata"]),
         "job",
         job_id,
         policy=policy,
@@ -279,40 +279,3 @@ async def terminate_job(
         raise
     logger.info("terminated job %r", job_id)
     return True
-
-
-async def delete_job(
-    batch: BatchClient,
-    job_id: str,
-    *,
-    wait: bool = False,
-    poll_interval: float = 1.0,
-    timeout: float = 600.0,
-    policy: RetryPolicy | None = None,
-) -> bool:
-    """Delete a job (its tasks, and an auto-pool with it); one that is gone or going counts as done.
-
-    Args:
-        batch: the Batch client.
-        job_id: the job.
-        wait: also wait until the service has removed it.
-        poll_interval: seconds between polls while waiting (not the SDK poller's 5 s).
-        timeout: seconds to wait for the removal, with *wait*.
-        policy: the retry policy for each request.
-
-    Returns:
-        ``True`` if this call asked for the deletion, ``False`` if the job was already gone or going.
-
-    Raises:
-        DeadlineExceededError: with *wait*, the job was still there after *timeout*.
-    """
-    return await delete_entity(
-        "job",
-        job_id,
-        lambda: batch.begin_delete_job(job_id),
-        lambda: batch.get_job(job_id, select=["id", "state"]),
-        wait=wait,
-        poll_interval=poll_interval,
-        timeout=timeout,
-        policy=policy,
-    )
