@@ -45,7 +45,7 @@ from ._errors import (
     redact,
 )
 from ._fanout import FileMap, FileResult, MapObserver, MapReport
-from ._jobs import JobRef
+from ._jobs import JobOptions, JobRef
 from ._pools import PoolRef, PoolStatus
 from ._retry import RetryPolicy
 from ._run import RUN_ID_KEY, RunResources, SweepReport
@@ -88,6 +88,7 @@ __all__ = [
     "FileResult",
     "IntegrityError",
     "JobError",
+    "JobOptions",
     "JobRef",
     "MapObserver",
     "MapReport",

@@ -21,7 +21,7 @@ from azure.storage.blob.aio import BlobServiceClient
 from . import _entities, _fanout, _jobs, _pools, _run, _storage, _submit, _watch
 from ._config import BatchSettings, Settings, StorageSettings, default_credential
 from ._errors import AiobatchError, ConfigurationError, guard_loggers, redact
-from ._jobs import JobRef, OnAllTasksComplete, OnTaskFailure
+from ._jobs import JobOptions, JobRef, OnAllTasksComplete
 from ._pools import PoolRef, PoolStatus
 from ._retry import RetryPolicy, sdk_client_kwargs
 from ._run import SweepReport, new_run_id
@@ -32,6 +32,7 @@ from ._watch import TaskEvent, TaskSummary, TaskWatch
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
+    from typing_extensions import Unpack
 
 __all__ = ["Client"]
 
@@ -715,18 +716,7 @@ class Client:
     async def create_job(
         self,
         job_id: str,
-        *,
-        pool_id: str | None = None,
-        auto_pool: PoolSpec | None = None,
-        on_all_tasks_complete: OnAllTasksComplete = "noaction",
-        on_task_failure: OnTaskFailure = "noaction",
-        max_task_retry_count: int | None = None,
-        max_wall_clock_time: float | None = None,
-        priority: int | None = None,
-        display_name: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-        reuse_existing: bool = False,
-        deletion_timeout: float = 300.0,
+        **options: Unpack[JobOptions],
     ) -> JobRef:
         """Create a job (idempotently) on a pool, or with an auto-pool that lives and dies with the job.
 
@@ -741,17 +731,11 @@ class Client:
 
         Args:
             job_id: the job id.
-            pool_id: the pool to run on.
-            auto_pool: the spec of a pool for this job alone.
-            on_all_tasks_complete: ``"terminatejob"`` to end the job once all its tasks are done.
-            on_task_failure: ``"performexitoptionsjobaction"`` to apply tasks' exit options.
-            max_task_retry_count: the job's default retries per task.
-            max_wall_clock_time: seconds the job may run in all.
-            priority: -1000 to 1000.
-            display_name: a human-readable name.
-            metadata: more name/value pairs.
-            reuse_existing: add to an existing job this run did not create.
-            deletion_timeout: seconds to wait for a job with this id that is being deleted to go.
+            **options: keyword options, all optional: ``pool_id`` (the pool to run on) or ``auto_pool`` (a
+                `PoolSpec` for a pool for this job alone), ``on_all_tasks_complete``, ``on_task_failure``,
+                ``max_task_retry_count``, ``max_wall_clock_time`` (seconds), ``priority`` (-1000 to 1000),
+                ``display_name``, ``metadata``, ``reuse_existing`` (add to an existing job this run did not
+                create) and ``deletion_timeout`` (seconds, default 300); see `aiobatch.JobOptions`.
 
         Returns:
             The job's id, pool and ownership.
@@ -770,23 +754,13 @@ class Client:
                 self.batch,
                 job_id,
                 run_id=self.run_id,
-                pool_id=pool_id,
-                auto_pool=auto_pool,
-                on_all_tasks_complete=on_all_tasks_complete,
-                on_task_failure=on_task_failure,
-                max_task_retry_count=max_task_retry_count,
-                max_wall_clock_time=max_wall_clock_time,
-                priority=priority,
-                display_name=display_name,
-                metadata=metadata,
-                reuse_existing=reuse_existing,
                 policy=self.retry_policy,
-                deletion_timeout=deletion_timeout,
+                **options,
             )
         if ref.owned:
             self._run.jobs[ref.id] = None
-        if on_all_tasks_complete != "noaction":
-            self._deferred_completion[job_id.lower()] = on_all_tasks_complete
+        if ref.on_all_tasks_complete != "noaction":
+            self._deferred_completion[job_id.lower()] = ref.on_all_tasks_complete
         return ref
 
     async def submit_tasks(

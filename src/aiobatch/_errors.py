@@ -769,6 +769,9 @@ def translate(
         >>> type(err).__name__, err.resource_id
         ('NotFoundError', 'p1')
     """
+    # The retry policy decides what is transient; imported here because `_retry` builds on this module.
+    from ._retry import transient_status
+
     if isinstance(exc, AiobatchError):
         return exc
     kind = resource
@@ -831,7 +834,7 @@ def translate(
                 "another id; if an earlier run left it behind, delete it and try again"
             )
             return ConflictError(f"{head}: conflict ({said}){detail}{rid}. Fix: {fix}.", **ctx)
-        if status in (408, 429) or (status >= 500 and status not in (501, 505)):
+        if transient_status(status):
             fix = "the service is busy or failing; try later, or raise the retry policy's attempts/deadline"
             return ServiceUnavailableError(
                 f"{head}{tried}: the service did not succeed ({said}){detail}{rid}.{tail} Fix: {fix}.",

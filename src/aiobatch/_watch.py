@@ -47,7 +47,7 @@ from azure.batch.aio import BatchClient
 
 from ._errors import ConfigurationError, DeadlineExceededError, NotFoundError, TaskFailedError, _sas_expiry, redact
 from ._retry import RetryPolicy, call
-from ._specs import check_id
+from ._specs import check_id, wire_value
 
 __all__ = [
     "TaskEvent",
@@ -64,10 +64,6 @@ _PAGE_SIZE = 1000
 _DONE_JOB_STATES = frozenset({"completed"})
 
 EventKind = Literal["completed", "running"]
-
-
-def _text(value: object) -> str:
-    return str(getattr(value, "value", value) or "").lower()
 
 
 def _odata_time(when: dt.datetime) -> str:
@@ -289,14 +285,14 @@ def _event(
         fi = info.failure_info
         # A download failure can quote the resource file's URL: keep its SAS signature out of events.
         failure = TaskFailure(
-            category=_text(fi.category),
+            category=wire_value(fi.category),
             code=fi.code or "",
             message=redact(fi.message or ""),
             details=tuple((d.name or "", redact(d.value or "")) for d in fi.details or []),
         )
     succeeded: bool | None = None
     if kind == "completed":
-        result = _text(info.result) if info is not None else ""
+        result = wire_value(info.result) if info is not None else ""
         # Older answers carry no executionInfo.result: judge by the exit code and failure info.
         fallback = failure is None and info is not None and info.exit_code == 0
         succeeded = result == "success" if result else fallback
@@ -542,7 +538,7 @@ class TaskWatch:
         job: models.BatchJob = await self._request(
             lambda: self._batch.get_job(self.job_id, select=["id", "state"]), "get"
         )
-        if _text(job.state) in _DONE_JOB_STATES:
+        if wire_value(job.state) in _DONE_JOB_STATES:
             self._job_done = True
             # One last listing from the watermark picks up what completed since the last poll.
             self._queue_recent()
@@ -591,7 +587,7 @@ class TaskWatch:
         for task in tasks:
             key = (task.id or "").lower()
             if listing.kind == "completed":
-                if _text(task.state) != "completed":
+                if wire_value(task.state) != "completed":
                     continue
                 when = task.state_transition_time
                 if when is not None and (listing.latest is None or when > listing.latest):
@@ -601,7 +597,7 @@ class TaskWatch:
                 self._seen.add(key)
                 self._running_seen.discard(key)
             else:
-                if _text(task.state) != "running" or key in self._running_seen or key in self._seen:
+                if wire_value(task.state) != "running" or key in self._running_seen or key in self._seen:
                     continue
                 self._running_seen.add(key)
             self._buffer.append(_event(self.job_id, task, listing.kind, self._batch, self._policy))
