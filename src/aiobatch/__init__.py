@@ -35,20 +35,20 @@ from ._errors import (
     PoolResizeError,
     PoolStartTaskError,
     PoolTimeoutError,
-    RedactingFilter,
     SasExpiredError,
     ServiceError,
     ServiceUnavailableError,
     StorageError,
     SubmissionError,
     TaskFailedError,
-    redact,
 )
 from ._fanout import FileMap, FileResult, MapObserver, MapReport
 from ._jobs import JobOptions, JobRef
 from ._pools import PoolRef, PoolStatus
+from ._redact import RedactingFilter, redact
 from ._retry import RetryPolicy
 from ._run import RUN_ID_KEY, RunResources, SweepReport
+from ._sas import SasPolicy
 from ._specs import (
     AppPackageRef,
     EnvRef,
@@ -65,7 +65,7 @@ from ._specs import (
     task_id_for,
     task_ids_for,
 )
-from ._storage import BlobFile, DownloadResult, SasPolicy, TransferProgress, UploadResult
+from ._storage import BlobFile, DownloadResult, TransferProgress, UploadResult
 from ._submit import SubmissionLedger, SubmitResult
 from ._watch import TaskEvent, TaskFailure, TaskSummary, TaskWatch
 

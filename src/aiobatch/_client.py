@@ -18,15 +18,17 @@ import anyio
 from azure.batch.aio import BatchClient
 from azure.storage.blob.aio import BlobServiceClient
 
-from . import _entities, _fanout, _jobs, _pools, _run, _storage, _submit, _watch
+from . import _entities, _fanout, _jobs, _pools, _run, _sas, _storage, _submit, _watch
 from ._config import BatchSettings, Settings, StorageSettings, default_credential
-from ._errors import AiobatchError, ConfigurationError, guard_loggers, redact
+from ._errors import AiobatchError, ConfigurationError
 from ._jobs import JobOptions, JobRef, OnAllTasksComplete
 from ._pools import PoolRef, PoolStatus
+from ._redact import guard_loggers, redact
 from ._retry import RetryPolicy, sdk_client_kwargs
 from ._run import SweepReport, new_run_id
+from ._sas import SasPolicy
 from ._specs import AppPackageRef, PoolSpec, TaskSpec
-from ._storage import DownloadResult, ProgressCallback, SasPolicy, UploadResult
+from ._storage import DownloadResult, ProgressCallback, UploadResult
 from ._submit import SubmissionLedger, SubmitResult
 from ._watch import TaskEvent, TaskSummary, TaskWatch
 
@@ -492,7 +494,7 @@ class Client:
             ...                     resource_files=[resource_file(url)])
         """
         self._check_open()
-        return await _storage.input_sas_url(self.blob_service, container, blob, policy=sas_policy or self.sas_policy)
+        return await _sas.input_sas_url(self.blob_service, container, blob, policy=sas_policy or self.sas_policy)
 
     async def output_container_sas_url(self, container: str, *, sas_policy: SasPolicy | None = None) -> str:
         """Return a create/write-only SAS URL for a container (for tasks' output files); creates the container.
@@ -510,9 +512,7 @@ class Client:
             ...     return [output_files_to(url, "*.gif", path="gifs")]
         """
         await self.ensure_container(container)
-        return await _storage.output_container_sas_url(
-            self.blob_service, container, policy=sas_policy or self.sas_policy
-        )
+        return await _sas.output_container_sas_url(self.blob_service, container, policy=sas_policy or self.sas_policy)
 
     async def download_outputs(
         self,

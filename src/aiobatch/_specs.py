@@ -27,7 +27,8 @@ from typing import Any, Literal
 
 from azure.batch import models
 
-from ._errors import ConfigurationError, redact
+from ._errors import ConfigurationError
+from ._redact import redact
 
 __all__ = [
     "ID_RE",

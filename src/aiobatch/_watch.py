@@ -45,8 +45,10 @@ import anyio
 from azure.batch import models
 from azure.batch.aio import BatchClient
 
-from ._errors import ConfigurationError, DeadlineExceededError, NotFoundError, TaskFailedError, _sas_expiry, redact
+from ._errors import ConfigurationError, DeadlineExceededError, NotFoundError, TaskFailedError
+from ._redact import redact
 from ._retry import RetryPolicy, call
+from ._sas import sas_expiry
 from ._specs import check_id, wire_value
 
 __all__ = [
@@ -104,7 +106,7 @@ class TaskFailure:
             return None
         when = at or dt.datetime.now(dt.timezone.utc)
         for _, value in self.details:
-            expiry = _sas_expiry(value) if value.lower().startswith(("http://", "https://")) else None
+            expiry = sas_expiry(value) if value.lower().startswith(("http://", "https://")) else None
             if expiry is not None and expiry <= when:
                 return expiry
         return None

@@ -33,7 +33,7 @@ from azure.storage.blob.aio import BlobServiceClient
 from aiobatch import BatchSettings, Client, RetryPolicy, SasPolicy, StorageSettings
 from aiobatch._azurite import ACCOUNT_KEY, AzuriteServer
 from aiobatch._errors import AuthenticationError
-from aiobatch._storage import sas_expiry
+from aiobatch._sas import sas_expiry
 from aiobatch.emulator import Emulator
 
 pytestmark = pytest.mark.anyio

@@ -30,17 +30,15 @@ from aiobatch._errors import (
     PoolResizeError,
     PoolStartTaskError,
     PoolTimeoutError,
-    RedactingFilter,
     SasExpiredError,
     ServiceError,
     ServiceUnavailableError,
     StorageError,
     SubmissionError,
     TaskFailedError,
-    redact,
-    register_secret,
     translate,
 )
+from aiobatch._redact import RedactingFilter, redact, register_secret
 from aiobatch._retry import sdk_client_kwargs
 
 from . import Behaviour, StubServer, batch_error, storage_error

@@ -31,8 +31,8 @@ from aiobatch._errors import (
     StorageError,
 )
 from aiobatch._retry import RetryPolicy, call, instant_waits, sdk_client_kwargs
+from aiobatch._sas import SasPolicy, input_sas_url, output_container_sas_url, sas_expiry
 from aiobatch._storage import (
-    SasPolicy,
     TransferProgress,
     _is_transit_corruption,
     _local_path,
@@ -40,9 +40,6 @@ from aiobatch._storage import (
     delete_containers,
     download_blobs,
     ensure_container,
-    input_sas_url,
-    output_container_sas_url,
-    sas_expiry,
     upload_files,
 )
 

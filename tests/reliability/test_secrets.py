@@ -40,6 +40,7 @@ from azure.batch.aio import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 
 import aiobatch._client
+import aiobatch._sas
 import aiobatch._storage
 from aiobatch import (
     AiobatchError,
@@ -162,12 +163,12 @@ def canaries(monkeypatch: pytest.MonkeyPatch, azurite: AzuriteServer) -> Canarie
         return url
 
     for name in ("input_sas_url", "output_container_sas_url"):
-        original = getattr(aiobatch._storage, name)
+        original = getattr(aiobatch._sas, name)
 
         async def minted(*args: Any, __original: Callable[..., Any] = original, **kwargs: Any) -> str:
             return record_sas(await __original(*args, **kwargs))
 
-        monkeypatch.setattr(aiobatch._storage, name, minted)
+        monkeypatch.setattr(aiobatch._sas, name, minted)
 
     original_batch_sign = batch_patch.BatchSharedKeyAuthPolicy._sign_string
 
