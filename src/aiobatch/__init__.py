@@ -135,3 +135,11 @@ __all__ = [
     "task_id_for",
     "task_ids_for",
 ]
+
+# The public names live in private modules; say that they are aiobatch's (as httpx does), so that reprs,
+# tracebacks and pickles name `aiobatch.Client`, not `aiobatch._client.Client`.
+for _name in __all__:
+    _value = globals()[_name]
+    if isinstance(_value, type) or callable(_value):
+        _value.__module__ = "aiobatch"
+del _name, _value

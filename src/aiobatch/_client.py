@@ -60,9 +60,8 @@ class Client:
     created -- on normal exit, on error, on cancellation and on Ctrl-C -- inside a shielded scope bounded by
     *cleanup_timeout*.
 
-    Retries: the SDK clients are built with their own retries off (see `aiobatch._retry.sdk_client_kwargs`);
-    every request is retried by *retry_policy* alone (jittered exponential backoff honouring ``Retry-After``,
-    bounded by attempts and by time).
+    Every request is retried by *retry_policy* alone (the SDKs' own retries are off): jittered exponential
+    backoff honouring ``Retry-After``, bounded by attempts and by time.
 
     Args:
         batch: where the Batch account is and how to sign in (Shared Key, or Entra ID without a key).
@@ -771,20 +770,13 @@ class Client:
         concurrency: int = 4,
         final: bool = True,
     ) -> SubmitResult:
-        """Add tasks to a job in chunks of up to 100, several in flight, each task added once.
+        """Add tasks to a job, each exactly once, and say per task what happened.
 
-        A chunk is smaller when its body would pass about 1 MB.
-        Chunks go through ``create_task_collection`` directly (not the SDK's ``create_tasks``, which loops
-        without bound on a 503 and counts anyone's ``TaskExists`` as success). azure-core's retry is off for
-        these requests (``retry_total=0``), so this client's retry policy is the only layer: a transient failure
-        (429, 5xx, timeout, dropped connection) costs one request per attempt, with jittered backoff honouring
-        ``Retry-After``, bounded per chunk by the policy's attempts and deadline. Per-task ``serverError`` results
-        are retried; ``413 RequestBodyTooLarge`` halves the chunk. ``TaskExists`` counts as success only for a
-        task this run created: every task carries the run id in its environment (``AIOBATCH_RUN_ID``), and a
-        task an earlier, ambiguous attempt may have created is read back to check it -- as is every existing
-        task when this client resumes a run (``run_id=`` given), so what the earlier process added counts as
-        existing. Otherwise it is a conflict with someone else's task and is reported in ``result.failed`` and
-        ``result.conflicts``.
+        Safe to repeat: submitting the same specs again (a retry, a re-run, a resumed run with ``run_id=``)
+        adds only what is missing, and what this run added before counts as existing. A task id already taken
+        by someone else's task is a conflict, reported in ``result.failed`` and ``result.conflicts``, never as
+        success. Transient failures are retried under the client's retry policy (chunking, retries and how a
+        task is never added twice: see `aiobatch._submit`).
 
         Args:
             job_id: the job.
@@ -837,12 +829,9 @@ class Client:
         """Iterate over completion events of a job's tasks: one per task, as each completes.
 
         The watch ends when *expected* tasks have completed (by default, as many as this client submitted to the
-        job), or when the job completes. Without a count it also ends once the job holds no unfinished task (all
-        complete and reported, confirmed on one further poll); pass *expected*, or use ``terminatejob``, when tasks
-        are still being added elsewhere. Each poll costs one small task-counts request; tasks are listed only
-        when the counts moved, filtered to those that completed since the last listing and with only the fields
-        an event needs. Polls come every *poll_interval* seconds while tasks complete, backing off to
-        *max_poll_interval* while nothing changes. Breaking out of the loop stops all work.
+        job), or when the job completes. Without a count it also ends once the job holds no unfinished task;
+        pass *expected*, or use ``terminatejob``, when tasks are still being added elsewhere. Breaking out of
+        the loop stops all work. (How it polls cheaply: see `aiobatch._watch`.)
 
         Args:
             job_id: the job.
@@ -930,20 +919,18 @@ class Client:
         return await _jobs.terminate_job(self.batch, job_id, policy=self.retry_policy)
 
     async def delete_job(self, job_id: str, *, force: bool = False, wait: bool = False) -> bool:
-        """Delete a job this run created (its tasks, and an auto-pool); another's only with *force*.
-
-        A job already gone (or being deleted) counts as deleted.
+        """Delete a job this run created, with its tasks and auto-pool; as `delete_pool` does for a pool.
 
         Args:
             job_id: the job.
-            force: delete it even if this run did not create it.
-            wait: wait until the service has removed it.
+            force: as for `delete_pool`.
+            wait: as for `delete_pool`.
 
         Returns:
-            ``True`` if this call asked for the deletion, ``False`` if it was already gone or going.
+            Whether this call asked for the deletion (``False``: the job was already gone or going).
 
         Raises:
-            ConflictError: the job is not this run's and *force* is false.
+            ConflictError: another's job, without *force*.
 
         Example:
             >>> async def drop_job(client):  # doctest: +SKIP
