@@ -89,6 +89,12 @@ class SasPolicy:
         )
 
 
+def _utc(value: str) -> dt.datetime:
+    """A time as the service writes it (``2030-01-01T00:00:00Z``), as an aware datetime."""
+    parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
 def sas_expiry(url: str | None) -> dt.datetime | None:
     """Read a SAS URL's expiry (its ``se`` parameter), e.g. to explain a task that failed on an expired SAS.
 
@@ -109,10 +115,9 @@ def sas_expiry(url: str | None) -> dt.datetime | None:
     if not values:
         return None
     try:
-        when = dt.datetime.fromisoformat(values[0].replace("Z", "+00:00"))
+        return _utc(values[0])
     except ValueError:
         return None
-    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
 
 
 def _account_key(service: BlobServiceClient) -> str | None:
@@ -190,12 +195,6 @@ class _KeyCache:
 
 #: Per service client: the key goes when the client does.
 _delegation_keys: weakref.WeakKeyDictionary[BlobServiceClient, _KeyCache] = weakref.WeakKeyDictionary()
-
-
-def _utc(value: str) -> dt.datetime:
-    """A time as the service writes it (``2030-01-01T00:00:00Z``), as an aware datetime."""
-    parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
 async def _cached_delegation_key(
