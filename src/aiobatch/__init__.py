@@ -20,7 +20,6 @@ run against is `aiobatch.emulator`; pytest fixtures are in `aiobatch.testing`.
 
 from __future__ import annotations
 
-from ._cleanup import RunResources, SweepReport
 from ._client import Client
 from ._config import BatchSettings, Settings, StorageSettings
 from ._errors import (
@@ -36,19 +35,20 @@ from ._errors import (
     PoolResizeError,
     PoolStartTaskError,
     PoolTimeoutError,
-    RedactingFilter,
     SasExpiredError,
     ServiceError,
     ServiceUnavailableError,
     StorageError,
     SubmissionError,
     TaskFailedError,
-    redact,
 )
 from ._fanout import FileMap, FileResult, MapObserver, MapOptions, MapReport
-from ._jobs import JobRef
-from ._pools import RUN_ID_KEY, PoolRef, PoolStatus
+from ._jobs import JobOptions, JobRef
+from ._pools import PoolRef, PoolStatus
+from ._redact import RedactingFilter, redact
 from ._retry import RetryPolicy
+from ._run import RUN_ID_KEY, RunResources, SweepReport
+from ._sas import SasPolicy
 from ._specs import (
     AppPackageRef,
     EnvRef,
@@ -65,7 +65,7 @@ from ._specs import (
     task_id_for,
     task_ids_for,
 )
-from ._storage import BlobFile, DownloadResult, SasPolicy, TransferProgress, UploadResult
+from ._storage import BlobFile, DownloadResult, TransferProgress, UploadResult
 from ._submit import SubmissionLedger, SubmitResult
 from ._watch import TaskEvent, TaskFailure, TaskSummary, TaskWatch
 
@@ -88,6 +88,7 @@ __all__ = [
     "FileResult",
     "IntegrityError",
     "JobError",
+    "JobOptions",
     "JobRef",
     "MapObserver",
     "MapOptions",
@@ -135,3 +136,11 @@ __all__ = [
     "task_id_for",
     "task_ids_for",
 ]
+
+# The public names live in private modules; say that they are aiobatch's (as httpx does), so that reprs,
+# tracebacks and pickles name `aiobatch.Client`, not `aiobatch._client.Client`.
+for _name in __all__:
+    _value = globals()[_name]
+    if isinstance(_value, type) or callable(_value):
+        _value.__module__ = "aiobatch"
+del _name, _value

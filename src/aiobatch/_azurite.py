@@ -1,12 +1,12 @@
 r"""Find, install and run Azurite, Microsoft's local Blob Storage emulator.
 
-Azurite is a Node.js program. aiobatch never installs it globally: :func:`install_azurite` runs
+Azurite is a Node.js program. aiobatch never installs it globally: `install_azurite` runs
 ``npm install azurite@<pinned version>`` into one folder per user and reuses that copy afterwards. The folder is
-decided in one place, :func:`default_azurite_dir`: the one named by ``AIOBATCH_AZURITE_DIR`` if set, else
+decided in one place, `default_azurite_dir`: the one named by ``AIOBATCH_AZURITE_DIR`` if set, else
 ``azurite`` in the platform's per-user cache folder (``$XDG_CACHE_HOME/aiobatch/azurite`` or
 ``~/.cache/aiobatch/azurite`` on Linux, ``~/Library/Caches/aiobatch/azurite`` on macOS,
 ``%LOCALAPPDATA%\aiobatch\azurite`` on Windows). Never the current folder: a process started anywhere
-leaves nothing there. :class:`AzuriteServer` starts only Azurite's Blob service on loopback, on a port the OS
+leaves nothing there. `AzuriteServer` starts only Azurite's Blob service on loopback, on a port the OS
 picks, with in-memory persistence, and stops it again.
 
 Pre-install it (an offline machine, a CI image) with ``python -m aiobatch._azurite install``; ``python -m
@@ -27,7 +27,7 @@ A running Azurite cannot outlive the Python process that started it: ``stop()`` 
 stops whatever is still running at interpreter exit, and a tiny script preloaded into Node exits as soon as
 its stdin pipe (held by Python) closes, which covers a Python process killed outright.
 
-Errors (under :class:`aiobatch._errors.AiobatchError`, so their messages are redacted)::
+Errors (under `aiobatch._errors.AiobatchError`, so their messages are redacted)::
 
     AzuriteError                  Azurite could not be found, installed or started
     ├── AzuriteNotFoundError      Node.js or npm is missing or too old
@@ -89,7 +89,7 @@ ACCOUNT_NAME: Final = "devstoreaccount1"
 """Azurite's built-in storage account."""
 
 ACCOUNT_KEY: Final = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-"""Azurite's well-known, publicly documented development key for :data:`ACCOUNT_NAME`."""
+"""Azurite's well-known, publicly documented development key for `ACCOUNT_NAME`."""
 
 # Azurite 3.37 declares Node >= 22 in its package.json, but it runs (and is tested here) on Node 20; npm only
 # warns about the engine range. Older Nodes are refused up front with a clear message.
@@ -186,13 +186,13 @@ def _home() -> Path:
 def find_azurite(directory: str | os.PathLike[str] | None = None, *, version: str = AZURITE_VERSION) -> Path | None:
     """Return the ``azurite-blob`` script of an existing installation of ``version``, if there is one.
 
-    Two layouts are recognised under ``directory``: the one :func:`install_azurite` creates
+    Two layouts are recognised under ``directory``: the one `install_azurite` creates
     (``azurite-<version>/node_modules/azurite``) and a plain ``npm install --prefix <directory> azurite``
     (``node_modules/azurite``). An installation of any other version is ignored.
 
     Args:
-        directory: Where to look; defaults to :func:`default_azurite_dir`.
-        version: The exact Azurite version wanted.
+        directory: where to look; defaults to `default_azurite_dir`.
+        version: the exact Azurite version wanted.
 
     Returns:
         The path of Azurite's Blob service entry point (a JavaScript file run with ``node``), or ``None``.
@@ -221,12 +221,12 @@ def install_azurite(
     platform supports it, and the atomic rename keeps a half-finished installation from ever being used.
 
     Args:
-        directory: The installation folder; defaults to :func:`default_azurite_dir`.
-        version: The exact Azurite version to install.
-        timeout: Seconds ``npm install`` may take before it is abandoned.
+        directory: the installation folder; defaults to `default_azurite_dir`.
+        version: the exact Azurite version to install.
+        timeout: seconds ``npm install`` may take before it is abandoned.
 
     Returns:
-        The path of Azurite's Blob service entry point, as :func:`find_azurite` returns it.
+        The path of Azurite's Blob service entry point, as `find_azurite` returns it.
 
     Raises:
         AzuriteNotFoundError: Node.js or npm is missing or too old.
@@ -280,7 +280,7 @@ def install_azurite(
 class AzuriteServer:
     """Azurite's Blob service, started on loopback with in-memory persistence, as a managed process.
 
-    ``start()`` installs Azurite if needed (see :func:`install_azurite`), launches ``azurite-blob`` on
+    ``start()`` installs Azurite if needed (see `install_azurite`), launches ``azurite-blob`` on
     ``host`` (port 0 by default, so the OS picks a free port and Azurite reports it), and returns once the
     service answers HTTP requests. ``stop()`` ends the process and is safe to call twice or before
     ``start()``. The server is a context manager, sync and async; it cannot be started a second time.
@@ -294,15 +294,15 @@ class AzuriteServer:
     signature is not). Shared Key keeps working either way.
 
     Args:
-        host: The address to listen on.
-        port: The port to listen on; 0 lets the OS pick a free one.
-        directory: The Azurite installation folder; defaults to :func:`default_azurite_dir`.
-        version: The exact Azurite version to run.
-        startup_timeout: Seconds to wait for the service to answer after launching it.
-        install_timeout: Seconds ``npm install`` may take if Azurite must be installed first.
-        cert: A PEM certificate to serve HTTPS with (its subject alternative names must include *host*).
-        key: The PEM private key of *cert*.
-        oauth: Accept Entra ID bearer tokens; needs *cert* and *key* (Azurite refuses tokens over HTTP).
+        host: the address to listen on.
+        port: the port to listen on; 0 lets the OS pick a free one.
+        directory: the Azurite installation folder; defaults to `default_azurite_dir`.
+        version: the exact Azurite version to run.
+        startup_timeout: seconds to wait for the service to answer after launching it.
+        install_timeout: seconds ``npm install`` may take if Azurite must be installed first.
+        cert: a PEM certificate to serve HTTPS with (its subject alternative names must include *host*).
+        key: the PEM private key of *cert*.
+        oauth: accept Entra ID bearer tokens; needs *cert* and *key* (Azurite refuses tokens over HTTP).
 
     Raises:
         ConfigurationError: *cert* without *key* (or the reverse), or *oauth* without them.
@@ -320,7 +320,7 @@ class AzuriteServer:
     """The storage account Azurite serves."""
 
     account_key: Final = ACCOUNT_KEY
-    """Azurite's well-known development key for :attr:`account_name`."""
+    """Azurite's well-known development key for `account_name`."""
 
     def __init__(
         self,
@@ -380,7 +380,7 @@ class AzuriteServer:
         """The port Azurite's Blob service listens on.
 
         Raises:
-            RuntimeError: The server has not been started.
+            RuntimeError: the server has not been started.
         """
         return int(self._bound_url().rsplit(":", 1)[1])
 
@@ -398,7 +398,7 @@ class AzuriteServer:
         """The account's Blob endpoint, for example ``http://127.0.0.1:PORT/devstoreaccount1``.
 
         Raises:
-            RuntimeError: The server has not been started.
+            RuntimeError: the server has not been started.
         """
         return f"{self._bound_url()}/{self.account_name}"
 
@@ -409,7 +409,7 @@ class AzuriteServer:
         It contains the (public, well-known) development key; do not log it all the same.
 
         Raises:
-            RuntimeError: The server has not been started.
+            RuntimeError: the server has not been started.
         """
         scheme = "https" if self._cert is not None else "http"
         return (
@@ -424,10 +424,10 @@ class AzuriteServer:
             This server, so that ``server = AzuriteServer().start()`` reads naturally.
 
         Raises:
-            RuntimeError: The server was started before.
+            RuntimeError: the server was started before.
             AzuriteNotFoundError: Node.js or npm is missing or too old.
             AzuriteInstallError: Azurite could not be installed.
-            AzuriteStartError: The service exited early or did not answer within ``startup_timeout``.
+            AzuriteStartError: the service exited early or did not answer within ``startup_timeout``.
         """
         with self._lock:
             if self._started:

@@ -1,43 +1,34 @@
 """`Client`: one Batch and one Blob client, an explicit lifecycle, a run id, and cleanup that survives cancellation.
 
-Each public coroutine delegates to one module (`_storage`, `_pools`, `_jobs`, `_submit`, `_watch`); this module
-holds only the lifecycle and the bookkeeping of what this run created.
+Each public coroutine delegates to one module (`_storage`, `_pools`, `_jobs`, `_entities`, `_submit`, `_watch`);
+what this run created, its cleanup and its sweep belong to `_run`. This module holds only the lifecycle.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import os
-import re
-import secrets
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal
 
 import anyio
-from azure.batch import models
 from azure.batch.aio import BatchClient
 from azure.storage.blob.aio import BlobServiceClient
 
-from . import _cleanup, _fanout, _jobs, _pools, _storage, _submit, _watch
-from ._cleanup import SweepReport
+from . import _entities, _fanout, _jobs, _pools, _run, _sas, _storage, _submit, _watch
 from ._config import BatchSettings, Settings, StorageSettings, default_credential
-from ._errors import (
-    AiobatchError,
-    ConfigurationError,
-    NotFoundError,
-    ServiceUnavailableError,
-    guard_loggers,
-    redact,
-)
-from ._jobs import JobRef, OnAllTasksComplete, OnTaskFailure
-from ._pools import PoolRef, PoolStatus, not_ours, run_id_of
-from ._retry import RetryPolicy, call, sdk_client_kwargs
+from ._errors import AiobatchError, ConfigurationError
+from ._jobs import JobOptions, JobRef, OnAllTasksComplete
+from ._pools import PoolRef, PoolStatus
+from ._redact import guard_loggers, redact
+from ._retry import RetryPolicy, sdk_client_kwargs
+from ._run import SweepReport, new_run_id
+from ._sas import SasPolicy
 from ._specs import PoolSpec, TaskSpec
-from ._storage import DownloadResult, ProgressCallback, SasPolicy, UploadResult
+from ._storage import DownloadResult, ProgressCallback, UploadResult
 from ._submit import SubmissionLedger, SubmitResult
 from ._watch import TaskEvent, TaskSummary, TaskWatch
 
@@ -49,20 +40,7 @@ __all__ = ["Client"]
 
 logger = logging.getLogger("aiobatch")
 
-_RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
 State = Literal["unopened", "open", "closed"]
-Kind = Literal["pool", "job", "container"]
-
-#: Seconds cleanup waits before looking once more for what an interrupted create may still make.
-_UNSURE_GRACE = 1.0
-#: What `Client._owner` returns for a resource that does not exist.
-_MISSING = object()
-
-
-def new_run_id() -> str:
-    """A fresh run id: UTC time to the second and 6 random hex digits, e.g. ``20261124T161837-3fa9c1``."""
-    return f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
 
 
 class Client:
@@ -82,9 +60,8 @@ class Client:
     created -- on normal exit, on error, on cancellation and on Ctrl-C -- inside a shielded scope bounded by
     *cleanup_timeout*.
 
-    Retries: the SDK clients are built with their own retries off (see `aiobatch._retry.sdk_client_kwargs`);
-    every request is retried by *retry_policy* alone (jittered exponential backoff honouring ``Retry-After``,
-    bounded by attempts and by time).
+    Every request is retried by *retry_policy* alone (the SDKs' own retries are off): jittered exponential
+    backoff honouring ``Retry-After``, bounded by attempts and by time.
 
     Args:
         batch: where the Batch account is and how to sign in (Shared Key, or Entra ID without a key).
@@ -135,11 +112,8 @@ class Client:
         credential: AsyncTokenCredential | None = None,
         connection_verify: bool | str = True,
     ) -> None:
-        if run_id is not None and not _RUN_ID_RE.match(run_id):
-            raise ConfigurationError(
-                f"run id {run_id!r} is invalid: use 1 to 64 letters, digits, hyphens and underscores.",
-                setting="run_id",
-            )
+        if run_id is not None:
+            _run.check_run_id(run_id)
         if cleanup_timeout <= 0:
             raise ConfigurationError("cleanup_timeout must be positive seconds.", setting="cleanup_timeout")
         self._batch_settings = batch
@@ -158,13 +132,8 @@ class Client:
         self._ledger = SubmissionLedger(self.run_id, resumed=run_id is not None)
         self._submitted: dict[str, set[str]] = {}
         self._deferred_completion: dict[str, OnAllTasksComplete] = {}
-        # What this run created (or recognised as its own by the run-id tag), in creation order.
-        self._pools: dict[str, None] = {}
-        self._jobs: dict[str, None] = {}
-        self._containers: dict[str, None] = {}
-        # Creates that ended without an answer -- cancelled mid-request, or failed after an attempt that may
-        # have taken effect: (kind, id). Cleanup reads their run-id tag and deletes those that are this run's.
-        self._unsure: dict[tuple[Kind, str], None] = {}
+        # What this run created (or recognised as its own by the run-id tag), and what it may have created.
+        self._run = _run.Run(self.run_id)
 
     @classmethod
     def from_env(
@@ -233,11 +202,11 @@ class Client:
         if getattr(self, "_state", None) != "open":
             return
         message = f"unclosed aiobatch Client (run {self.run_id!r}): use `async with` or `await client.aclose()`"
-        if not (self._pools or self._jobs or self._containers or self._unsure):
+        if not self._run.anything:
             _warn(message, ResourceWarning, source=self, stacklevel=2)
             return
         message += (
-            f". It created {self._left_behind()}, which stay (and a pool's nodes cost money) until deleted: "
+            f". It created {self._run.left_behind()}, which stay (and a pool's nodes cost money) until deleted: "
             f"aiobatch cleanup --run-id {self.run_id}"
         )
         _warn(message, ResourceWarning, source=self, stacklevel=2)
@@ -275,7 +244,7 @@ class Client:
     @property
     def created(self) -> dict[str, tuple[str, ...]]:
         """What this client created and would delete on cleanup: ``{"jobs": ..., "pools": ..., "containers": ...}``."""
-        return {"jobs": tuple(self._jobs), "pools": tuple(self._pools), "containers": tuple(self._containers)}
+        return self._run.created
 
     def _check_open(self) -> None:
         if self._state != "open":
@@ -363,7 +332,9 @@ class Client:
         try:
             await _fanout.wait_for_dropped(self)  # a fan-out left by a plain `break` stops its job first
             if self.cleanup:
-                errors = await self._cleanup()
+                errors = await self._run.cleanup(
+                    self.batch, self.blob_service, policy=self.retry_policy, timeout=self.cleanup_timeout
+                )
         finally:
             self._state = "closed"
             with anyio.CancelScope(shield=True):
@@ -372,7 +343,7 @@ class Client:
         if not errors:
             return
         message = (
-            f"cleanup of run {self.run_id!r} left {self._left_behind()}: {str(errors[0]).rstrip('.')}"
+            f"cleanup of run {self.run_id!r} left {self._run.left_behind()}: {str(errors[0]).rstrip('.')}"
             f"{f' (and {len(errors) - 1} more error(s))' if len(errors) > 1 else ''}. "
             f"Delete them by hand, or sweep the run: aiobatch cleanup --run-id {self.run_id}"
         )
@@ -382,100 +353,6 @@ class Client:
             logger.warning("%s", message)
             return
         raise AiobatchError(message) from errors[0]
-
-    def _left_behind(self) -> str:
-        """What cleanup did not delete, e.g. ``jobs job-1; pools pool-1`` (or ``something`` when unknown)."""
-        left = [f"{kind} {', '.join(ids)}" for kind, ids in self.created.items() if ids]
-        unsure = [f"{resource_id} ({kind}, created or not)" for kind, resource_id in self._unsure]
-        if unsure:
-            left.append(f"maybe {', '.join(unsure)}")
-        return "; ".join(left) or "something"
-
-    async def _cleanup(self) -> list[BaseException]:
-        """Delete this run's jobs, pools and containers: shielded from cancellation, bounded by the timeout."""
-        errors: list[BaseException] = []
-        jobs, pools, containers = list(self._jobs), list(self._pools), list(self._containers)
-        unsure = list(self._unsure)
-        if not (jobs or pools or containers or unsure):
-            return errors
-        logger.info(
-            "cleaning up run %s: %d jobs, %d pools, %d containers%s",
-            self.run_id,
-            len(jobs),
-            len(pools),
-            len(containers),
-            f" (and {len(unsure)} creates that ended without an answer)" if unsure else "",
-        )
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + self.cleanup_timeout
-            # A create interrupted after its request took effect left a resource this client never heard of:
-            # it carries this run's tag, which is how it is told from one that another run made meanwhile.
-            missing = await self._claim_unsure(unsure, jobs, pools, containers, errors)
-            await self._delete(jobs, pools, containers, errors)
-            if missing:
-                # A create cancelled while its request was still on its way can take effect after the check
-                # above: look once more, a moment later, and delete what has appeared since.
-                await anyio.sleep(_UNSURE_GRACE)
-                late: tuple[list[str], list[str], list[str]] = ([], [], [])
-                await self._claim_unsure(missing, *late, errors)
-                await self._delete(*late, errors)
-        if scope.cancelled_caught:
-            errors.append(
-                AiobatchError(f"the cleanup did not finish within {self.cleanup_timeout:g} s (cleanup_timeout)")
-            )
-        for error in errors:
-            logger.warning("cleanup of run %s: %s", self.run_id, error)
-        return errors
-
-    async def _claim_unsure(
-        self,
-        unsure: list[tuple[Kind, str]],
-        jobs: list[str],
-        pools: list[str],
-        containers: list[str],
-        errors: list[BaseException],
-    ) -> list[tuple[Kind, str]]:
-        """Add the unsure creates that turned out to be this run's to the lists; return those not found."""
-        found: dict[Kind, list[str]] = {"job": jobs, "pool": pools, "container": containers}
-        missing: list[tuple[Kind, str]] = []
-        for kind, resource_id in unsure:
-            try:
-                owner = await self._owner(kind, resource_id)
-            except AiobatchError as exc:
-                errors.append(exc)
-                continue
-            if owner is _MISSING:
-                missing.append((kind, resource_id))
-            elif owner == self.run_id and resource_id not in found[kind]:
-                found[kind].append(resource_id)
-            self._unsure.pop((kind, resource_id), None)
-        return missing
-
-    async def _delete(
-        self, jobs: list[str], pools: list[str], containers: list[str], errors: list[BaseException]
-    ) -> None:
-        """Delete jobs (first: that stops their tasks and removes auto-pools), pools, then containers."""
-        assert self._batch is not None and self._blobs is not None
-        batch, blobs, policy = self._batch, self._blobs, self.retry_policy
-        for job_id in jobs:
-            try:
-                await _jobs.delete_job(batch, job_id, policy=policy)
-                self._jobs.pop(job_id, None)
-            except AiobatchError as exc:
-                errors.append(exc)
-        for pool_id in pools:
-            try:
-                await _pools.delete_pool(batch, pool_id, policy=policy)
-                self._pools.pop(pool_id, None)
-            except AiobatchError as exc:
-                errors.append(exc)
-        if containers:
-            try:
-                await _storage.delete_containers(blobs, containers, policy=policy)
-                for name in containers:
-                    self._containers.pop(name, None)
-            except AiobatchError as exc:
-                errors.append(exc)
 
     async def sweep_run(
         self,
@@ -512,7 +389,7 @@ class Client:
             ...         print(line)
         """
         self._check_open()
-        report = await _cleanup.sweep_run(
+        report = await _run.sweep_run(
             self.batch,
             self.blob_service,
             run_id if run_id is not None else self.run_id,
@@ -522,9 +399,7 @@ class Client:
             policy=self.retry_policy,
         )
         if not dry_run and report.run_id == self.run_id:
-            self._jobs.clear()
-            self._pools.clear()
-            self._containers.clear()
+            self._run.forget()
         return report
 
     # ------------------------------------------------------------------------------------------------
@@ -548,12 +423,12 @@ class Client:
             ...         print("created, and deleted on cleanup")
         """
         self._check_open()
-        with self._creating("container", container):
+        with self._run.creating("container", container):
             created = await _storage.ensure_container(
                 self.blob_service, container, policy=self.retry_policy, run_id=self.run_id
             )
         if created:
-            self._containers[container] = None
+            self._run.containers[container] = None
         return created
 
     async def upload_files(
@@ -619,7 +494,7 @@ class Client:
             ...                     resource_files=[resource_file(url)])
         """
         self._check_open()
-        return await _storage.input_sas_url(self.blob_service, container, blob, policy=sas_policy or self.sas_policy)
+        return await _sas.input_sas_url(self.blob_service, container, blob, policy=sas_policy or self.sas_policy)
 
     async def output_container_sas_url(self, container: str, *, sas_policy: SasPolicy | None = None) -> str:
         """Return a create/write-only SAS URL for a container (for tasks' output files); creates the container.
@@ -637,9 +512,7 @@ class Client:
             ...     return [output_files_to(url, "*.gif", path="gifs")]
         """
         await self.ensure_container(container)
-        return await _storage.output_container_sas_url(
-            self.blob_service, container, policy=sas_policy or self.sas_policy
-        )
+        return await _sas.output_container_sas_url(self.blob_service, container, policy=sas_policy or self.sas_policy)
 
     async def download_outputs(
         self,
@@ -701,7 +574,7 @@ class Client:
         names = [containers] if isinstance(containers, str) else list(containers)
         deleted = await _storage.delete_containers(self.blob_service, names, policy=self.retry_policy)
         for name in names:
-            self._containers.pop(name, None)
+            self._run.containers.pop(name, None)
         return deleted
 
     # ------------------------------------------------------------------------------------------------
@@ -745,7 +618,7 @@ class Client:
             ...     await client.wait_for_pool_ready("pets", timeout=1200)
         """
         self._check_open()
-        with self._creating("pool", spec.id):
+        with self._run.creating("pool", spec.id):
             ref = await _pools.ensure_pool(
                 self.batch,
                 spec,
@@ -755,7 +628,7 @@ class Client:
                 deletion_timeout=deletion_timeout,
             )
         if ref.owned:
-            self._pools[ref.id] = None
+            self._run.pools[ref.id] = None
         return ref
 
     async def wait_for_pool_ready(
@@ -824,50 +697,17 @@ class Client:
             >>> async def drop_pool(client):  # doctest: +SKIP
             ...     await client.delete_pool("pets", wait=True)
         """
+        return await self._delete_entity("pool", pool_id, force=force, wait=wait)
+
+    async def _delete_entity(self, kind: Literal["pool", "job"], entity_id: str, *, force: bool, wait: bool) -> bool:
+        """Delete a pool or job: this run's, or (with *force*) anyone's; forget it as this run's."""
         self._check_open()
-        if pool_id not in self._pools and not force:
-            await self._check_ours("pool", pool_id)
-        deleted = await _pools.delete_pool(self.batch, pool_id, wait=wait, policy=self.retry_policy)
-        self._pools.pop(pool_id, None)
+        record = self._run.pools if kind == "pool" else self._run.jobs
+        if entity_id not in record and not force:
+            await _run.check_ours(self.batch, self.blob_service, kind, entity_id, self.run_id, policy=self.retry_policy)
+        deleted = await _entities.delete(self.batch, kind, entity_id, wait=wait, policy=self.retry_policy)
+        record.pop(entity_id, None)
         return deleted
-
-    async def _owner(self, kind: Kind, resource_id: str) -> str | object | None:
-        """The run id a pool, job or container carries (None: none), or `_MISSING` if it does not exist."""
-
-        async def owner() -> str | None:
-            if kind == "container":
-                props = await self.blob_service.get_container_client(resource_id).get_container_properties()
-                metadata = {k.lower(): v for k, v in (props.metadata or {}).items()}
-                return metadata.get(_storage.RUN_ID_METADATA)
-            if kind == "pool":
-                return run_id_of((await self.batch.get_pool(resource_id, select=["id", "metadata"])).metadata)
-            return run_id_of((await self.batch.get_job(resource_id, select=["id", "metadata"])).metadata)
-
-        try:
-            return await call(owner, policy=self.retry_policy, resource=kind, resource_id=resource_id)
-        except NotFoundError:
-            return _MISSING
-
-    def _creating(self, kind: Kind, resource_id: str) -> contextlib.AbstractContextManager[None]:
-        """Remember a create that ends without an answer (see `_unsure`), for cleanup to check and delete."""
-        return _Creating(self._unsure, (kind, resource_id))
-
-    async def _check_ours(self, kind: Literal["pool", "job"], resource_id: str) -> None:
-        """Raise `ConflictError` unless the pool or job carries this run's id (or does not exist)."""
-
-        async def metadata() -> list[models.BatchMetadataItem] | None:
-            if kind == "pool":
-                return (await self.batch.get_pool(resource_id, select=["id", "metadata"])).metadata
-            return (await self.batch.get_job(resource_id, select=["id", "metadata"])).metadata
-
-        try:
-            owner = run_id_of(await call(metadata, policy=self.retry_policy, resource=kind, resource_id=resource_id))
-        except NotFoundError:
-            return
-        if owner != self.run_id:
-            raise not_ours(
-                kind, resource_id, owner, self.run_id, "It was not deleted; pass force=True to delete it anyway."
-            )
 
     # ------------------------------------------------------------------------------------------------
     # Jobs and tasks
@@ -876,18 +716,7 @@ class Client:
     async def create_job(
         self,
         job_id: str,
-        *,
-        pool_id: str | None = None,
-        auto_pool: PoolSpec | None = None,
-        on_all_tasks_complete: OnAllTasksComplete = "noaction",
-        on_task_failure: OnTaskFailure = "noaction",
-        max_task_retry_count: int | None = None,
-        max_wall_clock_time: float | None = None,
-        priority: int | None = None,
-        display_name: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-        reuse_existing: bool = False,
-        deletion_timeout: float = 300.0,
+        **options: Unpack[JobOptions],
     ) -> JobRef:
         """Create a job (idempotently) on a pool, or with an auto-pool that lives and dies with the job.
 
@@ -902,17 +731,11 @@ class Client:
 
         Args:
             job_id: the job id.
-            pool_id: the pool to run on.
-            auto_pool: the spec of a pool for this job alone.
-            on_all_tasks_complete: ``"terminatejob"`` to end the job once all its tasks are done.
-            on_task_failure: ``"performexitoptionsjobaction"`` to apply tasks' exit options.
-            max_task_retry_count: the job's default retries per task.
-            max_wall_clock_time: seconds the job may run in all.
-            priority: -1000 to 1000.
-            display_name: a human-readable name.
-            metadata: more name/value pairs.
-            reuse_existing: add to an existing job this run did not create.
-            deletion_timeout: seconds to wait for a job with this id that is being deleted to go.
+            **options: keyword options, all optional: ``pool_id`` (the pool to run on) or ``auto_pool`` (a
+                `PoolSpec` for a pool for this job alone), ``on_all_tasks_complete``, ``on_task_failure``,
+                ``max_task_retry_count``, ``max_wall_clock_time`` (seconds), ``priority`` (-1000 to 1000),
+                ``display_name``, ``metadata``, ``reuse_existing`` (add to an existing job this run did not
+                create) and ``deletion_timeout`` (seconds, default 300); see `aiobatch.JobOptions`.
 
         Returns:
             The job's id, pool and ownership.
@@ -926,28 +749,18 @@ class Client:
             ...     await client.create_job("convert", pool_id="pets", on_all_tasks_complete="terminatejob")
         """
         self._check_open()
-        with self._creating("job", job_id):
+        with self._run.creating("job", job_id):
             ref = await _jobs.create_job(
                 self.batch,
                 job_id,
                 run_id=self.run_id,
-                pool_id=pool_id,
-                auto_pool=auto_pool,
-                on_all_tasks_complete=on_all_tasks_complete,
-                on_task_failure=on_task_failure,
-                max_task_retry_count=max_task_retry_count,
-                max_wall_clock_time=max_wall_clock_time,
-                priority=priority,
-                display_name=display_name,
-                metadata=metadata,
-                reuse_existing=reuse_existing,
                 policy=self.retry_policy,
-                deletion_timeout=deletion_timeout,
+                **options,
             )
         if ref.owned:
-            self._jobs[ref.id] = None
-        if on_all_tasks_complete != "noaction":
-            self._deferred_completion[job_id.lower()] = on_all_tasks_complete
+            self._run.jobs[ref.id] = None
+        if ref.on_all_tasks_complete != "noaction":
+            self._deferred_completion[job_id.lower()] = ref.on_all_tasks_complete
         return ref
 
     async def submit_tasks(
@@ -958,20 +771,13 @@ class Client:
         concurrency: int = 4,
         final: bool = True,
     ) -> SubmitResult:
-        """Add tasks to a job in chunks of up to 100, several in flight, each task added once.
+        """Add tasks to a job, each exactly once, and say per task what happened.
 
-        A chunk is smaller when its body would pass about 1 MB.
-        Chunks go through ``create_task_collection`` directly (not the SDK's ``create_tasks``, which loops
-        without bound on a 503 and counts anyone's ``TaskExists`` as success). azure-core's retry is off for
-        these requests (``retry_total=0``), so this client's retry policy is the only layer: a transient failure
-        (429, 5xx, timeout, dropped connection) costs one request per attempt, with jittered backoff honouring
-        ``Retry-After``, bounded per chunk by the policy's attempts and deadline. Per-task ``serverError`` results
-        are retried; ``413 RequestBodyTooLarge`` halves the chunk. ``TaskExists`` counts as success only for a
-        task this run created: every task carries the run id in its environment (``AIOBATCH_RUN_ID``), and a
-        task an earlier, ambiguous attempt may have created is read back to check it -- as is every existing
-        task when this client resumes a run (``run_id=`` given), so what the earlier process added counts as
-        existing. Otherwise it is a conflict with someone else's task and is reported in ``result.failed`` and
-        ``result.conflicts``.
+        Safe to repeat: submitting the same specs again (a retry, a re-run, a resumed run with ``run_id=``)
+        adds only what is missing, and what this run added before counts as existing. A task id already taken
+        by someone else's task is a conflict, reported in ``result.failed`` and ``result.conflicts``, never as
+        success. Transient failures are retried under the client's retry policy (chunking, retries and how a
+        task is never added twice: see `aiobatch._submit`).
 
         Args:
             job_id: the job.
@@ -1024,12 +830,9 @@ class Client:
         """Iterate over completion events of a job's tasks: one per task, as each completes.
 
         The watch ends when *expected* tasks have completed (by default, as many as this client submitted to the
-        job), or when the job completes. Without a count it also ends once the job holds no unfinished task (all
-        complete and reported, confirmed on one further poll); pass *expected*, or use ``terminatejob``, when tasks
-        are still being added elsewhere. Each poll costs one small task-counts request; tasks are listed only
-        when the counts moved, filtered to those that completed since the last listing and with only the fields
-        an event needs. Polls come every *poll_interval* seconds while tasks complete, backing off to
-        *max_poll_interval* while nothing changes. Breaking out of the loop stops all work.
+        job), or when the job completes. Without a count it also ends once the job holds no unfinished task;
+        pass *expected*, or use ``terminatejob``, when tasks are still being added elsewhere. Breaking out of
+        the loop stops all work. (How it polls cheaply: see `aiobatch._watch`.)
 
         Args:
             job_id: the job.
@@ -1117,31 +920,24 @@ class Client:
         return await _jobs.terminate_job(self.batch, job_id, policy=self.retry_policy)
 
     async def delete_job(self, job_id: str, *, force: bool = False, wait: bool = False) -> bool:
-        """Delete a job this run created (its tasks, and an auto-pool); another's only with *force*.
-
-        A job already gone (or being deleted) counts as deleted.
+        """Delete a job this run created, with its tasks and auto-pool; as `delete_pool` does for a pool.
 
         Args:
             job_id: the job.
-            force: delete it even if this run did not create it.
-            wait: wait until the service has removed it.
+            force: as for `delete_pool`.
+            wait: as for `delete_pool`.
 
         Returns:
-            ``True`` if this call asked for the deletion, ``False`` if it was already gone or going.
+            Whether this call asked for the deletion (``False``: the job was already gone or going).
 
         Raises:
-            ConflictError: the job is not this run's and *force* is false.
+            ConflictError: another's job, without *force*.
 
         Example:
             >>> async def drop_job(client):  # doctest: +SKIP
             ...     await client.delete_job("convert")
         """
-        self._check_open()
-        if job_id not in self._jobs and not force:
-            await self._check_ours("job", job_id)
-        deleted = await _jobs.delete_job(self.batch, job_id, wait=wait, policy=self.retry_policy)
-        self._jobs.pop(job_id, None)
-        return deleted
+        return await self._delete_entity("job", job_id, force=force, wait=wait)
 
     # ------------------------------------------------------------------------------------------------
     # Fan-out
@@ -1202,33 +998,3 @@ class Client:
         """
         self._check_open()
         return _fanout.FileMap(self, inputs, command, outputs, pool=pool, output_dir=output_dir, **options)
-
-
-class _Creating:
-    """Records ``(kind, id)`` in *unsure* when the create inside the block ends without an answer.
-
-    That is: cancelled (the request may be in flight or done), transient failures that outlasted the retry
-    policy (`ServiceUnavailableError`: an attempt whose answer was lost may have taken effect), or anything
-    unexpected. Not for the service's definite answers (a refused key, someone else's id, a bad spec), nor for
-    `ConfigurationError` or a `ServiceUnavailableError` whose attempts all failed to connect (no request was
-    sent): nothing of this run's was made, and cleanup need not look (an unreachable service would only make
-    it wait out its retries again).
-    """
-
-    def __init__(self, unsure: dict[tuple[Kind, str], None], key: tuple[Kind, str]) -> None:
-        self._unsure = unsure
-        self._key = key
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is None:
-            return
-        if isinstance(exc, ServiceUnavailableError) and not exc.reached_service:
-            return
-        if issubclass(exc_type, AiobatchError) and not issubclass(exc_type, ServiceUnavailableError):
-            return
-        self._unsure[self._key] = None

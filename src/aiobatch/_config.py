@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 
 from azure.core.credentials import AzureNamedKeyCredential
 
-from ._errors import ConfigurationError, redact, register_secret
+from ._errors import ConfigurationError
+from ._redact import redact, register_secret
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential

@@ -50,7 +50,7 @@ import yarl
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ._errors import redact, register_secret
+from ._redact import redact, register_secret
 
 __all__ = ["KINDS", "Injection", "StorageFaultProxy"]
 

@@ -1,6 +1,6 @@
-"""Jobs: idempotent creation (on a pool or an auto-pool), completion actions, termination and deletion.
+"""Jobs: idempotent creation (on a pool or an auto-pool), completion actions and termination.
 
-A job aiobatch creates carries the run id in its metadata, like its pools (see `aiobatch._pools`). Creating a
+A job aiobatch creates carries the run id in its metadata, like its pools (see `aiobatch._run`). Creating a
 job whose id is taken is fine when the job is this run's (a retried create whose answer was lost, or a re-run
 of the same run); a job with that id that this run did not create is a conflict unless the caller asks to
 reuse it.
@@ -18,23 +18,27 @@ import datetime as dt
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 from azure.batch import models
 from azure.batch.aio import BatchClient
 from azure.batch.models._models import BatchJobTerminateOptions
 
+from ._entities import create_or_read, reader
 from ._errors import ConfigurationError, ConflictError, NotFoundError
-from ._pools import create_or_read, delete_entity, not_ours, run_id_of, tagged
 from ._retry import RetryPolicy, call
+from ._run import not_ours, run_id_of, tagged
 from ._specs import PoolSpec, check_id, to_pool_specification
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 __all__ = [
+    "JobOptions",
     "JobRef",
     "OnAllTasksComplete",
     "OnTaskFailure",
     "create_job",
-    "delete_job",
     "set_on_all_tasks_complete",
     "terminate_job",
 ]
@@ -78,23 +82,53 @@ def _auto_pool_info(spec: PoolSpec, run_id: str) -> models.BatchPoolInfo:
     )
 
 
+class JobOptions(TypedDict, total=False):
+    """What a job is created with besides its id; every key is optional (see `create_job` for the defaults).
+
+    Attributes:
+        pool_id: the pool to run on.
+        auto_pool: the spec of an auto-pool; its id (up to 20 characters) is the auto-pool id's prefix.
+        on_all_tasks_complete: ``"terminatejob"`` to end the job when all its tasks are done (default
+            ``"noaction"``); applied after submission (see the module docstring), never at creation.
+        on_task_failure: ``"performexitoptionsjobaction"`` to apply tasks' exit options on failure (default
+            ``"noaction"``).
+        max_task_retry_count: the job's default for tasks' retries.
+        max_wall_clock_time: seconds the whole job may run.
+        priority: -1000 to 1000.
+        display_name: a human-readable name.
+        metadata: more name/value pairs for the job.
+        reuse_existing: accept a job with this id that this run did not create (it is never deleted by it);
+            default ``False``.
+        deletion_timeout: seconds to wait for a job with this id that is being deleted to go (default 300).
+    """
+
+    pool_id: str | None
+    auto_pool: PoolSpec | None
+    on_all_tasks_complete: OnAllTasksComplete
+    on_task_failure: OnTaskFailure
+    max_task_retry_count: int | None
+    max_wall_clock_time: float | None
+    priority: int | None
+    display_name: str | None
+    metadata: Mapping[str, str] | None
+    reuse_existing: bool
+    deletion_timeout: float
+
+
+def _check_options(options: Mapping[str, object]) -> None:
+    """Refuse a keyword that is not a `JobOptions` key (type checkers catch it; this is for everyone else)."""
+    for name in options:
+        if name not in JobOptions.__optional_keys__:
+            raise TypeError(f"create_job() got an unexpected keyword argument {name!r}")
+
+
 async def create_job(
     batch: BatchClient,
     job_id: str,
     *,
     run_id: str,
-    pool_id: str | None = None,
-    auto_pool: PoolSpec | None = None,
-    on_all_tasks_complete: OnAllTasksComplete = "noaction",
-    on_task_failure: OnTaskFailure = "noaction",
-    max_task_retry_count: int | None = None,
-    max_wall_clock_time: float | None = None,
-    priority: int | None = None,
-    display_name: str | None = None,
-    metadata: Mapping[str, str] | None = None,
-    reuse_existing: bool = False,
     policy: RetryPolicy | None = None,
-    deletion_timeout: float = 300.0,
+    **options: Unpack[JobOptions],
 ) -> JobRef:
     """Create a job unless this run's job with that id exists; never take over another's silently.
 
@@ -109,19 +143,8 @@ async def create_job(
         batch: the Batch client.
         job_id: the job id.
         run_id: this run's id, recorded in the job's (and auto-pool's) metadata.
-        pool_id: the pool to run on.
-        auto_pool: the spec of an auto-pool; its id (up to 20 characters) is the auto-pool id's prefix.
-        on_all_tasks_complete: ``"terminatejob"`` to end the job when all its tasks are done; recorded in the
-            result and applied after submission (see the module docstring), never at creation.
-        on_task_failure: ``"performexitoptionsjobaction"`` to apply tasks' exit options on failure.
-        max_task_retry_count: the job's default for tasks' retries.
-        max_wall_clock_time: seconds the whole job may run.
-        priority: -1000 to 1000.
-        display_name: a human-readable name.
-        metadata: more name/value pairs for the job.
-        reuse_existing: accept a job with this id that this run did not create (it is never deleted by it).
         policy: the retry policy for each request.
-        deletion_timeout: seconds to wait for a job with this id that is being deleted to go.
+        **options: the job's options (see `JobOptions`).
 
     Returns:
         The job's id, pool and ownership.
@@ -132,6 +155,12 @@ async def create_job(
             *deletion_timeout*.
         NotFoundError: the pool does not exist (some services say so only when tasks are scheduled).
     """
+    _check_options(options)
+    pool_id = options.get("pool_id")
+    auto_pool = options.get("auto_pool")
+    on_all_tasks_complete = options.get("on_all_tasks_complete", "noaction")
+    max_task_retry_count = options.get("max_task_retry_count")
+    max_wall_clock_time = options.get("max_wall_clock_time")
     check_id("job", job_id)
     if (pool_id is None) == (auto_pool is None):
         raise ConfigurationError(
@@ -153,24 +182,24 @@ async def create_job(
             max_task_retry_count=max_task_retry_count,
             max_wall_clock_time=None if max_wall_clock_time is None else dt.timedelta(seconds=max_wall_clock_time),
         )
-    meta = tagged(dict(metadata or {}), run_id)
+    meta = tagged(dict(options.get("metadata") or {}), run_id)
     model = models.BatchJobCreateOptions(
         id=job_id,
-        display_name=display_name,
-        priority=priority,
+        display_name=options.get("display_name"),
+        priority=options.get("priority"),
         constraints=constraints,
         pool_info=pool_info,
         all_tasks_complete_mode="noaction",
-        task_failure_mode=on_task_failure,
+        task_failure_mode=options.get("on_task_failure", "noaction"),
         metadata=[models.BatchMetadataItem(name=k, value=v) for k, v in meta.items()],
     )
     found = await create_or_read(
         lambda: batch.create_job(model),
-        lambda: batch.get_job(job_id, select=["id", "state", "metadata"]),
+        reader(batch, "job", job_id, ["id", "state", "metadata"]),
         "job",
         job_id,
         policy=policy,
-        deletion_timeout=deletion_timeout,
+        deletion_timeout=options.get("deletion_timeout", 300.0),
     )
     created = owned = True
     if found.existing is None:
@@ -180,7 +209,7 @@ async def create_job(
         if owner == run_id:
             created = found.attempts > 1  # a retried create finding our tag: the first attempt took effect
             logger.info("job %r is this run's (%s)", job_id, "created" if created else "exists")
-        elif reuse_existing:
+        elif options.get("reuse_existing", False):
             created = owned = False
             logger.info("reusing existing job %r (not created by this run; it will not be deleted by it)", job_id)
         else:
@@ -279,40 +308,3 @@ async def terminate_job(
         raise
     logger.info("terminated job %r", job_id)
     return True
-
-
-async def delete_job(
-    batch: BatchClient,
-    job_id: str,
-    *,
-    wait: bool = False,
-    poll_interval: float = 1.0,
-    timeout: float = 600.0,
-    policy: RetryPolicy | None = None,
-) -> bool:
-    """Delete a job (its tasks, and an auto-pool with it); one that is gone or going counts as done.
-
-    Args:
-        batch: the Batch client.
-        job_id: the job.
-        wait: also wait until the service has removed it.
-        poll_interval: seconds between polls while waiting (not the SDK poller's 5 s).
-        timeout: seconds to wait for the removal, with *wait*.
-        policy: the retry policy for each request.
-
-    Returns:
-        ``True`` if this call asked for the deletion, ``False`` if the job was already gone or going.
-
-    Raises:
-        DeadlineExceededError: with *wait*, the job was still there after *timeout*.
-    """
-    return await delete_entity(
-        "job",
-        job_id,
-        lambda: batch.begin_delete_job(job_id),
-        lambda: batch.get_job(job_id, select=["id", "state"]),
-        wait=wait,
-        poll_interval=poll_interval,
-        timeout=timeout,
-        policy=policy,
-    )

@@ -1,11 +1,8 @@
 """Pools: create one from a spec unless it exists, recognise this run's own, and judge when it is ready.
 
-Ownership. Every pool aiobatch creates carries the run id in its metadata (`RUN_ID_KEY`). That tag is how a
-run recognises its own pool when the answer to a create was lost after the create took effect (the retry gets
-``PoolExists``, the metadata says it is ours), how cleanup knows what it may delete, and how a crash sweep finds
-what a dead run left behind. A pool with the same id that this run did not create is someone else's: it is an
-error unless the caller asked, in so many words, to reuse an existing pool (``reuse_existing=True``), and even
-then it is never deleted by this run.
+Ownership. Every pool aiobatch creates carries the run id in its metadata (see `aiobatch._run`). A pool with the
+same id that this run did not create is someone else's: it is an error unless the caller asked, in so many words,
+to reuse an existing pool (``reuse_existing=True``), and even then it is never deleted by this run.
 
 Readiness. `wait_for_pool_ready` polls with tenacity (exponential backoff from *poll_interval* up to
 *max_poll_interval*) until the allocation is steady and enough nodes are usable (idle or running). It does not
@@ -15,10 +12,8 @@ waiting for its start task, rebooting, ...), too few usable nodes is final, and 
 quota, no capacity), `PoolError` when nodes are unusable. A resize error on a pool that has enough usable nodes
 is stale (resize errors stay until the next resize) and is not fatal.
 
-Deletion takes time. A pool being deleted keeps its id until the service has reclaimed its nodes (minutes on
-Azure), and a create with that id meets ``409 PoolBeingDeleted``. `ensure_pool` then waits, bounded by
-*deletion_timeout*, for the old pool to go, and creates the new one: running the same script twice in a row
-just works.
+Deletion takes time: a pool with the id that is being deleted is waited for, and the new one created then (see
+`aiobatch._entities`), so running the same script twice in a row just works.
 """
 
 from __future__ import annotations
@@ -26,48 +21,36 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
 
 import anyio
-from azure.batch import models
 from azure.batch.aio import BatchClient
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from ._entities import create_or_read, reader
 from ._errors import (
     ConfigurationError,
-    ConflictError,
-    DeadlineExceededError,
-    NotFoundError,
     PoolError,
     PoolResizeError,
     PoolStartTaskError,
     PoolTimeoutError,
 )
 from ._retry import RetryPolicy, call
-from ._specs import PoolSpec, check_id, to_pool_model
+from ._run import not_ours, run_id_of, tagged
+from ._specs import PoolSpec, check_id, to_pool_model, wire_value
 
 __all__ = [
-    "RUN_ID_KEY",
     "PoolRef",
     "PoolStatus",
-    "delete_entity",
-    "delete_pool",
     "ensure_pool",
     "get_pool_status",
     "judge_readiness",
-    "not_ours",
-    "run_id_of",
-    "tagged",
     "wait_for_pool_ready",
-    "wait_until_gone",
 ]
 
 logger = logging.getLogger("aiobatch")
 
-#: The metadata name under which aiobatch records the run id on the pools and jobs it creates.
-RUN_ID_KEY = "aiobatch-run-id"
 
 # Node states, as the service spells them (lower-case), sorted by what they mean for readiness.
 _USABLE = frozenset({"idle", "running"})
@@ -151,59 +134,6 @@ class PoolStatus:
         return text
 
 
-def _text(value: object) -> str:
-    """An SDK enum or string as its lower-case wire value."""
-    if value is None:
-        return ""
-    return str(getattr(value, "value", value)).lower()
-
-
-def run_id_of(metadata: list[models.BatchMetadataItem] | None) -> str | None:
-    """Return the aiobatch run id recorded in a pool's or job's metadata, if any.
-
-    Args:
-        metadata: the entity's ``metadata`` list as the SDK returns it.
-
-    Returns:
-        The run id, or ``None`` when the entity carries none (aiobatch did not create it).
-    """
-    for item in metadata or []:
-        if item.name == RUN_ID_KEY:
-            return item.value
-    return None
-
-
-def tagged(metadata: Mapping[str, str], run_id: str) -> dict[str, str]:
-    """Return *metadata* with this run's id added under `RUN_ID_KEY`."""
-    if RUN_ID_KEY in metadata and metadata[RUN_ID_KEY] != run_id:
-        raise ConfigurationError(
-            f"metadata {RUN_ID_KEY!r} is reserved for aiobatch's run id; remove it from the spec.",
-            setting="metadata",
-        )
-    return {**metadata, RUN_ID_KEY: run_id}
-
-
-def not_ours(
-    kind: str, resource_id: str, owner: str | None, run_id: str, fix: str, *, code: str | None = None
-) -> ConflictError:
-    """The error for a pool or job that carries another run's id (or none): whose it is, and *fix*.
-
-    *code* is the service's answer that revealed it (``PoolExists``, ``JobExists``), if one did.
-    """
-    whose = f"run {owner!r}" if owner else "something other than aiobatch"
-    # Another aiobatch run's leftover (a client killed, or never closed) is what a user meets most: name the
-    # command that deletes everything that run left.
-    sweep = f" If run {owner!r} is over, delete what it left: aiobatch cleanup --run-id {owner}" if owner else ""
-    return ConflictError(
-        f"{kind} {resource_id!r} was created by {whose}, not by this run ({run_id!r}). {fix}{sweep}",
-        service="batch",
-        status=409 if code else None,
-        code=code,
-        resource_kind=kind,
-        resource_id=resource_id,
-    )
-
-
 # ----------------------------------------------------------------------------------------------------
 # ensure_pool
 # ----------------------------------------------------------------------------------------------------
@@ -245,7 +175,7 @@ async def ensure_pool(
     model = to_pool_model(dataclasses.replace(spec, metadata=tagged(spec.metadata, run_id)))
     found = await create_or_read(
         lambda: batch.create_pool(model),
-        lambda: batch.get_pool(spec.id, select=["id", "state", "metadata"]),
+        reader(batch, "pool", spec.id, ["id", "state", "metadata"]),
         "pool",
         spec.id,
         policy=policy,
@@ -271,88 +201,6 @@ async def ensure_pool(
         "Choose another pool id, or pass reuse_existing=True to run on it as it is (it will not be deleted).",
         code="PoolExists",
     )
-
-
-_Entity = TypeVar("_Entity", models.BatchPool, models.BatchJob)
-
-
-@dataclass(frozen=True)
-class Found(Generic[_Entity]):
-    """What `create_or_read` found: nothing (``existing is None``: the create took effect) or the entity there.
-
-    Attributes:
-        existing: the pool or job already holding the id (its id, state and metadata), or ``None``.
-        attempts: how many times the create was sent in the last round (more than one: an earlier attempt,
-            whose answer was lost, may have made *existing*).
-    """
-
-    existing: _Entity | None
-    attempts: int
-
-
-async def create_or_read(
-    create: Callable[[], Awaitable[object]],
-    read: Callable[[], Awaitable[_Entity]],
-    kind: Literal["pool", "job"],
-    entity_id: str,
-    *,
-    policy: RetryPolicy | None,
-    deletion_timeout: float,
-) -> Found[_Entity]:
-    """Create a pool or job; when the id is taken, read what holds it. Shared by `ensure_pool` and ``create_job``.
-
-    A pool or job with the id that is being deleted (the create's ``*BeingDeleted``, or one read in the
-    ``deleting`` state) is waited for, up to *deletion_timeout* in all, and the create is sent again; so is one
-    deleted between the create and the read.
-
-    Raises:
-        ConflictError: a conflict other than the id being taken, or still being deleted after the timeout.
-    """
-    deadline = anyio.current_time() + deletion_timeout
-    being_deleted, exists = f"{kind.capitalize()}BeingDeleted", f"{kind.capitalize()}Exists"
-    while True:
-        attempts = 0
-
-        async def attempt() -> None:
-            nonlocal attempts
-            attempts += 1
-            await create()
-
-        try:
-            await call(attempt, policy=policy, resource=kind, resource_id=entity_id, action="create")
-            return Found(None, attempts)
-        except ConflictError as exc:
-            if exc.code not in (being_deleted, exists):
-                raise
-            if exc.code == exists:
-                try:
-                    entity = await call(read, policy=policy, resource=kind, resource_id=entity_id)
-                except NotFoundError:
-                    continue  # deleted between the create and the read: create it again
-                if _text(entity.state) != "deleting":
-                    return Found(entity, attempts)
-        logger.info("%s %r is being deleted; waiting for it to go before creating it again", kind, entity_id)
-        try:
-            await wait_until_gone(
-                read,
-                kind=kind,
-                resource_id=entity_id,
-                poll_interval=0.2,
-                max_poll_interval=10.0,
-                timeout=max(0.0, deadline - anyio.current_time()),
-                policy=policy,
-            )
-        except DeadlineExceededError as exc:
-            raise ConflictError(
-                f"{kind} {entity_id!r} was still being deleted after {deletion_timeout:g} s, so a new {kind} with "
-                "this id cannot be created yet. Wait until the deletion finishes (pass a longer "
-                f"deletion_timeout), or choose another {kind} id.",
-                service="batch",
-                status=409,
-                code=being_deleted,
-                resource_kind=kind,
-                resource_id=entity_id,
-            ) from exc
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -386,7 +234,8 @@ async def get_pool_status(batch: BatchClient, pool_id: str, *, policy: RetryPoli
 
         async def list_nodes() -> list[tuple[str, str]]:
             return [
-                (node.id or "", _text(node.state)) async for node in batch.list_nodes(pool_id, select=["id", "state"])
+                (node.id or "", wire_value(node.state))
+                async for node in batch.list_nodes(pool_id, select=["id", "state"])
             ]
 
         nodes = await call(list_nodes, policy=policy, resource="pool", resource_id=pool_id, action="list nodes of")
@@ -397,8 +246,8 @@ async def get_pool_status(batch: BatchClient, pool_id: str, *, policy: RetryPoli
     errors = tuple((e.code or "", e.message or "") for e in pool.resize_errors or [])
     return PoolStatus(
         id=pool_id,
-        state=_text(pool.state),
-        allocation_state=_text(pool.allocation_state),
+        state=wire_value(pool.state),
+        allocation_state=wire_value(pool.allocation_state),
         target_nodes=(pool.target_dedicated_nodes or 0) + (pool.target_low_priority_nodes or 0),
         usable_nodes=sum(n for s, n in states.items() if s in _USABLE),
         coming_nodes=sum(n for s, n in states.items() if s in _COMING),
@@ -547,121 +396,3 @@ async def wait_for_pool_ready(
     assert last is not None
     logger.info("pool %r ready: %s", pool_id, last.describe())
     return last
-
-
-# ----------------------------------------------------------------------------------------------------
-# Deletion
-# ----------------------------------------------------------------------------------------------------
-
-
-async def delete_pool(
-    batch: BatchClient,
-    pool_id: str,
-    *,
-    wait: bool = False,
-    poll_interval: float = 1.0,
-    timeout: float = 600.0,  # noqa: ASYNC109 (bounds the wait only, not the delete request)
-    policy: RetryPolicy | None = None,
-) -> bool:
-    """Delete a pool; one that is gone or already being deleted counts as done (see `delete_entity`).
-
-    Args:
-        batch: the Batch client.
-        pool_id: the pool.
-        wait: also wait until the service has removed it (it is ``deleting`` meanwhile).
-        poll_interval: seconds between polls while waiting.
-        timeout: seconds to wait for the removal, with *wait*.
-        policy: the retry policy for each request.
-
-    Returns:
-        ``True`` if this call asked for the deletion, ``False`` if the pool was already gone or going.
-
-    Raises:
-        DeadlineExceededError: with *wait*, the pool was still there after *timeout*.
-        ServiceError: the service refused the deletion.
-    """
-    return await delete_entity(
-        "pool",
-        pool_id,
-        lambda: batch.begin_delete_pool(pool_id),
-        lambda: batch.get_pool(pool_id, select=["id", "state"]),
-        wait=wait,
-        poll_interval=poll_interval,
-        timeout=timeout,
-        policy=policy,
-    )
-
-
-async def delete_entity(
-    kind: str,
-    resource_id: str,
-    delete: Callable[[], Awaitable[object]],
-    get: Callable[[], Awaitable[object]],
-    *,
-    wait: bool,
-    poll_interval: float,
-    timeout: float,  # noqa: ASYNC109 (bounds the wait only, not the delete request)
-    policy: RetryPolicy | None = None,
-) -> bool:
-    """Send a pool's or job's delete; NotFound and ``*BeingDeleted`` count as done. Shared by pools and jobs.
-
-    The SDK's poller is not used to wait: it polls every 5 s by default and ends silently, as if done, on the
-    first failed poll. With *wait*, this polls ``get()`` itself (each poll retried under *policy*) until it
-    answers 404.
-
-    Returns:
-        ``True`` if this call asked for the deletion, ``False`` if it was already gone or going.
-
-    Raises:
-        DeadlineExceededError: with *wait*, still there after *timeout*.
-    """
-    try:
-        await call(delete, policy=policy, resource=kind, resource_id=resource_id, action="delete")
-        requested = True
-        logger.info("deleting %s %r", kind, resource_id)
-    except NotFoundError:
-        return False
-    except ConflictError as exc:
-        if (exc.code or "").lower() != f"{kind}beingdeleted":
-            raise
-        requested = False
-    if wait:
-        await wait_until_gone(
-            get, kind=kind, resource_id=resource_id, poll_interval=poll_interval, timeout=timeout, policy=policy
-        )
-    return requested
-
-
-async def wait_until_gone(
-    get: Callable[[], Awaitable[object]],
-    *,
-    kind: str,
-    resource_id: str,
-    poll_interval: float,
-    timeout: float,  # noqa: ASYNC109 (a typed DeadlineExceededError naming the resource)
-    policy: RetryPolicy | None = None,
-    max_poll_interval: float | None = None,
-) -> None:
-    """Poll ``get()`` until it raises `NotFoundError` (shared by pool and job deletion, and by `create_or_read`).
-
-    Polls come every *poll_interval* seconds, or, with *max_poll_interval*, back off from it (x1.5 a poll) to it.
-
-    Raises:
-        DeadlineExceededError: still there after *timeout* seconds.
-    """
-    interval = poll_interval
-    with anyio.move_on_after(timeout):
-        while True:
-            try:
-                await call(get, policy=policy, resource=kind, resource_id=resource_id)
-            except NotFoundError:
-                return
-            await anyio.sleep(interval)
-            if max_poll_interval is not None:
-                interval = min(interval * 1.5, max_poll_interval)
-    raise DeadlineExceededError(
-        f"{kind} {resource_id!r} was still being deleted after {timeout:g} s. It will go on its own; check it "
-        "later, or wait longer (timeout=).",
-        operation=f"deleting {kind} {resource_id!r}",
-        timeout=timeout,
-    )

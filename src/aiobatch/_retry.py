@@ -62,6 +62,7 @@ __all__ = [
     "is_transient",
     "retry_after",
     "sdk_client_kwargs",
+    "transient_status",
 ]
 
 logger = logging.getLogger("aiobatch")
@@ -139,6 +140,16 @@ _default_rng = random.Random()
 # ----------------------------------------------------------------------------------------------------
 
 
+def transient_status(status: int) -> bool:
+    """Tell whether an HTTP error status is worth retrying: 408, 429 and 5xx but 501 and 505.
+
+    Example:
+        >>> transient_status(503), transient_status(501), transient_status(404)
+        (True, False, False)
+    """
+    return status in _TRANSIENT_STATUS or (status >= 500 and status not in _FINAL_5XX)
+
+
 def is_transient(exc: BaseException) -> bool:
     """Tell whether *exc* is worth retrying: 408/429/5xx, a cut-short answer, a timeout or a lost connection.
 
@@ -161,9 +172,9 @@ def is_transient(exc: BaseException) -> bool:
             # An error without a status, or raised over a 2xx, means the answer itself was damaged (a
             # truncated or undecodable body): the request may or may not have taken effect, like a drop.
             return True
-        return status in _TRANSIENT_STATUS or (status >= 500 and status not in _FINAL_5XX)
+        return transient_status(status)
     if isinstance(exc, aiohttp.ClientResponseError):
-        return exc.status in _TRANSIENT_STATUS or (exc.status >= 500 and exc.status not in _FINAL_5XX)
+        return transient_status(exc.status)
     return isinstance(
         exc,
         (

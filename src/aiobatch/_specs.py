@@ -27,9 +27,11 @@ from typing import Any, Literal
 
 from azure.batch import models
 
-from ._errors import ConfigurationError, redact
+from ._errors import ConfigurationError
+from ._redact import redact
 
 __all__ = [
+    "ID_RE",
     "IMAGES",
     "AppPackageRef",
     "EnvRef",
@@ -52,13 +54,20 @@ __all__ = [
     "to_pool_model",
     "to_pool_specification",
     "to_task_model",
+    "wire_value",
 ]
 
 OsFamily = Literal["linux", "windows"]
 UploadCondition = Literal["tasksuccess", "taskfailure", "taskcompletion"]
 
-_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: Batch's rule for pool, job and task ids, which aiobatch also applies to run ids: 1-64 of ``[A-Za-z0-9_-]``.
+ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _HASH_LEN = 10  # hex digits of SHA-256 in derived task ids: 40 bits
+
+
+def wire_value(value: object) -> str:
+    """An SDK enum or string as its lower-case wire value (``""`` for ``None``)."""
+    return str(getattr(value, "value", value) or "").lower()
 
 
 def _safe_repr(obj: Any) -> str:
@@ -101,7 +110,7 @@ def check_id(kind: str, value: str) -> str:
         >>> check_id("job", "convert-pets_01")
         'convert-pets_01'
     """
-    if not isinstance(value, str) or not _ID_RE.match(value):
+    if not isinstance(value, str) or not ID_RE.match(value):
         raise ConfigurationError(
             f"{kind} id {value!r} is invalid: use 1 to 64 characters, each a letter, digit, hyphen or "
             f"underscore (derive one from a file name with task_id_for()).",

@@ -52,8 +52,8 @@ from ._errors import (
     ServiceError,
     ServiceUnavailableError,
     SubmissionError,
-    redact,
 )
+from ._redact import redact
 from ._retry import RetryPolicy, call
 from ._specs import TaskSpec, check_id
 

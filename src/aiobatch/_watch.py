@@ -45,9 +45,11 @@ import anyio
 from azure.batch import models
 from azure.batch.aio import BatchClient
 
-from ._errors import ConfigurationError, DeadlineExceededError, NotFoundError, TaskFailedError, _sas_expiry, redact
+from ._errors import ConfigurationError, DeadlineExceededError, NotFoundError, TaskFailedError
+from ._redact import redact
 from ._retry import RetryPolicy, call
-from ._specs import check_id
+from ._sas import sas_expiry
+from ._specs import check_id, wire_value
 
 __all__ = [
     "TaskEvent",
@@ -64,10 +66,6 @@ _PAGE_SIZE = 1000
 _DONE_JOB_STATES = frozenset({"completed"})
 
 EventKind = Literal["completed", "running"]
-
-
-def _text(value: object) -> str:
-    return str(getattr(value, "value", value) or "").lower()
 
 
 def _odata_time(when: dt.datetime) -> str:
@@ -108,7 +106,7 @@ class TaskFailure:
             return None
         when = at or dt.datetime.now(dt.timezone.utc)
         for _, value in self.details:
-            expiry = _sas_expiry(value) if value.lower().startswith(("http://", "https://")) else None
+            expiry = sas_expiry(value) if value.lower().startswith(("http://", "https://")) else None
             if expiry is not None and expiry <= when:
                 return expiry
         return None
@@ -300,14 +298,14 @@ def _event(
         fi = info.failure_info
         # A download failure can quote the resource file's URL: keep its SAS signature out of events.
         failure = TaskFailure(
-            category=_text(fi.category),
+            category=wire_value(fi.category),
             code=fi.code or "",
             message=redact(fi.message or ""),
             details=tuple((d.name or "", redact(d.value or "")) for d in fi.details or []),
         )
     succeeded: bool | None = None
     if kind == "completed":
-        result = _text(info.result) if info is not None else ""
+        result = wire_value(info.result) if info is not None else ""
         # Older answers carry no executionInfo.result: judge by the exit code and failure info.
         fallback = failure is None and info is not None and info.exit_code == 0
         succeeded = result == "success" if result else fallback
@@ -553,7 +551,7 @@ class TaskWatch:
         job: models.BatchJob = await self._request(
             lambda: self._batch.get_job(self.job_id, select=["id", "state"]), "get"
         )
-        if _text(job.state) in _DONE_JOB_STATES:
+        if wire_value(job.state) in _DONE_JOB_STATES:
             self._job_done = True
             # One last listing from the watermark picks up what completed since the last poll.
             self._queue_recent()
@@ -602,7 +600,7 @@ class TaskWatch:
         for task in tasks:
             key = (task.id or "").lower()
             if listing.kind == "completed":
-                if _text(task.state) != "completed":
+                if wire_value(task.state) != "completed":
                     continue
                 when = task.state_transition_time
                 if when is not None and (listing.latest is None or when > listing.latest):
@@ -612,7 +610,7 @@ class TaskWatch:
                 self._seen.add(key)
                 self._running_seen.discard(key)
             else:
-                if _text(task.state) != "running" or key in self._running_seen or key in self._seen:
+                if wire_value(task.state) != "running" or key in self._running_seen or key in self._seen:
                     continue
                 self._running_seen.add(key)
             self._buffer.append(_event(self.job_id, task, listing.kind, self._batch, self._policy))

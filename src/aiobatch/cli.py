@@ -74,9 +74,9 @@ def cleanup_main(argv: Sequence[str]) -> int:
 
     import anyio
 
-    from ._cleanup import check_run_id
     from ._client import Client
     from ._errors import AiobatchError, ConfigurationError
+    from ._run import check_run_id
 
     try:
         check_run_id(options.run_id)

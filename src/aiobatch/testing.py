@@ -5,7 +5,7 @@ below are available in any project's tests without an import.
 
 Fixtures:
     ``azurite`` (session)
-        A started :class:`~aiobatch._azurite.AzuriteServer`: Azurite's Blob service on 127.0.0.1, on a free
+        A started `aiobatch._azurite.AzuriteServer`: Azurite's Blob service on 127.0.0.1, on a free
         port, with in-memory persistence. It is installed with npm on first use into ``$AIOBATCH_AZURITE_DIR``
         or the per-user cache folder (``~/.cache/aiobatch/azurite`` on Linux; see
         ``aiobatch._azurite.default_azurite_dir``). If Azurite cannot be installed or started,
@@ -30,7 +30,7 @@ Fixtures:
                 pass
 
     ``batch_emulator`` (function)
-        A running :class:`~aiobatch.emulator.Emulator` (a Batch account on loopback) for one test, with the
+        A running `aiobatch.emulator.Emulator` (a Batch account on loopback) for one test, with the
         application packages found in the ``emulator_apps_dir`` fixture. Use ``batch_emulator.endpoint`` and
         ``batch_emulator.credential`` with ``azure.batch.aio.BatchClient``.
     ``batch_emulator_entra`` (function)
@@ -39,7 +39,7 @@ Fixtures:
         checked for form, audience (``https://batch.core.windows.net/``) and lifetime, not signature, so an
         unsigned JWT serves as the identity.
     ``local_services`` (function)
-        A :class:`~aiobatch.local.LocalServices`: an emulator for the test and the session's ``azurite``,
+        A `aiobatch.local.LocalServices`: an emulator for the test and the session's ``azurite``,
         started the way ``aiobatch local`` starts them; ``local_services.environ`` holds the ``AZURE_*`` variables
         for ``Client.from_env``.
     ``emulator_apps_dir`` (function)
@@ -50,7 +50,7 @@ Fixtures:
     ``anyio_backend`` (session)
         ``"asyncio"``: async tests run under anyio's pytest plugin (``@pytest.mark.anyio``) on asyncio.
     ``storage_faults`` (function)
-        A running :class:`~aiobatch._faultproxy.StorageFaultProxy` in front of the session's Azurite: seeded
+        A running `aiobatch._faultproxy.StorageFaultProxy` in front of the session's Azurite: seeded
         503s, connection resets and flipped bytes. Point clients at its ``connection_string``. Rates come from
         ``request.param`` (indirect parametrization) or are set on the proxy; the seed is printed, and
         ``$AIOBATCH_FAULT_SEED`` replays one.
@@ -63,15 +63,18 @@ import ipaddress
 import os
 from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from ._azurite import AzuriteError, AzuriteServer
-from ._faultproxy import KINDS as STORAGE_FAULT_KINDS
-from ._faultproxy import StorageFaultProxy
-from .demo.ffmpeg import build_ffmpeg_package
-from .emulator import Emulator
-from .local import TEST_TIMINGS, LocalServices
+# This module is a pytest plugin loaded into every pytest run of every project that installs aiobatch: it only
+# registers fixtures. What they run -- the emulator (and aiohttp's server), the fault proxy, the Azurite
+# manager, the ffmpeg packager -- is imported inside the fixture that needs it, when a test asks for it.
+if TYPE_CHECKING:
+    from ._azurite import AzuriteServer
+    from ._faultproxy import StorageFaultProxy
+    from .emulator import Emulator
+    from .local import LocalServices
 
 __all__ = [
     "anyio_backend",
@@ -123,10 +126,14 @@ def azurite() -> Iterator[AzuriteServer]:
         ...     async with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
         ...         await service.create_container("inputs")
     """
+    from ._azurite import AzuriteServer
+
     yield from _run_azurite(AzuriteServer())  # installed where default_azurite_dir says
 
 
 def _run_azurite(server: AzuriteServer) -> Iterator[AzuriteServer]:
+    from ._azurite import AzuriteError
+
     try:
         server.start()
     except AzuriteError as exc:
@@ -173,6 +180,8 @@ def azurite_oauth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteS
         ...                                 connection_verify=str(azurite_oauth.cert_path))
         ...     key = await service.get_user_delegation_key(start, expiry)
     """
+    from ._azurite import AzuriteServer
+
     cert, key = self_signed_certificate(tmp_path_factory.mktemp("azurite-tls"))
     yield from _run_azurite(AzuriteServer(cert=cert, key=key, oauth=True))
 
@@ -277,6 +286,8 @@ def ffmpeg_apps_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Args:
         tmp_path_factory: pytest's session temporary folders.
     """
+    from .demo.ffmpeg import build_ffmpeg_package
+
     apps = tmp_path_factory.mktemp("apps")
     build_ffmpeg_package(apps)
     return apps
@@ -298,6 +309,9 @@ async def batch_emulator(emulator_apps_dir: Path | None, tmp_path: Path) -> Asyn
         ...     async with BatchClient(batch_emulator.endpoint, batch_emulator.credential) as batch:
         ...         ...
     """
+    from .emulator import Emulator
+    from .local import TEST_TIMINGS
+
     async with Emulator(apps_dir=emulator_apps_dir, workdir=tmp_path / "emulator", timings=TEST_TIMINGS) as emulator:
         yield emulator
 
@@ -318,6 +332,9 @@ async def batch_emulator_entra(emulator_apps_dir: Path | None, tmp_path: Path) -
         ...     async with BatchClient(emu.endpoint, my_token_credential, connection_verify=str(emu.ssl_cert)) as b:
         ...         ...
     """
+    from .emulator import Emulator
+    from .local import TEST_TIMINGS
+
     cert, key = self_signed_certificate(tmp_path / "emulator-tls")
     async with Emulator(
         apps_dir=emulator_apps_dir,
@@ -350,6 +367,8 @@ async def local_services(
         ...     async with Client.from_env(local_services.environ, cleanup=True) as client:
         ...         ...
     """
+    from .local import TEST_TIMINGS, LocalServices
+
     services = LocalServices(
         azurite=azurite, apps_dir=emulator_apps_dir, workdir=tmp_path / "emulator", timings=TEST_TIMINGS
     )
@@ -386,8 +405,10 @@ async def storage_faults(azurite: AzuriteServer, request: pytest.FixtureRequest)
         ...     ...
         ...     assert storage_faults.injected["503"] > 0
     """
+    from ._faultproxy import KINDS, StorageFaultProxy
+
     options = dict(getattr(request, "param", None) or {})
-    rates = {kind: float(options.pop(kind)) for kind in STORAGE_FAULT_KINDS if kind in options}
+    rates = {kind: float(options.pop(kind)) for kind in KINDS if kind in options}
     seed = options.pop("seed", None)
     if seed is None and os.environ.get(FAULT_SEED_ENV, "").strip():
         seed = int(os.environ[FAULT_SEED_ENV])

@@ -20,6 +20,7 @@ from azure.storage.blob.aio import BlobServiceClient
 
 import aiobatch._client
 import aiobatch._storage
+from _support import FAST_RETRY
 from aiobatch import (
     AiobatchError,
     BatchSettings,
@@ -27,7 +28,6 @@ from aiobatch import (
     ConfigurationError,
     ConflictError,
     PoolSpec,
-    RetryPolicy,
     StorageSettings,
     TaskSpec,
     command_line,
@@ -41,7 +41,7 @@ from aiobatch.emulator import Emulator, FaultPlan
 pytestmark = pytest.mark.anyio
 
 #: Fast retries for tests: a fault costs milliseconds, not seconds.
-FAST = RetryPolicy(attempts=4, deadline=10.0, initial=0.02, maximum=0.2, jitter=0.02)
+FAST = FAST_RETRY
 OK = "/bin/sh -c 'exit 0'"
 
 

@@ -8,7 +8,8 @@ import pytest
 from azure.core.credentials import AzureNamedKeyCredential
 
 from aiobatch._config import BatchSettings, Settings, StorageSettings, default_credential
-from aiobatch._errors import ConfigurationError, redact
+from aiobatch._errors import ConfigurationError
+from aiobatch._redact import redact
 
 KEY = base64.b64encode(b"batch-key-" * 6).decode()
 STORAGE_KEY = base64.b64encode(b"storage-key-" * 6).decode()

@@ -30,20 +30,18 @@ from aiobatch._errors import (
     PoolResizeError,
     PoolStartTaskError,
     PoolTimeoutError,
-    RedactingFilter,
     SasExpiredError,
     ServiceError,
     ServiceUnavailableError,
     StorageError,
     SubmissionError,
     TaskFailedError,
-    redact,
-    register_secret,
     translate,
 )
+from aiobatch._redact import RedactingFilter, redact, register_secret
 from aiobatch._retry import sdk_client_kwargs
 
-from . import Behaviour, StubServer, batch_error, storage_error
+from ._stub import Behaviour, StubServer, batch_error, storage_error
 
 KEY = base64.b64encode(b"0123456789abcdef" * 4).decode()
 SIG = "Zm9vYmFyc2VjcmV0c2lnbmF0dXJl%2Bx%3D"

@@ -107,7 +107,7 @@ def test_the_client_and_errors_are_importable_from_the_top() -> None:
     from aiobatch import AiobatchError, Client, PoolResizeError, SubmissionError, TaskEvent
 
     assert issubclass(PoolResizeError, AiobatchError) and issubclass(SubmissionError, AiobatchError)
-    assert Client.__module__ == "aiobatch._client" and TaskEvent.__module__ == "aiobatch._watch"
+    assert Client.__module__ == "aiobatch" and TaskEvent.__module__ == "aiobatch"
 
 
 def test_the_client_never_imports_the_emulator_nor_runs_a_loop() -> None:

@@ -33,7 +33,7 @@ from aiobatch._errors import (
 )
 from aiobatch._retry import RetryPolicy, call, instant_waits, is_transient, retry_after, sdk_client_kwargs
 
-from . import Behaviour, StubServer, batch_error, drop, pool_json, sequence, storage_error
+from ._stub import Behaviour, StubServer, batch_error, drop, pool_json, sequence, storage_error
 
 KEY = base64.b64encode(b"k" * 64).decode()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import hashlib
 import os
@@ -20,6 +19,7 @@ from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import ContentSettings, UserDelegationKey
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient
 
+from _support import minted_ago
 from aiobatch._azurite import AzuriteServer
 from aiobatch._config import StorageSettings
 from aiobatch._errors import (
@@ -31,8 +31,8 @@ from aiobatch._errors import (
     StorageError,
 )
 from aiobatch._retry import RetryPolicy, call, instant_waits, sdk_client_kwargs
+from aiobatch._sas import SasPolicy, input_sas_url, output_container_sas_url, sas_expiry
 from aiobatch._storage import (
-    SasPolicy,
     TransferProgress,
     _is_transit_corruption,
     _local_path,
@@ -40,9 +40,6 @@ from aiobatch._storage import (
     delete_containers,
     download_blobs,
     ensure_container,
-    input_sas_url,
-    output_container_sas_url,
-    sas_expiry,
     upload_files,
 )
 
@@ -362,8 +359,8 @@ async def test_output_sas_writes_and_cannot_read_list_or_delete(
 async def test_expired_sas_is_refused_and_reported_as_expired(service: BlobServiceClient, container: str) -> None:
     await ensure_container(service, container)
     await service.get_blob_client(container, "x.txt").upload_blob(b"x")
-    url = await input_sas_url(service, container, "x.txt", policy=SasPolicy(duration=1.0, margin=0.0))
-    await asyncio.sleep(2.2)
+    # Minted 3.2 s ago, valid for 1 s: expired 2.2 s ago, with no wait on the wall clock.
+    url = await input_sas_url(service, container, "x.txt", policy=minted_ago(SasPolicy(duration=1.0, margin=0.0), 3.2))
     async with BlobClient.from_blob_url(url, **sdk_client_kwargs()) as blob:
 
         async def read() -> bytes:

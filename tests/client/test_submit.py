@@ -25,7 +25,7 @@ from aiobatch._azurite import AzuriteServer
 from aiobatch._submit import RUN_ID_VARIABLE, submit_tasks
 from aiobatch.emulator import Emulator
 
-from . import StubServer, batch_error, sequence
+from ._stub import StubServer, batch_error, sequence
 from .test_client import FAST, OK, make_client, tasks
 
 pytestmark = pytest.mark.anyio

@@ -11,12 +11,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import anyio
 import pytest
 from azure.batch import models as m
 from azure.batch.aio import BatchClient
 from azure.core.exceptions import HttpResponseError
 
+from _support import poll_until
 from aiobatch.autoscale import scale_with_queue
 from aiobatch.emulator import Emulator, Timings
 
@@ -64,10 +64,7 @@ async def fast_batch(tmp_path: Path) -> AsyncIterator[BatchClient]:
 
 async def until(probe: Callable[[], Awaitable[T]], within: float = 30.0) -> T:
     """Poll ``probe`` until it answers something true, for at most ``within`` seconds."""
-    with anyio.fail_after(within):
-        while not (value := await probe()):
-            await anyio.sleep(0.05)
-        return value
+    return await poll_until(probe, within, interval=0.05)
 
 
 async def error_of(call: Awaitable[Any]) -> HttpResponseError:

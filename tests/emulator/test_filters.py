@@ -10,13 +10,13 @@ import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
 import pytest
 from azure.batch import models as m
 from azure.batch.aio import BatchClient
 from azure.core.exceptions import HttpResponseError
 from azure.core.pipeline import PipelineResponse
 
+from _support import poll_until
 from aiobatch.emulator import Emulator
 
 pytestmark = pytest.mark.anyio
@@ -58,10 +58,7 @@ async def batch(batch_emulator: Emulator, bodies: Bodies) -> AsyncIterator[Batch
 
 
 async def until(probe: Any, within: float = 10.0) -> Any:
-    with anyio.fail_after(within):
-        while not (value := await probe()):
-            await anyio.sleep(0.02)
-        return value
+    return await poll_until(probe, within)
 
 
 @pytest.fixture

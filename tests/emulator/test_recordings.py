@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import anyio
 import pytest
 from azure.batch import models as m
 from azure.batch.aio import BatchClient
 from azure.core.exceptions import HttpResponseError
 from azure.core.pipeline import PipelineResponse
 
+from _support import poll_until
 from aiobatch.emulator import Emulator, Timings
 
 pytestmark = pytest.mark.anyio
@@ -185,10 +185,7 @@ async def batch(batch_emulator: Emulator, captured: Captured) -> AsyncIterator[B
 
 
 async def until(probe: Any, within: float = 10.0) -> Any:
-    with anyio.fail_after(within):
-        while not (value := await probe()):
-            await anyio.sleep(0.02)
-        return value
+    return await poll_until(probe, within)
 
 
 async def steady_pool(batch: BatchClient, pool_id: str, nodes: int, **extra: Any) -> None:

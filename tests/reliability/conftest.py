@@ -44,6 +44,7 @@ import anyio
 import pytest
 from azure.storage.blob.aio import BlobServiceClient
 
+import _support
 from aiobatch import BatchSettings, Client, RetryPolicy, StorageSettings
 from aiobatch._azurite import AzuriteServer
 from aiobatch._processes import child_processes
@@ -311,14 +312,11 @@ def fault_record(_harness: Harness) -> Iterator[FaultRecorder]:
 # Shared helpers: a client for the test's emulator and the session's Azurite, and what a run left behind
 # ----------------------------------------------------------------------------------------------------
 
-#: Retries that cost milliseconds: a transient fault in a test must not cost azure-core's 15 s backoffs.
-FAST_RETRY = RetryPolicy(attempts=4, deadline=10.0, initial=0.02, maximum=0.2, jitter=0.02)
-
 
 @pytest.fixture
 def fast_retry(seed: int) -> RetryPolicy:
-    """`FAST_RETRY` with its jitter drawn from the session's seed."""
-    return RetryPolicy(attempts=4, deadline=10.0, initial=0.02, maximum=0.2, jitter=0.02, rng=random.Random(seed))
+    """`_support.FAST_RETRY` with its jitter drawn from the session's seed."""
+    return _support.fast_retry(seed)
 
 
 ClientFactory = Callable[..., Client]

@@ -25,6 +25,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from _support import poll_until
 from aiobatch import Client, TaskSpec, output_files_to, resource_file
 from aiobatch._azurite import AzuriteServer
 from aiobatch._faultproxy import StorageFaultProxy
@@ -236,8 +237,10 @@ async def test_a_create_cancelled_in_flight_is_cleaned_up_even_if_it_lands_late(
                 await c.ensure_pool(pool_spec("pool"))
             if not late:
                 await anyio.sleep(0.2)  # it has landed by the time cleanup looks
-        with anyio.fail_after(5):
-            while not (await inventory(emu, azurite.connection_string)).minus(before).empty:
-                await anyio.sleep(0.02)
+
+        async def settled() -> bool:
+            return (await inventory(emu, azurite.connection_string)).minus(before).empty
+
+        await poll_until(settled, within=5)
         account = account_of(emu)
         assert account.created[("pool", "pool")] == 1 and account.deleted[("pool", "pool")] == 1

@@ -24,7 +24,8 @@ from aiobatch._azurite import AzuriteServer
 from aiobatch._config import StorageSettings
 from aiobatch._faultproxy import StorageFaultProxy
 from aiobatch._retry import sdk_client_kwargs
-from aiobatch._storage import blob_service_client, input_sas_url, output_container_sas_url
+from aiobatch._sas import input_sas_url, output_container_sas_url
+from aiobatch._storage import blob_service_client
 
 BODY = bytes(range(256)) * 300  # 76,800 bytes: several of the proxy's 64 KiB chunks
 

@@ -40,7 +40,9 @@ from azure.batch.aio import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 
 import aiobatch._client
+import aiobatch._sas
 import aiobatch._storage
+from _support import minted_ago
 from aiobatch import (
     AiobatchError,
     AuthenticationError,
@@ -162,12 +164,12 @@ def canaries(monkeypatch: pytest.MonkeyPatch, azurite: AzuriteServer) -> Canarie
         return url
 
     for name in ("input_sas_url", "output_container_sas_url"):
-        original = getattr(aiobatch._storage, name)
+        original = getattr(aiobatch._sas, name)
 
         async def minted(*args: Any, __original: Callable[..., Any] = original, **kwargs: Any) -> str:
             return record_sas(await __original(*args, **kwargs))
 
-        monkeypatch.setattr(aiobatch._storage, name, minted)
+        monkeypatch.setattr(aiobatch._sas, name, minted)
 
     original_batch_sign = batch_patch.BatchSharedKeyAuthPolicy._sign_string
 
@@ -263,7 +265,8 @@ async def test_a_full_run_with_network_tracing_leaks_no_secret(
         job = await client.create_job("secret-job", pool_id="secret-pool", on_all_tasks_complete="terminatejob")
         reprs.append(("JobRef", repr(job)))
         out_url = await client.output_container_sas_url(outputs)
-        stale = await client.input_sas_url(inputs, "a.txt", sas_policy=SasPolicy(duration=0, margin=1))
+        # Minted 2.5 s ago, valid for 1 s: expired before its task runs, with no wait on the wall clock.
+        stale = await client.input_sas_url(inputs, "a.txt", sas_policy=minted_ago(SasPolicy(duration=0, margin=1), 2.5))
         specs = [
             TaskSpec(
                 id=f"copy-{i}",
@@ -274,7 +277,6 @@ async def test_a_full_run_with_network_tracing_leaks_no_secret(
             for i, f in enumerate(uploaded.files)
         ]
         specs.append(TaskSpec(id="fails", command_line="/bin/sh -c 'echo boom with no secret >&2; exit 3'"))
-        await anyio.sleep(1.5)  # the stale SAS expires before its task runs
         specs.append(TaskSpec(id="refused", command_line="/bin/true", resource_files=[resource_file(stale)]))
         reprs += [(f"TaskSpec {s.id}", repr(s)) for s in specs]
         submitted = await client.submit_tasks("secret-job", specs)

@@ -263,6 +263,7 @@ async def round_trip_under_faults(
     print(f"seed {proxy.seed}: injected {dict(proxy.injected)}, {len(failures)} IntegrityErrors healed by a re-run")
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_a_thousand_files_round_trip_under_ten_percent_faults_of_each_kind(
     storage_faults: StorageFaultProxy,

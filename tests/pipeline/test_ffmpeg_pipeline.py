@@ -25,11 +25,6 @@ WIDTH = 160
 VIDEOS = {"cat": "testsrc", "dog": "smptebars", "rabbit": "rgbtestsrc", "hamster": "testsrc2", "parrot": "pal100bars"}
 
 
-@pytest.fixture
-def emulator_apps_dir(ffmpeg_apps_dir: Path) -> Path:
-    return ffmpeg_apps_dir
-
-
 def _make_video(path: Path, source: str) -> None:
     subprocess.run(
         [
