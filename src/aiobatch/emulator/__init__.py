@@ -35,9 +35,11 @@ from azure.core.credentials import AzureNamedKeyCredential
 
 from ._app import build_app
 from ._auth import AUTH_MODES, BATCH_AUDIENCE, check_auth_modes
+from ._clock import Clock, check_speed, using
 from ._faults import FAULT_HEADER, FaultLedger, FaultPlan, Faults
 from ._model import Account, Application
 from ._scheduler import Quotas, Scheduler, Timings
+from ._simulate import Simulation
 
 __all__ = [
     "AUTH_MODES",
@@ -45,10 +47,12 @@ __all__ = [
     "DEFAULT_ACCOUNT_KEY",
     "DEFAULT_ACCOUNT_NAME",
     "FAULT_HEADER",
+    "Clock",
     "Emulator",
     "FaultLedger",
     "FaultPlan",
     "Quotas",
+    "Simulation",
     "Timings",
     "check_auth_modes",
     "check_pass_env",
@@ -175,10 +179,19 @@ class Emulator:
             ``entra`` (Entra ID bearer tokens for audience `BATCH_AUDIENCE`, over HTTPS only). A request by a mode
             that is off gets the service's refusal, as from an account whose allowed authentication modes leave
             it out.
+        clock_speed: How much faster than real time the emulated service's clock runs (more than 0; 1 by default).
+            Every timestamp the emulator answers comes from that clock, which starts at the real "now" when the
+            emulator starts; every duration (``retentionTime``, ``maxWallClockTime``, autoscale intervals, the
+            ``timings``) becomes a real wait ``clock_speed`` times shorter: at 60, an hour passes in a minute.
+        simulate_tasks: Run tasks as models instead of processes (`Simulation`, or its text form such as
+            ``"duration=lognormal:1,0.5;fail=0.01;seed=7"``): each task takes a modelled duration and exit code,
+            drawn seeded or given per task by its ``AZ_SIM_DURATION`` and ``AZ_SIM_EXIT`` environment settings;
+            no process starts and no task directory is made (a task's files answer ``TaskFilesUnavailable``).
 
     Raises:
         ValueError: a ``pass_env`` name is empty, holds ``=`` or a NUL, or starts with ``AZ_BATCH_``; an unknown
-            ``auth`` mode; ``ssl_cert`` without ``ssl_key`` or the reverse; ``entra`` without a certificate.
+            ``auth`` mode; ``ssl_cert`` without ``ssl_key`` or the reverse; ``entra`` without a certificate; a
+            ``clock_speed`` that is not a number more than 0; a ``simulate_tasks`` text that does not parse.
 
     Example:
         >>> async with Emulator() as emu:  # doctest: +SKIP
@@ -203,8 +216,14 @@ class Emulator:
         ssl_key: Path | str | None = None,
         node_ca_file: Path | str | None = None,
         auth: Iterable[str] = ("sharedkey",),
+        clock_speed: float = 1.0,
+        simulate_tasks: Simulation | str | None = None,
     ) -> None:
         self.pass_env = check_pass_env(pass_env)
+        self.clock_speed = check_speed(clock_speed)
+        self.simulation = Simulation.parse(simulate_tasks) if isinstance(simulate_tasks, str) else simulate_tasks
+        #: The emulated service's clock (made when the emulator starts).
+        self.clock: Clock | None = None
         self.strict_catalogue = strict_catalogue
         self.auth = check_auth_modes(auth)
         if (ssl_cert is None) != (ssl_key is None):
@@ -276,6 +295,7 @@ class Emulator:
             applications=load_applications(self.apps_dir),
             strict_catalogue=self.strict_catalogue,
         )
+        clock = Clock(self.clock_speed)
         scheduler = Scheduler(
             account,
             workdir=self.workdir,
@@ -283,21 +303,26 @@ class Emulator:
             quotas=self.quotas,
             faults=self.faults,
             passed_environment=self._passed_environment(),
+            clock=clock,
+            simulation=self.simulation,
         )
-        runner = web.AppRunner(
-            build_app(account, scheduler, self._account_key, self.faults, self.auth), access_log=None
-        )
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self.host, self.port, ssl_context=tls)
-            await site.start()
-            self.port = runner.addresses[0][1]
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner, self._scheduler, self.account = runner, scheduler, account
-        account.url = self.endpoint
-        await scheduler.start(connector=aiohttp.TCPConnector(ssl=node_tls) if node_tls is not None else None)
+        # The server and the scheduler's tasks are made while the clock is current: every handler and background
+        # step they run inherits it (the caller's own context gets its previous clock back below).
+        with using(clock):
+            runner = web.AppRunner(
+                build_app(account, scheduler, self._account_key, self.faults, self.auth), access_log=None
+            )
+            await runner.setup()
+            try:
+                site = web.TCPSite(runner, self.host, self.port, ssl_context=tls)
+                await site.start()
+                self.port = runner.addresses[0][1]
+            except BaseException:
+                await runner.cleanup()
+                raise
+            self._runner, self._scheduler, self.account, self.clock = runner, scheduler, account, clock
+            account.url = self.endpoint
+            await scheduler.start(connector=aiohttp.TCPConnector(ssl=node_tls) if node_tls is not None else None)
         log.info("Batch emulator for account %s listening on %s", self.account_name, self.endpoint)
         return self
 
@@ -341,7 +366,8 @@ class Emulator:
         pool = self.account.get_pool(pool_id)
         nodes = sorted(pool.nodes.values(), key=lambda n: not n.running)
         node = pool.nodes[node_id] if node_id else nodes[0]
-        await self._scheduler.lose_node(pool, node, state)
+        with using(self._scheduler.clock):
+            await self._scheduler.lose_node(pool, node, state)
         return node.id
 
     async def stop(self) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import _clock
 from ._autoscale_runs import PoolAutoScale, SampleHistory
 from ._catalogue import cores_of
 from ._types import FailureInfo, OutputFile, ResourceFile
@@ -34,8 +35,32 @@ _etag_counter = itertools.count(0x5A09C0000000)
 
 
 def utcnow() -> dt.datetime:
-    """The current time, UTC, timezone-aware."""
-    return dt.datetime.now(dt.timezone.utc)
+    """The emulated service's current time (its `_clock`), UTC, timezone-aware."""
+    return _clock.now()
+
+
+class TaskQueue(deque[str]):
+    """A job's queue of active task keys, which tells its scheduler when a task is queued.
+
+    Every path that queues a task (a task added, retried, requeued, reactivated) appends here, so the scheduler's
+    index of jobs with queued tasks (`Scheduler.add_job` sets ``on_push``) never misses one.
+    """
+
+    __slots__ = ("on_push",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_push: Any = None
+
+    def append(self, key: str) -> None:
+        super().append(key)
+        if self.on_push is not None:
+            self.on_push()
+
+    def appendleft(self, key: str) -> None:
+        super().appendleft(key)
+        if self.on_push is not None:
+            self.on_push()
 
 
 def new_etag() -> str:
@@ -190,6 +215,8 @@ class Node:
     recent_tasks: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=RECENT_TASKS))
     #: The boot in progress (and its start task), stopped when the node is lost or leaves the pool.
     boot: Any = field(default=None, repr=False, compare=False)
+    #: Called with the node after each state change (the scheduler's free-slot index listens here).
+    listener: Any = field(default=None, repr=False, compare=False)
 
     @property
     def running_slots(self) -> int:
@@ -201,6 +228,8 @@ class Node:
         if state != self.state:
             self.state = state
             self.state_transition_time = utcnow()
+            if self.listener is not None:
+                self.listener(self)
 
 
 @dataclass(frozen=True)
@@ -280,6 +309,8 @@ class Task(Entity):
     task_dir: Path | None = None
     #: The attempt under way.
     runner: asyncio.Task[None] | None = None
+    #: True once ``constraints.retentionTime`` elapsed after completion and the task directory was deleted.
+    files_expired: bool = False
 
 
 @dataclass(eq=False)
@@ -301,7 +332,7 @@ class Job(Entity):
     environment: dict[str, str] = field(default_factory=dict)
     tasks: dict[str, Task] = field(default_factory=dict)
     #: Active tasks waiting for a slot, in the order they will run.
-    queue: deque[str] = field(default_factory=deque)
+    queue: TaskQueue = field(default_factory=TaskQueue)
     #: How many of ``tasks`` are completed (kept as tasks complete, so completion checks cost O(1)).
     completed_count: int = 0
     _sorted_keys: list[str] | None = None
