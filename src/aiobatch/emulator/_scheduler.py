@@ -762,6 +762,12 @@ class Scheduler:
         for pool_key in self._ready.pools():
             pool = self.account.pools.get(pool_key)
             if pool is None or pool.state != "active":
+                # Its jobs wait; one that has since moved to another pool (a job update) is re-indexed there.
+                for job in self._ready.jobs(pool_key):
+                    if (job.pool_id or "").lower() != pool_key or not job.queue:
+                        self._ready.discard(pool_key, job)
+                        if job.queue:
+                            self._ready.mark(job)
                 continue
             free = self._free_slots(pool)
             if free.empty() and free.resync_due():
