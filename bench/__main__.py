@@ -25,7 +25,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import case_e2e, case_fanout, case_monitor, case_scale, case_submit, case_upload
+from . import (
+    case_e2e,
+    case_fanout,
+    case_monitor,
+    case_scale,
+    case_scheduler,
+    case_simulated,
+    case_submit,
+    case_upload,
+)
 from ._harness import (
     CASE_ORDER,
     QUICK_RESULTS_DIR,
@@ -63,6 +72,12 @@ class Sizes:
     scale_rounds: int
     fanout_inputs: int
     fanout_rounds: int
+    scheduler_tasks: int = 10_000
+    scheduler_polls: int = 500
+    scheduler_rounds: int = 3
+    #: Simulated tasks and nodes (issue 14: 1,000,000 on 5,000), each measure against the run at 10,000 tasks.
+    simulated_tasks: int = 1_000_000
+    simulated_nodes: int = 5_000
 
 
 # The full run: every variant of every case in at least 3 rounds. Per round on 2 cores (from the rounds of a full
@@ -72,7 +87,10 @@ class Sizes:
 # 1,000 tasks each, measured under a load average of 5): 7.5 minutes more. Quick runs it at full size, once.
 FULL = Sizes(1000, 4, 256 * MiB, 3, 3, 10_000, 11, 3, 10_000, 10_000, 3, 24, 12.0, 3, 100_000, 3, 1000, 3)
 # Quick: one round of each, smaller; one call per task sends 1,000 tasks (the notes say so).
-QUICK = Sizes(300, 2, 64 * MiB, 1, 1, 10_000, 3, 1, 1_000, 3_000, 1, 24, 6.0, 1, 20_000, 1, 1000, 1)
+QUICK = Sizes(
+    300, 2, 64 * MiB, 1, 1, 10_000, 3, 1, 1_000, 3_000, 1, 24, 6.0, 1, 20_000, 1, 1000, 1,
+    scheduler_polls=200, scheduler_rounds=1, simulated_tasks=100_000, simulated_nodes=1_000,
+)  # fmt: skip
 
 
 def _cases(work: Path, sizes: Sizes) -> dict[str, Callable[[], Awaitable[CaseResult]]]:
@@ -96,6 +114,15 @@ def _cases(work: Path, sizes: Sizes) -> dict[str, Callable[[], Awaitable[CaseRes
         ),
         "scale": lambda: case_scale.run(work / "scale", tasks=sizes.scale_tasks, rounds=sizes.scale_rounds),
         "fanout": lambda: case_fanout.run(work / "fanout", inputs=sizes.fanout_inputs, rounds=sizes.fanout_rounds),
+        "scheduler": lambda: case_scheduler.run(
+            work / "scheduler",
+            tasks=sizes.scheduler_tasks,
+            polls=sizes.scheduler_polls,
+            rounds=sizes.scheduler_rounds,
+        ),
+        "simulated": lambda: case_simulated.run(
+            work / "simulated", tasks=sizes.simulated_tasks, nodes=sizes.simulated_nodes
+        ),
     }
 
 

@@ -158,7 +158,7 @@ def write_case(result: CaseResult, run: dict[str, Any], results_dir: Path = RESU
     return path
 
 
-CASE_ORDER = ("upload", "submit", "monitor", "e2e", "scale", "fanout")
+CASE_ORDER = ("upload", "submit", "monitor", "e2e", "scale", "fanout", "scheduler", "simulated")
 
 
 def _load_all(results_dir: Path) -> list[dict[str, Any]]:
@@ -252,6 +252,7 @@ class EmulatorProcess:
         apps_dir: application packages.
         allocation_delay: seconds until a pool's nodes exist.
         node_start_delay: seconds a node takes to boot.
+        extra_args: more command-line options (``--simulate-tasks ...``, ``--clock-speed N``).
     """
 
     def __init__(
@@ -261,8 +262,10 @@ class EmulatorProcess:
         apps_dir: Path | None = None,
         allocation_delay: float = 0.2,
         node_start_delay: float = 0.1,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.workdir = workdir
+        self.extra_args = list(extra_args)
         self.apps_dir = apps_dir
         self.allocation_delay = allocation_delay
         self.node_start_delay = node_start_delay
@@ -315,6 +318,7 @@ class EmulatorProcess:
         ]
         if self.apps_dir is not None:
             args += ["--apps", str(self.apps_dir)]
+        args += self.extra_args
         log = (self.workdir / "emulator.log").open("w")
         self._process = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True, cwd=self.workdir

@@ -9,7 +9,6 @@ passes through (the stand-in for the emulator's clock option). A minute's recurr
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +22,6 @@ from azure.core.exceptions import HttpResponseError, ResourceModifiedError, Reso
 from azure.core.pipeline import PipelineResponse
 
 from aiobatch.emulator import Emulator
-from aiobatch.emulator._scheduler import Scheduler
 from aiobatch.testing import TEST_TIMINGS
 
 pytestmark = pytest.mark.anyio
@@ -35,18 +33,9 @@ SPEED = 60.0
 MINUTE = dt.timedelta(minutes=1)
 
 
-def speed_up(scheduler: Scheduler, speed: float) -> None:
-    """Make the scheduler's time run ``speed`` times faster than the wall clock, from now on."""
-    start, origin = time.monotonic(), scheduler.now()
-    scheduler._clock = lambda: origin + dt.timedelta(seconds=(time.monotonic() - start) * speed)
-    scheduler.real_seconds = lambda emulated: emulated / speed  # type: ignore[method-assign]
-
-
 @pytest.fixture
 async def emulator(tmp_path: Path) -> AsyncIterator[Emulator]:
-    async with Emulator(workdir=tmp_path / "emulator", timings=TEST_TIMINGS) as emu:
-        assert emu._scheduler is not None
-        speed_up(emu._scheduler, SPEED)
+    async with Emulator(workdir=tmp_path / "emulator", timings=TEST_TIMINGS, clock_speed=SPEED) as emu:
         yield emu
 
 

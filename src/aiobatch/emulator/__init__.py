@@ -35,10 +35,12 @@ from azure.core.credentials import AzureNamedKeyCredential
 
 from ._app import build_app
 from ._auth import AUTH_MODES, BATCH_AUDIENCE, check_auth_modes
+from ._clock import Clock, check_speed, using
 from ._containers import resolve_runtime
 from ._faults import FAULT_HEADER, FaultLedger, FaultPlan, Faults
 from ._model import Account, Application
 from ._scheduler import Quotas, Scheduler, Timings
+from ._simulate import Simulation
 from ._support import SupportContext
 
 __all__ = [
@@ -47,10 +49,12 @@ __all__ = [
     "DEFAULT_ACCOUNT_KEY",
     "DEFAULT_ACCOUNT_NAME",
     "FAULT_HEADER",
+    "Clock",
     "Emulator",
     "FaultLedger",
     "FaultPlan",
     "Quotas",
+    "Simulation",
     "Timings",
     "check_auth_modes",
     "check_pass_env",
@@ -181,11 +185,20 @@ class Emulator:
             ``containerSettings`` run through (``<runtime> run``) and that pulls a pool's ``containerImageNames``.
             None (the default) refuses container tasks and pools with the service's 400 naming the property:
             a task never runs on the host as if its image were there.
+        clock_speed: How much faster than real time the emulated service's clock runs (more than 0; 1 by default).
+            Every timestamp the emulator answers comes from that clock, which starts at the real "now" when the
+            emulator starts; every duration (``retentionTime``, ``maxWallClockTime``, autoscale intervals, the
+            ``timings``) becomes a real wait ``clock_speed`` times shorter: at 60, an hour passes in a minute.
+        simulate_tasks: Run tasks as models instead of processes (`Simulation`, or its text form such as
+            ``"duration=lognormal:1,0.5;fail=0.01;seed=7"``): each task takes a modelled duration and exit code,
+            drawn seeded or given per task by its ``AZ_SIM_DURATION`` and ``AZ_SIM_EXIT`` environment settings;
+            no process starts and no task directory is made (a task's files answer ``TaskFilesUnavailable``).
 
     Raises:
         ValueError: a ``pass_env`` name is empty, holds ``=`` or a NUL, or starts with ``AZ_BATCH_``; an unknown
             ``auth`` mode; ``ssl_cert`` without ``ssl_key`` or the reverse; ``entra`` without a certificate;
-            a ``container_runtime`` that is not found.
+            a ``container_runtime`` that is not found; a ``clock_speed`` that is not a number more than 0; a
+            ``simulate_tasks`` text that does not parse.
 
     Example:
         >>> async with Emulator() as emu:  # doctest: +SKIP
@@ -211,8 +224,14 @@ class Emulator:
         node_ca_file: Path | str | None = None,
         auth: Iterable[str] = ("sharedkey",),
         container_runtime: str | Path | None = None,
+        clock_speed: float = 1.0,
+        simulate_tasks: Simulation | str | None = None,
     ) -> None:
         self.pass_env = check_pass_env(pass_env)
+        self.clock_speed = check_speed(clock_speed)
+        self.simulation = Simulation.parse(simulate_tasks) if isinstance(simulate_tasks, str) else simulate_tasks
+        #: The emulated service's clock (made when the emulator starts).
+        self.clock: Clock | None = None
         self.strict_catalogue = strict_catalogue
         self.auth = check_auth_modes(auth)
         self.container_runtime = resolve_runtime(container_runtime)
@@ -285,6 +304,7 @@ class Emulator:
             applications=load_applications(self.apps_dir),
             strict_catalogue=self.strict_catalogue,
         )
+        clock = Clock(self.clock_speed)
         scheduler = Scheduler(
             account,
             workdir=self.workdir,
@@ -293,29 +313,34 @@ class Emulator:
             faults=self.faults,
             passed_environment=self._passed_environment(),
             container_runtime=self.container_runtime,
+            clock=clock,
+            simulation=self.simulation,
         )
-        runner = web.AppRunner(
-            build_app(
-                account,
-                scheduler,
-                self._account_key,
-                self.faults,
-                self.auth,
-                SupportContext.of_this_process(self.container_runtime),
-            ),
-            access_log=None,
-        )
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self.host, self.port, ssl_context=tls)
-            await site.start()
-            self.port = runner.addresses[0][1]
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner, self._scheduler, self.account = runner, scheduler, account
-        account.url = self.endpoint
-        await scheduler.start(connector=aiohttp.TCPConnector(ssl=node_tls) if node_tls is not None else None)
+        # The server and the scheduler's tasks are made while the clock is current: every handler and background
+        # step they run inherits it (the caller's own context gets its previous clock back below).
+        with using(clock):
+            runner = web.AppRunner(
+                build_app(
+                    account,
+                    scheduler,
+                    self._account_key,
+                    self.faults,
+                    self.auth,
+                    SupportContext.of_this_process(self.container_runtime),
+                ),
+                access_log=None,
+            )
+            await runner.setup()
+            try:
+                site = web.TCPSite(runner, self.host, self.port, ssl_context=tls)
+                await site.start()
+                self.port = runner.addresses[0][1]
+            except BaseException:
+                await runner.cleanup()
+                raise
+            self._runner, self._scheduler, self.account, self.clock = runner, scheduler, account, clock
+            account.url = self.endpoint
+            await scheduler.start(connector=aiohttp.TCPConnector(ssl=node_tls) if node_tls is not None else None)
         log.info("Batch emulator for account %s listening on %s", self.account_name, self.endpoint)
         return self
 
@@ -359,7 +384,8 @@ class Emulator:
         pool = self.account.get_pool(pool_id)
         nodes = sorted(pool.nodes.values(), key=lambda n: not n.running)
         node = pool.nodes[node_id] if node_id else nodes[0]
-        await self._scheduler.lose_node(pool, node, state)
+        with using(self._scheduler.clock):
+            await self._scheduler.lose_node(pool, node, state)
         return node.id
 
     async def stop(self) -> None:

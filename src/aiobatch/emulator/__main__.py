@@ -17,6 +17,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -33,11 +34,13 @@ from . import (
     Emulator,
     FaultPlan,
     Quotas,
+    Simulation,
     Timings,
     check_auth_modes,
     check_pass_env,
     server_ssl_context,
 )
+from ._clock import check_speed
 from ._containers import resolve_runtime
 from ._faults import ALL_KINDS
 from ._scheduler import MIN_ALLOCATION_DELAY
@@ -123,6 +126,32 @@ def _seconds(minimum: float) -> Callable[[str], float]:
     return parse
 
 
+def _clock_speed(text: str) -> float:
+    """An argparse ``type`` for ``--clock-speed``: a number more than 0."""
+    try:
+        return check_speed(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a number more than 0 (emulated seconds per real second, e.g. 60), not {text!r}"
+        ) from None
+
+
+def _timings(text: str) -> Timings:
+    """An argparse ``type`` for ``--timings``: a profile name."""
+    try:
+        return Timings.named(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _simulation(text: str) -> Simulation:
+    """An argparse ``type`` for ``--simulate-tasks``."""
+    try:
+        return Simulation.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _rate(text: str) -> float:
     """An argparse ``type`` for a probability."""
     try:
@@ -201,17 +230,43 @@ def build_parser(prog: str = "python -m aiobatch.emulator") -> argparse.Argument
         "node's environment, never the emulator's)",
     )
     parser.add_argument(
+        "--timings",
+        type=_timings,
+        default=Timings.fast(),
+        metavar="PROFILE",
+        help=f"how long allocation, boot, dispatch and deletion take: {' or '.join(Timings.NAMES)} (about as long "
+        "as on Azure: pools in ~2 minutes) (default: fast)",
+    )
+    parser.add_argument(
         "--allocation-delay",
         type=_seconds(MIN_ALLOCATION_DELAY),
-        default=Timings.allocation_delay,
+        default=None,
         help=f"seconds before a pool's nodes exist; never instant, at least {MIN_ALLOCATION_DELAY} "
-        "(default: %(default)s)",
+        f"(default: the profile's, {Timings.allocation_delay} for fast)",
     )
     parser.add_argument(
         "--node-start-delay",
         type=_seconds(0.0),
-        default=Timings.node_start_delay,
-        help="seconds a node takes to boot, 0 or more (default: %(default)s)",
+        default=None,
+        help=f"seconds a node takes to boot, 0 or more (default: the profile's, {Timings.node_start_delay} for fast)",
+    )
+    parser.add_argument(
+        "--clock-speed",
+        type=_clock_speed,
+        default=1.0,
+        metavar="N",
+        help="run the emulated service's clock N times faster than real time (more than 0): timestamps advance "
+        "N x faster and every duration (retention, wall-clock limits, autoscale intervals, the timings) takes "
+        "1/N of its real time (default: 1)",
+    )
+    parser.add_argument(
+        "--simulate-tasks",
+        type=_simulation,
+        default=None,
+        metavar="MODEL",
+        help="simulate tasks instead of running processes: 'duration=KIND:PARAMS;fail=RATE;exit=CODE;seed=N' "
+        "(KIND fixed:S, uniform:LOW,HIGH, lognormal:MU,SIGMA, exponential:MEAN; '' for no time and success); a "
+        "task's AZ_SIM_DURATION and AZ_SIM_EXIT environment settings override the draws",
     )
     parser.add_argument("--dedicated-core-quota", type=int, help="dedicated vCPU quota (default: unlimited)")
     parser.add_argument("--spot-core-quota", type=int, help="spot/low-priority vCPU quota (default: unlimited)")
@@ -268,6 +323,16 @@ def build_parser(prog: str = "python -m aiobatch.emulator") -> argparse.Argument
     return parser
 
 
+def _chosen_timings(args: argparse.Namespace) -> Timings:
+    """The ``--timings`` profile with ``--allocation-delay`` and ``--node-start-delay`` applied over it."""
+    timings: Timings = args.timings
+    if args.allocation_delay is not None:
+        timings = dataclasses.replace(timings, allocation_delay=args.allocation_delay)
+    if args.node_start_delay is not None:
+        timings = dataclasses.replace(timings, node_start_delay=args.node_start_delay)
+    return timings
+
+
 async def serve(
     args: argparse.Namespace, faults: FaultPlan | None, key: str = DEFAULT_ACCOUNT_KEY, key_source: str = "default"
 ) -> None:
@@ -281,7 +346,9 @@ async def serve(
         pass_env=args.pass_env,
         apps_dir=args.apps,
         workdir=args.workdir,
-        timings=Timings(allocation_delay=args.allocation_delay, node_start_delay=args.node_start_delay),
+        timings=_chosen_timings(args),
+        clock_speed=args.clock_speed,
+        simulate_tasks=args.simulate_tasks,
         quotas=Quotas(dedicated_cores=args.dedicated_core_quota, low_priority_cores=args.spot_core_quota),
         strict_catalogue=not args.any_vm_size,
         ssl_cert=args.cert,

@@ -243,6 +243,11 @@ class JobPrep:
 
     # -- hooks of the scheduler -------------------------------------------------------------------------------
 
+    def eligible_everywhere(self, job: Job) -> bool:
+        """Whether every node may take ``job``'s tasks, as far as preparation goes (no node needs asking)."""
+        spec = job.spec.get(PREP)
+        return not spec or not spec["waitForSuccess"] or not self._nodes(job)
+
     def eligible(self, job: Job, node: Node) -> bool:
         """Whether ``node`` may take tasks of ``job``: not where its waited-for preparation task failed."""
         spec = job.spec.get(PREP)

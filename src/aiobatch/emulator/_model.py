@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import _clock
 from ._autoscale_runs import PoolAutoScale, SampleHistory
 from ._catalogue import cores_of
 from ._types import FailureInfo, OutputFile, ResourceFile
@@ -40,8 +41,32 @@ _etag_counter = itertools.count(0x5A09C0000000)
 
 
 def utcnow() -> dt.datetime:
-    """The current time, UTC, timezone-aware."""
-    return dt.datetime.now(dt.timezone.utc)
+    """The emulated service's current time (its `_clock`), UTC, timezone-aware."""
+    return _clock.now()
+
+
+class TaskQueue(deque[str]):
+    """A job's queue of active task keys, which tells its scheduler when a task is queued.
+
+    Every path that queues a task (a task added, retried, requeued, reactivated) appends here, so the scheduler's
+    index of jobs with queued tasks (`Scheduler.add_job` sets ``on_push``) never misses one.
+    """
+
+    __slots__ = ("on_push",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_push: Any = None
+
+    def append(self, key: str) -> None:
+        super().append(key)
+        if self.on_push is not None:
+            self.on_push()
+
+    def appendleft(self, key: str) -> None:
+        super().appendleft(key)
+        if self.on_push is not None:
+            self.on_push()
 
 
 def new_etag() -> str:
@@ -200,6 +225,8 @@ class Node:
     users: dict[str, NodeUser] = field(default_factory=dict)
     #: What the emulator did with the node, ``(time, line)``, oldest first: its "service logs" (see `_nodes`).
     events: deque[tuple[dt.datetime, str]] = field(default_factory=lambda: deque(maxlen=NODE_LOG_LINES))
+    #: Called with the node after each state change (the scheduler's free-slot index listens here).
+    listener: Any = field(default=None, repr=False, compare=False)
 
     @property
     def running_slots(self) -> int:
@@ -212,6 +239,8 @@ class Node:
             self.state = state
             self.state_transition_time = utcnow()
             self.log(f"node state: {state}")
+            if self.listener is not None:
+                self.listener(self)
 
     def log(self, line: str) -> None:
         """Record one line of the node's service log (never a secret: callers pass states and ids)."""
@@ -306,6 +335,8 @@ class Task(Entity):
     task_dir: Path | None = None
     #: The attempt under way.
     runner: asyncio.Task[None] | None = None
+    #: True once ``constraints.retentionTime`` elapsed after completion and the task directory was deleted.
+    files_expired: bool = False
 
 
 @dataclass(eq=False)
@@ -327,7 +358,7 @@ class Job(Entity):
     environment: dict[str, str] = field(default_factory=dict)
     tasks: dict[str, Task] = field(default_factory=dict)
     #: Active tasks waiting for a slot, in the order they will run.
-    queue: deque[str] = field(default_factory=deque)
+    queue: TaskQueue = field(default_factory=TaskQueue)
     #: How many of ``tasks`` are completed (kept as tasks complete, so completion checks cost O(1)).
     completed_count: int = 0
     #: Who waits for whom, for a job created with ``usesTaskDependencies`` (`_dependencies`).

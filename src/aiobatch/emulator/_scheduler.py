@@ -18,14 +18,18 @@ import stat
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import aiohttp
 
 from . import _job_control
 from ._autoscale import SAMPLE_PERIOD, AutoScaleRun
 from ._autoscale_runs import PUBLISH_DELAY, RETENTION, PoolAutoScale, PoolCounts, SampleHistory
+from ._clock import Clock
 from ._containers import in_container, pull_images
+from ._dispatch import FreeSlots, ReadyJobs
 from ._faults import Faults
 from ._jobprep import JobPrep
 from ._model import (
@@ -43,10 +47,12 @@ from ._model import (
     vm_cores,
 )
 from ._nodes import DEFAULT_RESIZE_TIMEOUT, NodeOps
-from ._runner import run_task
+from ._retention import Retention
+from ._runner import _wall_clock_failure, run_task
+from ._simulate import Simulation
 from ._support import unknown_user
 from ._types import FailureInfo, TaskOutcome, TaskRun
-from ._wire import app_package_env, task_user, timestamp
+from ._wire import app_package_env, parse_duration, task_user, timestamp
 
 log = logging.getLogger("aiobatch.emulator")
 
@@ -66,12 +72,18 @@ ENABLE_AUTOSCALE_SPACING = dt.timedelta(seconds=30)
 class Timings:
     """How long the emulated cloud takes for things a real one takes minutes for.
 
+    Every delay is in seconds of the service's time: on an emulator whose clock runs N times faster
+    (``clock_speed``), each becomes a real wait N times shorter.  `fast` (the default) keeps tests quick;
+    `realistic` takes about as long as Azure does, for testing timeouts; `named` picks one by name.
+
     Attributes:
         allocation_delay: Seconds from a pool create or resize until its nodes exist; never instant, at least
             `MIN_ALLOCATION_DELAY`, so that code waiting for readiness really waits.
         node_start_delay: Seconds a node spends in ``creating`` and ``starting`` before it is usable (0 or more).
         deletion_delay: Seconds a pool or job stays in ``deleting`` (or a job in ``terminating``) (0 or more).
         node_recovery_delay: Seconds a preempted or unusable node takes to come back as a fresh node (0 or more).
+        dispatch_delay: Seconds from a task being given a node's slot until its command starts (the service's
+            scheduling and the node agent's launch; the task is ``running`` meanwhile) (0 or more).
         autoscale_interval_scale: What the service's autoscale timings are multiplied by (more than 0, at most 1):
             the wait between evaluations (``autoScaleEvaluationInterval``, at least 5 minutes), the 30-second
             sample period, the minute before a sample is published, the 24 hours of samples kept and the 30
@@ -90,6 +102,52 @@ class Timings:
     deletion_delay: float = 0.1
     node_recovery_delay: float = 1.0
     autoscale_interval_scale: float = 1.0
+    dispatch_delay: float = 0.0
+
+    #: The profiles `named` knows.
+    NAMES: ClassVar[tuple[str, ...]] = ("fast", "realistic")
+
+    @classmethod
+    def fast(cls) -> Timings:
+        """The default profile: everything takes a fraction of a second, so that tests stay quick."""
+        return cls()
+
+    @classmethod
+    def realistic(cls) -> Timings:
+        """Delays about as long as Azure Batch's, for testing a client's timeouts and waits.
+
+        Sources and assumptions (no recording times these, so they are typical values, not measurements):
+
+        * allocation 120 s: the Batch documentation and the issue's target ("pool allocation about 2 minutes")
+          put the allocation of a few VMs of a marketplace image at 2 minutes or more;
+        * node start 60 s: after allocation a node spends about a minute in ``creating`` and ``starting``
+          (VM boot and the node agent's start) before it is ``idle``;
+        * dispatch 2 s: a task waits a second or a few between its slot being free and its process starting
+          (the service's scheduling pass and the node agent's poll), more than the REST round trip;
+        * deletion 60 s: pool and job deletes stay in ``deleting`` for a minute or more;
+        * node recovery 300 s: a preempted Spot node is replaced by a freshly allocated and booted one.
+        """
+        return cls(
+            allocation_delay=120.0,
+            node_start_delay=60.0,
+            deletion_delay=60.0,
+            node_recovery_delay=300.0,
+            dispatch_delay=2.0,
+        )
+
+    @classmethod
+    def named(cls, name: str) -> Timings:
+        """The profile called ``name`` (one of `NAMES`, case-insensitive).
+
+        Raises:
+            ValueError: an unknown name (the message lists the known ones).
+        """
+        key = name.strip().lower() if isinstance(name, str) else name
+        if key == "fast":
+            return cls.fast()
+        if key == "realistic":
+            return cls.realistic()
+        raise ValueError(f"unknown timings profile {name!r}: use one of {', '.join(cls.NAMES)}")
 
     def __post_init__(self) -> None:
         scale = self.autoscale_interval_scale
@@ -100,6 +158,7 @@ class Timings:
             "node_start_delay": 0.0,
             "deletion_delay": 0.0,
             "node_recovery_delay": 0.0,
+            "dispatch_delay": 0.0,
         }
         for name, minimum in minimums.items():
             value = getattr(self, name)
@@ -128,13 +187,17 @@ class Scheduler:
         quotas: Quotas,
         faults: Faults | None = None,
         passed_environment: Mapping[str, str] | None = None,
-        clock: Callable[[], dt.datetime] = utcnow,
+        clock: Clock | None = None,
+        simulation: Simulation | None = None,
         container_runtime: str | None = None,
     ) -> None:
         self.account = account
+        #: The emulated service's clock (real time by default); `Emulator` makes it the current one.
+        self.clock = clock if clock is not None else Clock()
+        #: When set, tasks are simulated (`_simulate`): no processes, no task directories.
+        self.simulation = simulation
         #: The container runtime container tasks run through (`_containers`); None refuses them (`_support`).
         self.container_runtime = container_runtime
-        self._clock = clock
         #: Variables of the emulator's environment its user asked tasks to see (`Emulator` ``pass_env``).
         self.passed_environment = dict(passed_environment or {})
         self.faults = faults or Faults()
@@ -155,6 +218,14 @@ class Scheduler:
         self.jobprep = JobPrep(self)
         #: Called with each job that has ended (completed, or deleted): job schedules learn of their jobs' end.
         self.job_end_listeners: list[Callable[[Job], None]] = []
+        self._ready = ReadyJobs()
+        self._free: dict[str, FreeSlots] = {}
+        #: How many jobs dispatch polls looked at, in all (for benchmarks and tests: it must not grow with idle jobs).
+        self.dispatch_touches = 0
+        #: How many dispatch polls ran.
+        self.dispatch_polls = 0
+        self.retention = Retention(account, self.clock, self._remove_dirs)
+        self._retainer: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -165,10 +236,11 @@ class Scheduler:
         )
         self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="emulator-dispatch")
         self._autoscaler = asyncio.create_task(self._autoscale_loop(), name="emulator-autoscale")
+        self._retainer = asyncio.create_task(self.retention.run(), name="emulator-retention")
 
     async def stop(self) -> None:
         """Stop everything: running task processes are killed, background work cancelled."""
-        tasks = [t for t in (self._dispatcher, self._autoscaler, *self._background) if t is not None]
+        tasks = [t for t in (self._dispatcher, self._autoscaler, self._retainer, *self._background) if t is not None]
         for job in self.account.jobs.values():
             tasks.extend(t.runner for t in job.tasks.values() if t.runner is not None)
         for pool in self.account.pools.values():
@@ -186,17 +258,23 @@ class Scheduler:
         self._wake.set()
 
     def now(self) -> dt.datetime:
-        """The emulated service's time: every autoscale decision reads it here, so one clock can replace it."""
-        return self._clock()
+        """The emulated service's time (`clock`): every timestamp and every autoscale decision reads it."""
+        return self.clock.now()
 
     def real_seconds(self, emulated: float) -> float:
         """How long to really wait for ``emulated`` seconds of the service's time.
 
-        Every duration the API gives (a wall-clock limit, a schedule's recurrence, a retention time) becomes a
-        real wait through here, so that one clock setting speeds all of them up alike.  Today the emulated
-        service runs at real speed.
+        Every duration the API gives (a wall-clock limit, a schedule's recurrence, a retention time, an autoscale
+        interval) and every `Timings` delay becomes a real wait through here: ``emulated / clock.speed``.
         """
-        return emulated
+        return self.clock.real_seconds(emulated)
+
+    async def sleep(self, emulated: float) -> None:
+        """Wait ``emulated`` seconds of the service's time."""
+        await asyncio.sleep(self.real_seconds(emulated))
+
+    async def _remove_dirs(self, paths: list[Path]) -> None:
+        await asyncio.to_thread(_rmtree, paths)
 
     def spawn(self, coro: object, name: str) -> asyncio.Task[None]:
         """Run ``coro`` in the background until it ends or the scheduler stops (a crash is logged)."""
@@ -214,6 +292,7 @@ class Scheduler:
     def add_pool(self, pool: Pool) -> None:
         """Register a new pool and start allocating its nodes (sized by its formula first, if it autoscales)."""
         self.account.pools[pool.id.lower()] = pool
+        self._free.pop(pool.id.lower(), None)
         pool.samples = self._sample_history(pool.creation_time)
         if pool.autoscale_request is not None:
             formula, interval = pool.autoscale_request
@@ -324,7 +403,7 @@ class Scheduler:
 
     async def _autoscale_loop(self) -> None:
         # A few looks per sample period, at most one a second: a sample or an evaluation is never late by more.
-        period = SAMPLE_PERIOD.total_seconds() * self.timings.autoscale_interval_scale
+        period = self.real_seconds(SAMPLE_PERIOD.total_seconds() * self.timings.autoscale_interval_scale)
         pause = min(1.0, max(0.02, period / 3))
         while True:
             await asyncio.sleep(pause)
@@ -390,7 +469,7 @@ class Scheduler:
         self._spawn(self._settle(pool), f"stop-resize-{pool.id}")
 
     async def _settle(self, pool: Pool) -> None:
-        await asyncio.sleep(self.timings.allocation_delay / 2)
+        await self.sleep(self.timings.allocation_delay / 2)
         if pool.allocation_state == "stopping":
             pool.set_allocation_state("steady")
 
@@ -408,7 +487,7 @@ class Scheduler:
             pool.allocation = None
 
     async def _allocate_nodes(self, pool: Pool) -> None:
-        await asyncio.sleep(self.timings.allocation_delay)
+        await self.sleep(self.timings.allocation_delay)
         errors: list[ResizeError] = []
         for dedicated in (True, False):
             target = pool.target_dedicated if dedicated else pool.target_low_priority
@@ -450,6 +529,7 @@ class Scheduler:
             ip_address=f"10.0.0.{4 + len(pool.nodes)}",
         )
         pool.nodes[node_id] = node
+        node.listener = partial(self._node_changed, pool)
         node.boot = self._spawn(self._boot(pool, node), f"boot-{node_id[:12]}")
 
     async def _boot(self, pool: Pool, node: Node) -> None:
@@ -466,9 +546,9 @@ class Scheduler:
         for sub in ("startup", "shared", "applications", "workitems"):
             (node.root / sub).mkdir(parents=True, exist_ok=True)
         await pull_images(self.container_runtime, pool.spec)
-        await asyncio.sleep(self.timings.node_start_delay / 2)
+        await self.sleep(self.timings.node_start_delay / 2)
         node.set_state("starting")
-        await asyncio.sleep(self.timings.node_start_delay / 2)
+        await self.sleep(self.timings.node_start_delay / 2)
         node.last_boot_time = utcnow()
         start = pool.start_task
         if start is None:
@@ -486,14 +566,19 @@ class Scheduler:
         while True:
             node.start_task_info = {"state": "running", "startTime": timestamp(utcnow()), "retryCount": retry}
             start_spec = pool.spec.get("startTask") or {}
-            outcome = unknown_user(start_spec.get("userIdentity"), pool.spec) or await run_task(
-                in_container(
-                    self._start_task_run(pool, node, retry, apps),
-                    start_spec.get("containerSettings"),
-                    self.container_runtime,
-                ),
-                self._session(),
-            )
+            if self.simulation is not None:
+                outcome = await self._simulate(
+                    self.simulation, "", f"starttask-{node.id}", retry, start.environment, None
+                )
+            else:
+                outcome = unknown_user(start_spec.get("userIdentity"), pool.spec) or await run_task(
+                    in_container(
+                        self._start_task_run(pool, node, retry, apps),
+                        start_spec.get("containerSettings"),
+                        self.container_runtime,
+                    ),
+                    self._session(),
+                )
             node.start_task_info = {
                 "state": "completed",
                 "startTime": timestamp(outcome.start_time),
@@ -577,19 +662,41 @@ class Scheduler:
         for node in list(pool.nodes.values()):
             await self._evict(node, requeue=True)
         await asyncio.to_thread(_rmtree, [self.workdir / "nodes" / pool.id])
-        await asyncio.sleep(self.timings.deletion_delay)
+        await self.sleep(self.timings.deletion_delay)
         if self.account.pools.get(pool.id.lower()) is pool:
             del self.account.pools[pool.id.lower()]
+            self._free.pop(pool.id.lower(), None)
         log.info("pool %s deleted", pool.id)
 
     # -- jobs -----------------------------------------------------------------------------------------------------
 
     def add_job(self, job: Job) -> None:
-        """Register a new job."""
+        """Register a new job: the one way a job enters the account (a job create, a job schedule's new job).
+
+        It also connects the job's task queue to the dispatcher's index of jobs with queued tasks; a job put in
+        ``account.jobs`` without this never has its tasks dispatched.
+        """
         self.account.jobs[job.id.lower()] = job
         _job_control.arm_wall_clock(self, job)
+        job.queue.on_push = partial(self._queued, job)
+        if job.queue:
+            self._queued(job)
         self.check_job_complete(job)
         self.kick()
+
+    def _queued(self, job: Job) -> None:
+        """A task of ``job`` was queued: index the job and wake the dispatcher."""
+        try:
+            self._ready.mark(job)
+        except Exception:
+            self._dispatch_failure(job)
+        self._wake.set()
+
+    def _dispatch_failure(self, job: Job) -> None:
+        """Log (once per job, with its id) that its tasks cannot be dispatched; they stay queued."""
+        if job.id not in self._dispatch_failed:
+            self._dispatch_failed.add(job.id)
+            log.exception("emulator: dispatching the tasks of job %r failed; its tasks stay queued", job.id)
 
     def check_job_complete(self, job: Job) -> None:
         """Apply ``onAllTasksComplete``: a job with no unfinished tasks is terminated.
@@ -620,7 +727,7 @@ class Scheduler:
         _job_control.stop_wall_clock(job)
         await self._end_running(job, list(job.tasks.values()))
         await self.jobprep.release(job)  # the job stays terminating (or deleting) while release tasks run
-        await asyncio.sleep(self.timings.deletion_delay)
+        await self.sleep(self.timings.deletion_delay)
         if delete:
             if self.account.jobs.get(job.id.lower()) is job:
                 del self.account.jobs[job.id.lower()]
@@ -691,34 +798,61 @@ class Scheduler:
             self._dispatch()
 
     def _dispatch(self) -> None:
-        jobs = sorted(
-            (j for j in self.account.jobs.values() if j.state == "active" and j.queue),
-            key=lambda j: -j.priority,
-        )
-        for job in jobs:
-            # One job the dispatcher cannot handle must not stop scheduling for every other job: its failure is
-            # logged (once per job, not on every wake-up) with its id, and the loop goes on.
-            try:
-                self._dispatch_job(job)
-            except Exception:
-                if job.id not in self._dispatch_failed:
-                    self._dispatch_failed.add(job.id)
-                    log.exception("emulator: dispatching the tasks of job %r failed; its tasks stay queued", job.id)
+        """One poll: give free slots to queued tasks, looking only at pools with queued work and free nodes."""
+        self.dispatch_polls += 1
+        for pool_key in self._ready.pools():
+            pool = self.account.pools.get(pool_key)
+            if pool is None or pool.state != "active":
+                # Its jobs wait; one that has since moved to another pool (a job update) is re-indexed there.
+                for job in self._ready.jobs(pool_key):
+                    if (job.pool_id or "").lower() != pool_key or not job.queue:
+                        self._ready.discard(pool_key, job)
+                        if job.queue:
+                            self._ready.mark(job)
+                continue
+            free = self._free_slots(pool)
+            if free.empty() and free.resync_due():
+                free.resync()  # a node changed without telling the index (see `_dispatch`)
+            for job in self._ready.jobs(pool_key):
+                if free.empty():
+                    break
+                self.dispatch_touches += 1
+                if (job.pool_id or "").lower() != pool_key:  # the job moved to another pool
+                    self._ready.discard(pool_key, job)
+                    if job.queue:
+                        self._ready.mark(job)
+                    continue
+                if job.state == "active" and job.queue:
+                    # One job the dispatcher cannot handle must not stop scheduling for every other job: its
+                    # failure is logged (once per job, not on every wake-up) with its id, and the loop goes on.
+                    try:
+                        self._dispatch_job(job, pool, free)
+                    except Exception:
+                        self._dispatch_failure(job)
+                if not job.queue:
+                    self._ready.discard(pool_key, job)
 
-    def _dispatch_job(self, job: Job) -> None:
+    def _free_slots(self, pool: Pool) -> FreeSlots:
+        key = pool.id.lower()
+        free = self._free.get(key)
+        if free is None or free.pool is not pool or free.slots_per_node != pool.task_slots_per_node:
+            free = self._free[key] = FreeSlots(pool)
+        return free
+
+    def _node_changed(self, pool: Pool, node: Node) -> None:
+        """A node's state or running tasks changed: update the pool's free-slot index."""
+        free = self._free.get(pool.id.lower())
+        if free is not None and free.pool is pool:
+            free.update(node)
+
+    def _dispatch_job(self, job: Job, pool: Pool, free: FreeSlots) -> None:
         """Start as many of one job's queued tasks as its pool's free slots take."""
-        pool = self.account.pools.get((job.pool_id or "").lower())
-        if pool is None or pool.state != "active":
-            return
-        nodes = [
-            n
-            for n in pool.nodes.values()
-            if n.state in SCHEDULABLE_NODE_STATES and n.scheduling_state == "enabled" and self.jobprep.eligible(job, n)
-        ]
+        # A job's waited-for preparation task that failed on a node keeps the job's tasks off it (`_jobprep`).
+        accept = None if self.jobprep.eligible_everywhere(job) else partial(self.jobprep.eligible, job)
         # Counting running tasks is O(tasks): only pay for it when the job limits parallelism.
         limited = job.max_parallel_tasks >= 0
         running = sum(1 for t in job.tasks.values() if t.runner is not None) if limited else 0
-        while job.queue and nodes:
+        while job.queue and not free.empty():
             if limited and running >= job.max_parallel_tasks:
                 break
             key = job.queue[0]
@@ -726,31 +860,24 @@ class Scheduler:
             if task is None or task.state != "active" or task.runner is not None:
                 job.queue.popleft()
                 continue
-            node = self._pick_node(pool, nodes, task.required_slots)
+            node = free.pick(task.required_slots, accept)
             if node is None:
                 break
             job.queue.popleft()
             self._start(job, pool, node, task)
             running += 1
 
-    @staticmethod
-    def _pick_node(pool: Pool, nodes: list[Node], slots: int) -> Node | None:
-        free = [(pool.task_slots_per_node - n.running_slots, n) for n in nodes]
-        fits = [(f, n) for f, n in free if f >= slots]
-        if not fits:
-            return None
-        if pool.node_fill_type == "pack":
-            return min(fits, key=lambda fn: fn[0])[1]
-        return max(fits, key=lambda fn: fn[0])[1]
-
     def _start(self, job: Job, pool: Pool, node: Node, task: Task) -> None:
         key = (job.id.lower(), task.id.lower())
         node.running[key] = task.required_slots
         node.set_state("running")
+        self._node_changed(pool, node)
         node.total_tasks_run += 1
         root = f"workitems/{job.id}/job-1/{task.id}"
         task.node_info = (pool.id, node.id, root)
-        task.task_dir = node.root / root
+        # A simulated task has no directory: nothing is written for it.
+        task.task_dir = node.root / root if self.simulation is None else None
+        task.files_expired = False
         task.start_time, task.end_time = utcnow(), None
         task.exit_code, task.result, task.failure_info = None, None, None
         task.set_state("running")
@@ -759,7 +886,7 @@ class Scheduler:
         # A runner cancelled before its first step (its node lost, its job ended, in the same loop turn) never
         # enters _run, so _run's finally cannot free the slot: without this the slot stays taken and the
         # requeued task, still holding a runner, is never dispatched again.
-        task.runner.add_done_callback(lambda runner: self._release(node, key, task, runner))
+        task.runner.add_done_callback(lambda runner: self._release(pool, node, key, task, runner))
         # Injected node faults strike mid-task: the node is lost a moment after the task starts.
         for kind in ("preempt", "unusable"):
             if (kind == "unusable" or not node.is_dedicated) and self.faults.draw(kind):
@@ -768,13 +895,14 @@ class Scheduler:
                 self._spawn(self._lose_node_later(pool, node, kind, delay), f"{kind}-{node.id[:12]}")
                 break
 
-    def _release(self, node: Node, key: tuple[str, str], task: Task, runner: asyncio.Task[None]) -> None:
+    def _release(self, pool: Pool, node: Node, key: tuple[str, str], task: Task, runner: asyncio.Task[None]) -> None:
         """Free what `_start` took for an attempt that has ended, however it ended (idempotent with `_run`)."""
         if task.runner is not runner:
             return
         task.runner = None
         if node.running.pop(key, None) is not None and not node.running and node.state == "running":
             node.set_state("idle")
+        self._node_changed(pool, node)
         self.kick()
 
     async def _lose_node_later(self, pool: Pool, node: Node, kind: str, delay: float) -> None:
@@ -795,7 +923,7 @@ class Scheduler:
         self._spawn(self._recover(pool, node, state), f"recover-{node.id[:12]}")
 
     async def _recover(self, pool: Pool, node: Node, state: str) -> None:
-        await asyncio.sleep(self.timings.node_recovery_delay)
+        await self.sleep(self.timings.node_recovery_delay)
         if pool.nodes.get(node.id) is node and pool.state == "active" and node.state == state:
             node.set_state("creating")
             node.boot = self._spawn(self._boot(pool, node), f"reboot-{node.id[:12]}")
@@ -807,33 +935,21 @@ class Scheduler:
         try:
             if not await self.jobprep.ready(job, pool, node, task):
                 raise _NotPrepared
-            apps = await self._app_package_environment(pool.app_packages + task.app_packages)
-            user, identity = task_user(task.spec.get("userIdentity"))
-            assert task.task_dir is not None
-            run = TaskRun(
-                account_name=self.account.name,
-                account_url=self.account.url,
-                pool_id=pool.id,
-                node_id=node.id,
-                node_root=node.root,
-                task_id=task.id,
-                job_id=job.id,
-                command_line=task.command_line,
-                task_dir=task.task_dir,
-                resource_files=task.resource_files,
-                output_files=task.output_files,
-                environment=dict(task.environment),
-                job_environment=dict(job.environment),
-                app_package_environment={**apps, **self.jobprep.environment(job, node)},
-                passed_environment=self.passed_environment,
-                task_user=user,
-                task_user_identity=identity,
-                node_is_dedicated=node.is_dedicated,
-                max_wall_clock_time=task.max_wall_clock_time,
-                retry_count=task.retry_count,
-            )
-            run = in_container(run, task.spec.get("containerSettings"), self.container_runtime)
-            outcome = unknown_user(task.spec.get("userIdentity"), pool.spec) or await run_task(run, self._session())
+            if self.timings.dispatch_delay:
+                await self.sleep(self.timings.dispatch_delay)
+            if self.simulation is not None:
+                outcome = await self._simulate(
+                    self.simulation,
+                    job.id,
+                    task.id,
+                    task.retry_count + task.requeue_count,
+                    {**job.environment, **task.environment},
+                    task.max_wall_clock_time,
+                )
+            elif unknown := unknown_user(task.spec.get("userIdentity"), pool.spec):
+                outcome = unknown
+            else:
+                outcome = await self._run_process(job, pool, node, task)
         except _NotPrepared:
             pass
         except OSError as exc:
@@ -849,11 +965,76 @@ class Scheduler:
                 node.set_state("idle")
             if task.runner is runner:
                 task.runner = None
+            self._node_changed(pool, node)
             self.kick()
         if outcome is None:  # the job's preparation task failed on this node: the task waits for another node
             task.set_state("active")
             job.queue.appendleft(task.id.lower())
             return
+        self._finish_attempt(job, node, task, outcome)
+
+    async def _simulate(
+        self,
+        simulation: Simulation,
+        job_id: str,
+        task_id: str,
+        attempt_number: int,
+        environment: Mapping[str, str],
+        limit: float | None,
+    ) -> TaskOutcome:
+        """One simulated attempt: its modelled duration on the clock, then its modelled exit code."""
+        attempt = simulation.attempt(job_id, task_id, attempt_number, environment)
+        start = self.now()
+        if attempt.failure is not None:
+            return TaskOutcome(start, start, None, attempt.failure)
+        if limit is not None and attempt.duration > limit:
+            await self.sleep(limit)
+            return TaskOutcome(start, self.now(), None, _wall_clock_failure(limit))
+        await self.sleep(attempt.duration)
+        failure = None
+        if attempt.exit_code != 0:
+            failure = FailureInfo(
+                "usererror",
+                "FailureExitCode",
+                "The task exited with an exit code representing a failure",
+                (
+                    ("Message", "The task process exited with an unexpected exit code"),
+                    ("AdditionalErrorCode", "FailureExitCode"),
+                ),
+            )
+        return TaskOutcome(start, self.now(), attempt.exit_code, failure)
+
+    async def _run_process(self, job: Job, pool: Pool, node: Node, task: Task) -> TaskOutcome:
+        apps = await self._app_package_environment(pool.app_packages + task.app_packages)
+        user, identity = task_user(task.spec.get("userIdentity"))
+        assert task.task_dir is not None
+        run = TaskRun(
+            account_name=self.account.name,
+            account_url=self.account.url,
+            pool_id=pool.id,
+            node_id=node.id,
+            node_root=node.root,
+            task_id=task.id,
+            job_id=job.id,
+            command_line=task.command_line,
+            task_dir=task.task_dir,
+            resource_files=task.resource_files,
+            output_files=task.output_files,
+            environment=dict(task.environment),
+            job_environment=dict(job.environment),
+            app_package_environment={**apps, **self.jobprep.environment(job, node)},
+            passed_environment=self.passed_environment,
+            task_user=user,
+            task_user_identity=identity,
+            node_is_dedicated=node.is_dedicated,
+            max_wall_clock_time=task.max_wall_clock_time,
+            retry_count=task.retry_count,
+        )
+        return await run_task(
+            in_container(run, task.spec.get("containerSettings"), self.container_runtime), self._session()
+        )
+
+    def _finish_attempt(self, job: Job, node: Node, task: Task, outcome: TaskOutcome) -> None:
         if outcome.failure_info is None:
             node.total_tasks_succeeded += 1
         # The service retries a task whose process exited non-zero; failures before or after the process
@@ -886,6 +1067,12 @@ class Scheduler:
         task.set_state("completed")
         job.completed_count += 1
         log.debug("task %s/%s completed: %s", job.id, task.id, task.result)
+        if task.task_dir is not None and task.end_time is not None:
+            retention = parse_duration(
+                (task.spec.get("constraints") or {}).get("retentionTime"), "constraints.retentionTime"
+            )
+            if retention is not None:
+                self.retention.add(job.id.lower(), task.id.lower(), task.end_time, retention)
 
     # -- application packages -------------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from . import _clock
 from ._autoscale import AutoScaleRun, FormulaError, parse
 from ._autoscale_runs import check_interval
 from ._catalogue import catalogue
@@ -210,7 +211,7 @@ def empty_response(
 def error_response(account_url: str, error: ServiceError, request_id: str | None = None) -> web.Response:
     """The OData error body the service sends, with Content-Length (not chunked)."""
     request_id = request_id or str(uuid.uuid4())
-    now = timestamp(dt.datetime.now(dt.timezone.utc))
+    now = timestamp(_clock.now())
     body: dict[str, Any] = {
         "odata.metadata": f"{account_url}/$metadata#Microsoft.Azure.Batch.Protocol.Entities.Container.errors/@Element",
         "code": error.code,
@@ -751,6 +752,7 @@ def parse_task(account: Account, job: Job, body: dict[str, Any]) -> Task:
         _refuse_job_actions(body.get("exitConditions"))
     spec = _filled_task_defaults(body, job)
     constraints = spec["constraints"]
+    parse_duration(constraints.get("retentionTime"), "constraints.retentionTime")  # honoured by `_retention`
     return Task(
         id=task_id,
         state="active",
@@ -1139,7 +1141,7 @@ def render_task_add_result(
         out["lastModified"] = timestamp(task.last_modified)
         out["location"] = f"{account_url}/jobs/{job_id}/tasks/{task.id}"
     if error is not None:
-        now = timestamp(dt.datetime.now(dt.timezone.utc))
+        now = timestamp(_clock.now())
         err: dict[str, Any] = {
             "code": error.code,
             "message": {"lang": "en-US", "value": f"{error.message}\nRequestId:{uuid.uuid4()}\nTime:{now}"},

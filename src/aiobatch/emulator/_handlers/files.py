@@ -15,6 +15,7 @@ from aiohttp import web
 from .. import _taskfiles as taskfiles
 from .. import _wire as wire
 from .._model import ServiceError, Task
+from .._retention import files_cleaned_up
 from ._common import (
     account_of,
     answer_list,
@@ -27,6 +28,8 @@ log = logging.getLogger("aiobatch.emulator")
 async def _task_dir(request: web.Request) -> tuple[Task, Path]:
     """The task the route names and its directory, or the service's 409 when it has no files to show."""
     _, task = account_of(request).get_task(request.match_info["job"], request.match_info["task"])
+    if task.files_expired:
+        raise files_cleaned_up()
     if (
         task.task_dir is None
         or task.node_info is None
