@@ -26,7 +26,7 @@ from azure.core.exceptions import HttpResponseError
 
 from aiobatch.emulator import Emulator
 from aiobatch.emulator import _support as support
-from aiobatch.testing import TEST_TIMINGS
+from aiobatch.local import TEST_TIMINGS
 
 pytestmark = pytest.mark.anyio
 

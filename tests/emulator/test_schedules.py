@@ -22,7 +22,7 @@ from azure.core.exceptions import HttpResponseError, ResourceModifiedError, Reso
 from azure.core.pipeline import PipelineResponse
 
 from aiobatch.emulator import Emulator
-from aiobatch.testing import TEST_TIMINGS
+from aiobatch.local import TEST_TIMINGS
 
 pytestmark = pytest.mark.anyio
 

@@ -276,6 +276,7 @@ class NodeOps:
         """No new tasks for the node; its running ones requeued, terminated or left to finish (``option``)."""
         node.scheduling_state = "disabled"
         node.log(f"scheduling disabled ({option})")
+        self._changed(node)
         if option != "taskcompletion":
             await self._stop_tasks(node, requeue=option == "requeue")
 
@@ -283,7 +284,14 @@ class NodeOps:
         """The node takes tasks again."""
         node.scheduling_state = "enabled"
         node.log("scheduling enabled")
+        self._changed(node)
         self.scheduler.kick()
+
+    def _changed(self, node: Node) -> None:
+        """Tell the dispatcher's free-slot index that ``node`` can (or cannot) take tasks now."""
+        pool = self.scheduler.account.pools.get(node.pool_id.lower())
+        if pool is not None and pool.nodes.get(node.id) is node:
+            self.scheduler._node_changed(pool, node)
 
     # -- leaving the pool -----------------------------------------------------------------------------------------
 

@@ -44,8 +44,6 @@ from ._wire import timestamp
 #: Every status a row may have, in the order the docs list them.
 STATUSES = ("honoured", "partial", "accepted-not-simulated", "refused", "operation-not-emulated")
 
-#: The comment that marks a row another branch implements (the lead flips it when merging).
-FLIP_MARK = "# lead: flips at merge"
 
 #: The service's "unlimited" duration (`_wire.MAX_DURATION`): giving it asks for no limit.
 _UNLIMITED = "P10675199DT2H48M5.4775807S"
@@ -73,7 +71,6 @@ class Row:
     prop: str
     status: str
     note: str
-    flips_at_merge: bool = False
 
     @property
     def name(self) -> str:
@@ -88,13 +85,11 @@ def parse(text: str) -> dict[tuple[str, str], Row]:
         ValueError: a malformed row, an unknown status or a property listed twice.
     """
     rows: dict[tuple[str, str], Row] = {}
-    flip = False
     for number, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
         if not stripped:
             continue
         if stripped.startswith("#"):
-            flip = flip or stripped.startswith(FLIP_MARK)
             continue
         parts = [part.strip() for part in stripped.split("|", 2)]
         if len(parts) != 3 or parts[0].count(".") != 1:
@@ -104,8 +99,7 @@ def parse(text: str) -> dict[tuple[str, str], Row]:
             raise ValueError(f"line {number}: unknown status {parts[1]!r} (one of {', '.join(STATUSES)})")
         if (model, prop) in rows:
             raise ValueError(f"line {number}: {parts[0]} listed twice")
-        rows[(model, prop)] = Row(model, prop, parts[1], parts[2], flip)
-        flip = False
+        rows[(model, prop)] = Row(model, prop, parts[1], parts[2])
     return rows
 
 
@@ -417,7 +411,6 @@ def main(argv: list[str] | None = None) -> int:
 
 __all__ = [
     "CONTAINER_ROWS",
-    "FLIP_MARK",
     "STATUSES",
     "SUPPORT_KEY",
     "Row",
