@@ -18,6 +18,7 @@ about the client's real clock, as on Azure), and storage SAS expiry (storage run
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import datetime as dt
@@ -25,7 +26,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 
-__all__ = ["REAL", "Clock", "check_speed", "current", "now", "using"]
+__all__ = ["REAL", "Clock", "check_speed", "current", "now", "using", "wait_event"]
 
 
 def check_speed(value: object) -> float:
@@ -116,3 +117,17 @@ def using(clock: Clock) -> Iterator[Clock]:
         yield clock
     finally:
         _CURRENT.reset(token)
+
+
+async def wait_event(event: asyncio.Event, seconds: float) -> None:
+    """Wait until ``event`` is set or ``seconds`` (real) have passed, whichever comes first.
+
+    Unlike ``asyncio.wait_for(event.wait(), seconds)`` it starts no task of its own for each wait (a background
+    loop waking every second would otherwise leave a fresh task pending at any moment). A timeout sets the event:
+    the loops that use this clear it before they wait.
+    """
+    timer = asyncio.get_running_loop().call_later(seconds, event.set)
+    try:
+        await event.wait()
+    finally:
+        timer.cancel()

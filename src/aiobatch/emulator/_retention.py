@@ -12,14 +12,13 @@ task deleted meanwhile is simply skipped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import heapq
 import itertools
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from ._clock import Clock
+from ._clock import Clock, wait_event
 from ._model import Account, ServiceError
 
 __all__ = ["Retention", "files_cleaned_up"]
@@ -74,8 +73,7 @@ class Retention:
             if wait > 0:
                 # Woken early when an earlier expiry arrives; never sleeps more than a minute of real time at once.
                 real = min(60.0, self._clock.real_seconds(wait))
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), timeout=real)
+                await wait_event(self._changed, real)
                 continue
             await self._expire(self._clock.now())
 

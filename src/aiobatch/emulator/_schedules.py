@@ -20,7 +20,6 @@ stale (a version number), instead of searching the heap.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import heapq
 import itertools
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import _wire as wire
+from ._clock import wait_event
 from ._jobprep import parse_job_tasks
 from ._model import Entity, Job, ServiceError, check_id, invalid_property
 
@@ -550,8 +550,7 @@ class JobSchedules:
                 ahead = (self._heap[0][0] - self.scheduler.now()).total_seconds()
                 wait = max(0.0, min(MAX_POLL, self.scheduler.real_seconds(ahead)))
             self._wake.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+            await wait_event(self._wake, wait)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
