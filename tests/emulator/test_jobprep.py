@@ -255,3 +255,42 @@ async def test_what_is_refused(batch: BatchClient) -> None:
         assert caught.value.status_code == 400, prop
         assert details_of(caught.value)["PropertyName"] == prop
     assert [j.id async for j in batch.list_jobs()] == ["job"]
+
+
+async def test_the_preparation_and_release_directories_go_when_their_retention_ends(tmp_path: Path) -> None:
+    """retentionTime of both tasks is honoured on the emulator's clock: their directories leave the node."""
+    async with (
+        Emulator(workdir=tmp_path / "emulator", clock_speed=60) as emulator,
+        BatchClient(emulator.endpoint, emulator.credential) as batch,
+    ):
+        await ready_pool(batch, "pool", 1)
+        retained = dt.timedelta(minutes=5)  # 5 s of real time at 60x: longer than the task after it takes
+        await batch.create_job(
+            m.BatchJobCreateOptions(
+                id="job",
+                pool_info=m.BatchPoolInfo(pool_id="pool"),
+                job_preparation_task=m.BatchJobPreparationTask(
+                    command_line=sh("echo prepared > out"), constraints=m.BatchTaskConstraints(retention_time=retained)
+                ),
+                job_release_task=m.BatchJobReleaseTask(
+                    id="rel", command_line=sh("echo released > out"), retention_time=dt.timedelta(days=1)
+                ),
+            )
+        )
+        await batch.create_task("job", m.BatchTaskCreateOptions(id="t", command_line="true"))
+        await finished(batch, "job", "t")
+        (node,) = [str(n.id) async for n in batch.list_nodes("pool")]
+
+        async def names() -> set[str]:
+            listed = batch.list_node_files("pool", node, recursive=True)
+            return {str(f.name) async for f in listed}
+
+        prep_file = "workitems/job/job-1/jobpreparation/wd/out"
+        assert prep_file in await names(), " ".join(sorted(await names()))
+        await terminate(batch, "job")  # the release task runs; its day of retention is not over in the test
+
+        async def prep_gone() -> bool:
+            return prep_file not in await names()
+
+        await wait_for(prep_gone, within=20, what="the preparation directory's retention (5 minutes at 60x)")
+        assert "workitems/job/job-1/rel/wd/out" in await names()

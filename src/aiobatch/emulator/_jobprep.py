@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -415,7 +415,17 @@ class JobPrep:
         finally:
             self.scheduler.kick()
         log.info("job %s: preparation task on node %s: %s", job.id, entry.node.id[:16], attempt.state)
+        self._retain(entry, attempt, spec["constraints"]["retentionTime"], lambda: entry.prep is attempt)
         return attempt.succeeded
+
+    def _retain(self, entry: NodePrep, attempt: Attempt, retention: str, still_current: Callable[[], bool]) -> None:
+        """Delete the attempt's directory on the node once its ``retentionTime`` has passed, as for a task."""
+        if attempt.end_time is None:
+            return
+        seconds = wire.parse_duration(retention, "retentionTime")
+        if seconds is not None:
+            directory = entry.node.root / attempt.task_root
+            self.scheduler.retention.add_directory(directory, attempt.end_time, seconds, still_current)
 
     async def _release_on(self, job: Job, entry: NodePrep, spec: Mapping[str, Any]) -> None:
         pool = self.scheduler.account.pools.get(entry.pool_id.lower())
@@ -430,6 +440,8 @@ class JobPrep:
             now = utcnow()
             failure = FailureInfo("servererror", "NodeError", "The node could not run the job release task.")
             entry.release.finish(TaskOutcome(entry.release.start_time, now, None, failure))
+        release = entry.release
+        self._retain(entry, release, spec["retentionTime"], lambda: entry.release is release)
 
 
 __all__ = ["JobPrep", "check_task_id", "parse_job_tasks"]

@@ -23,6 +23,9 @@ from ._model import Account, ServiceError
 
 __all__ = ["Retention", "files_cleaned_up"]
 
+#: A directory that is not a task's, and whether it still belongs to the run that was timed.
+_Other = tuple[Path, Callable[[], bool]]
+
 
 def files_cleaned_up() -> ServiceError:
     """The answer to a file request of a task whose directory its retention time removed."""
@@ -44,7 +47,9 @@ class Retention:
         self._account = account
         self._clock = clock
         self._remove = remove
-        self._heap: list[tuple[dt.datetime, int, str, str, dt.datetime]] = []
+        #: (expiry, seq, job key, task key, end time, other directory): a task's entry, or, with the last item
+        #: set, a directory of a job preparation or release task and what says it is still that run's.
+        self._heap: list[tuple[dt.datetime, int, str, str, dt.datetime, _Other | None]] = []
         self._seq = itertools.count()
         self._changed = asyncio.Event()
 
@@ -57,8 +62,24 @@ class Retention:
             expiry = end_time + dt.timedelta(seconds=seconds)
         except OverflowError:
             return  # beyond any date: never
+        self._push(expiry, (job_key, task_key, end_time, None))
+
+    def add_directory(
+        self, path: Path, end_time: dt.datetime, seconds: float, still_current: Callable[[], bool]
+    ) -> None:
+        """Delete ``path`` ``seconds`` of the service's time after ``end_time``, if ``still_current()`` then.
+
+        For the directories of job preparation and release tasks, which are not tasks of the job.
+        """
+        try:
+            expiry = end_time + dt.timedelta(seconds=seconds)
+        except OverflowError:
+            return
+        self._push(expiry, ("", "", end_time, (path, still_current)))
+
+    def _push(self, expiry: dt.datetime, entry: tuple[str, str, dt.datetime, _Other | None]) -> None:
         first = not self._heap or expiry < self._heap[0][0]
-        heapq.heappush(self._heap, (expiry, next(self._seq), job_key, task_key, end_time))
+        heapq.heappush(self._heap, (expiry, next(self._seq), *entry))
         if first:
             self._changed.set()
 
@@ -80,7 +101,12 @@ class Retention:
     async def _expire(self, now: dt.datetime) -> None:
         dirs: list[Path] = []
         while self._heap and self._heap[0][0] <= now:
-            _, _, job_key, task_key, end_time = heapq.heappop(self._heap)
+            _, _, job_key, task_key, end_time, other = heapq.heappop(self._heap)
+            if other is not None:
+                path, still_current = other
+                if still_current():
+                    dirs.append(path)
+                continue
             job = self._account.jobs.get(job_key)
             task = job.tasks.get(task_key) if job is not None else None
             # Only the attempt that completed then: a task reactivated and run again keeps its new directory.
