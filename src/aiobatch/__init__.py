@@ -42,8 +42,11 @@ from ._errors import (
     SubmissionError,
     TaskFailedError,
 )
-from ._fanout import FileMap, FileResult, MapObserver, MapOptions, MapReport
+from ._fanout import FileMap
 from ._jobs import JobOptions, JobRef
+from ._mapoptions import MapOptions
+from ._mapresults import FileResult, MapReport
+from ._observer import MapObserver
 from ._pools import PoolRef, PoolStatus
 from ._redact import RedactingFilter, redact
 from ._retry import RetryPolicy

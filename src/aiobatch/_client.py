@@ -18,7 +18,7 @@ import anyio
 from azure.batch.aio import BatchClient
 from azure.storage.blob.aio import BlobServiceClient
 
-from . import _entities, _fanout, _jobs, _pools, _run, _sas, _storage, _submit, _watch
+from . import _entities, _fanout, _jobs, _mapoptions, _pools, _run, _sas, _storage, _submit, _template, _watch
 from ._config import BatchSettings, Settings, StorageSettings, default_credential
 from ._errors import AiobatchError, ConfigurationError
 from ._jobs import JobOptions, JobRef, OnAllTasksComplete
@@ -947,11 +947,11 @@ class Client:
         self,
         inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
         command: str,
-        outputs: _fanout.OutputName | Sequence[_fanout.OutputName],
+        outputs: _template.OutputName | Sequence[_template.OutputName],
         *,
         pool: PoolSpec | str,
         output_dir: str | os.PathLike[str],
-        **options: Unpack[_fanout.MapOptions],
+        **options: Unpack[_mapoptions.MapOptions],
     ) -> _fanout.FileMap:
         """Run a command once per local file on a pool, one task each, and yield one result per file as it ends.
 

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import IO, Any
 
-from ._fanout import FileResult, MapObserver, MapReport, StageKind, Status, _clip, _short, failure_reason
+from ._mapresults import FileResult, MapReport, Status, clip, failure_reason, short_node_id
+from ._observer import MapObserver, StageKind
 from ._pools import PoolStatus
 from ._storage import TransferProgress
 from ._watch import TaskEvent
@@ -200,7 +201,7 @@ def map_summary(report: MapReport, *, width: int = 40) -> Summary:
         detail = failure_reason(r) if r.status == "failed" else ", ".join(p.name for p in r.outputs)
         seconds = "-" if r.seconds is None else f"{r.seconds:.1f}"
         exit_code = "-" if r.exit_code is None else str(r.exit_code)
-        rows.append((_clip(r.name, width), r.status, exit_code, _short(r.node_id), seconds, _clip(detail, 100)))
+        rows.append((clip(r.name, width), r.status, exit_code, short_node_id(r.node_id), seconds, clip(detail, 100)))
         if r.status == "failed" and r.stderr_tail.strip():
             notes.append((f"{r.name}: stderr:", r.stderr_tail))
     return Summary(

@@ -28,7 +28,8 @@ from aiobatch import (
     TaskSpec,
 )
 from aiobatch._azurite import AzuriteServer
-from aiobatch._fanout import MapPlan, build_task_specs, plan_inputs, render_command
+from aiobatch._mapplan import MapPlan, build_task_specs, plan_inputs
+from aiobatch._template import render_command
 from aiobatch.emulator import Emulator
 
 from .test_client import make_client

@@ -47,7 +47,9 @@ import anyio.to_thread
 
 from .._client import Client
 from .._errors import ConfigurationError
-from .._fanout import FileResult, MapObserver, MapReport, StageKind, failure_line, node_name, output_present, tail_lines
+from .._mapplan import output_present
+from .._mapresults import FileResult, MapReport, failure_line, tail_lines
+from .._observer import MapObserver, StageKind
 from .._specs import IMAGES as _POOL_IMAGES
 from .._specs import (
     AppPackageRef,
@@ -58,6 +60,7 @@ from .._specs import (
     command_line,
     quote_arg,
 )
+from .._template import node_name
 
 __all__ = [
     "DEFAULT_INPUT_CONTAINER",

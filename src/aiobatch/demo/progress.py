@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 from typing import IO, Any
 
-from .._fanout import Status, _short
+from .._mapresults import Status, short_node_id
 from ..progress import (
     NotebookProgress,
     PlainProgress,
@@ -63,7 +63,7 @@ def summary_rows(report: ConversionReport) -> list[tuple[str, str, str, str, str
         if r.outcome == "failed" and r.error:
             result = f"FAILED ({r.error})"
         seconds = f"{r.seconds:.1f}" if r.seconds is not None else "-"
-        rows.append((r.video, result, format_size(r.gif_size), seconds, _short(r.node_id)))
+        rows.append((r.video, result, format_size(r.gif_size), seconds, short_node_id(r.node_id)))
     return rows
 
 
