@@ -10,9 +10,11 @@ Uploads. Each file's MD5 is computed in a worker thread, streamed (never the who
 already has the same size and ``Content-MD5`` is skipped: nothing is sent, so a re-run is cheap. Other files go
 up in one Put Blob (up to *single_put_size*, at most 1 MiB: aiohttp warns about larger in-memory bodies) or as
 blocks of *block_size* staged concurrently and committed with the file's MD5 as the blob's ``Content-MD5``.
-Every request body carries a transactional ``Content-MD5`` that the service checks: ``validate_content`` for
-single puts, and for blocks an MD5 computed in the worker thread that read the block (``validate_content``
-would hash on the event loop). At most *concurrency* requests are in flight and at most *concurrency* blocks
+A single Put Blob goes out as one signed request over the SDK's own connections (`aiobatch._blobput`: a SAS
+made once per call, not the SDK's pipeline per file) when the client has an account key or a SAS, and through
+the SDK otherwise. Every request body carries a transactional ``Content-MD5`` that the service checks: for a
+single put the file's MD5, and for blocks an MD5 computed in the worker thread that read the block
+(``validate_content`` would hash on the event loop). At most *concurrency* requests are in flight and at most *concurrency* blocks
 are in memory. A block list is committed only when every block is staged, so readers never see a partial blob.
 
 Downloads write to a temporary file beside the destination, hashing in a worker thread, and rename it only
@@ -46,6 +48,7 @@ from azure.storage.blob import (
 )
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient
 
+from ._blobput import BlobPutter
 from ._config import StorageSettings
 from ._errors import (
     AuthenticationError,
@@ -397,11 +400,21 @@ def stored_blob_name(name: str) -> str:
     return name.replace("\\", "/")
 
 
-def _check_blob_name(name: str) -> str:
+def _check_blob_name(name: str, path: Path | None = None) -> str:
+    of = f" (for {str(path)!r})" if path is not None else ""
     if not name or len(name) > 1024 or name.endswith((".", "/")) or any(ord(c) < 32 for c in name):
         raise ConfigurationError(
-            f"blob name {name!r} is invalid: use 1 to 1024 characters without control characters, not ending "
+            f"blob name {name!r}{of} is invalid: use 1 to 1024 characters without control characters, not ending "
             "in '.' or '/'. Pass blob_names= to choose other names.",
+            setting="blob_names",
+        )
+    if any(segment in (".", "..") for segment in name.split("/")):
+        # HTTP clients resolve such segments in the URL (after the SDK signed the path, so the service refuses
+        # the signature; with a SAS the blob would land under another name): refused here, before any request.
+        raise ConfigurationError(
+            f"blob name {name!r}{of} has a '.' or '..' path segment, which URLs resolve away (a/../b is b), so "
+            "no blob can be stored under it. Pass blob_names= with the name the blob should have, without "
+            "'./' or '../' segments (e.g. the path relative to a folder).",
             setting="blob_names",
         )
     return name
@@ -534,7 +547,7 @@ async def upload_files(
         raise ConfigurationError(f"blob_names has {len(names)} names for {len(files)} paths; give one per path.")
     seen: dict[str, Path] = {}
     for path, name in zip(files, names, strict=True):
-        _check_blob_name(name)
+        _check_blob_name(name, path)
         if name in seen:
             raise ConfigurationError(
                 f"{str(seen[name])!r} and {str(path)!r} would both become blob {name!r}; pass blob_names= to "
@@ -548,6 +561,8 @@ async def upload_files(
     limiter = anyio.CapacityLimiter(concurrency)
     outcome: dict[int, tuple[BlobFile, bool]] = {}
     stored = await _stored(service.get_container_client(container), names, policy) if len(files) >= _LISTING else None
+    # One signed Put Blob per small file (a SAS made once for the call); the SDK keeps blocks and listings.
+    putter = BlobPutter.open(service, container) if single_put_size else None
 
     async def one(index: int) -> None:
         path, name = files[index], names[index]
@@ -571,7 +586,9 @@ async def upload_files(
             counter.skipped()
             outcome[index] = (item, False)
             return
-        if data is not None:
+        if data is not None and putter is not None:
+            await _put_signed(putter, item, data, limiter, policy, counter)
+        elif data is not None:
             await _put_whole(blob, item, data, limiter, policy, counter)
         else:
             await _put_blocks(blob, item, block_size, limiter, policy, counter)
@@ -634,6 +651,27 @@ async def _holds(blob: BlobClient, item: BlobFile, limiter: anyio.CapacityLimite
         except NotFoundError:
             return False
     return bool(props.size == item.size and _stored_md5(props) == item.md5)
+
+
+async def _put_signed(
+    putter: BlobPutter,
+    item: BlobFile,
+    data: bytes,
+    limiter: anyio.CapacityLimiter,
+    policy: RetryPolicy | None,
+    counter: _Counter,
+) -> None:
+    content_type = mimetypes.guess_type(item.name)[0] or "application/octet-stream"
+    async with limiter:
+        await call(
+            lambda: putter.put(item.name, data, item.md5, content_type),
+            policy=policy,
+            resource="blob",
+            resource_id=item.name,
+            action="upload",
+            retry_on=_is_transit_corruption,
+        )
+    counter.add(item.size)
 
 
 async def _put_whole(
