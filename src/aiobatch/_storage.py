@@ -6,16 +6,18 @@ Everything here is a coroutine over one ``azure.storage.blob.aio.BlobServiceClie
 `blob_service_client`, which switches the SDK's own retries off (its first backoff is 15 s) so that the one
 policy in `aiobatch._retry` retries each request.
 
-Uploads. Each file's MD5 is computed in a worker thread, streamed (never the whole file in memory). A blob that
-already has the same size and ``Content-MD5`` is skipped: nothing is sent, so a re-run is cheap. Other files go
-up in one Put Blob (up to *single_put_size*, at most 1 MiB: aiohttp warns about larger in-memory bodies) or as
-blocks of *block_size* staged concurrently and committed with the file's MD5 as the blob's ``Content-MD5``.
-A single Put Blob goes out as one signed request over the SDK's own connections (`aiobatch._blobput`: a SAS
-made once per call, not the SDK's pipeline per file) when the client has an account key or a SAS, and through
-the SDK otherwise. Every request body carries a transactional ``Content-MD5`` that the service checks: for a
-single put the file's MD5, and for blocks an MD5 computed in the worker thread that read the block
-(``validate_content`` would hash on the event loop). At most *concurrency* requests are in flight and at most *concurrency* blocks
-are in memory. A block list is committed only when every block is staged, so readers never see a partial blob.
+Uploads. Files are hashed in worker threads, streamed (never the whole file in memory). A blob that already has
+the same size and ``Content-MD5`` is skipped: nothing is sent, so a re-run is cheap. Other files go up in one
+Put Blob (up to *single_put_size*, at most 1 MiB: aiohttp warns about larger in-memory bodies) or as blocks of
+*block_size* staged concurrently and committed with the file's MD5 as the blob's ``Content-MD5``. A single Put
+Blob goes out as one signed request over the SDK's own connections (`aiobatch._blobput`: a SAS made once per
+call, not the SDK's pipeline per file) when the client has an account key or a SAS, and through the SDK
+otherwise. A file sent in blocks is read and hashed once: each block, read in order, feeds the file's MD5 and its
+own, and is staged as soon as it is read (the file is hashed beforehand only when a blob of its size is there to
+compare with). Every request body carries a transactional ``Content-MD5`` that the service checks: for a single
+put the file's MD5, for a block the block's. At most *concurrency* requests are in flight and at most
+*concurrency* blocks are in memory. A block list is committed only when every block is staged, so readers never
+see a partial blob, and only if the file did not change while it was read.
 
 Downloads write to a temporary file beside the destination, hashing in a worker thread, and rename it only
 after the bytes' MD5 matches the blob's ``Content-MD5`` (when it has one): a mismatch is downloaded once more
@@ -347,32 +349,39 @@ def _md5_file(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def _hash_and_read_small(path: Path, limit: int) -> tuple[int, str, bytes | None]:
-    """Size and hex MD5 of a file, and its bytes when it fits in one request (*limit* bytes): read once, not twice."""
+def _read_small(path: Path, limit: int) -> tuple[int, str | None, bytes | None]:
+    """Size of a file, and its hex MD5 and bytes when it fits in one request (*limit* bytes).
+
+    A larger file is not hashed here: its upload hashes it block by block as it reads (`_read_hashed`), and the
+    skip check hashes it only when a blob of the same size is there to compare with.
+    """
     with path.open("rb") as f:
         data = f.read(limit + 1)
-        digest = hashlib.md5(data, usedforsecurity=False)
         if len(data) <= limit:
-            return len(data), digest.hexdigest(), data
-        size = len(data)
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest(), None
+            return len(data), hashlib.md5(data, usedforsecurity=False).hexdigest(), data
+        return os.fstat(f.fileno()).st_size, None, None
 
 
-def _read_range(path: Path, offset: int, length: int) -> bytes:
-    with path.open("rb") as f:
-        f.seek(offset)
-        data = f.read(length)
-    if len(data) != length:
-        raise StorageError(f"file {str(path)!r} changed while it was being uploaded; upload it again.")
-    return data
+def _stamp(f: IO[bytes]) -> tuple[int, int]:
+    st = os.fstat(f.fileno())
+    return st.st_size, st.st_mtime_ns
 
 
-def _read_block(path: Path, offset: int, length: int) -> tuple[bytes, bytes]:
-    """A block's bytes and their MD5 (sent as the request's Content-MD5, which the service checks)."""
-    data = _read_range(path, offset, length)
+def _read_hashed(f: IO[bytes], path: Path, offset: int, length: int, whole: Any) -> tuple[bytes, bytes]:
+    """A block's bytes and their MD5, fed to the file's MD5 too: each byte read once, in one pass.
+
+    Called for the blocks in order, so *whole* sees the file from its first byte to its last.
+    """
+    parts = []
+    got = 0
+    while got < length:
+        part = os.pread(f.fileno(), length - got, offset + got)
+        if not part:
+            raise StorageError(f"file {str(path)!r} changed while it was being uploaded; upload it again.")
+        parts.append(part)
+        got += len(part)
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    whole.update(data)
     return data, hashlib.md5(data, usedforsecurity=False).digest()
 
 
@@ -420,10 +429,11 @@ def _check_blob_name(name: str, path: Path | None = None) -> str:
     return name
 
 
-def _block_id(md5_hex: str, index: int) -> str:
-    # Same length for every block of a blob (the SDK base64-encodes it); the content hash keeps another
-    # writer's uncommitted blocks apart from ours.
-    return f"{md5_hex[:16]}-{index:08d}"
+def _block_id(token: str, index: int) -> str:
+    # Same length for every block of a blob (the SDK base64-encodes it); the upload's random token keeps another
+    # writer's uncommitted blocks apart from ours. The index comes first: its 9 characters are whole base64
+    # groups, so a block's number is readable in the request's URL whatever the token.
+    return f"{index:08d}-{token[:16]}"
 
 
 class _Counter:
@@ -567,31 +577,33 @@ async def upload_files(
     async def one(index: int) -> None:
         path, name = files[index], names[index]
         try:
-            size, md5, data = await anyio.to_thread.run_sync(_hash_and_read_small, path, single_put_size)
+            size, md5, data = await anyio.to_thread.run_sync(_read_small, path, single_put_size)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
             raise ConfigurationError(
                 f"cannot read input {str(path)!r} ({type(exc).__name__}): check that the file exists and is readable.",
                 setting="paths",
             ) from exc
-        item = BlobFile(name=name, path=path, size=size, md5=md5)
         blob = service.get_blob_client(container, name)
         counter = _Counter(name, size, progress)
-        if stored is not None:
-            held = stored.get(name)
-            holds = held is not None and held.size == size and _stored_md5(held) == md5
+        held = stored.get(name) if stored is not None else await _properties(blob, name, limiter, policy)
+        if held is not None and held.size == size and _stored_md5(held) is not None:
+            if md5 is None:  # a large file: hashed for the comparison, since a blob of its size is there
+                md5 = (await anyio.to_thread.run_sync(_md5_file, path))[1]
+            if _stored_md5(held) == md5:
+                logger.debug("skipped %r: blob already holds the same %d bytes", name, size)
+                counter.skipped()
+                outcome[index] = (BlobFile(name=name, path=path, size=size, md5=md5), False)
+                return
+        if data is not None:
+            assert md5 is not None
+            item = BlobFile(name=name, path=path, size=size, md5=md5)
+            if putter is not None:
+                await _put_signed(putter, item, data, limiter, policy, counter)
+            else:
+                await _put_whole(blob, item, data, limiter, policy, counter)
         else:
-            holds = await _holds(blob, item, limiter, policy)
-        if holds:
-            logger.debug("skipped %r: blob already holds the same %d bytes", name, size)
-            counter.skipped()
-            outcome[index] = (item, False)
-            return
-        if data is not None and putter is not None:
-            await _put_signed(putter, item, data, limiter, policy, counter)
-        elif data is not None:
-            await _put_whole(blob, item, data, limiter, policy, counter)
-        else:
-            await _put_blocks(blob, item, block_size, limiter, policy, counter)
+            md5 = await _put_blocks(blob, name, path, size, block_size, limiter, policy, counter)
+            item = BlobFile(name=name, path=path, size=size, md5=md5)
         logger.debug("uploaded %r (%d bytes)", name, size)
         outcome[index] = (item, True)
 
@@ -641,16 +653,18 @@ async def _stored(
     return stored
 
 
-async def _holds(blob: BlobClient, item: BlobFile, limiter: anyio.CapacityLimiter, policy: RetryPolicy | None) -> bool:
-    """Whether the blob already exists with the file's size and MD5."""
+async def _properties(
+    blob: BlobClient, name: str, limiter: anyio.CapacityLimiter, policy: RetryPolicy | None
+) -> BlobProperties | None:
+    """The blob's properties, or None when it does not exist."""
     async with limiter:
         try:
-            props = await call(
-                blob.get_blob_properties, policy=policy, resource="blob", resource_id=item.name, action="check"
+            props: BlobProperties = await call(
+                blob.get_blob_properties, policy=policy, resource="blob", resource_id=name, action="check"
             )
         except NotFoundError:
-            return False
-    return bool(props.size == item.size and _stored_md5(props) == item.md5)
+            return None
+    return props
 
 
 async def _put_signed(
@@ -704,45 +718,75 @@ async def _put_whole(
 
 async def _put_blocks(
     blob: BlobClient,
-    item: BlobFile,
+    name: str,
+    path: Path,
+    size: int,
     block_size: int,
     limiter: anyio.CapacityLimiter,
     policy: RetryPolicy | None,
     counter: _Counter,
-) -> None:
-    count = -(-item.size // block_size)
-    ids = [_block_id(item.md5, i) for i in range(count)]
+) -> str:
+    """Stage the file in blocks and commit them; return the file's hex MD5.
 
-    async def stage(index: int) -> None:
-        offset = index * block_size
-        length = min(block_size, item.size - offset)
-        async with limiter:
-            data, md5 = await anyio.to_thread.run_sync(_read_block, item.path, offset, length)
+    One pass over the file: blocks are read in order in a worker thread, each feeding the file's MD5 and its own
+    (the request's Content-MD5, which the service checks), and are staged concurrently as they are read. The
+    commit carries the file's MD5 as the blob's ``Content-MD5``: the MD5 of exactly the bytes sent. A file that
+    changed meanwhile (size or modification time) is not committed.
+    """
+    count = -(-size // block_size)
+    token = uuid.uuid4().hex
+    ids = [_block_id(token, i) for i in range(count)]
+    whole = hashlib.md5(usedforsecurity=False)
+
+    async def stage(index: int, data: bytes, md5: bytes, slot: object) -> None:
+        try:
             await call(
                 # A fresh stream per attempt; aiohttp sends a stream without stalling the loop, and the MD5
                 # computed in the thread stands in for validate_content (which would hash on the loop).
-                lambda: blob.stage_block(ids[index], io.BytesIO(data), length=length, transactional_content_md5=md5),
+                lambda: blob.stage_block(ids[index], io.BytesIO(data), length=len(data), transactional_content_md5=md5),
                 policy=policy,
                 resource="blob",
-                resource_id=item.name,
+                resource_id=name,
                 action="upload a block of",
                 retry_on=_is_transit_corruption,
             )
-        counter.add(length)
+        finally:
+            limiter.release_on_behalf_of(slot)
+        counter.add(len(data))
 
-    async with _unwrapped_task_group() as tg:
-        for i in range(count):
-            tg.start_soon(stage, i)
+    f = await anyio.to_thread.run_sync(path.open, "rb")
+    try:
+        before = await anyio.to_thread.run_sync(_stamp, f)
+        async with _unwrapped_task_group() as tg:
+            for i in range(count):
+                # A slot per block, held from its read to its answer: at most *concurrency* requests in flight
+                # and blocks in memory, as for whole files.
+                slot = object()
+                await limiter.acquire_on_behalf_of(slot)
+                try:
+                    offset = i * block_size
+                    length = min(block_size, size - offset)
+                    data, md5 = await anyio.to_thread.run_sync(_read_hashed, f, path, offset, length, whole)
+                except BaseException:
+                    limiter.release_on_behalf_of(slot)
+                    raise
+                tg.start_soon(stage, i, data, md5, slot)
+        if await anyio.to_thread.run_sync(_stamp, f) != before or before[0] != size:
+            raise StorageError(f"file {str(path)!r} changed while it was being uploaded; upload it again.")
+    finally:
+        f.close()
+    md5_hex = whole.hexdigest()
     async with limiter:
         await call(
             lambda: blob.commit_block_list(
-                [BlobBlock(block_id=i) for i in ids], content_settings=_content_settings(item.name, item.md5)
+                [BlobBlock(block_id=i) for i in ids], content_settings=_content_settings(name, md5_hex)
             ),
             policy=policy,
             resource="blob",
-            resource_id=item.name,
+            resource_id=name,
             action="commit",
         )
+    return md5_hex
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -281,6 +281,56 @@ async def test_a_wrong_key_on_a_small_put_is_an_authentication_error(
 
 
 @pytest.mark.anyio
+async def test_a_block_file_is_hashed_in_the_pass_that_sends_it(
+    service: BlobServiceClient, container: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aiobatch._storage as storage
+
+    whole_file_hashes: list[Path] = []
+    real = storage._md5_file
+
+    def counting(path: Path) -> tuple[int, str]:
+        whole_file_hashes.append(path)
+        return real(path)
+
+    monkeypatch.setattr(storage, "_md5_file", counting)
+    big, other = write_files(tmp_path, {"big.bin": 5 * BLOCK + 7, "other.bin": 2 * BLOCK})
+    first = await upload(service, container, [big, other])
+    assert whole_file_hashes == [], "no blob of their size was there: no pass before the upload's own"
+    for item in first.uploaded:
+        props = await service.get_blob_client(container, item.name).get_blob_properties()
+        assert (
+            bytes(props.content_settings.content_md5).hex()
+            == item.md5
+            == hashlib.md5(item.path.read_bytes()).hexdigest()
+        )
+
+    # A blob of the same size is there: the file is hashed to compare, and sent again only if its bytes differ.
+    big.write_bytes(bytes(reversed(big.read_bytes())))
+    again = await upload(service, container, [big, other])
+    assert sorted(whole_file_hashes) == sorted([big, other])
+    assert [f.name for f in again.uploaded] == ["big.bin"] and [f.name for f in again.skipped] == ["other.bin"]
+    data = await (await service.get_blob_client(container, "big.bin").download_blob()).readall()
+    assert data == big.read_bytes() and again.uploaded[0].md5 == hashlib.md5(data).hexdigest()
+
+
+@pytest.mark.anyio
+async def test_a_file_that_changes_while_sent_in_blocks_is_not_committed(
+    service: BlobServiceClient, container: str, tmp_path: Path
+) -> None:
+    (path,) = write_files(tmp_path, {"growing.bin": 6 * BLOCK})
+
+    def change_after_first_block(event: TransferProgress) -> None:
+        if event.done == BLOCK:
+            with path.open("ab") as f:
+                f.write(b"more")
+
+    with pytest.raises(StorageError, match="changed while it was being uploaded"):
+        await upload(service, container, [path], concurrency=1, progress=change_after_first_block)
+    assert not await service.get_blob_client(container, "growing.bin").exists()
+
+
+@pytest.mark.anyio
 async def test_interrupted_multi_block_upload_leaves_no_blob(
     service: BlobServiceClient, container: str, tmp_path: Path
 ) -> None:
