@@ -37,6 +37,7 @@ import json
 import logging
 import secrets
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,15 @@ from typing import Any
 import anyio
 from azure.batch import models
 from azure.batch.aio import BatchClient
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ResourceNotModifiedError,
+    map_error,
+)
+from azure.core.rest import HttpRequest
 
 from ._errors import (
     AiobatchError,
@@ -73,6 +83,7 @@ MAX_TASKS_PER_REQUEST = 100
 #: The body size a chunk is kept under (the service's limit is about 1 MB; the estimate leaves a margin).
 MAX_BODY_BYTES = 900_000
 _ENVELOPE_BYTES = 16  # {"value":[...]} around the tasks
+_API_VERSION = "2025-06-01"  # the SDK's, for a client that does not say (its own config does)
 _COMPACT = json.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps with separators builds one per call
 #: The environment variable every submitted task carries: the run id of the ledger that sent it. Tasks have no
 #: metadata; this is how a ``TaskExists`` after a lost answer tells this run's task from someone else's.
@@ -293,21 +304,58 @@ def _timedelta(seconds: float | None) -> dt.timedelta | None:
     return None if seconds is None else dt.timedelta(seconds=seconds)
 
 
-def _group(items: Iterable[_Item]) -> models.BatchTaskGroup:
-    """A task group holding the tasks' JSON as it is, with no model per task (a model is a MutableMapping)."""
-    group = models.BatchTaskGroup(task_values=[])
-    group["value"] = [item.body for item in items]  # prepared by _chunks
-    return group
+def _encode(items: Iterable[_Item]) -> bytes:
+    """An ``addtaskcollection`` body: the tasks' JSON (prepared by `_chunks`), compact, ASCII."""
+    return b'{"value":' + _COMPACT.encode([item.body for item in items]).encode() + b"}"
+
+
+#: How the SDK's operation maps an error status to azure-core's exceptions (its ``error_map``), kept alike so that
+#: `aiobatch._errors.translate` sees the same exceptions whichever way a chunk went.
+_ERROR_MAP: dict[int, type[HttpResponseError]] = {
+    401: ClientAuthenticationError,
+    404: ResourceNotFoundError,
+    409: ResourceExistsError,
+    304: ResourceNotModifiedError,
+}
+
+
+async def _post_collection(batch: BatchClient, job_id: str, body: bytes) -> bytes:
+    """POST one ``addtaskcollection`` body, as encoded, through the client's pipeline; return the answer's bytes.
+
+    What ``BatchClient.create_task_collection`` does, minus its serialisation: the chunk was encoded once, to
+    measure it, and is sent as those bytes. The pipeline still signs the request (Shared Key or Entra ID);
+    azure-core's retries stay off (``retry_total=0``) so the one policy in `aiobatch._retry` wraps it. An error
+    status raises the exceptions the SDK's operation raises.
+    """
+    config = getattr(batch, "_config", None)
+    request = HttpRequest(
+        "POST",
+        f"/jobs/{urllib.parse.quote(job_id, safe='')}/addtaskcollection",
+        params={"api-version": getattr(config, "api_version", None) or _API_VERSION},
+        headers={"Content-Type": "application/json; odata=minimalmetadata", "Accept": "application/json"},
+        content=body,
+    )
+    response = await batch.send_request(request, retry_total=0)
+    if response.status_code != 200:
+        map_error(status_code=response.status_code, response=response, error_map=_ERROR_MAP)
+        try:
+            error: models.BatchError | None = models.BatchError(response.json())
+        except (ValueError, TypeError):
+            error = None
+        raise HttpResponseError(response=response, model=error)
+    return response.content
 
 
 async def _results(answer: Any) -> list[Mapping[str, Any]]:
     """The per-task results of an ``addtaskcollection`` answer, as JSON mappings.
 
-    The answer is the body's bytes (``stream=True``), or a ``BatchCreateTaskCollectionResult``, itself a Mapping
-    of the same JSON.
+    The answer is the body's bytes (`_post_collection`), their stream, or a ``BatchCreateTaskCollectionResult``,
+    itself a Mapping of the same JSON.
     """
     if isinstance(answer, Mapping):
         values = answer.get("value")
+    elif isinstance(answer, bytes):
+        values = json.loads(answer).get("value") if answer else None
     else:
         body = b"".join([chunk async for chunk in answer])
         values = json.loads(body).get("value") if body else None
@@ -344,16 +392,16 @@ def _items(tasks: Iterable[TaskSpec], run_id: str) -> list[_Item]:
     return items
 
 
-def _chunks(items: Sequence[_Item], max_tasks: int, max_bytes: int) -> Iterator[list[_Item]]:
+def _chunks(items: Sequence[_Item], max_tasks: int, max_bytes: int) -> Iterator[tuple[list[_Item], bytes]]:
     # Tasks are turned into JSON here, a chunk at a time, as the workers take chunks: the first request goes
     # out while later tasks are still being prepared. A full chunk is measured with one encoding of all its
     # tasks (an encoding per task cost more than building the JSON); only a chunk over the limit is measured
-    # task by task, to find where to cut it.
+    # task by task, to find where to cut it. The encoding measured is the body sent: each chunk is encoded once.
     position = 0
     while position < len(items):
         candidate = items[position : position + max_tasks]
-        size = _ENVELOPE_BYTES + len(_COMPACT.encode([item.prepare() for item in candidate])) + 1
-        if size > max_bytes:
+        encoded = _COMPACT.encode([item.prepare() for item in candidate])
+        if _ENVELOPE_BYTES + len(encoded) + 1 > max_bytes:
             size, cut = _ENVELOPE_BYTES, 0
             for item in candidate:
                 if cut and size + item.measure() > max_bytes:
@@ -361,8 +409,9 @@ def _chunks(items: Sequence[_Item], max_tasks: int, max_bytes: int) -> Iterator[
                 size += item.measure()
                 cut += 1
             candidate = candidate[:cut]
+            encoded = _COMPACT.encode([item.body for item in candidate])
         position += len(candidate)
-        yield list(candidate)
+        yield list(candidate), b'{"value":' + encoded.encode() + b"}"
 
 
 async def submit_tasks(
@@ -415,9 +464,11 @@ async def submit_tasks(
     abort: list[BaseException] = []
 
     async def worker(cancel: anyio.CancelScope) -> None:
-        for chunk in chunks:  # shared iterator: each chunk is taken by exactly one worker
+        for chunk, body in chunks:  # shared iterator: each chunk is taken by exactly one worker
             try:
-                await _submit_chunk(batch, job_id, chunk, sent, outcome, policy, ledger.run_id, ledger.resumed)
+                await _submit_chunk(
+                    batch, job_id, chunk, sent, outcome, policy, ledger.run_id, ledger.resumed, body=body
+                )
             except AiobatchError as exc:
                 abort.append(exc)
                 cancel.cancel()
@@ -569,15 +620,22 @@ async def _submit_chunk(
     policy: RetryPolicy | None,
     run_id: str = "",
     resumed: bool = False,
+    *,
+    body: bytes | None = None,
 ) -> None:
-    """Submit one chunk until every task in it is added, existing or failed for good."""
+    """Submit one chunk until every task in it is added, existing or failed for good.
+
+    *body* is the chunk's encoding, made when it was measured: sent as is while every task in the chunk is
+    still pending (a retry of only some tasks encodes those).
+    """
     pending: dict[str, _Item] = {item.key: item for item in chunk}
     # TaskExists for tasks an earlier attempt sent: this run's or someone else's, told apart once the chunk is in.
     ambiguous: dict[str, tuple[_Item, models.BatchError | None]] = {}
-    # The SDK's own client takes the tasks' JSON as it is and hands the answer's bytes back (stream=True): a tenth
-    # of the CPU time of a model per task each way. Another object offering create_task_collection (a wrapper)
-    # gets the documented call with models, and its model answer is read through the same Mapping interface.
+    # The SDK's own client gets the chunk's bytes, encoded once (`_post_collection`), and hands the answer's bytes
+    # back: no model per task either way, and no second encoding. Another object offering create_task_collection
+    # (a wrapper) gets the documented call with models, and its model answer is read through the same Mapping.
     raw = isinstance(batch, BatchClient)
+    whole = len(chunk)
     newly_sent: set[str] = set()
 
     async def attempt() -> None:
@@ -588,7 +646,8 @@ async def _submit_chunk(
         outcome.requests += 1
         # retry_total=0: azure-core must not retry under us (see the module docstring).
         if raw:
-            answer = await batch.create_task_collection(job_id, _group(pending.values()), retry_total=0, stream=True)
+            encoded = body if body is not None and len(pending) == whole else _encode(pending.values())
+            answer: Any = await _post_collection(batch, job_id, encoded)
         else:
             values = [models.BatchTaskCreateOptions(i.body or {}) for i in pending.values()]
             answer = await batch.create_task_collection(
