@@ -65,7 +65,7 @@ from ._errors import (
 )
 from ._redact import redact
 from ._retry import RetryPolicy, call
-from ._specs import TaskSpec, check_id
+from ._specs import ResourceFileSpec, TaskSpec, check_id
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -183,30 +183,32 @@ class SubmitResult:
         return self
 
 
-@dataclass
 class _Item:
-    key: str  # lower-cased id: Batch ids are unique case-insensitively
-    id: str
-    spec: TaskSpec
-    body: dict[str, Any] | None = None  # the task's JSON, made when its chunk is formed
-    size: int = 0
-    run_id: str = ""
+    """One task of a submission: its ids, its spec and, once made, its JSON text (compact, ASCII)."""
 
-    def prepare(self) -> dict[str, Any]:
-        """Make the task's JSON (once) and return it."""
-        if self.body is None:
-            self.body = _task_body(self.spec)
-            if self.run_id:
-                env = self.body.setdefault("environmentSettings", [])
-                if RUN_ID_VARIABLE not in self.spec.environment:
-                    env.append({"name": RUN_ID_VARIABLE, "value": self.run_id})
-        return self.body
+    __slots__ = ("id", "json", "key", "run_id", "spec")
+
+    def __init__(self, key: str, id: str, spec: TaskSpec, run_id: str = "") -> None:
+        self.key = key  # lower-cased id: Batch ids are unique case-insensitively
+        self.id = id
+        self.spec = spec
+        self.run_id = run_id
+        self.json: str | None = None  # made when its chunk is formed
+
+    def prepare(self) -> str:
+        """Make the task's JSON text (once) and return it."""
+        if self.json is None:
+            self.json = _task_json(self.spec, self.run_id)
+        return self.json
 
     def measure(self) -> int:
         """The task's size in bytes as it counts towards the body limit (its JSON and a comma)."""
-        if not self.size:
-            self.size = len(_COMPACT.encode(self.prepare())) + 1  # ASCII (ensure_ascii): characters are bytes
-        return self.size
+        return len(self.prepare()) + 1  # ASCII (ensure_ascii): characters are bytes
+
+    def body(self) -> dict[str, Any]:
+        """The task's JSON as a mapping (for a client that takes models)."""
+        parsed: dict[str, Any] = json.loads(self.prepare())
+        return parsed
 
 
 @dataclass
@@ -243,8 +245,63 @@ def _reason(error: models.BatchError | None, fallback: str) -> str:
     return redact(f"{reason} ({details})" if details else reason)
 
 
-def _task_body(spec: TaskSpec) -> dict[str, Any]:
+_string = json.encoder.encode_basestring_ascii  # what the compact encoder writes for a str (C, ASCII-escaped)
+
+
+def _task_json(spec: TaskSpec, run_id: str = "") -> str:
+    """A task's JSON text: `_task_body`'s, compact and ASCII, written directly for the fields most tasks use.
+
+    A task with only an id, a command line, resource files from URLs and an environment (the usual task) is
+    written as text, with no dict per task and no encoder pass over one; any other field sends it through
+    `_task_body` and the encoder. ``tests/client/test_submit_body.py`` holds the two equal.
+    """
+    if (
+        spec.output_files
+        or spec.application_packages
+        or spec.display_name is not None
+        or spec.required_slots is not None
+        or spec.elevated
+        or spec.max_wall_clock_time is not None
+        or spec.max_task_retry_count is not None
+        or spec.retention_time is not None
+    ):
+        return _COMPACT.encode(_task_body(spec, run_id))
+    text = '{"id":' + _string(spec.id) + ',"commandLine":' + _string(spec.command_line)
+    if spec.resource_files:
+        files = []
+        for r in spec.resource_files:
+            if r.http_url is not None and r.storage_container_url is None and r.blob_prefix is None:
+                one = '{"filePath":' + _string(r.file_path) + ',"httpUrl":' + _string(r.http_url)
+                files.append(one + ("}" if r.file_mode is None else ',"fileMode":' + _string(r.file_mode) + "}"))
+            else:
+                files.append(_COMPACT.encode(_resource_file_body(r)))
+        text += ',"resourceFiles":[' + ",".join(files) + "]"
+    environment = spec.environment
+    if environment or run_id:
+        pairs = ['{"name":' + _string(k) + ',"value":' + _string(v) + "}" for k, v in environment.items()]
+        if run_id and RUN_ID_VARIABLE not in environment:
+            pairs.append('{"name":"' + RUN_ID_VARIABLE + '","value":' + _string(run_id) + "}")
+        text += ',"environmentSettings":[' + ",".join(pairs) + "]"
+    return text + "}"
+
+
+def _resource_file_body(r: ResourceFileSpec) -> dict[str, Any]:
+    body: dict[str, Any] = {"filePath": r.file_path}
+    if r.http_url is not None:
+        body["httpUrl"] = r.http_url
+    if r.storage_container_url is not None:
+        body["storageContainerUrl"] = r.storage_container_url
+    if r.blob_prefix is not None:
+        body["blobPrefix"] = r.blob_prefix
+    if r.file_mode is not None:
+        body["fileMode"] = r.file_mode
+    return body
+
+
+def _task_body(spec: TaskSpec, run_id: str = "") -> dict[str, Any]:
     """A task's JSON for ``addtaskcollection``: what ``to_task_model(spec).as_dict()`` gives, built directly.
+
+    With *run_id*, the environment also carries it as `RUN_ID_VARIABLE` (unless the spec sets it already).
 
     Building the SDK's models costs about 50 us a task (model construction, then ``as_dict``), which at 10,000
     tasks is most of a submission's CPU time; this costs a tenth of that. ``tests/client/test_submit_body.py``
@@ -255,20 +312,7 @@ def _task_body(spec: TaskSpec) -> dict[str, Any]:
     if spec.display_name is not None:
         body["displayName"] = spec.display_name
     if spec.resource_files:
-        body["resourceFiles"] = [
-            {
-                k: v
-                for k, v in (
-                    ("httpUrl", r.http_url),
-                    ("storageContainerUrl", r.storage_container_url),
-                    ("blobPrefix", r.blob_prefix),
-                    ("filePath", r.file_path),
-                    ("fileMode", r.file_mode),
-                )
-                if v is not None
-            }
-            for r in spec.resource_files
-        ]
+        body["resourceFiles"] = [_resource_file_body(r) for r in spec.resource_files]
     if spec.output_files:
         body["outputFiles"] = [
             {
@@ -280,8 +324,11 @@ def _task_body(spec: TaskSpec) -> dict[str, Any]:
             }
             for o in spec.output_files
         ]
-    if spec.environment:
-        body["environmentSettings"] = [{"name": k, "value": v} for k, v in spec.environment.items()]
+    if spec.environment or run_id:
+        env = [{"name": k, "value": v} for k, v in spec.environment.items()]
+        if run_id and RUN_ID_VARIABLE not in spec.environment:
+            env.append({"name": RUN_ID_VARIABLE, "value": run_id})
+        body["environmentSettings"] = env
     if spec.application_packages:
         body["applicationPackageReferences"] = [
             {"applicationId": p.application_id, **({"version": p.version} if p.version is not None else {})}
@@ -305,8 +352,8 @@ def _timedelta(seconds: float | None) -> dt.timedelta | None:
 
 
 def _encode(items: Iterable[_Item]) -> bytes:
-    """An ``addtaskcollection`` body: the tasks' JSON (prepared by `_chunks`), compact, ASCII."""
-    return b'{"value":' + _COMPACT.encode([item.body for item in items]).encode() + b"}"
+    """An ``addtaskcollection`` body: the tasks' JSON texts (prepared by `_chunks`), compact, ASCII."""
+    return ('{"value":[' + ",".join([item.prepare() for item in items]) + "]}").encode()
 
 
 #: How the SDK's operation maps an error status to azure-core's exceptions (its ``error_map``), kept alike so that
@@ -393,15 +440,15 @@ def _items(tasks: Iterable[TaskSpec], run_id: str) -> list[_Item]:
 
 
 def _chunks(items: Sequence[_Item], max_tasks: int, max_bytes: int) -> Iterator[tuple[list[_Item], bytes]]:
-    # Tasks are turned into JSON here, a chunk at a time, as the workers take chunks: the first request goes
-    # out while later tasks are still being prepared. A full chunk is measured with one encoding of all its
-    # tasks (an encoding per task cost more than building the JSON); only a chunk over the limit is measured
-    # task by task, to find where to cut it. The encoding measured is the body sent: each chunk is encoded once.
+    # Tasks are turned into JSON text here, a chunk at a time, as the workers take chunks: the first request
+    # goes out while later tasks are still being prepared. A chunk is measured from its tasks' texts, cut where
+    # it would pass the limit, and its body joined from the same texts: each task is encoded once.
     position = 0
     while position < len(items):
         candidate = items[position : position + max_tasks]
-        encoded = _COMPACT.encode([item.prepare() for item in candidate])
-        if _ENVELOPE_BYTES + len(encoded) + 1 > max_bytes:
+        texts = [item.prepare() for item in candidate]
+        # As measured before bodies were joined from texts: the envelope, the list's brackets and commas.
+        if _ENVELOPE_BYTES + sum(map(len, texts)) + len(texts) + 2 > max_bytes:
             size, cut = _ENVELOPE_BYTES, 0
             for item in candidate:
                 if cut and size + item.measure() > max_bytes:
@@ -409,9 +456,9 @@ def _chunks(items: Sequence[_Item], max_tasks: int, max_bytes: int) -> Iterator[
                 size += item.measure()
                 cut += 1
             candidate = candidate[:cut]
-            encoded = _COMPACT.encode([item.body for item in candidate])
+            texts = texts[:cut]
         position += len(candidate)
-        yield list(candidate), b'{"value":' + encoded.encode() + b"}"
+        yield list(candidate), ('{"value":[' + ",".join(texts) + "]}").encode()
 
 
 async def submit_tasks(
@@ -649,7 +696,7 @@ async def _submit_chunk(
             encoded = body if body is not None and len(pending) == whole else _encode(pending.values())
             answer: Any = await _post_collection(batch, job_id, encoded)
         else:
-            values = [models.BatchTaskCreateOptions(i.body or {}) for i in pending.values()]
+            values = [models.BatchTaskCreateOptions(i.body()) for i in pending.values()]
             answer = await batch.create_task_collection(
                 job_id, models.BatchTaskGroup(task_values=values), retry_total=0
             )
