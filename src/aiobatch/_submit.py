@@ -230,6 +230,8 @@ class _ServerErrors(AiobatchError):
 
 
 def _text(value: object) -> str:
+    if type(value) is str:  # as JSON gives it: the common case, once per task
+        return value.lower()
     return str(getattr(value, "value", value) or "").lower()
 
 
@@ -406,11 +408,11 @@ async def _results(answer: Any) -> list[Mapping[str, Any]]:
     else:
         body = b"".join([chunk async for chunk in answer])
         values = json.loads(body).get("value") if body else None
-    return [v for v in values or [] if isinstance(v, Mapping)]
+    return [v for v in values or [] if type(v) is dict or isinstance(v, Mapping)]
 
 
 def _error(value: object) -> models.BatchError | None:
-    if isinstance(value, models.BatchError) or value is None:
+    if value is None or isinstance(value, models.BatchError):
         return value
     return models.BatchError(value) if isinstance(value, Mapping) else None
 
@@ -525,7 +527,11 @@ async def submit_tasks(
         for _ in range(min(concurrency, len(items) or 1)):
             tg.start_soon(worker, tg.cancel_scope)
 
-    def ordered(keys: set[str]) -> tuple[str, ...]:
+    def ordered(keys: set[str] | dict[str, str]) -> tuple[str, ...]:
+        if not keys:
+            return ()
+        if len(keys) == len(items):  # every task (the usual outcome for *added*): no lookups
+            return tuple(i.id for i in items)
         return tuple(i.id for i in items if i.key in keys)
 
     elapsed = time.monotonic() - started
@@ -574,7 +580,7 @@ async def submit_tasks(
         job_id=job_id,
         added=ordered(outcome.added),
         existing=ordered(outcome.existing),
-        failed={i.id: outcome.failed[i.key] for i in items if i.key in outcome.failed},
+        failed={i.id: outcome.failed[i.key] for i in items if i.key in outcome.failed} if outcome.failed else {},
         conflicts=ordered(outcome.conflicts),
         requests=outcome.requests,
         elapsed=elapsed,
@@ -703,15 +709,17 @@ async def _submit_chunk(
         server: dict[str, str] = {}
         answered: set[str] = set()
         for result in await _results(answer):
-            key = str(result.get("taskId") or "").lower()
+            key = _text(result.get("taskId"))
             if key not in pending or key in answered:
                 continue
             answered.add(key)
             status = _text(result.get("status"))
-            error = _error(result.get("error"))
             if status == "success":
                 outcome.added.add(key)
-            elif status == "clienterror":
+                del pending[key]
+                continue
+            error = _error(result.get("error"))
+            if status == "clienterror":
                 code = str(error.code or "") if error is not None else ""
                 if code.lower() == "taskexists" and (key in prior or resumed):
                     ambiguous[key] = (pending[key], error)
