@@ -38,6 +38,7 @@ import logging
 import secrets
 import time
 import urllib.parse
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,7 @@ from azure.core.exceptions import (
     ResourceNotModifiedError,
     map_error,
 )
+from azure.core.pipeline import AsyncPipeline
 from azure.core.rest import HttpRequest
 
 from ._errors import (
@@ -368,23 +370,60 @@ _ERROR_MAP: dict[int, type[HttpResponseError]] = {
 }
 
 
+#: Per Batch client: the lean pipeline its chunks go through (see `_lean_pipeline`); it goes when the client does.
+_lean: weakref.WeakKeyDictionary[BatchClient, tuple[AsyncPipeline[Any, Any], str, str]] = weakref.WeakKeyDictionary()
+
+
+def _lean_pipeline(batch: BatchClient) -> tuple[AsyncPipeline[Any, Any], str, str] | None:
+    """The client's own transport and signing, without the rest of its pipeline; its endpoint and API version.
+
+    A chunk needs its headers, its user agent, the client's proxies and its signature (Shared Key or Entra ID):
+    those policies, as the client configured them, over the client's transport (its connections, TLS settings
+    and timeouts). It does not need azure-core's retry and redirect loops (switched off: `aiobatch._retry`
+    retries), its network trace, its tracing spans or its deserialisation of the answer (read here, once): about
+    three quarters of a request's CPU time on the client, a sixth of a task's. ``None`` when the client is not
+    built as azure-batch 15 builds it (then the full pipeline is used).
+    """
+    found = _lean.get(batch)
+    if found is not None:
+        return found
+    config = getattr(batch, "_config", None)
+    transport = getattr(getattr(getattr(batch, "_client", None), "_pipeline", None), "_transport", None)
+    endpoint = getattr(config, "endpoint", None)
+    auth = getattr(config, "authentication_policy", None)
+    if config is None or transport is None or not endpoint or auth is None:
+        return None
+    policies = [getattr(config, name, None) for name in ("headers_policy", "user_agent_policy", "proxy_policy")] + [
+        auth
+    ]
+    pipeline: AsyncPipeline[Any, Any] = AsyncPipeline(transport, policies=[p for p in policies if p is not None])
+    version = getattr(config, "api_version", None) or _API_VERSION
+    _lean[batch] = found = (pipeline, str(endpoint).rstrip("/"), str(version))
+    return found
+
+
 async def _post_collection(batch: BatchClient, job_id: str, body: bytes) -> bytes:
-    """POST one ``addtaskcollection`` body, as encoded, through the client's pipeline; return the answer's bytes.
+    """POST one ``addtaskcollection`` body, as encoded, signed by the client; return the answer's bytes.
 
     What ``BatchClient.create_task_collection`` does, minus its serialisation: the chunk was encoded once, to
-    measure it, and is sent as those bytes. The pipeline still signs the request (Shared Key or Entra ID);
-    azure-core's retries stay off (``retry_total=0``) so the one policy in `aiobatch._retry` wraps it. An error
-    status raises the exceptions the SDK's operation raises.
+    measure it, and is sent as those bytes, over `_lean_pipeline` (or the client's full pipeline, with azure-core's
+    retries off, where that cannot be built), so the one policy in `aiobatch._retry` wraps it. An error status
+    raises the exceptions the SDK's operation raises.
     """
-    config = getattr(batch, "_config", None)
-    request = HttpRequest(
-        "POST",
-        f"/jobs/{urllib.parse.quote(job_id, safe='')}/addtaskcollection",
-        params={"api-version": getattr(config, "api_version", None) or _API_VERSION},
-        headers={"Content-Type": "application/json; odata=minimalmetadata", "Accept": "application/json"},
-        content=body,
-    )
-    response = await batch.send_request(request, retry_total=0)
+    path = f"/jobs/{urllib.parse.quote(job_id, safe='')}/addtaskcollection"
+    headers = {"Content-Type": "application/json; odata=minimalmetadata", "Accept": "application/json"}
+    lean = _lean_pipeline(batch)
+    if lean is not None:
+        pipeline, endpoint, version = lean
+        request = HttpRequest(
+            "POST", f"{endpoint}{path}", params={"api-version": version}, headers=headers, content=body
+        )
+        response = (await pipeline.run(request)).http_response
+    else:
+        config = getattr(batch, "_config", None)
+        version = getattr(config, "api_version", None) or _API_VERSION
+        request = HttpRequest("POST", path, params={"api-version": version}, headers=headers, content=body)
+        response = await batch.send_request(request, retry_total=0)
     if response.status_code != 200:
         map_error(status_code=response.status_code, response=response, error_map=_ERROR_MAP)
         try:
@@ -392,7 +431,8 @@ async def _post_collection(batch: BatchClient, job_id: str, body: bytes) -> byte
         except (ValueError, TypeError):
             error = None
         raise HttpResponseError(response=response, model=error)
-    return response.content
+    content: bytes = response.content
+    return content
 
 
 async def _results(answer: Any) -> list[Mapping[str, Any]]:

@@ -358,6 +358,26 @@ async def test_each_chunk_is_sent_as_measured_and_resent_as_is() -> None:
         assert len(body) <= 4_000 and body == json.dumps({"value": chunk}, separators=(",", ":")).encode()
 
 
+async def test_a_chunk_is_signed_and_labelled_as_the_client_configures() -> None:
+    """Chunks skip the SDK's operation, not the client's signing, user agent or headers."""
+
+    async def accept(request: web.Request, n: int) -> web.StreamResponse:
+        values = [{"status": "success", "taskId": t["id"]} for t in (await request.json())["value"]]
+        return web.json_response({"value": values})
+
+    async with StubServer(accept) as stub:
+        from azure.core.credentials import AzureNamedKeyCredential
+
+        async with BatchClient(
+            stub.url, AzureNamedKeyCredential("acct", "a2V5a2V5"), user_agent="my-app/1.0", headers={"x-extra": "1"}
+        ) as batch:
+            result = await submit_tasks(batch, "job", tasks(3), policy=FAST)
+    assert result.ok and len(stub.seen) == 1
+    headers = stub.seen[0].headers
+    assert headers["Authorization"].startswith("SharedKey acct:") and "ocp-date" in {k.lower() for k in headers}
+    assert "my-app/1.0" in headers["User-Agent"] and headers["x-extra"] == "1"
+
+
 async def test_a_missing_job_stops_the_submission(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
     async with make_client(batch_emulator, azurite) as client:
         with pytest.raises(SubmissionError) as caught:
