@@ -35,10 +35,10 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -61,6 +61,7 @@ from ._errors import (
     StorageError,
 )
 from ._retry import RetryPolicy, call, sdk_client_kwargs
+from ._tuner import AUTO_MAXIMUM, ConcurrencyTuner
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -80,6 +81,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("aiobatch")
+T = TypeVar("T")
 
 MiB = 1024 * 1024
 _HASH_CHUNK = 1 * MiB
@@ -489,9 +491,28 @@ async def _unwrapped_task_group() -> AsyncIterator[anyio.abc.TaskGroup]:
         raise first from first.__cause__
 
 
-def _check_concurrency(concurrency: int) -> None:
-    if concurrency < 1:
-        raise ConfigurationError(f"concurrency must be at least 1, not {concurrency}.")
+def _check_concurrency(concurrency: int | None) -> None:
+    if concurrency is not None and concurrency < 1:
+        raise ConfigurationError(f"concurrency must be at least 1 (or None, to tune it), not {concurrency}.")
+
+
+class _Flow:
+    """Requests in flight: a fixed limit (an explicit *concurrency*), or one tuned to the throughput (None)."""
+
+    def __init__(self, concurrency: int | None) -> None:
+        self.tuner = ConcurrencyTuner() if concurrency is None else None
+        self.limiter = self.tuner.limiter if self.tuner is not None else anyio.CapacityLimiter(concurrency or 1)
+        #: Files worked on at once: enough for the most requests the limit may allow.
+        self.workers = AUTO_MAXIMUM if concurrency is None else concurrency
+
+    def attempt(self, request: Awaitable[T]) -> Awaitable[T]:
+        """One attempt of a request, watched by the tuner (a transient failure backs off)."""
+        return self.tuner.watch(request) if self.tuner is not None else request
+
+    def done(self, nbytes: int) -> None:
+        """A request completed, moving *nbytes*."""
+        if self.tuner is not None:
+            self.tuner.done(nbytes)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -505,7 +526,7 @@ async def upload_files(
     paths: Iterable[str | os.PathLike[str]],
     *,
     blob_names: Sequence[str] | None = None,
-    concurrency: int = 8,
+    concurrency: int | None = None,
     block_size: int = 4 * MiB,
     single_put_size: int = 1 * MiB,
     progress: ProgressCallback | None = None,
@@ -524,7 +545,8 @@ async def upload_files(
         paths: the local files.
         blob_names: a blob name per path, in order; defaults to each file's name. A ``\`` in a name becomes
             ``/``, as the service stores it (`stored_blob_name`); the results carry the stored names.
-        concurrency: most requests in flight (and files being worked on) at once.
+        concurrency: most requests in flight (and files being worked on) at once; by default (``None``) tuned
+            to the round trip: from 4, doubled while throughput grows, halved on a transient failure, at most 64.
         block_size: bytes per staged block (at most 4000 MiB).
         single_put_size: largest file, in bytes, sent in one request (at most 1 MiB).
         progress: called with a `TransferProgress` after each request's bytes are sent, and once per skip.
@@ -568,7 +590,7 @@ async def upload_files(
 
     if create_container:
         await ensure_container(service, container, policy=policy)
-    limiter = anyio.CapacityLimiter(concurrency)
+    flow = _Flow(concurrency)
     outcome: dict[int, tuple[BlobFile, bool]] = {}
     stored = await _stored(service.get_container_client(container), names, policy) if len(files) >= _LISTING else None
     # One signed Put Blob per small file (a SAS made once for the call); the SDK keeps blocks and listings.
@@ -585,7 +607,7 @@ async def upload_files(
             ) from exc
         blob = service.get_blob_client(container, name)
         counter = _Counter(name, size, progress)
-        held = stored.get(name) if stored is not None else await _properties(blob, name, limiter, policy)
+        held = stored.get(name) if stored is not None else await _properties(blob, name, flow.limiter, policy)
         if held is not None and held.size == size and _stored_md5(held) is not None:
             if md5 is None:  # a large file: hashed for the comparison, since a blob of its size is there
                 md5 = (await anyio.to_thread.run_sync(_md5_file, path))[1]
@@ -598,16 +620,16 @@ async def upload_files(
             assert md5 is not None
             item = BlobFile(name=name, path=path, size=size, md5=md5)
             if putter is not None:
-                await _put_signed(putter, item, data, limiter, policy, counter)
+                await _put_signed(putter, item, data, flow, policy, counter)
             else:
-                await _put_whole(blob, item, data, limiter, policy, counter)
+                await _put_whole(blob, item, data, flow, policy, counter)
         else:
-            md5 = await _put_blocks(blob, name, path, size, block_size, limiter, policy, counter)
+            md5 = await _put_blocks(blob, name, path, size, block_size, flow, policy, counter)
             item = BlobFile(name=name, path=path, size=size, md5=md5)
         logger.debug("uploaded %r (%d bytes)", name, size)
         outcome[index] = (item, True)
 
-    await _for_each(range(len(files)), concurrency, one)
+    await _for_each(range(len(files)), flow.workers, one)
     ordered = [outcome[i] for i in range(len(files))]
     result = UploadResult(
         container=container,
@@ -671,20 +693,21 @@ async def _put_signed(
     putter: BlobPutter,
     item: BlobFile,
     data: bytes,
-    limiter: anyio.CapacityLimiter,
+    flow: _Flow,
     policy: RetryPolicy | None,
     counter: _Counter,
 ) -> None:
     content_type = mimetypes.guess_type(item.name)[0] or "application/octet-stream"
-    async with limiter:
+    async with flow.limiter:
         await call(
-            lambda: putter.put(item.name, data, item.md5, content_type),
+            lambda: flow.attempt(putter.put(item.name, data, item.md5, content_type)),
             policy=policy,
             resource="blob",
             resource_id=item.name,
             action="upload",
             retry_on=_is_transit_corruption,
         )
+    flow.done(item.size)
     counter.add(item.size)
 
 
@@ -692,20 +715,22 @@ async def _put_whole(
     blob: BlobClient,
     item: BlobFile,
     data: bytes,
-    limiter: anyio.CapacityLimiter,
+    flow: _Flow,
     policy: RetryPolicy | None,
     counter: _Counter,
 ) -> None:
     md5 = bytes.fromhex(item.md5)  # the file's MD5 is the body's: no need to hash it again on the loop
-    async with limiter:
+    async with flow.limiter:
         await call(
-            lambda: blob.upload_blob(
-                data,
-                length=len(data),
-                overwrite=True,
-                transactional_content_md5=md5,  # checked by the service, as validate_content would have it
-                content_settings=_content_settings(item.name, item.md5),
-                max_concurrency=1,
+            lambda: flow.attempt(
+                blob.upload_blob(
+                    data,
+                    length=len(data),
+                    overwrite=True,
+                    transactional_content_md5=md5,  # checked by the service, as validate_content would have it
+                    content_settings=_content_settings(item.name, item.md5),
+                    max_concurrency=1,
+                )
             ),
             policy=policy,
             resource="blob",
@@ -713,6 +738,7 @@ async def _put_whole(
             action="upload",
             retry_on=_is_transit_corruption,
         )
+    flow.done(item.size)
     counter.add(item.size)
 
 
@@ -722,7 +748,7 @@ async def _put_blocks(
     path: Path,
     size: int,
     block_size: int,
-    limiter: anyio.CapacityLimiter,
+    flow: _Flow,
     policy: RetryPolicy | None,
     counter: _Counter,
 ) -> str:
@@ -743,7 +769,9 @@ async def _put_blocks(
             await call(
                 # A fresh stream per attempt; aiohttp sends a stream without stalling the loop, and the MD5
                 # computed in the thread stands in for validate_content (which would hash on the loop).
-                lambda: blob.stage_block(ids[index], io.BytesIO(data), length=len(data), transactional_content_md5=md5),
+                lambda: flow.attempt(
+                    blob.stage_block(ids[index], io.BytesIO(data), length=len(data), transactional_content_md5=md5)
+                ),
                 policy=policy,
                 resource="blob",
                 resource_id=name,
@@ -751,7 +779,8 @@ async def _put_blocks(
                 retry_on=_is_transit_corruption,
             )
         finally:
-            limiter.release_on_behalf_of(slot)
+            flow.limiter.release_on_behalf_of(slot)
+        flow.done(len(data))
         counter.add(len(data))
 
     f = await anyio.to_thread.run_sync(path.open, "rb")
@@ -762,13 +791,13 @@ async def _put_blocks(
                 # A slot per block, held from its read to its answer: at most *concurrency* requests in flight
                 # and blocks in memory, as for whole files.
                 slot = object()
-                await limiter.acquire_on_behalf_of(slot)
+                await flow.limiter.acquire_on_behalf_of(slot)
                 try:
                     offset = i * block_size
                     length = min(block_size, size - offset)
                     data, md5 = await anyio.to_thread.run_sync(_read_hashed, f, path, offset, length, whole)
                 except BaseException:
-                    limiter.release_on_behalf_of(slot)
+                    flow.limiter.release_on_behalf_of(slot)
                     raise
                 tg.start_soon(stage, i, data, md5, slot)
         if await anyio.to_thread.run_sync(_stamp, f) != before or before[0] != size:
@@ -776,7 +805,7 @@ async def _put_blocks(
     finally:
         f.close()
     md5_hex = whole.hexdigest()
-    async with limiter:
+    async with flow.limiter:
         await call(
             lambda: blob.commit_block_list(
                 [BlobBlock(block_id=i) for i in ids], content_settings=_content_settings(name, md5_hex)
@@ -855,7 +884,7 @@ async def download_blobs(
     *,
     names: Iterable[str] | None = None,
     prefix: str | None = None,
-    concurrency: int = 8,
+    concurrency: int | None = None,
     skip_existing: bool = True,
     progress: ProgressCallback | None = None,
     policy: RetryPolicy | None = None,
@@ -872,7 +901,8 @@ async def download_blobs(
         destination: the local folder (created if missing).
         names: the blobs to fetch; by default every blob in the container (under *prefix*).
         prefix: only blobs whose names start with this (when *names* is not given).
-        concurrency: most blobs downloading at once.
+        concurrency: most blobs downloading at once; by default (``None``) tuned to the round trip, as for
+            `upload_files`.
         skip_existing: leave a local file alone when it already has the blob's size and MD5.
         progress: called with a `TransferProgress` as bytes arrive, and once per skip.
         policy: the retry policy for each blob.
@@ -910,12 +940,16 @@ async def download_blobs(
         _local_path(folder, name)  # refuse unsafe names before writing anything
     await anyio.to_thread.run_sync(lambda: folder.mkdir(parents=True, exist_ok=True))
     outcome: dict[int, tuple[BlobFile, bool]] = {}
+    flow = _Flow(concurrency)
 
     async def one(index: int) -> None:
         name, props = wanted[index]
         blob = client.get_blob_client(name)
         if props is None:
-            props = await call(blob.get_blob_properties, policy=policy, resource="blob", resource_id=name, action="get")
+            async with flow.limiter:
+                props = await call(
+                    blob.get_blob_properties, policy=policy, resource="blob", resource_id=name, action="get"
+                )
         final = _local_path(folder, name)
         size, expected = int(props.size), _stored_md5(props)
         if skip_existing and expected is not None:
@@ -933,17 +967,19 @@ async def download_blobs(
             corrupt += 1
             return corrupt < 2
 
-        md5 = await call(
-            lambda: _download_one(blob, container, name, final, expected, progress),
-            policy=policy,
-            resource="blob",
-            resource_id=name,
-            action="download",
-            retry_on=retry_corruption,
-        )
+        async with flow.limiter:
+            md5 = await call(
+                lambda: flow.attempt(_download_one(blob, container, name, final, expected, progress)),
+                policy=policy,
+                resource="blob",
+                resource_id=name,
+                action="download",
+                retry_on=retry_corruption,
+            )
+        flow.done(size)
         outcome[index] = (BlobFile(name=name, path=final, size=size, md5=md5), True)
 
-    await _for_each(range(len(wanted)), concurrency, one)
+    await _for_each(range(len(wanted)), flow.workers, one)
     ordered = [outcome[i] for i in range(len(wanted))]
     result = DownloadResult(
         container=container,
