@@ -16,8 +16,9 @@ otherwise. A file sent in blocks is read and hashed once: each block, read in or
 own, and is staged as soon as it is read (the file is hashed beforehand only when a blob of its size is there to
 compare with). Every request body carries a transactional ``Content-MD5`` that the service checks: for a single
 put the file's MD5, for a block the block's. At most *concurrency* requests are in flight and at most
-*concurrency* blocks are in memory. A block list is committed only when every block is staged, so readers never
-see a partial blob, and only if the file did not change while it was read.
+*concurrency* blocks are in memory; by default the limit is tuned to the throughput (`aiobatch._tuner`). A
+block list is committed only when every block is staged, so readers never see a partial blob, and only if the
+file did not change while it was read.
 
 Downloads write to a temporary file beside the destination, hashing in a worker thread, and rename it only
 after the bytes' MD5 matches the blob's ``Content-MD5`` (when it has one): a mismatch is downloaded once more
