@@ -437,7 +437,7 @@ class Client:
         paths: Iterable[str | os.PathLike[str]],
         *,
         blob_names: Sequence[str] | None = None,
-        concurrency: int = 8,
+        concurrency: int | None = None,
         progress: ProgressCallback | None = None,
     ) -> UploadResult:
         """Upload files to a container (created if missing), skipping blobs that already hold the same bytes.
@@ -449,7 +449,8 @@ class Client:
             container: the container.
             paths: the local files.
             blob_names: a blob name per path; by default each file's name.
-            concurrency: most requests in flight.
+            concurrency: most requests in flight; by default tuned to the round trip (from 4, growing while
+                throughput grows, backing off on 503/429 and timeouts, at most 64).
             progress: called with a ``TransferProgress`` as bytes go up.
 
         Returns:
@@ -521,7 +522,7 @@ class Client:
         *,
         names: Iterable[str] | None = None,
         prefix: str | None = None,
-        concurrency: int = 8,
+        concurrency: int | None = None,
         progress: ProgressCallback | None = None,
     ) -> DownloadResult:
         """Download blobs (by default all of a container's) into a folder, each verified against its MD5.
@@ -533,7 +534,7 @@ class Client:
             destination: the local folder (created if missing).
             names: the blobs to fetch; by default all (under *prefix*).
             prefix: only blobs whose names start with this.
-            concurrency: most downloads at once.
+            concurrency: most downloads at once; by default tuned to the round trip, as for uploads.
             progress: called with a ``TransferProgress`` as bytes arrive.
 
         Returns:

@@ -34,6 +34,7 @@ from ._retry import call
 
 __all__ = [
     "SasPolicy",
+    "container_write_token",
     "input_sas_url",
     "output_container_sas_url",
     "sas_expiry",
@@ -315,3 +316,28 @@ async def output_container_sas_url(
     url: str = service.get_container_client(container).url
     logger.debug("minted create/write SAS for container %r until %s", container, expiry.isoformat())
     return f"{url}?{token}"
+
+
+def container_write_token(
+    service: BlobServiceClient, container: str, *, start: dt.datetime, expiry: dt.datetime
+) -> str | None:
+    """A create/write SAS token (the query, without ``?``) for *container*, signed by the account key.
+
+    For a client's own uploads: made once per call and used for every small file's Put Blob, where signing each
+    request with Shared Key would cost an HMAC apiece. Never handed to tasks.
+
+    Returns:
+        The token, or ``None`` when the client has no account key (a SAS or Entra ID client signs otherwise).
+    """
+    key = _account_key(service)
+    if key is None:
+        return None
+    token: str = generate_container_sas(
+        service.account_name or "",
+        container,
+        account_key=key,
+        permission=ContainerSasPermissions(write=True, create=True),
+        start=start,
+        expiry=expiry,
+    )
+    return token

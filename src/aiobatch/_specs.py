@@ -368,15 +368,24 @@ def app_package_dir(application_id: str, version: str | None = None, *, os: OsFa
 # ----------------------------------------------------------------------------------------------------
 
 
+_DRIVE_RE = re.compile(r"^[A-Za-z]:")
+_FILE_MODE_RE = re.compile(r"^0?[0-7]{3}$")
+
+
 def _check_relative_path(value: str, what: str) -> None:
-    parts = value.replace("\\", "/").split("/")
-    if not value or value.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", value) or ".." in parts:
+    # Checked per resource file of every task: the split into segments only when '..' appears at all.
+    if (
+        not value
+        or value[0] in "/\\"
+        or (len(value) > 1 and value[1] == ":" and _DRIVE_RE.match(value))
+        or (".." in value and ".." in value.replace("\\", "/").split("/"))
+    ):
         raise ConfigurationError(
             f"{what} {value!r} must be a relative path inside the task's working directory, without '..'."
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ResourceFileSpec:
     """A file (or a container's blobs) Batch downloads to the node before the task runs.
 
@@ -400,12 +409,27 @@ class ResourceFileSpec:
     blob_prefix: str | None = None
     file_mode: str | None = None
 
-    def __post_init__(self) -> None:
-        if (self.http_url is None) == (self.storage_container_url is None):
+    def __init__(
+        self,
+        file_path: str,
+        http_url: str | None = None,
+        storage_container_url: str | None = None,
+        blob_prefix: str | None = None,
+        file_mode: str | None = None,
+    ) -> None:
+        # Written out for speed, as TaskSpec's (one per task's input in a submission); the checks come first.
+        if (http_url is None) == (storage_container_url is None):
             raise ConfigurationError("a resource file needs exactly one of http_url or storage_container_url.")
-        _check_relative_path(self.file_path, "resource file path")
-        if self.file_mode is not None and not re.match(r"^0?[0-7]{3}$", self.file_mode):
-            raise ConfigurationError(f"file_mode {self.file_mode!r} must be octal, like '0755'.")
+        _check_relative_path(file_path, "resource file path")
+        if file_mode is not None and not _FILE_MODE_RE.match(file_mode):
+            raise ConfigurationError(f"file_mode {file_mode!r} must be octal, like '0755'.")
+        self.__dict__.update(
+            file_path=file_path,
+            http_url=http_url,
+            storage_container_url=storage_container_url,
+            blob_prefix=blob_prefix,
+            file_mode=file_mode,
+        )
 
     def __repr__(self) -> str:
         return _safe_repr(self)
@@ -513,7 +537,7 @@ def _tuple(value: Iterable[Any]) -> tuple[Any, ...]:
     return tuple(value)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class TaskSpec:
     """One task: what to run, what to download first and upload after, and its limits.
 
@@ -554,19 +578,51 @@ class TaskSpec:
     display_name: str | None = None
     elevated: bool = False
 
-    def __post_init__(self) -> None:
-        check_id("task", self.id)
-        if not self.command_line.strip():
-            raise ConfigurationError(f"task {self.id!r} has an empty command line.")
-        object.__setattr__(self, "resource_files", _tuple(self.resource_files))
-        object.__setattr__(self, "output_files", _tuple(self.output_files))
-        object.__setattr__(self, "application_packages", _tuple(self.application_packages))
-        object.__setattr__(self, "environment", dict(self.environment))
-        _check_positive("max_wall_clock_time", self.max_wall_clock_time, allow_zero=False)
-        _check_positive("retention_time", self.retention_time)
-        _check_positive("required_slots", self.required_slots, allow_zero=False)
-        if self.max_task_retry_count is not None and self.max_task_retry_count < -1:
+    def __init__(
+        self,
+        id: str,
+        command_line: str,
+        resource_files: Sequence[ResourceFileSpec] = (),
+        output_files: Sequence[OutputFileSpec] = (),
+        environment: Mapping[str, str] | None = None,
+        application_packages: Sequence[AppPackageRef] = (),
+        max_wall_clock_time: float | None = None,
+        max_task_retry_count: int | None = None,
+        retention_time: float | None = None,
+        required_slots: int | None = None,
+        display_name: str | None = None,
+        elevated: bool = False,
+    ) -> None:
+        # Written out, not generated: a frozen dataclass's own __init__ sets each of the 12 fields through
+        # object.__setattr__, most of the cost of a spec, and a submission makes one per task. The checks follow.
+        if not isinstance(id, str) or not ID_RE.match(id):
+            check_id("task", id)  # raises, with the message
+        if not command_line or command_line.isspace():
+            raise ConfigurationError(f"task {id!r} has an empty command line.")
+        if max_wall_clock_time is not None:
+            _check_positive("max_wall_clock_time", max_wall_clock_time, allow_zero=False)
+        if retention_time is not None:
+            _check_positive("retention_time", retention_time)
+        if required_slots is not None:
+            _check_positive("required_slots", required_slots, allow_zero=False)
+        if max_task_retry_count is not None and max_task_retry_count < -1:
             raise ConfigurationError("max_task_retry_count must be -1 (unlimited) or more.")
+        self.__dict__.update(
+            id=id,
+            command_line=command_line,
+            resource_files=resource_files if type(resource_files) is tuple else tuple(resource_files),
+            output_files=output_files if type(output_files) is tuple else tuple(output_files),
+            environment={} if environment is None else dict(environment),
+            application_packages=(
+                application_packages if type(application_packages) is tuple else tuple(application_packages)
+            ),
+            max_wall_clock_time=max_wall_clock_time,
+            max_task_retry_count=max_task_retry_count,
+            retention_time=retention_time,
+            required_slots=required_slots,
+            display_name=display_name,
+            elevated=elevated,
+        )
 
     def __repr__(self) -> str:
         return _safe_repr(self)

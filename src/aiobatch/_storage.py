@@ -6,14 +6,19 @@ Everything here is a coroutine over one ``azure.storage.blob.aio.BlobServiceClie
 `blob_service_client`, which switches the SDK's own retries off (its first backoff is 15 s) so that the one
 policy in `aiobatch._retry` retries each request.
 
-Uploads. Each file's MD5 is computed in a worker thread, streamed (never the whole file in memory). A blob that
-already has the same size and ``Content-MD5`` is skipped: nothing is sent, so a re-run is cheap. Other files go
-up in one Put Blob (up to *single_put_size*, at most 1 MiB: aiohttp warns about larger in-memory bodies) or as
-blocks of *block_size* staged concurrently and committed with the file's MD5 as the blob's ``Content-MD5``.
-Every request body carries a transactional ``Content-MD5`` that the service checks: ``validate_content`` for
-single puts, and for blocks an MD5 computed in the worker thread that read the block (``validate_content``
-would hash on the event loop). At most *concurrency* requests are in flight and at most *concurrency* blocks
-are in memory. A block list is committed only when every block is staged, so readers never see a partial blob.
+Uploads. Files are hashed in worker threads, streamed (never the whole file in memory). A blob that already has
+the same size and ``Content-MD5`` is skipped: nothing is sent, so a re-run is cheap. Other files go up in one
+Put Blob (up to *single_put_size*, at most 1 MiB: aiohttp warns about larger in-memory bodies) or as blocks of
+*block_size* staged concurrently and committed with the file's MD5 as the blob's ``Content-MD5``. A single Put
+Blob goes out as one signed request over the SDK's own connections (`aiobatch._blobput`: a SAS made once per
+call, not the SDK's pipeline per file) when the client has an account key or a SAS, and through the SDK
+otherwise. A file sent in blocks is read and hashed once: each block, read in order, feeds the file's MD5 and its
+own, and is staged as soon as it is read (the file is hashed beforehand only when a blob of its size is there to
+compare with). Every request body carries a transactional ``Content-MD5`` that the service checks: for a single
+put the file's MD5, for a block the block's. At most *concurrency* requests are in flight and at most
+*concurrency* blocks are in memory; by default the limit is tuned to the throughput (`aiobatch._tuner`). A
+block list is committed only when every block is staged, so readers never see a partial blob, and only if the
+file did not change while it was read.
 
 Downloads write to a temporary file beside the destination, hashing in a worker thread, and rename it only
 after the bytes' MD5 matches the blob's ``Content-MD5`` (when it has one): a mismatch is downloaded once more
@@ -31,10 +36,10 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -46,6 +51,7 @@ from azure.storage.blob import (
 )
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient
 
+from ._blobput import BlobPutter
 from ._config import StorageSettings
 from ._errors import (
     AuthenticationError,
@@ -56,6 +62,7 @@ from ._errors import (
     StorageError,
 )
 from ._retry import RetryPolicy, call, sdk_client_kwargs
+from ._tuner import AUTO_MAXIMUM, ConcurrencyTuner
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -75,6 +82,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("aiobatch")
+T = TypeVar("T")
 
 MiB = 1024 * 1024
 _HASH_CHUNK = 1 * MiB
@@ -344,32 +352,39 @@ def _md5_file(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def _hash_and_read_small(path: Path, limit: int) -> tuple[int, str, bytes | None]:
-    """Size and hex MD5 of a file, and its bytes when it fits in one request (*limit* bytes): read once, not twice."""
+def _read_small(path: Path, limit: int) -> tuple[int, str | None, bytes | None]:
+    """Size of a file, and its hex MD5 and bytes when it fits in one request (*limit* bytes).
+
+    A larger file is not hashed here: its upload hashes it block by block as it reads (`_read_hashed`), and the
+    skip check hashes it only when a blob of the same size is there to compare with.
+    """
     with path.open("rb") as f:
         data = f.read(limit + 1)
-        digest = hashlib.md5(data, usedforsecurity=False)
         if len(data) <= limit:
-            return len(data), digest.hexdigest(), data
-        size = len(data)
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest(), None
+            return len(data), hashlib.md5(data, usedforsecurity=False).hexdigest(), data
+        return os.fstat(f.fileno()).st_size, None, None
 
 
-def _read_range(path: Path, offset: int, length: int) -> bytes:
-    with path.open("rb") as f:
-        f.seek(offset)
-        data = f.read(length)
-    if len(data) != length:
-        raise StorageError(f"file {str(path)!r} changed while it was being uploaded; upload it again.")
-    return data
+def _stamp(f: IO[bytes]) -> tuple[int, int]:
+    st = os.fstat(f.fileno())
+    return st.st_size, st.st_mtime_ns
 
 
-def _read_block(path: Path, offset: int, length: int) -> tuple[bytes, bytes]:
-    """A block's bytes and their MD5 (sent as the request's Content-MD5, which the service checks)."""
-    data = _read_range(path, offset, length)
+def _read_hashed(f: IO[bytes], path: Path, offset: int, length: int, whole: Any) -> tuple[bytes, bytes]:
+    """A block's bytes and their MD5, fed to the file's MD5 too: each byte read once, in one pass.
+
+    Called for the blocks in order, so *whole* sees the file from its first byte to its last.
+    """
+    parts = []
+    got = 0
+    while got < length:
+        part = os.pread(f.fileno(), length - got, offset + got)
+        if not part:
+            raise StorageError(f"file {str(path)!r} changed while it was being uploaded; upload it again.")
+        parts.append(part)
+        got += len(part)
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    whole.update(data)
     return data, hashlib.md5(data, usedforsecurity=False).digest()
 
 
@@ -397,20 +412,31 @@ def stored_blob_name(name: str) -> str:
     return name.replace("\\", "/")
 
 
-def _check_blob_name(name: str) -> str:
+def _check_blob_name(name: str, path: Path | None = None) -> str:
+    of = f" (for {str(path)!r})" if path is not None else ""
     if not name or len(name) > 1024 or name.endswith((".", "/")) or any(ord(c) < 32 for c in name):
         raise ConfigurationError(
-            f"blob name {name!r} is invalid: use 1 to 1024 characters without control characters, not ending "
+            f"blob name {name!r}{of} is invalid: use 1 to 1024 characters without control characters, not ending "
             "in '.' or '/'. Pass blob_names= to choose other names.",
+            setting="blob_names",
+        )
+    if any(segment in (".", "..") for segment in name.split("/")):
+        # HTTP clients resolve such segments in the URL (after the SDK signed the path, so the service refuses
+        # the signature; with a SAS the blob would land under another name): refused here, before any request.
+        raise ConfigurationError(
+            f"blob name {name!r}{of} has a '.' or '..' path segment, which URLs resolve away (a/../b is b), so "
+            "no blob can be stored under it. Pass blob_names= with the name the blob should have, without "
+            "'./' or '../' segments (e.g. the path relative to a folder).",
             setting="blob_names",
         )
     return name
 
 
-def _block_id(md5_hex: str, index: int) -> str:
-    # Same length for every block of a blob (the SDK base64-encodes it); the content hash keeps another
-    # writer's uncommitted blocks apart from ours.
-    return f"{md5_hex[:16]}-{index:08d}"
+def _block_id(token: str, index: int) -> str:
+    # Same length for every block of a blob (the SDK base64-encodes it); the upload's random token keeps another
+    # writer's uncommitted blocks apart from ours. The index comes first: its 9 characters are whole base64
+    # groups, so a block's number is readable in the request's URL whatever the token.
+    return f"{index:08d}-{token[:16]}"
 
 
 class _Counter:
@@ -466,9 +492,28 @@ async def _unwrapped_task_group() -> AsyncIterator[anyio.abc.TaskGroup]:
         raise first from first.__cause__
 
 
-def _check_concurrency(concurrency: int) -> None:
-    if concurrency < 1:
-        raise ConfigurationError(f"concurrency must be at least 1, not {concurrency}.")
+def _check_concurrency(concurrency: int | None) -> None:
+    if concurrency is not None and concurrency < 1:
+        raise ConfigurationError(f"concurrency must be at least 1 (or None, to tune it), not {concurrency}.")
+
+
+class _Flow:
+    """Requests in flight: a fixed limit (an explicit *concurrency*), or one tuned to the throughput (None)."""
+
+    def __init__(self, concurrency: int | None) -> None:
+        self.tuner = ConcurrencyTuner() if concurrency is None else None
+        self.limiter = self.tuner.limiter if self.tuner is not None else anyio.CapacityLimiter(concurrency or 1)
+        #: Files worked on at once: enough for the most requests the limit may allow.
+        self.workers = AUTO_MAXIMUM if concurrency is None else concurrency
+
+    def attempt(self, request: Awaitable[T]) -> Awaitable[T]:
+        """One attempt of a request, watched by the tuner (a transient failure backs off)."""
+        return self.tuner.watch(request) if self.tuner is not None else request
+
+    def done(self, nbytes: int) -> None:
+        """A request completed, moving *nbytes*."""
+        if self.tuner is not None:
+            self.tuner.done(nbytes)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -482,7 +527,7 @@ async def upload_files(
     paths: Iterable[str | os.PathLike[str]],
     *,
     blob_names: Sequence[str] | None = None,
-    concurrency: int = 8,
+    concurrency: int | None = None,
     block_size: int = 4 * MiB,
     single_put_size: int = 1 * MiB,
     progress: ProgressCallback | None = None,
@@ -501,7 +546,8 @@ async def upload_files(
         paths: the local files.
         blob_names: a blob name per path, in order; defaults to each file's name. A ``\`` in a name becomes
             ``/``, as the service stores it (`stored_blob_name`); the results carry the stored names.
-        concurrency: most requests in flight (and files being worked on) at once.
+        concurrency: most requests in flight (and files being worked on) at once; by default (``None``) tuned
+            to the round trip: from 4, doubled while throughput grows, halved on a transient failure, at most 64.
         block_size: bytes per staged block (at most 4000 MiB).
         single_put_size: largest file, in bytes, sent in one request (at most 1 MiB).
         progress: called with a `TransferProgress` after each request's bytes are sent, and once per skip.
@@ -534,7 +580,7 @@ async def upload_files(
         raise ConfigurationError(f"blob_names has {len(names)} names for {len(files)} paths; give one per path.")
     seen: dict[str, Path] = {}
     for path, name in zip(files, names, strict=True):
-        _check_blob_name(name)
+        _check_blob_name(name, path)
         if name in seen:
             raise ConfigurationError(
                 f"{str(seen[name])!r} and {str(path)!r} would both become blob {name!r}; pass blob_names= to "
@@ -545,40 +591,51 @@ async def upload_files(
 
     if create_container:
         await ensure_container(service, container, policy=policy)
-    limiter = anyio.CapacityLimiter(concurrency)
+    flow = _Flow(concurrency)
     outcome: dict[int, tuple[BlobFile, bool]] = {}
     stored = await _stored(service.get_container_client(container), names, policy) if len(files) >= _LISTING else None
+    # One signed Put Blob per small file (a SAS made once for the call); the SDK keeps blocks and listings.
+    putter = BlobPutter.open(service, container) if single_put_size else None
 
     async def one(index: int) -> None:
         path, name = files[index], names[index]
         try:
-            size, md5, data = await anyio.to_thread.run_sync(_hash_and_read_small, path, single_put_size)
+            size, md5, data = await anyio.to_thread.run_sync(_read_small, path, single_put_size)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
             raise ConfigurationError(
                 f"cannot read input {str(path)!r} ({type(exc).__name__}): check that the file exists and is readable.",
                 setting="paths",
             ) from exc
-        item = BlobFile(name=name, path=path, size=size, md5=md5)
-        blob = service.get_blob_client(container, name)
         counter = _Counter(name, size, progress)
-        if stored is not None:
-            held = stored.get(name)
-            holds = held is not None and held.size == size and _stored_md5(held) == md5
-        else:
-            holds = await _holds(blob, item, limiter, policy)
-        if holds:
-            logger.debug("skipped %r: blob already holds the same %d bytes", name, size)
-            counter.skipped()
-            outcome[index] = (item, False)
-            return
+        # A BlobClient costs about half a millisecond to build (a client of its own): only where the SDK is used.
+        held = (
+            stored.get(name)
+            if stored is not None
+            else await _properties(service.get_blob_client(container, name), name, flow.limiter, policy)
+        )
+        if held is not None and held.size == size and _stored_md5(held) is not None:
+            if md5 is None:  # a large file: hashed for the comparison, since a blob of its size is there
+                md5 = (await anyio.to_thread.run_sync(_md5_file, path))[1]
+            if _stored_md5(held) == md5:
+                logger.debug("skipped %r: blob already holds the same %d bytes", name, size)
+                counter.skipped()
+                outcome[index] = (BlobFile(name=name, path=path, size=size, md5=md5), False)
+                return
         if data is not None:
-            await _put_whole(blob, item, data, limiter, policy, counter)
+            assert md5 is not None
+            item = BlobFile(name=name, path=path, size=size, md5=md5)
+            if putter is not None:
+                await _put_signed(putter, item, data, flow, policy, counter)
+            else:
+                await _put_whole(service.get_blob_client(container, name), item, data, flow, policy, counter)
         else:
-            await _put_blocks(blob, item, block_size, limiter, policy, counter)
+            blob = service.get_blob_client(container, name)
+            md5 = await _put_blocks(blob, name, path, size, block_size, flow, policy, counter)
+            item = BlobFile(name=name, path=path, size=size, md5=md5)
         logger.debug("uploaded %r (%d bytes)", name, size)
         outcome[index] = (item, True)
 
-    await _for_each(range(len(files)), concurrency, one)
+    await _for_each(range(len(files)), flow.workers, one)
     ordered = [outcome[i] for i in range(len(files))]
     result = UploadResult(
         container=container,
@@ -624,36 +681,62 @@ async def _stored(
     return stored
 
 
-async def _holds(blob: BlobClient, item: BlobFile, limiter: anyio.CapacityLimiter, policy: RetryPolicy | None) -> bool:
-    """Whether the blob already exists with the file's size and MD5."""
+async def _properties(
+    blob: BlobClient, name: str, limiter: anyio.CapacityLimiter, policy: RetryPolicy | None
+) -> BlobProperties | None:
+    """The blob's properties, or None when it does not exist."""
     async with limiter:
         try:
-            props = await call(
-                blob.get_blob_properties, policy=policy, resource="blob", resource_id=item.name, action="check"
+            props: BlobProperties = await call(
+                blob.get_blob_properties, policy=policy, resource="blob", resource_id=name, action="check"
             )
         except NotFoundError:
-            return False
-    return bool(props.size == item.size and _stored_md5(props) == item.md5)
+            return None
+    return props
+
+
+async def _put_signed(
+    putter: BlobPutter,
+    item: BlobFile,
+    data: bytes,
+    flow: _Flow,
+    policy: RetryPolicy | None,
+    counter: _Counter,
+) -> None:
+    content_type = mimetypes.guess_type(item.name)[0] or "application/octet-stream"
+    async with flow.limiter:
+        await call(
+            lambda: flow.attempt(putter.put(item.name, data, item.md5, content_type)),
+            policy=policy,
+            resource="blob",
+            resource_id=item.name,
+            action="upload",
+            retry_on=_is_transit_corruption,
+        )
+    flow.done(item.size)
+    counter.add(item.size)
 
 
 async def _put_whole(
     blob: BlobClient,
     item: BlobFile,
     data: bytes,
-    limiter: anyio.CapacityLimiter,
+    flow: _Flow,
     policy: RetryPolicy | None,
     counter: _Counter,
 ) -> None:
     md5 = bytes.fromhex(item.md5)  # the file's MD5 is the body's: no need to hash it again on the loop
-    async with limiter:
+    async with flow.limiter:
         await call(
-            lambda: blob.upload_blob(
-                data,
-                length=len(data),
-                overwrite=True,
-                transactional_content_md5=md5,  # checked by the service, as validate_content would have it
-                content_settings=_content_settings(item.name, item.md5),
-                max_concurrency=1,
+            lambda: flow.attempt(
+                blob.upload_blob(
+                    data,
+                    length=len(data),
+                    overwrite=True,
+                    transactional_content_md5=md5,  # checked by the service, as validate_content would have it
+                    content_settings=_content_settings(item.name, item.md5),
+                    max_concurrency=1,
+                )
             ),
             policy=policy,
             resource="blob",
@@ -661,50 +744,84 @@ async def _put_whole(
             action="upload",
             retry_on=_is_transit_corruption,
         )
+    flow.done(item.size)
     counter.add(item.size)
 
 
 async def _put_blocks(
     blob: BlobClient,
-    item: BlobFile,
+    name: str,
+    path: Path,
+    size: int,
     block_size: int,
-    limiter: anyio.CapacityLimiter,
+    flow: _Flow,
     policy: RetryPolicy | None,
     counter: _Counter,
-) -> None:
-    count = -(-item.size // block_size)
-    ids = [_block_id(item.md5, i) for i in range(count)]
+) -> str:
+    """Stage the file in blocks and commit them; return the file's hex MD5.
 
-    async def stage(index: int) -> None:
-        offset = index * block_size
-        length = min(block_size, item.size - offset)
-        async with limiter:
-            data, md5 = await anyio.to_thread.run_sync(_read_block, item.path, offset, length)
+    One pass over the file: blocks are read in order in a worker thread, each feeding the file's MD5 and its own
+    (the request's Content-MD5, which the service checks), and are staged concurrently as they are read. The
+    commit carries the file's MD5 as the blob's ``Content-MD5``: the MD5 of exactly the bytes sent. A file that
+    changed meanwhile (size or modification time) is not committed.
+    """
+    count = -(-size // block_size)
+    token = uuid.uuid4().hex
+    ids = [_block_id(token, i) for i in range(count)]
+    whole = hashlib.md5(usedforsecurity=False)
+
+    async def stage(index: int, data: bytes, md5: bytes, slot: object) -> None:
+        try:
             await call(
                 # A fresh stream per attempt; aiohttp sends a stream without stalling the loop, and the MD5
                 # computed in the thread stands in for validate_content (which would hash on the loop).
-                lambda: blob.stage_block(ids[index], io.BytesIO(data), length=length, transactional_content_md5=md5),
+                lambda: flow.attempt(
+                    blob.stage_block(ids[index], io.BytesIO(data), length=len(data), transactional_content_md5=md5)
+                ),
                 policy=policy,
                 resource="blob",
-                resource_id=item.name,
+                resource_id=name,
                 action="upload a block of",
                 retry_on=_is_transit_corruption,
             )
-        counter.add(length)
+        finally:
+            flow.limiter.release_on_behalf_of(slot)
+        flow.done(len(data))
+        counter.add(len(data))
 
-    async with _unwrapped_task_group() as tg:
-        for i in range(count):
-            tg.start_soon(stage, i)
-    async with limiter:
+    f = await anyio.to_thread.run_sync(path.open, "rb")
+    try:
+        before = await anyio.to_thread.run_sync(_stamp, f)
+        async with _unwrapped_task_group() as tg:
+            for i in range(count):
+                # A slot per block, held from its read to its answer: at most *concurrency* requests in flight
+                # and blocks in memory, as for whole files.
+                slot = object()
+                await flow.limiter.acquire_on_behalf_of(slot)
+                try:
+                    offset = i * block_size
+                    length = min(block_size, size - offset)
+                    data, md5 = await anyio.to_thread.run_sync(_read_hashed, f, path, offset, length, whole)
+                except BaseException:
+                    flow.limiter.release_on_behalf_of(slot)
+                    raise
+                tg.start_soon(stage, i, data, md5, slot)
+        if await anyio.to_thread.run_sync(_stamp, f) != before or before[0] != size:
+            raise StorageError(f"file {str(path)!r} changed while it was being uploaded; upload it again.")
+    finally:
+        f.close()
+    md5_hex = whole.hexdigest()
+    async with flow.limiter:
         await call(
             lambda: blob.commit_block_list(
-                [BlobBlock(block_id=i) for i in ids], content_settings=_content_settings(item.name, item.md5)
+                [BlobBlock(block_id=i) for i in ids], content_settings=_content_settings(name, md5_hex)
             ),
             policy=policy,
             resource="blob",
-            resource_id=item.name,
+            resource_id=name,
             action="commit",
         )
+    return md5_hex
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -773,7 +890,7 @@ async def download_blobs(
     *,
     names: Iterable[str] | None = None,
     prefix: str | None = None,
-    concurrency: int = 8,
+    concurrency: int | None = None,
     skip_existing: bool = True,
     progress: ProgressCallback | None = None,
     policy: RetryPolicy | None = None,
@@ -790,7 +907,8 @@ async def download_blobs(
         destination: the local folder (created if missing).
         names: the blobs to fetch; by default every blob in the container (under *prefix*).
         prefix: only blobs whose names start with this (when *names* is not given).
-        concurrency: most blobs downloading at once.
+        concurrency: most blobs downloading at once; by default (``None``) tuned to the round trip, as for
+            `upload_files`.
         skip_existing: leave a local file alone when it already has the blob's size and MD5.
         progress: called with a `TransferProgress` as bytes arrive, and once per skip.
         policy: the retry policy for each blob.
@@ -828,12 +946,16 @@ async def download_blobs(
         _local_path(folder, name)  # refuse unsafe names before writing anything
     await anyio.to_thread.run_sync(lambda: folder.mkdir(parents=True, exist_ok=True))
     outcome: dict[int, tuple[BlobFile, bool]] = {}
+    flow = _Flow(concurrency)
 
     async def one(index: int) -> None:
         name, props = wanted[index]
         blob = client.get_blob_client(name)
         if props is None:
-            props = await call(blob.get_blob_properties, policy=policy, resource="blob", resource_id=name, action="get")
+            async with flow.limiter:
+                props = await call(
+                    blob.get_blob_properties, policy=policy, resource="blob", resource_id=name, action="get"
+                )
         final = _local_path(folder, name)
         size, expected = int(props.size), _stored_md5(props)
         if skip_existing and expected is not None:
@@ -851,17 +973,19 @@ async def download_blobs(
             corrupt += 1
             return corrupt < 2
 
-        md5 = await call(
-            lambda: _download_one(blob, container, name, final, expected, progress),
-            policy=policy,
-            resource="blob",
-            resource_id=name,
-            action="download",
-            retry_on=retry_corruption,
-        )
+        async with flow.limiter:
+            md5 = await call(
+                lambda: flow.attempt(_download_one(blob, container, name, final, expected, progress)),
+                policy=policy,
+                resource="blob",
+                resource_id=name,
+                action="download",
+                retry_on=retry_corruption,
+            )
+        flow.done(size)
         outcome[index] = (BlobFile(name=name, path=final, size=size, md5=md5), True)
 
-    await _for_each(range(len(wanted)), concurrency, one)
+    await _for_each(range(len(wanted)), flow.workers, one)
     ordered = [outcome[i] for i in range(len(wanted))]
     result = DownloadResult(
         container=container,

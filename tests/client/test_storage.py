@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import os
@@ -16,11 +17,18 @@ from typing import Any
 import anyio
 import pytest
 from azure.core.exceptions import HttpResponseError
-from azure.storage.blob import ContentSettings, UserDelegationKey
+from azure.storage.blob import (
+    AccountSasPermissions,
+    ContentSettings,
+    ResourceTypes,
+    UserDelegationKey,
+    generate_account_sas,
+)
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient
 
 from _support import minted_ago
 from aiobatch._azurite import AzuriteServer
+from aiobatch._blobput import BlobPutter
 from aiobatch._config import StorageSettings
 from aiobatch._errors import (
     AuthenticationError,
@@ -186,6 +194,140 @@ async def test_blob_names_and_bad_inputs(service: BlobServiceClient, container: 
         await upload_files(service, "Bad_Name", [a])
     with pytest.raises(ConfigurationError, match="one per path"):
         await upload_files(service, container, [a, b], blob_names=["only-one"])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("name", ["a/../b.txt", "./c.txt", "d/./e.txt", "..\\f.txt"])
+async def test_a_dot_segment_name_is_refused_naming_the_file_and_the_fix(
+    service: BlobServiceClient, container: str, tmp_path: Path, name: str
+) -> None:
+    (path,) = write_files(tmp_path, {"x.txt": 3})
+    with pytest.raises(ConfigurationError) as caught:
+        await upload_files(service, container, [path], blob_names=[name])
+    message = str(caught.value)
+    assert str(path) in message and "'..' path segment" in message and "blob_names=" in message, message
+    assert caught.value.setting == "blob_names"
+    assert not await service.get_container_client(container).exists(), "refused before any request"
+
+
+@pytest.mark.anyio
+async def test_small_files_are_stored_with_their_md5_type_and_exact_names(
+    service: BlobServiceClient, container: str, tmp_path: Path
+) -> None:
+    names = ["plain.txt", "a b/c+d=e&f?g#h%25i;j.json", "ünï/猫 ~'x'.png", "dots.in.name..txt", "..hidden/x.txt"]
+    paths = write_files(tmp_path, {f"f{i}": 1000 + i for i in range(len(names))})
+    result = await upload_files(service, container, paths, blob_names=names)
+    assert [f.name for f in result.uploaded] == names
+    client = service.get_container_client(container)
+    assert sorted([b.name async for b in client.list_blobs()]) == sorted(names)
+    kinds = ["text/plain", "application/json", "image/png", "text/plain", "text/plain"]
+    for item, kind in zip(result.uploaded, kinds, strict=True):
+        props = await client.get_blob_client(item.name).get_blob_properties()
+        assert bytes(props.content_settings.content_md5).hex() == item.md5
+        assert props.content_settings.content_type == kind
+        assert await (await client.get_blob_client(item.name).download_blob()).readall() == item.path.read_bytes()
+
+
+@pytest.mark.anyio
+async def test_the_service_refuses_a_small_put_whose_md5_does_not_match(
+    service: BlobServiceClient, container: str
+) -> None:
+    await ensure_container(service, container)
+    putter = BlobPutter.open(service, container)
+    assert putter is not None
+    with pytest.raises(HttpResponseError) as caught:
+        await putter.put("x.bin", b"some bytes", hashlib.md5(b"other bytes").hexdigest(), "application/octet-stream")
+    assert caught.value.status_code == 400 and caught.value.error_code == "Md5Mismatch"  # type: ignore[attr-defined]
+    assert _is_transit_corruption(caught.value), "the upload retries it as corruption in transit"
+    assert not await service.get_blob_client(container, "x.bin").exists()
+
+
+@pytest.mark.anyio
+async def test_a_client_built_on_a_sas_uploads_small_and_large_files(
+    azurite: AzuriteServer, container: str, tmp_path: Path
+) -> None:
+    sas = generate_account_sas(
+        azurite.account_name,
+        azurite.account_key,
+        resource_types=ResourceTypes(service=True, container=True, object=True),
+        permission=AccountSasPermissions(read=True, write=True, create=True, list=True, delete=True),
+        expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1),
+    )
+    settings = StorageSettings(connection_string=f"BlobEndpoint={azurite.blob_endpoint};SharedAccessSignature={sas}")
+    paths = write_files(tmp_path, {"small.txt": 100, "large.bin": 3 * BLOCK})
+    async with blob_service_client(settings) as via_sas:
+        assert BlobPutter.open(via_sas, container) is not None
+        result = await upload(via_sas, container, paths)
+        again = await upload(via_sas, container, paths)
+    assert len(result.uploaded) == 2 and len(again.skipped) == 2
+    async with blob_service_client(StorageSettings(connection_string=azurite.connection_string)) as direct:
+        for path in paths:
+            blob = direct.get_blob_client(container, path.name)
+            assert await (await blob.download_blob()).readall() == path.read_bytes()
+
+
+@pytest.mark.anyio
+async def test_a_wrong_key_on_a_small_put_is_an_authentication_error(
+    service: BlobServiceClient, azurite: AzuriteServer, container: str, tmp_path: Path
+) -> None:
+    await ensure_container(service, container)
+    wrong = azurite.connection_string.replace(azurite.account_key, base64.b64encode(b"w" * 64).decode())
+    (path,) = write_files(tmp_path, {"a.txt": 10})
+    async with blob_service_client(StorageSettings(connection_string=wrong)) as bad:
+        with pytest.raises(AuthenticationError) as caught:
+            await upload_files(bad, container, [path], create_container=False, policy=RetryPolicy(attempts=1))
+    assert "sig=" not in str(caught.value) or "sig=***" in str(caught.value)
+    assert not await service.get_blob_client(container, "a.txt").exists()
+
+
+@pytest.mark.anyio
+async def test_a_block_file_is_hashed_in_the_pass_that_sends_it(
+    service: BlobServiceClient, container: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aiobatch._storage as storage
+
+    whole_file_hashes: list[Path] = []
+    real = storage._md5_file
+
+    def counting(path: Path) -> tuple[int, str]:
+        whole_file_hashes.append(path)
+        return real(path)
+
+    monkeypatch.setattr(storage, "_md5_file", counting)
+    big, other = write_files(tmp_path, {"big.bin": 5 * BLOCK + 7, "other.bin": 2 * BLOCK})
+    first = await upload(service, container, [big, other])
+    assert whole_file_hashes == [], "no blob of their size was there: no pass before the upload's own"
+    for item in first.uploaded:
+        props = await service.get_blob_client(container, item.name).get_blob_properties()
+        assert (
+            bytes(props.content_settings.content_md5).hex()
+            == item.md5
+            == hashlib.md5(item.path.read_bytes()).hexdigest()
+        )
+
+    # A blob of the same size is there: the file is hashed to compare, and sent again only if its bytes differ.
+    big.write_bytes(bytes(reversed(big.read_bytes())))
+    again = await upload(service, container, [big, other])
+    assert sorted(whole_file_hashes) == sorted([big, other])
+    assert [f.name for f in again.uploaded] == ["big.bin"] and [f.name for f in again.skipped] == ["other.bin"]
+    data = await (await service.get_blob_client(container, "big.bin").download_blob()).readall()
+    assert data == big.read_bytes() and again.uploaded[0].md5 == hashlib.md5(data).hexdigest()
+
+
+@pytest.mark.anyio
+async def test_a_file_that_changes_while_sent_in_blocks_is_not_committed(
+    service: BlobServiceClient, container: str, tmp_path: Path
+) -> None:
+    (path,) = write_files(tmp_path, {"growing.bin": 6 * BLOCK})
+
+    def change_after_first_block(event: TransferProgress) -> None:
+        if event.done == BLOCK:
+            with path.open("ab") as f:
+                f.write(b"more")
+
+    with pytest.raises(StorageError, match="changed while it was being uploaded"):
+        await upload(service, container, [path], concurrency=1, progress=change_after_first_block)
+    assert not await service.get_blob_client(container, "growing.bin").exists()
 
 
 @pytest.mark.anyio

@@ -330,6 +330,54 @@ async def test_retry_after_is_honoured() -> None:
     assert waited >= 0.4
 
 
+async def test_each_chunk_is_sent_as_measured_and_resent_as_is() -> None:
+    """A chunk's body is the compact encoding measured against the limit, byte for byte, on every attempt."""
+    bodies: list[bytes] = []
+
+    async def accept(request: web.Request, n: int) -> web.StreamResponse:
+        body = await request.read()
+        bodies.append(body)
+        if n == 1:  # the second request: the service is busy; its retry must carry the same bytes
+            return await batch_error(503, "ServerBusy")(request, n)
+        values = [{"status": "success", "taskId": t["id"]} for t in json.loads(body)["value"]]
+        return web.json_response({"value": values})
+
+    specs = [TaskSpec(id=f"t{i:03d}", command_line=OK, environment={"PAD": "x" * (i * 37 % 400)}) for i in range(60)]
+    async with StubServer(accept) as stub:
+        from azure.core.credentials import AzureNamedKeyCredential
+
+        async with BatchClient(stub.url, AzureNamedKeyCredential("acct", "a2V5a2V5")) as batch:
+            result = await submit_tasks(batch, "job", specs, policy=FAST, max_body_bytes=4_000, concurrency=1)
+    assert result.ok and result.added == tuple(s.id for s in specs)
+    assert bodies[2] == bodies[1], "the retry re-sends the chunk's bytes"
+    assert all("addtaskcollection" in seen.path and "api-version=" in seen.query for seen in stub.seen)
+    assert all(s.headers["Content-Type"].startswith("application/json") for s in stub.seen)
+    sent = [json.loads(b)["value"] for b in bodies[:1] + bodies[2:]]
+    assert [t["id"] for chunk in sent for t in chunk] == [s.id for s in specs], "each task once, in order"
+    for body, chunk in zip(bodies[:1] + bodies[2:], sent, strict=True):
+        assert len(body) <= 4_000 and body == json.dumps({"value": chunk}, separators=(",", ":")).encode()
+
+
+async def test_a_chunk_is_signed_and_labelled_as_the_client_configures() -> None:
+    """Chunks skip the SDK's operation, not the client's signing, user agent or headers."""
+
+    async def accept(request: web.Request, n: int) -> web.StreamResponse:
+        values = [{"status": "success", "taskId": t["id"]} for t in (await request.json())["value"]]
+        return web.json_response({"value": values})
+
+    async with StubServer(accept) as stub:
+        from azure.core.credentials import AzureNamedKeyCredential
+
+        async with BatchClient(
+            stub.url, AzureNamedKeyCredential("acct", "a2V5a2V5"), user_agent="my-app/1.0", headers={"x-extra": "1"}
+        ) as batch:
+            result = await submit_tasks(batch, "job", tasks(3), policy=FAST)
+    assert result.ok and len(stub.seen) == 1
+    headers = stub.seen[0].headers
+    assert headers["Authorization"].startswith("SharedKey acct:") and "ocp-date" in {k.lower() for k in headers}
+    assert "my-app/1.0" in headers["User-Agent"] and headers["x-extra"] == "1"
+
+
 async def test_a_missing_job_stops_the_submission(batch_emulator: Emulator, azurite: AzuriteServer) -> None:
     async with make_client(batch_emulator, azurite) as client:
         with pytest.raises(SubmissionError) as caught:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
 from aiobatch import AppPackageRef, TaskSpec, output_files_to, resource_file
 from aiobatch._specs import ResourceFileSpec, to_task_model
-from aiobatch._submit import _task_body
+from aiobatch._submit import _task_body, _task_json
 
 SAS = "https://acct.blob.core.windows.net/inputs/my%20cat.mp4?se=2030-01-01&sp=r&sig=abc%3D"
 
@@ -53,3 +54,46 @@ def test_the_full_spec_sets_every_field() -> None:
     for f in dataclasses.fields(TaskSpec):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         assert getattr(FULL, f.name) != default, f"set {f.name} in FULL"
+
+
+PLAIN = [
+    TaskSpec(id="plain", command_line="true"),
+    TaskSpec(id="one-file", command_line="cat in", resource_files=[resource_file(SAS, "in/cat.mp4")]),
+    TaskSpec(
+        id="files-and-env",
+        command_line="/bin/sh -c 'echo \"é\" \\\\ \u732b'",
+        resource_files=[
+            resource_file(SAS, "a b.mp4", file_mode="0644"),
+            ResourceFileSpec(file_path="all", storage_container_url="https://acct/c?sig=x", blob_prefix="p/"),
+            ResourceFileSpec(file_path="some", storage_container_url="https://acct/c?sig=x"),
+        ],
+        environment={"A": "1", "QUOTE": '"', "NL": "line\nbreak", "U": "\u00fc\U0001f431"},
+    ),
+    TaskSpec(id="own-run-id", command_line="true", environment={"AIOBATCH_RUN_ID": "r1"}),
+]
+
+
+@pytest.mark.parametrize("spec", SPECS + PLAIN, ids=lambda s: s.id)
+@pytest.mark.parametrize("run_id", ["", "r1"])
+def test_the_text_is_the_bodys_json_compact_and_ascii(spec: TaskSpec, run_id: str) -> None:
+    text = _task_json(spec, run_id)
+    assert json.loads(text) == _task_body(spec, run_id)
+    assert text.isascii() and text == json.dumps(json.loads(text), separators=(",", ":"))
+    env = {e["name"]: e["value"] for e in json.loads(text).get("environmentSettings", [])}
+    assert env.get("AIOBATCH_RUN_ID") == (spec.environment.get("AIOBATCH_RUN_ID") or run_id or None)
+
+
+def test_a_spec_compares_and_replaces_as_a_dataclass() -> None:
+    spec = PLAIN[2]
+    again = TaskSpec(
+        id=spec.id,
+        command_line=spec.command_line,
+        resource_files=list(spec.resource_files),
+        environment=dict(spec.environment),
+    )
+    assert again == spec and isinstance(again.resource_files, tuple)
+    changed = dataclasses.replace(spec, id="other")
+    assert changed.id == "other" and changed.resource_files == spec.resource_files
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.id = "x"  # type: ignore[misc]
+    assert TaskSpec(id="e", command_line="true").environment == {}
