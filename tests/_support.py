@@ -25,9 +25,14 @@ def fast_retry(seed: int | str | None = None) -> RetryPolicy:
     return dataclasses.replace(FAST_RETRY, rng=random.Random(seed))
 
 
-async def poll_until(probe: Callable[[], Awaitable[T]], within: float = 10.0, interval: float = 0.02) -> T:
-    """Await ``probe()`` every *interval* seconds until it answers something true; fail after *within* seconds."""
-    with anyio.fail_after(within):
+async def poll_until(
+    probe: Callable[[], Awaitable[T]], within: float = 10.0, interval: float = 0.02, *, what: str = "a condition"
+) -> T:
+    """Await ``probe()`` every *interval* seconds until it answers something true; fail after *within* seconds.
+
+    The failure is a ``TimeoutError`` saying it timed out waiting for *what*.
+    """
+    with anyio.fail_after(within, reason=f"timed out waiting for {what}"):
         while not (value := await probe()):
             await anyio.sleep(interval)
         return value

@@ -20,6 +20,7 @@ from azure.batch.aio import BatchClient
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.core.pipeline import PipelineResponse
 
+from _support import poll_until
 from aiobatch.emulator import Emulator, Timings
 
 pytestmark = pytest.mark.anyio
@@ -85,12 +86,7 @@ async def batch(batch_emulator: Emulator, responses: Responses) -> AsyncIterator
 
 async def wait_for(probe: Callable[[], Awaitable[T]], *, within: float = 10.0, what: str = "condition") -> T:
     """Poll ``probe`` until it returns something truthy (``what`` names it in a failure)."""
-    with anyio.fail_after(within, reason=f"timed out waiting for {what}"):
-        while True:
-            value = await probe()
-            if value:
-                return value
-            await anyio.sleep(0.02)
+    return await poll_until(probe, within, what=what)
 
 
 def pool_options(pool_id: str, *, nodes: int = 1, **extra: Any) -> m.BatchPoolCreateOptions:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,6 +15,8 @@ from azure.batch.aio import BatchClient
 from azure.core.exceptions import HttpResponseError
 
 from aiobatch.emulator import Emulator
+
+from .test_contract_aio import wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -32,15 +34,6 @@ UBUNTU = m.VirtualMachineConfiguration(
 async def batch(batch_emulator: Emulator) -> AsyncIterator[BatchClient]:
     async with BatchClient(batch_emulator.endpoint, batch_emulator.credential) as client:
         yield client
-
-
-async def wait_for(probe: Callable[[], Awaitable[T]], *, within: float = 10.0, what: str = "condition") -> T:
-    with anyio.fail_after(within, reason=f"timed out waiting for {what}"):
-        while True:
-            value = await probe()
-            if value:
-                return value
-            await anyio.sleep(0.02)
 
 
 async def ready_pool(batch: BatchClient, pool_id: str, nodes: int) -> None:

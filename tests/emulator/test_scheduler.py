@@ -7,11 +7,11 @@ import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import anyio
 import pytest
 from azure.batch import models as m
 from azure.batch.aio import BatchClient
 
+from _support import poll_until
 from aiobatch.emulator import Emulator, Quotas, Timings
 from aiobatch.emulator._model import Node, Pool
 from aiobatch.emulator._types import TaskOutcome, TaskRun
@@ -38,9 +38,7 @@ def pool(pool_id: str, nodes: int = 1, **kwargs: object) -> m.BatchPoolCreateOpt
 
 async def until(check: Callable[[], Awaitable[bool]], limit: float = 20.0) -> None:
     """Poll ``check`` until it holds, as a client would; fail after ``limit`` seconds."""
-    with anyio.fail_after(limit):
-        while not await check():
-            await anyio.sleep(0.05)
+    await poll_until(check, limit, interval=0.05)
 
 
 async def wait_completed(batch: BatchClient, job_id: str, count: int) -> list[m.BatchTask]:

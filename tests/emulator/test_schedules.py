@@ -9,7 +9,7 @@ passes through (the stand-in for the emulator's clock option). A minute's recurr
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +23,8 @@ from azure.core.pipeline import PipelineResponse
 
 from aiobatch.emulator import Emulator
 from aiobatch.local import TEST_TIMINGS
+
+from .test_contract_aio import wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -64,16 +66,6 @@ def now(emulator: Emulator) -> dt.datetime:
     """The emulated service's time."""
     assert emulator._scheduler is not None
     return emulator._scheduler.now()
-
-
-async def wait_for(probe: Callable[[], Awaitable[T]], *, within: float = 10.0, what: str = "condition") -> T:
-    """Poll ``probe`` until it returns something truthy (``what`` names it in a failure)."""
-    with anyio.fail_after(within, reason=f"timed out waiting for {what}"):
-        while True:
-            value = await probe()
-            if value:
-                return value
-            await anyio.sleep(0.02)
 
 
 def spec(**extra: Any) -> m.BatchJobSpecification:
