@@ -704,17 +704,7 @@ async def _put_signed(
     counter: _Counter,
 ) -> None:
     content_type = mimetypes.guess_type(item.name)[0] or "application/octet-stream"
-    async with flow.limiter:
-        await call(
-            lambda: flow.attempt(putter.put(item.name, data, item.md5, content_type)),
-            policy=policy,
-            resource="blob",
-            resource_id=item.name,
-            action="upload",
-            retry_on=_is_transit_corruption,
-        )
-    flow.done(item.size)
-    counter.add(item.size)
+    await _send_whole(item, flow, policy, counter, lambda: putter.put(item.name, data, item.md5, content_type))
 
 
 async def _put_whole(
@@ -726,18 +716,29 @@ async def _put_whole(
     counter: _Counter,
 ) -> None:
     md5 = bytes.fromhex(item.md5)  # the file's MD5 is the body's: no need to hash it again on the loop
+    await _send_whole(
+        item,
+        flow,
+        policy,
+        counter,
+        lambda: blob.upload_blob(
+            data,
+            length=len(data),
+            overwrite=True,
+            transactional_content_md5=md5,  # checked by the service, as validate_content would have it
+            content_settings=_content_settings(item.name, item.md5),
+            max_concurrency=1,
+        ),
+    )
+
+
+async def _send_whole(
+    item: BlobFile, flow: _Flow, policy: RetryPolicy | None, counter: _Counter, send: Callable[[], Awaitable[Any]]
+) -> None:
+    """Send a whole file in one request (``send``) within the flow's limit, retried by the one policy."""
     async with flow.limiter:
         await call(
-            lambda: flow.attempt(
-                blob.upload_blob(
-                    data,
-                    length=len(data),
-                    overwrite=True,
-                    transactional_content_md5=md5,  # checked by the service, as validate_content would have it
-                    content_settings=_content_settings(item.name, item.md5),
-                    max_concurrency=1,
-                )
-            ),
+            lambda: flow.attempt(send()),
             policy=policy,
             resource="blob",
             resource_id=item.name,
