@@ -14,12 +14,13 @@ import pytest
 from azure.batch import models as m
 from azure.batch.aio import BatchClient
 from azure.core.exceptions import HttpResponseError
+from azure.core.rest import HttpRequest
 
 from aiobatch.emulator import Emulator
 from aiobatch.emulator._exit_options import exit_options
 from aiobatch.emulator._types import FailureInfo
 
-from .test_contract_aio import download, finished, ready_pool, sh, wait_for
+from .test_contract_aio import download, finished, pool_options, ready_pool, sh, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -346,3 +347,15 @@ async def test_an_ordinary_task_has_no_subtasks(batch: BatchClient) -> None:
         async for _ in batch.list_subtasks("j", "nope"):
             pass
     assert caught.value.status_code == 404
+
+
+async def test_replacing_a_task_with_null_constraints_keeps_their_defaults(batch: BatchClient) -> None:
+    """A null maxTaskRetryCount in a replace body was a 500 (found by the hostile-input fuzz): null is 'not given'."""
+    await batch.create_pool(pool_options("p", nodes=0))
+    await batch.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))
+    await batch.create_task("j", m.BatchTaskCreateOptions(id="t", command_line="true"))
+    body = {"constraints": {"maxTaskRetryCount": None, "maxWallClockTime": None}}
+    answer = await batch.send_request(HttpRequest("PUT", "/jobs/j/tasks/t?api-version=2025-06-01", json=body))
+    assert answer.status_code == 200, answer.text()
+    constraints = (await batch.get_task("j", "t")).constraints
+    assert constraints is not None and constraints.max_task_retry_count == 0

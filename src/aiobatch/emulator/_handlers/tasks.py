@@ -220,7 +220,8 @@ async def replace_task(request: web.Request) -> web.Response:
     check_conditions(request, task)
     if task.state == "completed":  # guessed: the service's code is not recorded; TaskCompleted is its documented one
         raise ServiceError(409, "TaskCompleted", "The specified task is already in a completed state.")
-    constraints = dict(body_of(request).get("constraints") or {})
+    # A null is a constraint not given (the validation layer lets optional properties be null).
+    constraints = {k: v for k, v in (body_of(request).get("constraints") or {}).items() if v is not None}
     constraints.setdefault("maxWallClockTime", wire.MAX_DURATION)
     constraints.setdefault("retentionTime", "P7D")
     constraints.setdefault("maxTaskRetryCount", job.max_task_retry_count)
