@@ -39,7 +39,7 @@ from aiohttp import web
 
 from ._model import ServiceError, invalid_property, utcnow
 from ._types import FailureInfo, TaskOutcome
-from ._wire import timestamp
+from ._wire import bad_query, timestamp
 
 #: Every status a row may have, in the order the docs list them.
 STATUSES = ("honoured", "partial", "accepted-not-simulated", "refused", "operation-not-emulated")
@@ -286,20 +286,12 @@ def check_query(request: web.Request) -> None:
     if expand == {"stats"} and (request.path.startswith("/pools") or not expands_stats(request)):
         return
     # The code of any query parameter value the service refuses; the refusal itself is the emulator's.
-    raise ServiceError(
-        400,
-        "InvalidQueryParameterValue",
-        "Value for one of the query parameters specified in the request URI is invalid.",
-        [
-            ("QueryParameterName", "$expand"),
-            ("QueryParameterValue", value),
-            (
-                "Reason",
-                "The aiobatch emulator does not support $expand here: it does not measure a job's statistics "
-                "(CPU times, I/O). Leave it out (or $select properties other than stats), or test statistics "
-                "against Azure Batch.",
-            ),
-        ],
+    raise bad_query(
+        "$expand",
+        value,
+        "The aiobatch emulator does not support $expand here: it does not measure a job's statistics "
+        "(CPU times, I/O). Leave it out (or $select properties other than stats), or test statistics "
+        "against Azure Batch.",
     )
 
 
