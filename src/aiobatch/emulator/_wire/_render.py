@@ -19,6 +19,7 @@ from .._model import (
     Pool,
     ResizeError,
     ServiceError,
+    StartTaskAttempt,
     Task,
 )
 from .._types import FailureInfo
@@ -156,10 +157,7 @@ def render_node(account: Account, pool: Pool, node: Node) -> dict[str, Any]:
     if pool.start_task is not None:
         out["startTask"] = pool.spec["startTask"]
     if node.start_task_info is not None:
-        info = dict(node.start_task_info)
-        if node.start_task_failure is not None:
-            info["failureInfo"] = _failure(node.start_task_failure)
-        out["startTaskInfo"] = info
+        out["startTaskInfo"] = render_start_task_info(node.start_task_info, node.start_task_failure)
     recent = []
     for job_id, task_id in node.recent_tasks:
         job = account.jobs.get(job_id.lower())
@@ -184,6 +182,30 @@ def render_node(account: Account, pool: Pool, node: Node) -> dict[str, Any]:
     image["exactVersion"] = image.get("version", "latest")
     out["virtualMachineInfo"] = {"imageReference": image}
     return out
+
+
+def render_start_task_info(attempt: StartTaskAttempt, failure: FailureInfo | None) -> dict[str, Any]:
+    """A node's ``startTaskInfo``: its start task's latest attempt, with the last failure seen."""
+    outcome = attempt.outcome
+    if outcome is None:
+        info: dict[str, Any] = {
+            "state": "running",
+            "startTime": timestamp(attempt.start_time),
+            "retryCount": attempt.retry_count,
+        }
+    else:
+        info = {
+            "state": "completed",
+            "startTime": timestamp(outcome.start_time),
+            "endTime": timestamp(outcome.end_time),
+        }
+        if outcome.exit_code is not None:
+            info["exitCode"] = outcome.exit_code
+        info["result"] = outcome.result
+        info["retryCount"] = attempt.retry_count
+    if failure is not None:
+        info["failureInfo"] = _failure(failure)
+    return info
 
 
 _NODE_COUNT_STATES = (
