@@ -175,33 +175,6 @@ class Attempt:
         """Completed with no failure."""
         return self.state == "completed" and self.failure is None
 
-    def render(self, node_url: str, *, retries: bool) -> dict[str, Any]:
-        """``jobPreparationTaskExecutionInfo`` (``retries``) or ``jobReleaseTaskExecutionInfo``."""
-        out: dict[str, Any] = {"startTime": wire.timestamp(self.start_time)}
-        if self.end_time is not None:
-            out["endTime"] = wire.timestamp(self.end_time)
-        out["state"] = self.state
-        out["taskRootDirectory"] = self.task_root
-        out["taskRootDirectoryUrl"] = f"{node_url}/files/{self.task_root}"
-        if self.exit_code is not None:
-            out["exitCode"] = self.exit_code
-        if self.failure is not None:
-            failure: dict[str, Any] = {
-                "category": self.failure.category,
-                "code": self.failure.code,
-                "message": self.failure.message,
-            }
-            if self.failure.details:
-                failure["details"] = [{"name": k, "value": v} for k, v in self.failure.details]
-            out["failureInfo"] = failure
-        if retries:
-            out["retryCount"] = self.retry_count
-            if self.last_retry_time is not None:
-                out["lastRetryTime"] = wire.timestamp(self.last_retry_time)
-        if self.state == "completed":
-            out["result"] = "failure" if self.failure is not None else "success"
-        return out
-
 
 @dataclass(eq=False)
 class NodePrep:
@@ -344,24 +317,9 @@ class JobPrep:
 
     # -- the status listing -----------------------------------------------------------------------------------
 
-    def statuses(self, job: Job) -> list[dict[str, Any]]:
-        """The entries of ``jobpreparationandreleasetaskstatus``: one per node where the preparation task ran."""
-        account_url = self.scheduler.account.url
-        out = []
-        for entry in self._nodes(job).values():
-            if entry.prep is None:
-                continue
-            node_url = f"{account_url}/pools/{entry.pool_id}/nodes/{entry.node.id}"
-            item: dict[str, Any] = {
-                "poolId": entry.pool_id,
-                "nodeId": entry.node.id,
-                "nodeUrl": node_url,
-                "jobPreparationTaskExecutionInfo": entry.prep.render(node_url, retries=True),
-            }
-            if entry.release is not None:
-                item["jobReleaseTaskExecutionInfo"] = entry.release.render(node_url, retries=False)
-            out.append(item)
-        return out
+    def statuses(self, job: Job) -> list[NodePrep]:
+        """The nodes where the job's preparation task ran (``jobpreparationandreleasetaskstatus``)."""
+        return [entry for entry in self._nodes(job).values() if entry.prep is not None]
 
     # -- running them -----------------------------------------------------------------------------------------
 

@@ -196,7 +196,10 @@ async def enable_job(request: web.Request) -> web.Response:
 
 async def list_preparation_and_release_status(request: web.Request) -> web.Response:
     """GET /jobs/{jobId}/jobpreparationandreleasetaskstatus: per node, how both tasks went."""
-    job = account_of(request).get_job(request.match_info["job"])
+    account = account_of(request)
+    job = account.get_job(request.match_info["job"])
     statuses = scheduler_of(request).jobprep.statuses(job)
     operation, fragment = "jobpreparationandreleasetaskstatus", "jobpreparationandreleasetaskstatuslist"
-    return answer_list(request, operation, fragment, statuses, dict)
+    return answer_list(
+        request, operation, fragment, statuses, lambda entry: wire.render_prep_status(account.url, entry)
+    )

@@ -241,29 +241,10 @@ def _extensions(pool: Pool) -> list[dict[str, Any]]:
     return list((pool.spec.get("virtualMachineConfiguration") or {}).get("extensions") or [])
 
 
-def _render_extension(extension: dict[str, Any]) -> dict[str, Any]:
-    shown = {k: v for k, v in extension.items() if k != "protectedSettings"}  # never echoed back
-    return {
-        "provisioningState": "Succeeded",
-        "vmExtension": shown,
-        "instanceView": {
-            "name": extension.get("name"),
-            "statuses": [
-                {
-                    "code": "ProvisioningState/succeeded",
-                    "displayStatus": "Provisioning succeeded",
-                    "level": "Info",
-                    "message": "Accepted, not simulated: the aiobatch emulator installs no VM extension.",
-                }
-            ],
-        },
-    }
-
-
 async def list_node_extensions(request: web.Request) -> web.Response:
     """GET .../nodes/{nodeId}/extensions: the pool's ``virtualMachineConfiguration.extensions``."""
     pool, _ = _node(request)
-    return answer_list(request, "extensions", "extensions", _extensions(pool), _render_extension)
+    return answer_list(request, "extensions", "extensions", _extensions(pool), wire.render_node_extension)
 
 
 async def get_node_extension(request: web.Request) -> web.Response:
@@ -274,7 +255,7 @@ async def get_node_extension(request: web.Request) -> web.Response:
     for extension in _extensions(pool):
         if extension.get("name") == name:
             body = wire.metadata(account.url, "extensions/@Element")
-            body.update(wire.select(_render_extension(extension), wire.parse_select(request)))
+            body.update(wire.select(wire.render_node_extension(extension), wire.parse_select(request)))
             return wire.json_response(body)
     # guessed: the service's code for an extension the node does not have
     raise ServiceError(404, "NodeExtensionNotFound", "The specified node extension does not exist.")

@@ -18,10 +18,8 @@ from aiohttp import web
 
 from .. import _clock
 from .._model import (
-    Job,
-    Pool,
+    Entity,
     ServiceError,
-    Task,
     invalid_property,
 )
 
@@ -151,8 +149,8 @@ def echoed_headers(request: web.Request) -> dict[str, str]:
     return {}
 
 
-def entity_headers(entity: Pool | Job | Task) -> dict[str, str]:
-    """ETag and Last-Modified of a pool, job or task."""
+def entity_headers(entity: Entity) -> dict[str, str]:
+    """ETag and Last-Modified of a pool, job, task or job schedule."""
     return {"ETag": entity.etag, "Last-Modified": http_date(entity.last_modified)}
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from .._autoscale import AutoScaleRun
@@ -24,6 +24,10 @@ from .._model import (
 )
 from .._types import FailureInfo
 from ._http import error_body, format_duration, timestamp
+
+if TYPE_CHECKING:
+    from .._jobprep import Attempt, NodePrep
+    from .._schedules import JobSchedule
 
 
 def render_autoscale_run(run: AutoScaleRun) -> dict[str, Any]:
@@ -464,4 +468,94 @@ def render_file(account: Account, base_url: str, name: str, stat: Any | None) ->
             "contentLength": str(stat.st_size),
             "contentType": "text/plain" if name.endswith(".txt") else "application/octet-stream",
         }
+    return out
+
+
+def render_node_extension(extension: Mapping[str, Any]) -> dict[str, Any]:
+    """An entry of a node's extensions: the pool's extension, never its ``protectedSettings``."""
+    shown = {k: v for k, v in extension.items() if k != "protectedSettings"}  # never echoed back
+    return {
+        "provisioningState": "Succeeded",
+        "vmExtension": shown,
+        "instanceView": {
+            "name": extension.get("name"),
+            "statuses": [
+                {
+                    "code": "ProvisioningState/succeeded",
+                    "displayStatus": "Provisioning succeeded",
+                    "level": "Info",
+                    "message": "Accepted, not simulated: the aiobatch emulator installs no VM extension.",
+                }
+            ],
+        },
+    }
+
+
+def render_prep_task_info(attempt: Attempt, node_url: str, *, retries: bool) -> dict[str, Any]:
+    """``jobPreparationTaskExecutionInfo`` (``retries``) or ``jobReleaseTaskExecutionInfo``."""
+    out: dict[str, Any] = {"startTime": timestamp(attempt.start_time)}
+    if attempt.end_time is not None:
+        out["endTime"] = timestamp(attempt.end_time)
+    out["state"] = attempt.state
+    out["taskRootDirectory"] = attempt.task_root
+    out["taskRootDirectoryUrl"] = f"{node_url}/files/{attempt.task_root}"
+    if attempt.exit_code is not None:
+        out["exitCode"] = attempt.exit_code
+    if attempt.failure is not None:
+        out["failureInfo"] = _failure(attempt.failure)
+    if retries:
+        out["retryCount"] = attempt.retry_count
+        if attempt.last_retry_time is not None:
+            out["lastRetryTime"] = timestamp(attempt.last_retry_time)
+    if attempt.state == "completed":
+        out["result"] = "failure" if attempt.failure is not None else "success"
+    return out
+
+
+def render_prep_status(account_url: str, entry: NodePrep) -> dict[str, Any]:
+    """An entry of ``jobpreparationandreleasetaskstatus``: how both tasks went on one node."""
+    assert entry.prep is not None
+    node_url = f"{account_url}/pools/{entry.pool_id}/nodes/{entry.node.id}"
+    item: dict[str, Any] = {
+        "poolId": entry.pool_id,
+        "nodeId": entry.node.id,
+        "nodeUrl": node_url,
+        "jobPreparationTaskExecutionInfo": render_prep_task_info(entry.prep, node_url, retries=True),
+    }
+    if entry.release is not None:
+        item["jobReleaseTaskExecutionInfo"] = render_prep_task_info(entry.release, node_url, retries=False)
+    return item
+
+
+def render_schedule(account_url: str, schedule: JobSchedule) -> dict[str, Any]:
+    """A job schedule as GET /jobschedules/{id} answers (without ``odata.metadata``)."""
+    spec = schedule.spec
+    out: dict[str, Any] = {"id": schedule.id}
+    if spec.get("displayName"):
+        out["displayName"] = spec["displayName"]
+    out.update(
+        {
+            "url": f"{account_url}/jobschedules/{schedule.id}",
+            "eTag": schedule.etag,
+            "lastModified": timestamp(schedule.last_modified),
+            "creationTime": timestamp(schedule.creation_time),
+            "state": schedule.state,
+            "stateTransitionTime": timestamp(schedule.state_transition_time),
+        }
+    )
+    if schedule.previous_state is not None and schedule.previous_state_transition_time is not None:
+        out["previousState"] = schedule.previous_state
+        out["previousStateTransitionTime"] = timestamp(schedule.previous_state_transition_time)
+    out["schedule"] = dict(spec.get("schedule") or {})
+    out["jobSpecification"] = schedule.job_spec
+    info: dict[str, Any] = {}
+    if schedule.next_run_time is not None and schedule.state in ("active", "disabled"):
+        info["nextRunTime"] = timestamp(schedule.next_run_time)
+    if schedule.recent_job is not None:
+        info["recentJob"] = {"id": schedule.recent_job, "url": f"{account_url}/jobs/{schedule.recent_job}"}
+    if schedule.end_time is not None:
+        info["endTime"] = timestamp(schedule.end_time)
+    out["executionInfo"] = info
+    if spec.get("metadata"):
+        out["metadata"] = spec["metadata"]
     return out
