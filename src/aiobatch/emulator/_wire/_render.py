@@ -14,6 +14,7 @@ from urllib.parse import quote
 from .._autoscale import AutoScaleRun
 from .._model import (
     Account,
+    Entity,
     Job,
     Node,
     Pool,
@@ -64,7 +65,7 @@ def _failure(info: FailureInfo) -> dict[str, Any]:
     return body
 
 
-def _state_fields(entity: Pool | Job | Task, *, previous: bool = True) -> dict[str, Any]:
+def _state_fields(entity: Entity, *, previous: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {
         "state": entity.state,
         "stateTransitionTime": timestamp(entity.state_transition_time),
@@ -77,20 +78,30 @@ def _state_fields(entity: Pool | Job | Task, *, previous: bool = True) -> dict[s
     return out
 
 
+def _head(entity: Entity, url: str, *, previous: bool = True) -> dict[str, Any]:
+    """The properties a pool, job and job schedule open with, in the service's order."""
+    out: dict[str, Any] = {"id": entity.id}
+    if entity.spec.get("displayName"):
+        out["displayName"] = entity.spec["displayName"]
+    out.update(
+        {
+            "url": url,
+            "eTag": entity.etag,
+            "lastModified": timestamp(entity.last_modified),
+            "creationTime": timestamp(entity.creation_time),
+            **_state_fields(entity, previous=previous),
+        }
+    )
+    return out
+
+
 def render_pool(account: Account, pool: Pool) -> dict[str, Any]:
     """A pool as GET /pools/{id} answers (without ``odata.metadata``)."""
     spec = pool.spec
-    out: dict[str, Any] = {"id": pool.id}
-    if spec.get("displayName"):
-        out["displayName"] = spec["displayName"]
+    # A pool has no previousState in the service's answers (a deleting pool was recorded without one).
+    out = _head(pool, f"{account.url}/pools/{pool.id}", previous=False)
     out.update(
         {
-            "url": f"{account.url}/pools/{pool.id}",
-            "eTag": pool.etag,
-            "lastModified": timestamp(pool.last_modified),
-            "creationTime": timestamp(pool.creation_time),
-            # A pool has no previousState in the service's answers (a deleting pool was recorded without one).
-            **_state_fields(pool, previous=False),
             "allocationState": pool.allocation_state,
             "allocationStateTransitionTime": timestamp(pool.allocation_state_transition_time),
             "vmSize": pool.vm_size.lower(),
@@ -255,16 +266,9 @@ def render_node_counts(pool: Pool, *, legacy: bool = False) -> dict[str, Any]:
 def render_job(account: Account, job: Job, auto_pool: Mapping[str, Any] | None) -> dict[str, Any]:
     """A job as GET /jobs/{id} answers."""
     spec = job.spec
-    out: dict[str, Any] = {"id": job.id}
-    if spec.get("displayName"):
-        out["displayName"] = spec["displayName"]
+    out = _head(job, f"{account.url}/jobs/{job.id}")
     out.update(
         {
-            "url": f"{account.url}/jobs/{job.id}",
-            "eTag": job.etag,
-            "lastModified": timestamp(job.last_modified),
-            "creationTime": timestamp(job.creation_time),
-            **_state_fields(job),
             "priority": job.priority,
             "maxParallelTasks": job.max_parallel_tasks,
             "usesTaskDependencies": spec["usesTaskDependencies"],
@@ -530,22 +534,7 @@ def render_prep_status(account_url: str, entry: NodePrep) -> dict[str, Any]:
 def render_schedule(account_url: str, schedule: JobSchedule) -> dict[str, Any]:
     """A job schedule as GET /jobschedules/{id} answers (without ``odata.metadata``)."""
     spec = schedule.spec
-    out: dict[str, Any] = {"id": schedule.id}
-    if spec.get("displayName"):
-        out["displayName"] = spec["displayName"]
-    out.update(
-        {
-            "url": f"{account_url}/jobschedules/{schedule.id}",
-            "eTag": schedule.etag,
-            "lastModified": timestamp(schedule.last_modified),
-            "creationTime": timestamp(schedule.creation_time),
-            "state": schedule.state,
-            "stateTransitionTime": timestamp(schedule.state_transition_time),
-        }
-    )
-    if schedule.previous_state is not None and schedule.previous_state_transition_time is not None:
-        out["previousState"] = schedule.previous_state
-        out["previousStateTransitionTime"] = timestamp(schedule.previous_state_transition_time)
+    out = _head(schedule, f"{account_url}/jobschedules/{schedule.id}")
     out["schedule"] = dict(spec.get("schedule") or {})
     out["jobSpecification"] = schedule.job_spec
     info: dict[str, Any] = {}
