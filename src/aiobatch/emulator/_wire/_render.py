@@ -65,6 +65,11 @@ def _failure(info: FailureInfo) -> dict[str, Any]:
     return body
 
 
+def _given(spec: Mapping[str, Any], *keys: str) -> dict[str, Any]:
+    """The spec's properties among ``keys`` that are set (not absent, null or empty), in ``keys``' order."""
+    return {key: spec[key] for key in keys if spec.get(key)}
+
+
 def _state_fields(entity: Entity, *, previous: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {
         "state": entity.state,
@@ -129,16 +134,17 @@ def render_pool(account: Account, pool: Pool) -> dict[str, Any]:
         if autoscale.last_run is not None:
             out["autoScaleRun"] = render_autoscale_run(autoscale.last_run)
     out["enableInterNodeCommunication"] = spec["enableInterNodeCommunication"]
-    for key in (
-        "startTask",
-        "applicationPackageReferences",
-        "metadata",
-        "userAccounts",
-        "networkConfiguration",
-        "upgradePolicy",
-    ):
-        if spec.get(key):
-            out[key] = spec[key]
+    out.update(
+        _given(
+            spec,
+            "startTask",
+            "applicationPackageReferences",
+            "metadata",
+            "userAccounts",
+            "networkConfiguration",
+            "upgradePolicy",
+        )
+    )
     out["taskSlotsPerNode"] = pool.task_slots_per_node
     out["taskSchedulingPolicy"] = spec["taskSchedulingPolicy"]
     out["virtualMachineConfiguration"] = spec["virtualMachineConfiguration"]
@@ -276,9 +282,8 @@ def render_job(account: Account, job: Job, auto_pool: Mapping[str, Any] | None) 
             "constraints": spec["constraints"],
         }
     )
-    for key in ("jobPreparationTask", "jobReleaseTask"):  # as `_jobprep.parse_job_tasks` filled them in
-        if spec.get(key):
-            out[key] = spec[key]
+    # As `_jobprep.parse_job_tasks` filled them in.
+    out.update(_given(spec, "jobPreparationTask", "jobReleaseTask"))
     if spec.get("commonEnvironmentSettings"):
         out["commonEnvironmentSettings"] = spec["commonEnvironmentSettings"]
     if spec.get("networkConfiguration"):
@@ -379,17 +384,18 @@ def render_task(account: Account, job: Job, task: Task) -> dict[str, Any]:
             "commandLine": task.command_line,
         }
     )
-    for key in (
-        "resourceFiles",
-        "outputFiles",
-        "environmentSettings",
-        "applicationPackageReferences",
-        "exitConditions",
-        "affinityInfo",
-        "dependsOn",
-    ):
-        if spec.get(key):
-            out[key] = spec[key]
+    out.update(
+        _given(
+            spec,
+            "resourceFiles",
+            "outputFiles",
+            "environmentSettings",
+            "applicationPackageReferences",
+            "exitConditions",
+            "affinityInfo",
+            "dependsOn",
+        )
+    )
     out["userIdentity"] = spec["userIdentity"]
     out["constraints"] = spec["constraints"]
     out["requiredSlots"] = task.required_slots
