@@ -192,9 +192,7 @@ async def get_remote_login_settings(request: web.Request) -> web.Response:
     account = account_of(request)
     pool, node = _node(request)
     index = sorted(pool.nodes).index(node.id)
-    body = wire.metadata(account.url, "Microsoft.Azure.Batch.Protocol.Entities.ComputeNodeGetRemoteLoginSettingsResult")
-    body.update({"remoteLoginIPAddress": "127.0.0.1", "remoteLoginPort": REMOTE_LOGIN_BASE_PORT + index})
-    return wire.json_response(body)
+    return wire.json_response(wire.render_remote_login(account.url, "127.0.0.1", REMOTE_LOGIN_BASE_PORT + index))
 
 
 # -- service logs ---------------------------------------------------------------------------------------------
@@ -229,9 +227,7 @@ async def upload_service_logs(request: web.Request) -> web.Response:
         raise invalid_property(
             "containerUrl", transfer.mask_sas(container), f"The logs could not be written: {error.reason}"
         ) from None  # guessed: the service uploads later and reports nothing here
-    out = wire.metadata(account.url, "Microsoft.Azure.Batch.Protocol.Entities.UploadBatchServiceLogsResult")
-    out.update({"virtualDirectoryName": directory, "numberOfFilesUploaded": count})
-    return wire.json_response(out)
+    return wire.json_response(wire.render_service_logs_upload(account.url, directory, count))
 
 
 # -- extensions -----------------------------------------------------------------------------------------------

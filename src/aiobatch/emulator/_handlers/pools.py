@@ -313,8 +313,4 @@ async def list_pool_usage_metrics(request: web.Request) -> web.Response:
     """GET /poolusagemetrics: core hours per pool and hour that is over, between ``startTime`` and ``endTime``."""
     start, end = _query_time(request, "starttime"), _query_time(request, "endtime")
     rows = scheduler_of(request).nodes.usage_metrics(start, end)
-
-    def render(row: dict[str, Any]) -> dict[str, Any]:
-        return {**row, "startTime": wire.timestamp(row["startTime"]), "endTime": wire.timestamp(row["endTime"])}
-
-    return answer_list(request, "poolusagemetrics", "poolusagemetrics", rows, render)
+    return answer_list(request, "poolusagemetrics", "poolusagemetrics", rows, wire.render_pool_usage)

@@ -24,7 +24,7 @@ from .._model import (
     Task,
 )
 from .._types import FailureInfo
-from ._http import error_body, format_duration, timestamp
+from ._http import error_body, format_duration, metadata, timestamp
 
 if TYPE_CHECKING:
     from .._jobprep import Attempt, NodePrep
@@ -554,3 +554,22 @@ def render_schedule(account_url: str, schedule: JobSchedule) -> dict[str, Any]:
     if spec.get("metadata"):
         out["metadata"] = spec["metadata"]
     return out
+
+
+def render_remote_login(account_url: str, address: str, port: int) -> dict[str, Any]:
+    """GET .../nodes/{nodeId}/remoteloginsettings."""
+    body = metadata(account_url, "Microsoft.Azure.Batch.Protocol.Entities.ComputeNodeGetRemoteLoginSettingsResult")
+    body.update({"remoteLoginIPAddress": address, "remoteLoginPort": port})
+    return body
+
+
+def render_service_logs_upload(account_url: str, directory: str, count: int) -> dict[str, Any]:
+    """The answer of POST .../nodes/{nodeId}/uploadbatchservicelogs."""
+    body = metadata(account_url, "Microsoft.Azure.Batch.Protocol.Entities.UploadBatchServiceLogsResult")
+    body.update({"virtualDirectoryName": directory, "numberOfFilesUploaded": count})
+    return body
+
+
+def render_pool_usage(row: Mapping[str, Any]) -> dict[str, Any]:
+    """An entry of GET /poolusagemetrics, from one of `_nodes.NodeOps.usage_metrics`' rows (times as datetimes)."""
+    return {**row, "startTime": timestamp(row["startTime"]), "endTime": timestamp(row["endTime"])}
