@@ -573,3 +573,14 @@ def render_service_logs_upload(account_url: str, directory: str, count: int) -> 
 def render_pool_usage(row: Mapping[str, Any]) -> dict[str, Any]:
     """An entry of GET /poolusagemetrics, from one of `_nodes.NodeOps.usage_metrics`' rows (times as datetimes)."""
     return {**row, "startTime": timestamp(row["startTime"]), "endTime": timestamp(row["endTime"])}
+
+
+def render_pool_stats(pool_url: str, created: dt.datetime, now: dt.datetime) -> dict[str, Any]:
+    """A pool's ``stats`` (``$expand=stats``): the period it covers, no usage or resource figures.
+
+    ``usageStats`` and ``resourceStats`` are optional in the API and left out: the emulator measures neither
+    the cores its nodes would bill nor their CPU, memory, disk or network use, and answers no figure it has not
+    measured.
+    """
+    # The url's form is guessed (no recording holds a pool's stats): the pool's own, then /stats.
+    return {"url": f"{pool_url}/stats", "startTime": timestamp(created), "lastUpdateTime": timestamp(now)}
