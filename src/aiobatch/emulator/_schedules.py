@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 
 from . import _wire as wire
 from ._clock import wait_event
-from ._jobprep import parse_job_tasks
 from ._model import Entity, Job, ServiceError, check_id, invalid_property
 
 if TYPE_CHECKING:
@@ -145,7 +144,7 @@ def parse_job_spec(scheduler: Scheduler, spec: Mapping[str, Any], job_id: str) -
     try:
         # wire.parse_job checks a client's job id; a schedule's job ids hold a ':' no client may use.
         job, auto = wire.parse_job(scheduler.account, {**spec, "id": "schedule-job"})
-        parse_job_tasks(job.spec)
+        wire.parse_job_tasks(job.spec)
     except ServiceError as error:
         raise _prefixed(error, "jobSpecification.") from None
     job.id = job_id

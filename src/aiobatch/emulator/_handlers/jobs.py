@@ -10,7 +10,6 @@ from aiohttp import web
 
 from .. import _job_control as job_control
 from .. import _wire as wire
-from .._jobprep import parse_job_tasks
 from .._model import Account, Job, ServiceError
 from .._scheduler import Scheduler
 from .._validate import body_of
@@ -30,7 +29,7 @@ async def create_job(request: web.Request) -> web.Response:
     """POST /jobs (with poolInfo.poolId or an autoPoolSpecification)."""
     account = account_of(request)
     job, auto = wire.parse_job(account, body_of(request))
-    parse_job_tasks(job.spec)
+    wire.parse_job_tasks(job.spec)
     existing = account.jobs.get(job.id.lower())
     if existing is not None:
         if existing.state == "deleting":

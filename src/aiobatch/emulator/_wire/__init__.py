@@ -38,6 +38,8 @@ from ._http import (
     timestamp,
 )
 from ._parse import (
+    PREP,
+    RELEASE,
     app_package_env,
     autoscale_error,
     check_catalogue,
@@ -45,6 +47,7 @@ from ._parse import (
     parse_formula,
     parse_interval,
     parse_job,
+    parse_job_tasks,
     parse_job_update,
     parse_output_files,
     parse_pool,
@@ -85,6 +88,8 @@ __all__ = [
     "MAX_DURATION",
     "MAX_PAGE_SIZE",
     "MAX_TASKS_PER_COLLECTION",
+    "PREP",
+    "RELEASE",
     "TaskFilterView",
     "api_version_of",
     "app_package_env",
@@ -111,6 +116,7 @@ __all__ = [
     "parse_formula",
     "parse_interval",
     "parse_job",
+    "parse_job_tasks",
     "parse_job_update",
     "parse_output_files",
     "parse_pool",

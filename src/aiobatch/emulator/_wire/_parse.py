@@ -41,6 +41,11 @@ def _int(body: Mapping[str, Any], name: str, default: int, lo: int, hi: int) -> 
     return int(value)
 
 
+def _default_user() -> dict[str, Any]:
+    """The ``userIdentity`` the service fills in: the pool's non-admin auto user."""
+    return {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}}
+
+
 def _environment(items: list[dict[str, Any]] | None) -> dict[str, str]:
     return {item["name"]: item.get("value") or "" for item in items or []}
 
@@ -97,7 +102,7 @@ def parse_output_files(items: list[dict[str, Any]] | None) -> tuple[OutputFile, 
 
 def _filled_task_defaults(body: dict[str, Any], job: Job) -> dict[str, Any]:
     spec = dict(body)
-    spec.setdefault("userIdentity", {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}})
+    spec.setdefault("userIdentity", _default_user())
     constraints = dict(spec.get("constraints") or {})
     constraints.setdefault("maxWallClockTime", MAX_DURATION)
     constraints.setdefault("retentionTime", "P7D")
@@ -227,7 +232,7 @@ def parse_pool(account: Account, body: dict[str, Any], *, prop_prefix: str = "")
     spec.setdefault("enableInterNodeCommunication", False)
     if start_task is not None:
         st_spec = dict(body["startTask"])
-        st_spec.setdefault("userIdentity", {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}})
+        st_spec.setdefault("userIdentity", _default_user())
         st_spec.setdefault("maxTaskRetryCount", 0)
         st_spec.setdefault("waitForSuccess", True)
         spec["startTask"] = st_spec
@@ -495,6 +500,99 @@ def _refuse_job_actions(conditions: Mapping[str, Any] | None) -> None:
                 "To enable exit conditions with a job action, set onTaskFailure on the job to "
                 "performexitoptionsjobaction.",
             )
+
+
+#: A job's preparation and release tasks, as their properties are named.
+PREP = "jobPreparationTask"
+RELEASE = "jobReleaseTask"
+
+#: A job release task's's default and longest ``maxWallClockTime`` (the REST reference: "You may not specify a
+#: timeout longer than 15 minutes").
+RELEASE_MAX_WALL_CLOCK = 15 * 60
+
+
+def _refuse_container(body: Mapping[str, Any], prop: str) -> None:
+    if body.get("containerSettings"):
+        raise invalid_property(
+            f"{prop}.containerSettings",
+            "(set)",
+            "The aiobatch emulator does not run job preparation or release tasks in containers; leave "
+            "containerSettings out (the task then runs as a process on the node) or test this on Azure Batch.",
+        )
+
+
+def _common(body: Mapping[str, Any], prop: str, default_id: str) -> dict[str, Any]:
+    if not body.get("commandLine"):
+        raise missing_property(f"{prop}.commandLine")
+    task_id = body.get("id") or default_id
+    try:
+        check_id("task", task_id)
+    except ServiceError as error:
+        error.values = [(k, f"{prop}.id" if k == "PropertyName" else v) for k, v in error.values]
+        raise
+    parse_resource_files(body.get("resourceFiles"), f"{prop}.resourceFiles")
+    out: dict[str, Any] = {"id": task_id, "commandLine": body["commandLine"]}
+    for key in ("resourceFiles", "environmentSettings"):
+        if body.get(key):
+            out[key] = body[key]
+    return out
+
+
+def parse_job_tasks(spec: dict[str, Any]) -> None:
+    """Check a job's ``jobPreparationTask`` and ``jobReleaseTask`` and fill in the service's defaults, in place.
+
+    ``spec`` is the job's spec as `parse_job` made it; what is filled in is what the service answers (as
+    recorded: ``tests/emulator/recordings``, ..._jobs_async_.json).
+
+    Raises:
+        ServiceError: 400 naming the property: a release task without a preparation task, one of them with
+            ``containerSettings`` (not emulated), a release ``maxWallClockTime`` over 15 minutes, a bad id.
+    """
+    prep, release = spec.get(PREP), spec.get(RELEASE)
+    if release and not prep:
+        # guessed code; the REST reference: "A Job Release Task cannot be specified without also specifying a
+        # Job Preparation Task for the Job."
+        raise invalid_property(RELEASE, "(set)", "A job release task needs a job preparation task.")
+    if prep:
+        _refuse_container(prep, PREP)
+        out = _common(prep, PREP, "jobpreparation")
+        constraints = dict(prep.get("constraints") or {})
+        constraints.setdefault("maxWallClockTime", MAX_DURATION)
+        constraints.setdefault("retentionTime", "P7D")
+        constraints.setdefault("maxTaskRetryCount", 0)
+        parse_duration(constraints["maxWallClockTime"], f"{PREP}.constraints.maxWallClockTime")
+        retries = constraints["maxTaskRetryCount"]
+        if not -1 <= retries <= 100:
+            raise invalid_property(
+                f"{PREP}.constraints.maxTaskRetryCount", retries, "The value must be an integer between -1 and 100."
+            )
+        out["constraints"] = constraints
+        out["userIdentity"] = prep.get("userIdentity") or _default_user()
+        out["waitForSuccess"] = prep.get("waitForSuccess") is not False
+        out["rerunOnNodeRebootAfterSuccess"] = prep.get("rerunOnNodeRebootAfterSuccess") is not False
+        spec[PREP] = out
+    else:
+        spec.pop(PREP, None)
+    if release:
+        _refuse_container(release, RELEASE)
+        out = _common(release, RELEASE, "jobrelease")
+        if out["id"].lower() == spec[PREP]["id"].lower():
+            # guessed code: the ids of a job's tasks are unique, these two included.
+            raise invalid_property(f"{RELEASE}.id", out["id"], "The job release task's id is the preparation task's.")
+        limit = parse_duration(release.get("maxWallClockTime") or "PT15M", f"{RELEASE}.maxWallClockTime")
+        if limit is None or limit > RELEASE_MAX_WALL_CLOCK:
+            raise invalid_property(
+                f"{RELEASE}.maxWallClockTime",
+                release.get("maxWallClockTime"),
+                "A job release task may not run longer than 15 minutes (PT15M).",
+            )
+        out["maxWallClockTime"] = release.get("maxWallClockTime") or "PT15M"
+        out["retentionTime"] = release.get("retentionTime") or "P7D"
+        parse_duration(out["retentionTime"], f"{RELEASE}.retentionTime")
+        out["userIdentity"] = release.get("userIdentity") or _default_user()
+        spec[RELEASE] = out
+    else:
+        spec.pop(RELEASE, None)
 
 
 def app_package_env(ref: AppPackageRef, path: str) -> dict[str, str]:

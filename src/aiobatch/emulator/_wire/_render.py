@@ -282,7 +282,7 @@ def render_job(account: Account, job: Job, auto_pool: Mapping[str, Any] | None) 
             "constraints": spec["constraints"],
         }
     )
-    # As `_jobprep.parse_job_tasks` filled them in.
+    # As `_parse.parse_job_tasks` filled them in.
     out.update(_given(spec, "jobPreparationTask", "jobReleaseTask"))
     if spec.get("commonEnvironmentSettings"):
         out["commonEnvironmentSettings"] = spec["commonEnvironmentSettings"]
