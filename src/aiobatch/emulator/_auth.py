@@ -132,12 +132,13 @@ def check_auth_modes(modes: Iterable[str]) -> tuple[str, ...]:
     return checked
 
 
-def _missing_authorization() -> ServiceError:
+def _missing_header(name: str, status: int) -> ServiceError:
+    # The service answers a missing Authorization with 401 and a signed request without its date with 403.
     return ServiceError(
-        401,
+        status,
         "MissingRequiredHeader",
         "An HTTP header that's mandatory for this request is not specified.",
-        [("HeaderName", "Authorization")],
+        [("HeaderName", name)],
     )
 
 
@@ -168,7 +169,7 @@ def verify(request: web.Request, account_name: str, key: bytes, now: dt.datetime
     """
     header = request.headers.get("Authorization")
     if not header:
-        raise _missing_authorization()
+        raise _missing_header("Authorization", 401)
     scheme, _, credential = header.partition(" ")
     if scheme != "SharedKey":
         raise _wrong_scheme(("sharedkey",))
@@ -177,12 +178,7 @@ def verify(request: web.Request, account_name: str, key: bytes, now: dt.datetime
         raise _auth_failed(f"The account name in the Authorization header is not '{account_name}'.")
     date_text = request.headers.get("ocp-date") or request.headers.get("Date")
     if not date_text:
-        raise ServiceError(
-            403,
-            "MissingRequiredHeader",
-            "An HTTP header that's mandatory for this request is not specified.",
-            [("HeaderName", "ocp-date")],
-        )
+        raise _missing_header("ocp-date", 403)
     try:
         sent = parsedate_to_datetime(date_text)
     except (TypeError, ValueError):
@@ -301,7 +297,7 @@ def authenticate(request: web.Request, account_name: str, key: bytes, modes: Ite
     """
     header = request.headers.get("Authorization")
     if not header:
-        error = _missing_authorization()
+        error = _missing_header("Authorization", 401)
         if "entra" in modes:
             error.headers["WWW-Authenticate"] = f'Bearer authorization_uri="{AUTHORIZATION_URI}"'
         raise error

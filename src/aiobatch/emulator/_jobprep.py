@@ -29,110 +29,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _wire as wire
-from ._model import Job, Node, Pool, ServiceError, Task, check_id, invalid_property, missing_property, utcnow
+from ._model import Job, Node, Pool, ServiceError, Task, utcnow
 from ._runner import run_task
 from ._types import FailureInfo, TaskOutcome, TaskRun
+from ._wire import PREP, RELEASE
 
 if TYPE_CHECKING:
     from ._scheduler import Scheduler
 
 log = logging.getLogger("aiobatch.emulator")
-
-PREP = "jobPreparationTask"
-RELEASE = "jobReleaseTask"
-
-#: The release task's default and longest ``maxWallClockTime`` (the REST reference: "You may not specify a
-#: timeout longer than 15 minutes").
-RELEASE_MAX_WALL_CLOCK = 15 * 60
-
-_DEFAULT_USER = {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}}
-
-
-# -- the request bodies ----------------------------------------------------------------------------------------
-
-
-def _refuse_container(body: Mapping[str, Any], prop: str) -> None:
-    if body.get("containerSettings"):
-        raise invalid_property(
-            f"{prop}.containerSettings",
-            "(set)",
-            "The aiobatch emulator does not run job preparation or release tasks in containers; leave "
-            "containerSettings out (the task then runs as a process on the node) or test this on Azure Batch.",
-        )
-
-
-def _common(body: Mapping[str, Any], prop: str, default_id: str) -> dict[str, Any]:
-    if not body.get("commandLine"):
-        raise missing_property(f"{prop}.commandLine")
-    task_id = body.get("id") or default_id
-    try:
-        check_id("task", task_id)
-    except ServiceError as error:
-        error.values = [(k, f"{prop}.id" if k == "PropertyName" else v) for k, v in error.values]
-        raise
-    wire.parse_resource_files(body.get("resourceFiles"), f"{prop}.resourceFiles")
-    out: dict[str, Any] = {"id": task_id, "commandLine": body["commandLine"]}
-    for key in ("resourceFiles", "environmentSettings"):
-        if body.get(key):
-            out[key] = body[key]
-    return out
-
-
-def parse_job_tasks(spec: dict[str, Any]) -> None:
-    """Check a job's ``jobPreparationTask`` and ``jobReleaseTask`` and fill in the service's defaults, in place.
-
-    ``spec`` is the job's spec as `_wire.parse_job` made it; what is filled in is what the service answers (as
-    recorded: ``tests/emulator/recordings``, ..._jobs_async_.json).
-
-    Raises:
-        ServiceError: 400 naming the property: a release task without a preparation task, one of them with
-            ``containerSettings`` (not emulated), a release ``maxWallClockTime`` over 15 minutes, a bad id.
-    """
-    prep, release = spec.get(PREP), spec.get(RELEASE)
-    if release and not prep:
-        # guessed code; the REST reference: "A Job Release Task cannot be specified without also specifying a
-        # Job Preparation Task for the Job."
-        raise invalid_property(RELEASE, "(set)", "A job release task needs a job preparation task.")
-    if prep:
-        _refuse_container(prep, PREP)
-        out = _common(prep, PREP, "jobpreparation")
-        constraints = dict(prep.get("constraints") or {})
-        constraints.setdefault("maxWallClockTime", wire.MAX_DURATION)
-        constraints.setdefault("retentionTime", "P7D")
-        constraints.setdefault("maxTaskRetryCount", 0)
-        wire.parse_duration(constraints["maxWallClockTime"], f"{PREP}.constraints.maxWallClockTime")
-        retries = constraints["maxTaskRetryCount"]
-        if not -1 <= retries <= 100:
-            raise invalid_property(
-                f"{PREP}.constraints.maxTaskRetryCount", retries, "The value must be an integer between -1 and 100."
-            )
-        out["constraints"] = constraints
-        out["userIdentity"] = prep.get("userIdentity") or _DEFAULT_USER
-        out["waitForSuccess"] = prep.get("waitForSuccess") is not False
-        out["rerunOnNodeRebootAfterSuccess"] = prep.get("rerunOnNodeRebootAfterSuccess") is not False
-        spec[PREP] = out
-    else:
-        spec.pop(PREP, None)
-    if release:
-        _refuse_container(release, RELEASE)
-        out = _common(release, RELEASE, "jobrelease")
-        if out["id"].lower() == spec[PREP]["id"].lower():
-            # guessed code: the ids of a job's tasks are unique, these two included.
-            raise invalid_property(f"{RELEASE}.id", out["id"], "The job release task's id is the preparation task's.")
-        limit = wire.parse_duration(release.get("maxWallClockTime") or "PT15M", f"{RELEASE}.maxWallClockTime")
-        if limit is None or limit > RELEASE_MAX_WALL_CLOCK:
-            raise invalid_property(
-                f"{RELEASE}.maxWallClockTime",
-                release.get("maxWallClockTime"),
-                "A job release task may not run longer than 15 minutes (PT15M).",
-            )
-        out["maxWallClockTime"] = release.get("maxWallClockTime") or "PT15M"
-        out["retentionTime"] = release.get("retentionTime") or "P7D"
-        wire.parse_duration(out["retentionTime"], f"{RELEASE}.retentionTime")
-        out["userIdentity"] = release.get("userIdentity") or _DEFAULT_USER
-        spec[RELEASE] = out
-    else:
-        spec.pop(RELEASE, None)
 
 
 def check_task_id(job: Job, task_id: str) -> None:
@@ -174,33 +79,6 @@ class Attempt:
     def succeeded(self) -> bool:
         """Completed with no failure."""
         return self.state == "completed" and self.failure is None
-
-    def render(self, node_url: str, *, retries: bool) -> dict[str, Any]:
-        """``jobPreparationTaskExecutionInfo`` (``retries``) or ``jobReleaseTaskExecutionInfo``."""
-        out: dict[str, Any] = {"startTime": wire.timestamp(self.start_time)}
-        if self.end_time is not None:
-            out["endTime"] = wire.timestamp(self.end_time)
-        out["state"] = self.state
-        out["taskRootDirectory"] = self.task_root
-        out["taskRootDirectoryUrl"] = f"{node_url}/files/{self.task_root}"
-        if self.exit_code is not None:
-            out["exitCode"] = self.exit_code
-        if self.failure is not None:
-            failure: dict[str, Any] = {
-                "category": self.failure.category,
-                "code": self.failure.code,
-                "message": self.failure.message,
-            }
-            if self.failure.details:
-                failure["details"] = [{"name": k, "value": v} for k, v in self.failure.details]
-            out["failureInfo"] = failure
-        if retries:
-            out["retryCount"] = self.retry_count
-            if self.last_retry_time is not None:
-                out["lastRetryTime"] = wire.timestamp(self.last_retry_time)
-        if self.state == "completed":
-            out["result"] = "failure" if self.failure is not None else "success"
-        return out
 
 
 @dataclass(eq=False)
@@ -344,24 +222,9 @@ class JobPrep:
 
     # -- the status listing -----------------------------------------------------------------------------------
 
-    def statuses(self, job: Job) -> list[dict[str, Any]]:
-        """The entries of ``jobpreparationandreleasetaskstatus``: one per node where the preparation task ran."""
-        account_url = self.scheduler.account.url
-        out = []
-        for entry in self._nodes(job).values():
-            if entry.prep is None:
-                continue
-            node_url = f"{account_url}/pools/{entry.pool_id}/nodes/{entry.node.id}"
-            item: dict[str, Any] = {
-                "poolId": entry.pool_id,
-                "nodeId": entry.node.id,
-                "nodeUrl": node_url,
-                "jobPreparationTaskExecutionInfo": entry.prep.render(node_url, retries=True),
-            }
-            if entry.release is not None:
-                item["jobReleaseTaskExecutionInfo"] = entry.release.render(node_url, retries=False)
-            out.append(item)
-        return out
+    def statuses(self, job: Job) -> list[NodePrep]:
+        """The nodes where the job's preparation task ran (``jobpreparationandreleasetaskstatus``)."""
+        return [entry for entry in self._nodes(job).values() if entry.prep is not None]
 
     # -- running them -----------------------------------------------------------------------------------------
 
@@ -444,4 +307,4 @@ class JobPrep:
         self._retain(entry, release, spec["retentionTime"], lambda: entry.release is release)
 
 
-__all__ = ["JobPrep", "check_task_id", "parse_job_tasks"]
+__all__ = ["JobPrep", "check_task_id"]

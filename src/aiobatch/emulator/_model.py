@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from . import _clock
 from ._autoscale_runs import PoolAutoScale, SampleHistory
 from ._catalogue import cores_of
-from ._types import FailureInfo, OutputFile, ResourceFile
+from ._types import FailureInfo, OutputFile, ResourceFile, TaskOutcome
 
 if TYPE_CHECKING:
     from ._dependencies import Dependencies
@@ -194,6 +194,16 @@ class StartTask:
     wait_for_success: bool
 
 
+@dataclass(frozen=True)
+class StartTaskAttempt:
+    """The latest attempt of a node's start task (rendered as ``startTaskInfo``)."""
+
+    start_time: dt.datetime
+    retry_count: int
+    #: How it ended; None while it runs.
+    outcome: TaskOutcome | None = None
+
+
 @dataclass
 class Node:
     """One compute node of a pool: a real scheduling unit with its own directory tree."""
@@ -213,7 +223,7 @@ class Node:
     running: dict[tuple[str, str], int] = field(default_factory=dict)
     total_tasks_run: int = 0
     total_tasks_succeeded: int = 0
-    start_task_info: dict[str, Any] | None = None
+    start_task_info: StartTaskAttempt | None = None
     #: Start task failure, when ``state == "starttaskfailed"``.
     start_task_failure: FailureInfo | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)

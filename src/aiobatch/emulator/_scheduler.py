@@ -41,6 +41,7 @@ from ._model import (
     Pool,
     ResizeError,
     ServiceError,
+    StartTaskAttempt,
     Task,
     new_node_id,
     utcnow,
@@ -52,7 +53,7 @@ from ._runner import _wall_clock_failure, run_task
 from ._simulate import Simulation
 from ._support import unknown_user
 from ._types import FailureInfo, TaskOutcome, TaskRun
-from ._wire import app_package_env, parse_duration, task_user, timestamp
+from ._wire import app_package_env, parse_duration, task_user
 
 log = logging.getLogger("aiobatch.emulator")
 
@@ -564,7 +565,7 @@ class Scheduler:
         apps = await self._app_package_environment(pool.app_packages)
         retry = 0
         while True:
-            node.start_task_info = {"state": "running", "startTime": timestamp(utcnow()), "retryCount": retry}
+            node.start_task_info = StartTaskAttempt(utcnow(), retry)
             start_spec = pool.spec.get("startTask") or {}
             if self.simulation is not None:
                 outcome = await self._simulate(
@@ -579,14 +580,7 @@ class Scheduler:
                     ),
                     self._session(),
                 )
-            node.start_task_info = {
-                "state": "completed",
-                "startTime": timestamp(outcome.start_time),
-                "endTime": timestamp(outcome.end_time),
-                **({"exitCode": outcome.exit_code} if outcome.exit_code is not None else {}),
-                "result": outcome.result,
-                "retryCount": retry,
-            }
+            node.start_task_info = StartTaskAttempt(outcome.start_time, retry, outcome)
             node.start_task_failure = outcome.failure_info
             if outcome.failure_info is None or not _may_retry(retry, start.max_task_retry_count):
                 break

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 
 from . import _wire as wire
 from ._clock import wait_event
-from ._jobprep import parse_job_tasks
 from ._model import Entity, Job, ServiceError, check_id, invalid_property
 
 if TYPE_CHECKING:
@@ -145,51 +144,12 @@ def parse_job_spec(scheduler: Scheduler, spec: Mapping[str, Any], job_id: str) -
     try:
         # wire.parse_job checks a client's job id; a schedule's job ids hold a ':' no client may use.
         job, auto = wire.parse_job(scheduler.account, {**spec, "id": "schedule-job"})
-        parse_job_tasks(job.spec)
+        wire.parse_job_tasks(job.spec)
     except ServiceError as error:
         raise _prefixed(error, "jobSpecification.") from None
     job.id = job_id
     job.spec.pop("id", None)
     return job, auto
-
-
-def render_schedule(account_url: str, schedule: JobSchedule) -> dict[str, Any]:
-    """A job schedule as GET /jobschedules/{id} answers (without ``odata.metadata``)."""
-    spec = schedule.spec
-    out: dict[str, Any] = {"id": schedule.id}
-    if spec.get("displayName"):
-        out["displayName"] = spec["displayName"]
-    out.update(
-        {
-            "url": f"{account_url}/jobschedules/{schedule.id}",
-            "eTag": schedule.etag,
-            "lastModified": wire.timestamp(schedule.last_modified),
-            "creationTime": wire.timestamp(schedule.creation_time),
-            "state": schedule.state,
-            "stateTransitionTime": wire.timestamp(schedule.state_transition_time),
-        }
-    )
-    if schedule.previous_state is not None and schedule.previous_state_transition_time is not None:
-        out["previousState"] = schedule.previous_state
-        out["previousStateTransitionTime"] = wire.timestamp(schedule.previous_state_transition_time)
-    out["schedule"] = dict(spec.get("schedule") or {})
-    out["jobSpecification"] = schedule.job_spec
-    info: dict[str, Any] = {}
-    if schedule.next_run_time is not None and schedule.state in ("active", "disabled"):
-        info["nextRunTime"] = wire.timestamp(schedule.next_run_time)
-    if schedule.recent_job is not None:
-        info["recentJob"] = {"id": schedule.recent_job, "url": f"{account_url}/jobs/{schedule.recent_job}"}
-    if schedule.end_time is not None:
-        info["endTime"] = wire.timestamp(schedule.end_time)
-    out["executionInfo"] = info
-    if spec.get("metadata"):
-        out["metadata"] = spec["metadata"]
-    return out
-
-
-def schedule_headers(schedule: JobSchedule) -> dict[str, str]:
-    """ETag and Last-Modified of a schedule."""
-    return {"ETag": schedule.etag, "Last-Modified": wire.http_date(schedule.last_modified)}
 
 
 # -- the schedules of an account and their timer ----------------------------------------------------------------
@@ -566,4 +526,4 @@ def _being_deleted() -> ServiceError:
     )
 
 
-__all__ = ["MIN_INTERVAL", "JobSchedule", "JobSchedules", "ScheduleConfig", "parse_config", "render_schedule"]
+__all__ = ["MIN_INTERVAL", "JobSchedule", "JobSchedules", "ScheduleConfig", "parse_config"]

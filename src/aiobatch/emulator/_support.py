@@ -16,7 +16,7 @@ from `_validate.REQUEST_BODIES`). The statuses:
 The validation middleware calls `check_body` on each body before its types are checked, so a refused property is
 named even in a body with other faults; a task collection is checked task by task (`check_task`), each refused
 task a ``clienterror`` of its own, as the service answers a collection. ``$expand=stats`` is answered for pools
-(`pool_stats`: the period, no figures the emulator does not measure) and refused for jobs (`check_query`).
+(`_wire.render_pool_stats`: the period, no figures the emulator does not measure) and refused for jobs (`check_query`).
 
 ``python -m aiobatch.emulator._support`` writes the tables of docs/emulator.md (properties and operations)
 between their markers; ``--check`` exits 1 when they are stale.
@@ -25,7 +25,6 @@ between their markers; ``--check`` exits 1 when they are stale.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -39,7 +38,7 @@ from aiohttp import web
 
 from ._model import ServiceError, invalid_property, utcnow
 from ._types import FailureInfo, TaskOutcome
-from ._wire import timestamp
+from ._wire import bad_query
 
 #: Every status a row may have, in the order the docs list them.
 STATUSES = ("honoured", "partial", "accepted-not-simulated", "refused", "operation-not-emulated")
@@ -258,23 +257,13 @@ def expands_stats(request: web.Request) -> bool:
     return "stats" in expand and (not selected or "stats" in selected)
 
 
-def pool_stats(pool_url: str, created: dt.datetime, now: dt.datetime) -> dict[str, Any]:
-    """A pool's ``stats`` (``$expand=stats``): the period it covers, no usage or resource figures.
-
-    ``usageStats`` and ``resourceStats`` are optional in the API and left out: the emulator measures neither
-    the cores its nodes would bill nor their CPU, memory, disk or network use, and answers no figure it has not
-    measured.
-    """
-    # The url's form is guessed (no recording holds a pool's stats): the pool's own, then /stats.
-    return {"url": f"{pool_url}/stats", "startTime": timestamp(created), "lastUpdateTime": timestamp(now)}
-
-
 def check_query(request: web.Request) -> None:
     """Refuse a job's ``$expand=stats`` whose statistics the answer would carry: the emulator keeps none.
 
-    A pool's are answered (`pool_stats`); a job's statistics are all required figures (CPU times, I/O), which the
-    emulator does not measure. With a ``$select`` that leaves ``stats`` out nothing is expanded, and the request is
-    answered. ``$expand`` values other than ``stats`` are refused the same way: the API defines no other.
+    A pool's are answered (`_wire.render_pool_stats`); a job's statistics are all required figures (CPU times,
+    I/O), which the emulator does not measure. With a ``$select`` that leaves ``stats`` out nothing is expanded,
+    and the request is answered. ``$expand`` values other than ``stats`` are refused the same way: the API defines
+    no other.
 
     Raises:
         ServiceError: 400 ``InvalidQueryParameterValue`` naming ``$expand``.
@@ -286,20 +275,12 @@ def check_query(request: web.Request) -> None:
     if expand == {"stats"} and (request.path.startswith("/pools") or not expands_stats(request)):
         return
     # The code of any query parameter value the service refuses; the refusal itself is the emulator's.
-    raise ServiceError(
-        400,
-        "InvalidQueryParameterValue",
-        "Value for one of the query parameters specified in the request URI is invalid.",
-        [
-            ("QueryParameterName", "$expand"),
-            ("QueryParameterValue", value),
-            (
-                "Reason",
-                "The aiobatch emulator does not support $expand here: it does not measure a job's statistics "
-                "(CPU times, I/O). Leave it out (or $select properties other than stats), or test statistics "
-                "against Azure Batch.",
-            ),
-        ],
+    raise bad_query(
+        "$expand",
+        value,
+        "The aiobatch emulator does not support $expand here: it does not measure a job's statistics "
+        "(CPU times, I/O). Leave it out (or $select properties other than stats), or test statistics "
+        "against Azure Batch.",
     )
 
 
@@ -424,7 +405,6 @@ __all__ = [
     "matrix",
     "operations",
     "parse",
-    "pool_stats",
     "render_docs",
     "unknown_user",
     "unsupported",

@@ -10,7 +10,6 @@ from aiohttp import web
 
 from .. import _job_control as job_control
 from .. import _wire as wire
-from .._jobprep import parse_job_tasks
 from .._model import Account, Job, ServiceError
 from .._scheduler import Scheduler
 from .._validate import body_of
@@ -30,7 +29,7 @@ async def create_job(request: web.Request) -> web.Response:
     """POST /jobs (with poolInfo.poolId or an autoPoolSpecification)."""
     account = account_of(request)
     job, auto = wire.parse_job(account, body_of(request))
-    parse_job_tasks(job.spec)
+    wire.parse_job_tasks(job.spec)
     existing = account.jobs.get(job.id.lower())
     if existing is not None:
         if existing.state == "deleting":
@@ -196,7 +195,10 @@ async def enable_job(request: web.Request) -> web.Response:
 
 async def list_preparation_and_release_status(request: web.Request) -> web.Response:
     """GET /jobs/{jobId}/jobpreparationandreleasetaskstatus: per node, how both tasks went."""
-    job = account_of(request).get_job(request.match_info["job"])
+    account = account_of(request)
+    job = account.get_job(request.match_info["job"])
     statuses = scheduler_of(request).jobprep.statuses(job)
     operation, fragment = "jobpreparationandreleasetaskstatus", "jobpreparationandreleasetaskstatuslist"
-    return answer_list(request, operation, fragment, statuses, dict)
+    return answer_list(
+        request, operation, fragment, statuses, lambda entry: wire.render_prep_status(account.url, entry)
+    )

@@ -192,9 +192,7 @@ async def get_remote_login_settings(request: web.Request) -> web.Response:
     account = account_of(request)
     pool, node = _node(request)
     index = sorted(pool.nodes).index(node.id)
-    body = wire.metadata(account.url, "Microsoft.Azure.Batch.Protocol.Entities.ComputeNodeGetRemoteLoginSettingsResult")
-    body.update({"remoteLoginIPAddress": "127.0.0.1", "remoteLoginPort": REMOTE_LOGIN_BASE_PORT + index})
-    return wire.json_response(body)
+    return wire.json_response(wire.render_remote_login(account.url, "127.0.0.1", REMOTE_LOGIN_BASE_PORT + index))
 
 
 # -- service logs ---------------------------------------------------------------------------------------------
@@ -229,9 +227,7 @@ async def upload_service_logs(request: web.Request) -> web.Response:
         raise invalid_property(
             "containerUrl", transfer.mask_sas(container), f"The logs could not be written: {error.reason}"
         ) from None  # guessed: the service uploads later and reports nothing here
-    out = wire.metadata(account.url, "Microsoft.Azure.Batch.Protocol.Entities.UploadBatchServiceLogsResult")
-    out.update({"virtualDirectoryName": directory, "numberOfFilesUploaded": count})
-    return wire.json_response(out)
+    return wire.json_response(wire.render_service_logs_upload(account.url, directory, count))
 
 
 # -- extensions -----------------------------------------------------------------------------------------------
@@ -241,29 +237,10 @@ def _extensions(pool: Pool) -> list[dict[str, Any]]:
     return list((pool.spec.get("virtualMachineConfiguration") or {}).get("extensions") or [])
 
 
-def _render_extension(extension: dict[str, Any]) -> dict[str, Any]:
-    shown = {k: v for k, v in extension.items() if k != "protectedSettings"}  # never echoed back
-    return {
-        "provisioningState": "Succeeded",
-        "vmExtension": shown,
-        "instanceView": {
-            "name": extension.get("name"),
-            "statuses": [
-                {
-                    "code": "ProvisioningState/succeeded",
-                    "displayStatus": "Provisioning succeeded",
-                    "level": "Info",
-                    "message": "Accepted, not simulated: the aiobatch emulator installs no VM extension.",
-                }
-            ],
-        },
-    }
-
-
 async def list_node_extensions(request: web.Request) -> web.Response:
     """GET .../nodes/{nodeId}/extensions: the pool's ``virtualMachineConfiguration.extensions``."""
     pool, _ = _node(request)
-    return answer_list(request, "extensions", "extensions", _extensions(pool), _render_extension)
+    return answer_list(request, "extensions", "extensions", _extensions(pool), wire.render_node_extension)
 
 
 async def get_node_extension(request: web.Request) -> web.Response:
@@ -274,7 +251,7 @@ async def get_node_extension(request: web.Request) -> web.Response:
     for extension in _extensions(pool):
         if extension.get("name") == name:
             body = wire.metadata(account.url, "extensions/@Element")
-            body.update(wire.select(_render_extension(extension), wire.parse_select(request)))
+            body.update(wire.select(wire.render_node_extension(extension), wire.parse_select(request)))
             return wire.json_response(body)
     # guessed: the service's code for an extension the node does not have
     raise ServiceError(404, "NodeExtensionNotFound", "The specified node extension does not exist.")

@@ -12,7 +12,7 @@ from .. import _wire as wire
 from .._autoscale import FormulaError
 from .._model import Account, Pool, ServiceError, invalid_property
 from .._nodes import deallocation_option, resize_timeout
-from .._support import expands_stats, pool_stats
+from .._support import expands_stats
 from .._validate import body_of
 from ._common import (
     account_of,
@@ -52,7 +52,7 @@ def _render_pool(request: web.Request, account: Account, pool: Pool) -> dict[str
     """A pool as its GET answers, with its ``stats`` when ``$expand=stats`` asks for them."""
     out = wire.render_pool(account, pool)
     if expands_stats(request):
-        out["stats"] = pool_stats(out["url"], pool.creation_time, scheduler_of(request).now())
+        out["stats"] = wire.render_pool_stats(out["url"], pool.creation_time, scheduler_of(request).now())
     return out
 
 
@@ -313,8 +313,4 @@ async def list_pool_usage_metrics(request: web.Request) -> web.Response:
     """GET /poolusagemetrics: core hours per pool and hour that is over, between ``startTime`` and ``endTime``."""
     start, end = _query_time(request, "starttime"), _query_time(request, "endtime")
     rows = scheduler_of(request).nodes.usage_metrics(start, end)
-
-    def render(row: dict[str, Any]) -> dict[str, Any]:
-        return {**row, "startTime": wire.timestamp(row["startTime"]), "endTime": wire.timestamp(row["endTime"])}
-
-    return answer_list(request, "poolusagemetrics", "poolusagemetrics", rows, render)
+    return answer_list(request, "poolusagemetrics", "poolusagemetrics", rows, wire.render_pool_usage)

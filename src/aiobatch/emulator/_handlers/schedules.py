@@ -7,7 +7,7 @@ import functools
 from aiohttp import web
 
 from .. import _wire as wire
-from .._schedules import JobSchedule, JobSchedules, render_schedule, schedule_headers
+from .._schedules import JobSchedule, JobSchedules
 from .._validate import body_of
 from ._common import (
     ACCOUNT_KEY,
@@ -50,14 +50,14 @@ async def create_job_schedule(request: web.Request) -> web.Response:
     account = account_of(request)
     schedule = _schedules(request).create(body_of(request))
     location = f"{account.url}/jobschedules/{schedule.id}"
-    return wire.empty_response(201, headers=schedule_headers(schedule), location=location)
+    return wire.empty_response(201, headers=wire.entity_headers(schedule), location=location)
 
 
 async def list_job_schedules(request: web.Request) -> web.Response:
     """GET /jobschedules."""
     url = account_of(request).url
     return answer_list(
-        request, "jobschedules", "jobschedules", _schedules(request).all(), lambda s: render_schedule(url, s)
+        request, "jobschedules", "jobschedules", _schedules(request).all(), lambda s: wire.render_schedule(url, s)
     )
 
 
@@ -66,10 +66,10 @@ async def get_job_schedule(request: web.Request) -> web.Response:
     account = account_of(request)
     schedule = _schedule(request)
     if check_conditions(request, schedule):
-        return wire.empty_response(304, headers=schedule_headers(schedule))
+        return wire.empty_response(304, headers=wire.entity_headers(schedule))
     body = wire.metadata(account.url, "jobschedules/@Element")
-    body.update(wire.select(render_schedule(account.url, schedule), wire.parse_select(request)))
-    return wire.json_response(body, headers=schedule_headers(schedule))
+    body.update(wire.select(wire.render_schedule(account.url, schedule), wire.parse_select(request)))
+    return wire.json_response(body, headers=wire.entity_headers(schedule))
 
 
 async def update_job_schedule(request: web.Request) -> web.Response:
@@ -78,7 +78,9 @@ async def update_job_schedule(request: web.Request) -> web.Response:
     schedule = _schedule(request)
     check_conditions(request, schedule)
     _schedules(request).update(schedule, body_of(request), replace=request.method == "PUT")
-    return wire.empty_response(200, headers=schedule_headers(schedule), data_service_id=request_url(account, request))
+    return wire.empty_response(
+        200, headers=wire.entity_headers(schedule), data_service_id=request_url(account, request)
+    )
 
 
 async def disable_job_schedule(request: web.Request) -> web.Response:
@@ -87,7 +89,9 @@ async def disable_job_schedule(request: web.Request) -> web.Response:
     schedule = _schedule(request)
     check_conditions(request, schedule)
     _schedules(request).disable(schedule)
-    return wire.empty_response(204, headers=schedule_headers(schedule), data_service_id=request_url(account, request))
+    return wire.empty_response(
+        204, headers=wire.entity_headers(schedule), data_service_id=request_url(account, request)
+    )
 
 
 async def enable_job_schedule(request: web.Request) -> web.Response:
@@ -96,7 +100,9 @@ async def enable_job_schedule(request: web.Request) -> web.Response:
     schedule = _schedule(request)
     check_conditions(request, schedule)
     _schedules(request).enable(schedule)
-    return wire.empty_response(204, headers=schedule_headers(schedule), data_service_id=request_url(account, request))
+    return wire.empty_response(
+        204, headers=wire.entity_headers(schedule), data_service_id=request_url(account, request)
+    )
 
 
 async def terminate_job_schedule(request: web.Request) -> web.Response:
@@ -105,7 +111,9 @@ async def terminate_job_schedule(request: web.Request) -> web.Response:
     schedule = _schedule(request)
     check_conditions(request, schedule)
     _schedules(request).terminate(schedule)
-    return wire.empty_response(202, headers=schedule_headers(schedule), data_service_id=request_url(account, request))
+    return wire.empty_response(
+        202, headers=wire.entity_headers(schedule), data_service_id=request_url(account, request)
+    )
 
 
 async def delete_job_schedule(request: web.Request) -> web.Response:
