@@ -24,7 +24,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from ._exit_options import exit_options
-from ._model import Job, Task, utcnow
+from ._model import Job, Task, requeue_task
 from ._types import TaskOutcome
 from ._wire import parse_duration
 
@@ -92,10 +92,7 @@ async def _disable(scheduler: Scheduler, job: Job, running: list[Task], disable_
         if disable_tasks == "requeue":
             for task in running:
                 if task.state == "running":
-                    task.requeue_count += 1
-                    task.last_requeue_time = utcnow()
-                    task.set_state("active")
-                    job.queue.appendleft(task.id.lower())
+                    requeue_task(job, task)
     if job.state == "disabling":
         job.set_state("disabled")
         log.info("job %s disabled (%s)", job.id, disable_tasks)

@@ -523,3 +523,11 @@ def new_node_id(dedicated: bool) -> str:
 def vm_cores(vm_size: str) -> int:
     """VCPUs of a VM size: the catalogue's (``catalogue.json``), else read from its name, else 1."""
     return cores_of(vm_size)
+
+
+def requeue_task(job: Job, task: Task) -> None:
+    """Put a running task back at the head of its job's queue, as a requeue (node lost, removed, job disabled)."""
+    task.requeue_count += 1
+    task.last_requeue_time = utcnow()
+    task.set_state("active")
+    job.queue.appendleft(task.id.lower())

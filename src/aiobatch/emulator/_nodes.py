@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _files as transfer
-from ._model import Job, Node, Pool, ResizeError, ServiceError, Task, utcnow, vm_cores
+from ._model import Node, Pool, ResizeError, ServiceError, requeue_task, vm_cores
 from ._types import FailureInfo
 from ._wire import parse_duration
 
@@ -172,22 +172,11 @@ class NodeOps:
     async def _stop_tasks(self, node: Node, *, requeue: bool) -> None:
         """Stop what runs on the node: requeued, or completed as ended (``terminate``)."""
         scheduler = self.scheduler
-        stopped: list[tuple[Job, Task, asyncio.Task[None]]] = []
-        for job_key, task_key in list(node.running):
-            job = scheduler.account.jobs.get(job_key)
-            task = job.tasks.get(task_key) if job else None
-            if job is not None and task is not None and task.runner is not None:
-                stopped.append((job, task, task.runner))
-                task.runner.cancel()
-        await asyncio.gather(*(runner for _, _, runner in stopped), return_exceptions=True)
-        for job, task, _ in stopped:
+        for job, task in await scheduler.stop_attempts(node):
             if task.state != "running":
                 continue
             if requeue:
-                task.requeue_count += 1
-                task.last_requeue_time = utcnow()
-                task.set_state("active")
-                job.queue.appendleft(task.id.lower())
+                requeue_task(job, task)
             else:
                 scheduler._complete(job, task, None, NODE_TASK_ENDED)
                 scheduler.check_job_complete(job)

@@ -44,6 +44,7 @@ from ._model import (
     StartTaskAttempt,
     Task,
     new_node_id,
+    requeue_task,
     utcnow,
     vm_cores,
 )
@@ -617,12 +618,8 @@ class Scheduler:
         # Idle nodes go first; running tasks as the resize's nodeDeallocationOption says (`_nodes`).
         await self.nodes.shrink(pool, nodes, count)
 
-    async def _evict(self, node: Node, *, requeue: bool) -> None:
-        """Stop the node's boot and the tasks running on it; requeue them (as preemption and node loss do)."""
-        boot, node.boot = node.boot, None
-        if boot is not None and boot is not asyncio.current_task() and not boot.done():
-            boot.cancel()  # a lost node's start task stops with it and never sets its state again
-            await asyncio.gather(boot, return_exceptions=True)
+    async def stop_attempts(self, node: Node) -> list[tuple[Job, Task]]:
+        """Cancel the attempts running on ``node`` and wait until they are gone; return their jobs and tasks."""
         stopped: list[tuple[Job, Task, asyncio.Task[None]]] = []
         for job_key, task_key in list(node.running):
             job = self.account.jobs.get(job_key)
@@ -631,13 +628,19 @@ class Scheduler:
                 stopped.append((job, task, task.runner))
                 task.runner.cancel()
         await asyncio.gather(*(runner for _, _, runner in stopped), return_exceptions=True)
+        return [(job, task) for job, task, _ in stopped]
+
+    async def _evict(self, node: Node, *, requeue: bool) -> None:
+        """Stop the node's boot and the tasks running on it; requeue them (as preemption and node loss do)."""
+        boot, node.boot = node.boot, None
+        if boot is not None and boot is not asyncio.current_task() and not boot.done():
+            boot.cancel()  # a lost node's start task stops with it and never sets its state again
+            await asyncio.gather(boot, return_exceptions=True)
+        stopped = await self.stop_attempts(node)
         # Requeue only once the attempts are gone, so the dispatcher never sees a queued task still running.
-        for job, task, _ in stopped:
+        for job, task in stopped:
             if requeue and task.state == "running":
-                task.requeue_count += 1
-                task.last_requeue_time = utcnow()
-                task.set_state("active")
-                job.queue.appendleft(task.id.lower())
+                requeue_task(job, task)
         self.kick()
 
     def delete_pool(self, pool: Pool) -> None:
