@@ -64,6 +64,19 @@ def _add_node(scheduler: Scheduler, pool: Pool) -> None:
     scheduler._node_changed(pool, node)
 
 
+def _start_polls(scheduler: Scheduler, pool: Pool, polls: int) -> tuple[list[float], list[int]]:
+    """Time ``polls`` polls, each after a fresh idle node joins the pool; also count the jobs each looked at."""
+    started, touched = [], []
+    for _ in range(polls):
+        _add_node(scheduler, pool)
+        before = scheduler.dispatch_touches
+        t0 = time.perf_counter()
+        scheduler._dispatch()
+        started.append(time.perf_counter() - t0)
+        touched.append(scheduler.dispatch_touches - before)
+    return started, touched
+
+
 async def _variant(work: Path, *, jobs: int, busy: int, tasks: int, polls: int) -> dict[str, Any]:
     """``busy`` of ``jobs`` jobs share ``tasks`` queued tasks; time ``polls`` polls that each start one task."""
     scheduler, pool = _scheduler(work)
@@ -75,14 +88,7 @@ async def _variant(work: Path, *, jobs: int, busy: int, tasks: int, polls: int) 
                 for i in range(tasks // busy):
                     job.add_task(Task(id=f"t{i:06d}", state="active", spec={}, job_key=job.id.lower()))
         scheduler._dispatch()  # the pool has no node yet: nothing starts
-        started, touched = [], []
-        for _ in range(polls):
-            _add_node(scheduler, pool)
-            before = scheduler.dispatch_touches
-            t0 = time.perf_counter()
-            scheduler._dispatch()
-            started.append(time.perf_counter() - t0)
-            touched.append(scheduler.dispatch_touches - before)
+        started, touched = _start_polls(scheduler, pool, polls)
         idle = []
         for _ in range(polls):  # the pool is full: a poll (a kick with nothing free) must cost next to nothing
             t0 = time.perf_counter()
@@ -121,14 +127,7 @@ async def _dependency_variant(work: Path, *, tasks: int, polls: int) -> dict[str
         waiting = sum(1 for i in range(tasks) if job.dependencies.is_waiting(str(i)))
         assert waiting == tasks - polls, f"{waiting} tasks wait, not {tasks - polls}"
         scheduler._dispatch()
-        started, touched = [], []
-        for _ in range(polls):
-            _add_node(scheduler, pool)
-            before = scheduler.dispatch_touches
-            t0 = time.perf_counter()
-            scheduler._dispatch()
-            started.append(time.perf_counter() - t0)
-            touched.append(scheduler.dispatch_touches - before)
+        started, touched = _start_polls(scheduler, pool, polls)
         running = sum(len(n.running) for n in pool.nodes.values())
         assert running == polls, f"each poll starts one free task ({running} of {polls} started)"
         # Releasing the chain one link at a time: each satisfy frees exactly the next link.

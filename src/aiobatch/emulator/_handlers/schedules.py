@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -74,45 +75,33 @@ async def get_job_schedule(request: web.Request) -> web.Response:
 
 async def update_job_schedule(request: web.Request) -> web.Response:
     """PATCH (update) and PUT (replace) /jobschedules/{jobScheduleId}."""
-    account = account_of(request)
-    schedule = _schedule(request)
-    check_conditions(request, schedule)
-    _schedules(request).update(schedule, body_of(request), replace=request.method == "PUT")
-    return wire.empty_response(
-        200, headers=wire.entity_headers(schedule), data_service_id=request_url(account, request)
-    )
+    replace = request.method == "PUT"
+    return _act(request, lambda s, schedule: s.update(schedule, body_of(request), replace=replace), 200)
 
 
 async def disable_job_schedule(request: web.Request) -> web.Response:
     """POST /jobschedules/{jobScheduleId}/disable."""
-    account = account_of(request)
-    schedule = _schedule(request)
-    check_conditions(request, schedule)
-    _schedules(request).disable(schedule)
-    return wire.empty_response(
-        204, headers=wire.entity_headers(schedule), data_service_id=request_url(account, request)
-    )
+    return _act(request, lambda s, schedule: s.disable(schedule), 204)
 
 
 async def enable_job_schedule(request: web.Request) -> web.Response:
     """POST /jobschedules/{jobScheduleId}/enable."""
-    account = account_of(request)
-    schedule = _schedule(request)
-    check_conditions(request, schedule)
-    _schedules(request).enable(schedule)
-    return wire.empty_response(
-        204, headers=wire.entity_headers(schedule), data_service_id=request_url(account, request)
-    )
+    return _act(request, lambda s, schedule: s.enable(schedule), 204)
 
 
 async def terminate_job_schedule(request: web.Request) -> web.Response:
     """POST /jobschedules/{jobScheduleId}/terminate: 202, ``terminating`` until its active job has ended."""
+    return _act(request, lambda s, schedule: s.terminate(schedule), 202)
+
+
+def _act(request: web.Request, action: Callable[[JobSchedules, JobSchedule], object], status: int) -> web.Response:
+    """Check the request's conditions on the schedule, apply ``action``, answer ``status`` with its headers."""
     account = account_of(request)
     schedule = _schedule(request)
     check_conditions(request, schedule)
-    _schedules(request).terminate(schedule)
+    action(_schedules(request), schedule)
     return wire.empty_response(
-        202, headers=wire.entity_headers(schedule), data_service_id=request_url(account, request)
+        status, headers=wire.entity_headers(schedule), data_service_id=request_url(account, request)
     )
 
 
